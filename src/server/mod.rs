@@ -1,0 +1,274 @@
+//! `wk server`: the control plane. It owns the store, serves the API over HTTPS, and writes
+//! the admin kubeconfig and the node join token on first start.
+
+pub mod kubeconfig;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, ApiState, Tokens, resources};
+use crate::store::{Cache, RedbStore, Store};
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file or directory could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Making or loading certificates failed.
+    #[error("TLS material: {0}")]
+    Tls(String),
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] crate::store::Error),
+    /// The listener could not be bound.
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Writing the built-in namespaces failed.
+    #[error("creating namespace {name}: {source}")]
+    Bootstrap {
+        /// The namespace.
+        name: String,
+        /// The cause.
+        #[source]
+        source: api::ApiError,
+    },
+    /// The HTTP server failed.
+    #[error("serving: {0}")]
+    Serve(std::io::Error),
+}
+
+impl Error {
+    fn io(path: &Path, source: std::io::Error) -> Self {
+        Self::Io { path: path.to_owned(), source }
+    }
+
+    fn tls(e: impl std::fmt::Display) -> Self {
+        Self::Tls(e.to_string())
+    }
+}
+
+/// Writes a file readable only by its owner.
+fn write_private(path: &Path, contents: &[u8]) -> Result<(), Error> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| Error::io(&tmp, e))?;
+    f.write_all(contents).and_then(|()| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// The default data directory: /var/lib/wk as root, else ~/.local/share/wk.
+pub fn default_data_dir() -> PathBuf {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        PathBuf::from("/var/lib/wk")
+    } else {
+        let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+        home.join(".local/share/wk")
+    }
+}
+
+/// What `wk server` needs to start.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Where the database, certificates, kubeconfig and tokens live.
+    pub data_dir: PathBuf,
+    /// The HTTPS listen address; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// Extra names for the serving certificate.
+    pub tls_sans: Vec<String>,
+    /// How often watches that ask for bookmarks get one.
+    pub bookmark_interval: Duration,
+}
+
+impl ServerConfig {
+    /// A config with the defaults for `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 6443)),
+            tls_sans: Vec::new(),
+            bookmark_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "localhost".into())
+}
+
+fn random_token() -> String {
+    use rand::Rng;
+    let bytes: [u8; 24] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Reads a token file, or makes one.
+fn token(path: &Path) -> Result<String, Error> {
+    match std::fs::read_to_string(path) {
+        Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_owned()),
+        _ => {
+            let t = random_token();
+            write_private(path, format!("{t}\n").as_bytes())?;
+            Ok(t)
+        }
+    }
+}
+
+/// A running server.
+pub struct Server {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// The admin kubeconfig it wrote.
+    pub kubeconfig: PathBuf,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), Error>>,
+}
+
+impl Server {
+    /// Opens the store, prepares TLS and tokens, and starts serving.
+    ///
+    /// # Errors
+    /// When the data directory, store, certificates or listener cannot be set up.
+    pub async fn start(config: ServerConfig) -> Result<Self, Error> {
+        let data = &config.data_dir;
+        std::fs::create_dir_all(data).map_err(|e| Error::io(data, e))?;
+        let server_dir = data.join("server");
+        std::fs::create_dir_all(&server_dir).map_err(|e| Error::io(&server_dir, e))?;
+
+        let db_path = server_dir.join("state.redb");
+        let store = tokio::task::spawn_blocking(move || RedbStore::open(&db_path))
+            .await
+            .map_err(|e| Error::Serve(std::io::Error::other(e)))??;
+        let store: Arc<dyn Store> = Arc::new(store);
+        let cache = Cache::start(store).await?;
+
+        let mut sans = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), hostname()];
+        for san in &config.tls_sans {
+            if !sans.contains(san) {
+                sans.push(san.clone());
+            }
+        }
+        if !config.listen.ip().is_unspecified() && !sans.contains(&config.listen.ip().to_string()) {
+            sans.push(config.listen.ip().to_string());
+        }
+        let tls_dir = server_dir.join("tls");
+        let material = tokio::task::spawn_blocking(move || tls::load_or_create(&tls_dir, &sans))
+            .await
+            .map_err(|e| Error::Serve(std::io::Error::other(e)))??;
+        let tokens = Tokens { admin: token(&server_dir.join("admin-token"))?, node: token(&data.join("node-token"))? };
+
+        let listener = std::net::TcpListener::bind(config.listen).map_err(|source| Error::Listen { addr: config.listen, source })?;
+        listener.set_nonblocking(true).map_err(|source| Error::Listen { addr: config.listen, source })?;
+        let addr = listener.local_addr().map_err(|source| Error::Listen { addr: config.listen, source })?;
+        let host = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
+        let kubeconfig = data.join("kubeconfig.yaml");
+        let url = format!("https://{}", SocketAddr::new(host.parse().unwrap_or(addr.ip()), addr.port()));
+        write_private(&kubeconfig, kubeconfig::render(&url, &material.ca_pem, &tokens.admin).as_bytes())?;
+
+        let shutdown = CancellationToken::new();
+        let state = ApiState::new(cache, tokens, shutdown.clone(), config.bookmark_interval);
+        bootstrap(&state).await?;
+
+        let tls = axum_server::tls_rustls::RustlsConfig::from_pem(material.cert_pem.into_bytes(), material.key_pem.into_bytes())
+            .await
+            .map_err(Error::tls)?;
+        let handle = axum_server::Handle::new();
+        let app = api::router(state.clone());
+        let server = axum_server::tls_rustls::from_tcp_rustls(listener, tls)
+            .map_err(|source| Error::Listen { addr, source })?
+            .handle(handle.clone());
+        let drain = shutdown.clone();
+        tokio::spawn(async move {
+            drain.cancelled().await;
+            handle.graceful_shutdown(Some(Duration::from_secs(10)));
+        });
+        let task = tokio::spawn(async move { server.serve(app.into_make_service()).await.map_err(Error::Serve) });
+        tracing::info!(%addr, kubeconfig = %kubeconfig.display(), "wk server is serving");
+        Ok(Self { addr, kubeconfig, shutdown, task })
+    }
+
+    /// The token that stops the server when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until the server has stopped.
+    ///
+    /// # Errors
+    /// What the HTTP server failed with.
+    pub async fn wait(self) -> Result<(), Error> {
+        match self.task.await {
+            Ok(r) => r,
+            Err(e) => Err(Error::Serve(std::io::Error::other(e))),
+        }
+    }
+}
+
+/// Creates the built-in namespaces and resumes the clean-up of terminating ones.
+async fn bootstrap(state: &Arc<ApiState>) -> Result<(), Error> {
+    let namespaces = resources::by_kind("Namespace").expect("namespaces are served");
+    for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        if state.cache.get(&namespaces.key(None, name)).is_some() {
+            continue;
+        }
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+        match state.create_object(namespaces, ns, false).await {
+            Ok(_) => {}
+            Err(e) if e.reason == "AlreadyExists" => {}
+            Err(source) => return Err(Error::Bootstrap { name: name.into(), source }),
+        }
+    }
+    let (all, _, _) = state.cache.list(&namespaces.prefix(None), None, None, |n| n.pointer("/metadata/deletionTimestamp").is_some());
+    for (_, ns) in all {
+        if let Some(name) = ns.pointer("/metadata/name").and_then(serde_json::Value::as_str) {
+            state.finalize_later(name.to_owned());
+        }
+    }
+    Ok(())
+}
+
+/// Runs the server until SIGTERM or SIGINT: the first signal drains, a second exits at once.
+///
+/// # Errors
+/// When the server cannot start, or fails while serving.
+pub async fn run(config: ServerConfig) -> Result<(), Error> {
+    let server = Server::start(config).await?;
+    eprintln!("wk server listening on https://{}\nkubeconfig: {}", server.addr, server.kubeconfig.display());
+    let token = server.shutdown_token();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else { return };
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        tracing::info!("shutting down; a second signal exits at once");
+        token.cancel();
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        std::process::exit(130);
+    });
+    server.wait().await
+}

@@ -1,0 +1,239 @@
+//! Starts the real `wk server` on a free port in a temporary directory, and drives it with
+//! the real kubectl and the `wk` client. The server is killed on drop.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The `wk` binary under test.
+pub const WK: &str = env!("CARGO_BIN_EXE_wk");
+
+/// A running single-node control plane.
+pub struct Cluster {
+    child: Child,
+    /// The data directory.
+    pub data: tempfile::TempDir,
+    /// kubectl's HOME, so its discovery cache is this test's own.
+    pub home: tempfile::TempDir,
+    /// The admin kubeconfig the server wrote.
+    pub kubeconfig: PathBuf,
+    /// `https://127.0.0.1:PORT`.
+    pub url: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Cluster {
+    /// Starts a server and waits until it serves.
+    pub fn start() -> Self {
+        let data = tempfile::tempdir().expect("temp dir");
+        Self::start_in(data)
+    }
+
+    /// Starts a server on an existing data directory (for restart tests).
+    pub fn start_in(data: tempfile::TempDir) -> Self {
+        let mut child = Command::new(WK)
+            .args(["server", "--listen", "127.0.0.1:0", "--no-agent", "--bookmark-interval", "1"])
+            .arg("--data-dir")
+            .arg(data.path())
+            .env("RUST_LOG", "wk=debug,info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn wk server");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("wk server listening on ") {
+                    let _ = tx.send(url.trim().to_owned());
+                }
+                if let Ok(mut l) = sink.lock() {
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            }
+        });
+        let url = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("wk server did not start:\n{}", log.lock().map(|l| l.clone()).unwrap_or_default());
+            }
+        };
+        let kubeconfig = data.path().join("kubeconfig.yaml");
+        Self { child, home: tempfile::tempdir().expect("temp dir"), data, kubeconfig, url, log }
+    }
+
+    /// What the server has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Stops the server with SIGTERM and waits for it, returning the data directory.
+    pub fn stop(mut self) -> (std::process::ExitStatus, tempfile::TempDir) {
+        // SAFETY: kill with a valid pid and signal number has no memory effects.
+        unsafe { libc_kill(self.child.id() as i32, 15) };
+        let status = wait_timeout(&mut self.child, Duration::from_secs(20)).expect("server did not exit after SIGTERM");
+        let data = std::mem::replace(&mut self.data, tempfile::tempdir().expect("temp dir"));
+        (status, data)
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        c.env("HOME", self.home.path()).env("KUBECONFIG", &self.kubeconfig).env_remove("KUBECACHEDIR");
+        c
+    }
+
+    /// Runs kubectl with `args`.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        self.command("kubectl").args(args).output().expect("run kubectl")
+    }
+
+    /// Runs kubectl with `stdin` piped in.
+    pub fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        run_with_stdin(self.command("kubectl").args(args), stdin)
+    }
+
+    /// Runs kubectl and returns its stdout, failing the test if it fails.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        ok(self.kubectl(args), &format!("kubectl {}", args.join(" ")), &self.log())
+    }
+
+    /// Applies a manifest from stdin with kubectl, failing the test if it fails.
+    pub fn kubectl_apply(&self, manifest: &str) -> String {
+        ok(self.kubectl_stdin(&["apply", "-f", "-"], manifest), "kubectl apply", &self.log())
+    }
+
+    /// Runs `wk` with `args`.
+    pub fn wk(&self, args: &[&str]) -> Output {
+        self.command(WK).args(args).output().expect("run wk")
+    }
+
+    /// Runs `wk` with `stdin` piped in.
+    pub fn wk_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        run_with_stdin(self.command(WK).args(args), stdin)
+    }
+
+    /// Runs `wk` and returns its stdout, failing the test if it fails.
+    pub fn wk_ok(&self, args: &[&str]) -> String {
+        ok(self.wk(args), &format!("wk {}", args.join(" ")), &self.log())
+    }
+
+    /// Spawns kubectl with piped stdout, for watches.
+    pub fn kubectl_spawn(&self, args: &[&str]) -> Child {
+        self.command("kubectl").args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn kubectl")
+    }
+
+    /// Spawns wk with piped stdout, for watches.
+    pub fn wk_spawn(&self, args: &[&str]) -> Child {
+        self.command(WK).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn wk")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+/// Sends a signal to a process.
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill with a valid pid and signal number has no memory effects.
+    unsafe { libc_kill(pid as i32, sig) };
+}
+
+/// Waits for a child up to `limit`.
+pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+fn run_with_stdin(cmd: &mut Command, stdin: &str) -> Output {
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
+    child.wait_with_output().expect("wait")
+}
+
+fn ok(out: Output, what: &str, log: &str) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {stdout}\nstderr: {}\nserver log tail:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        log.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+    );
+    stdout
+}
+
+/// stderr as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// stdout as text.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Reads lines from a child's stdout until `n` lines have arrived or `limit` passes.
+pub fn read_lines(child: &mut Child, n: usize, limit: Duration) -> Vec<String> {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + limit;
+    let mut lines = Vec::new();
+    while lines.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => lines.push(line),
+            Err(_) => break,
+        }
+    }
+    lines
+}
+
+/// Polls `f` until it returns true or `limit` passes.
+pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// A path inside the repository.
+pub fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}

@@ -1,0 +1,8 @@
+//! wk's integration tests: one binary, a module per area, each driving the real `wk server`.
+
+mod harness;
+mod kube_client;
+mod kubectl;
+mod server;
+mod store;
+mod wk_cli;
