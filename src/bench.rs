@@ -31,7 +31,13 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self { sequential: 1000, clients: 32, total_pods: 10_000, watchers: 100, watched_pods: 200 }
+        Self {
+            sequential: 1000,
+            clients: 32,
+            total_pods: 10_000,
+            watchers: 100,
+            watched_pods: 200,
+        }
     }
 }
 
@@ -110,7 +116,9 @@ fn pod(name: &str, stamp: Option<u128>) -> Vec<u8> {
 }
 
 fn now_ns() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
 }
 
 struct ServerProcess {
@@ -129,13 +137,22 @@ impl Drop for ServerProcess {
 fn start_server(wk: &Path) -> anyhow::Result<ServerProcess> {
     let dir = tempfile::Builder::new().prefix("wk-bench").tempdir()?;
     let mut child = Command::new(wk)
-        .args(["server", "--no-agent", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "server",
+            "--no-agent",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()?;
-    let stderr = child.stderr.take().ok_or_else(|| anyhow::anyhow!("no stderr"))?;
+    let stderr = child
+        .stderr
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stderr"))?;
     let mut lines = BufReader::new(stderr).lines();
     loop {
         match lines.next() {
@@ -145,17 +162,35 @@ fn start_server(wk: &Path) -> anyhow::Result<ServerProcess> {
         }
     }
     std::thread::spawn(move || for _ in lines {});
-    Ok(ServerProcess { child, kubeconfig: dir.path().join("kubeconfig.yaml"), _dir: dir })
+    Ok(ServerProcess {
+        child,
+        kubeconfig: dir.path().join("kubeconfig.yaml"),
+        _dir: dir,
+    })
 }
 
 async fn create(client: &Client, ns: &str, body: Vec<u8>) -> anyhow::Result<()> {
-    client.request(Method::POST, &format!("/api/v1/namespaces/{ns}/pods"), Some("application/json"), Some(body)).await?;
+    client
+        .request(
+            Method::POST,
+            &format!("/api/v1/namespaces/{ns}/pods"),
+            Some("application/json"),
+            Some(body),
+        )
+        .await?;
     Ok(())
 }
 
 async fn namespace(client: &Client, name: &str) -> anyhow::Result<()> {
     let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
-    client.request(Method::POST, "/api/v1/namespaces", Some("application/json"), Some(serde_json::to_vec(&ns)?)).await?;
+    client
+        .request(
+            Method::POST,
+            "/api/v1/namespaces",
+            Some("application/json"),
+            Some(serde_json::to_vec(&ns)?),
+        )
+        .await?;
     Ok(())
 }
 
@@ -236,22 +271,38 @@ pub async fn api(wk: &Path, opts: &Options) -> anyhow::Result<Report> {
         let delivered = delivered.clone();
         let expect = opts.watched_pods;
         let list = client.get("/api/v1/namespaces/watch/pods").await?;
-        let rv = list["metadata"]["resourceVersion"].as_str().unwrap_or("0").to_owned();
+        let rv = list["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or("0")
+            .to_owned();
         let response = client
-            .send(Method::GET, &format!("/api/v1/namespaces/watch/pods?watch=true&resourceVersion={rv}"), None, None, None)
+            .send(
+                Method::GET,
+                &format!("/api/v1/namespaces/watch/pods?watch=true&resourceVersion={rv}"),
+                None,
+                None,
+                None,
+            )
             .await?;
         watchers.push(tokio::spawn(async move {
             let mut body = response.into_body().into_data_stream();
             let mut buf = Vec::new();
             let mut seen = 0;
             while seen < expect {
-                let Some(Ok(chunk)) = body.next().await else { break };
+                let Some(Ok(chunk)) = body.next().await else {
+                    break;
+                };
                 let arrived = now_ns();
                 buf.extend_from_slice(&chunk);
                 while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
                     let line: Vec<u8> = buf.drain(..=pos).collect();
-                    let Ok(event) = serde_json::from_slice::<Value>(&line) else { continue };
-                    if let Some(sent) = event.pointer("/object/metadata/annotations/bench~1sent-ns").and_then(Value::as_str) {
+                    let Ok(event) = serde_json::from_slice::<Value>(&line) else {
+                        continue;
+                    };
+                    if let Some(sent) = event
+                        .pointer("/object/metadata/annotations/bench~1sent-ns")
+                        .and_then(Value::as_str)
+                    {
                         if let Ok(sent) = sent.parse::<u128>() {
                             let ms = arrived.saturating_sub(sent) as f64 / 1e6;
                             if let Ok(mut d) = delivered.lock() {

@@ -28,7 +28,13 @@ fn fields_of(v: &Value, kind: &str, path: &mut Vec<String>) -> Value {
                 if path.is_empty() && matches!(k.as_str(), "apiVersion" | "kind" | "status") {
                     continue;
                 }
-                if path.len() == 1 && path[0] == "metadata" && !matches!(k.as_str(), "labels" | "annotations" | "finalizers" | "ownerReferences") {
+                if path.len() == 1
+                    && path[0] == "metadata"
+                    && !matches!(
+                        k.as_str(),
+                        "labels" | "annotations" | "finalizers" | "ownerReferences"
+                    )
+                {
                     continue;
                 }
                 path.push(k.clone());
@@ -71,7 +77,9 @@ fn remove_dropped(object: &mut Value, old: &Value, new: Option<&Value>, others: 
         let new_child = new.and_then(|n| child(n, key));
         let other_children: Vec<&Value> = others.iter().filter_map(|o| child(o, key)).collect();
         if let Some(field) = key.strip_prefix("f:") {
-            let Some(map) = object.as_object_mut() else { continue };
+            let Some(map) = object.as_object_mut() else {
+                continue;
+            };
             match new_child {
                 None if other_children.is_empty() => {
                     map.remove(field);
@@ -83,8 +91,12 @@ fn remove_dropped(object: &mut Value, old: &Value, new: Option<&Value>, others: 
                 }
             }
         } else if let Some(item_key) = key.strip_prefix("k:") {
-            let Ok(Value::Object(wanted)) = serde_json::from_str::<Value>(item_key) else { continue };
-            let Some(items) = object.as_array_mut() else { continue };
+            let Ok(Value::Object(wanted)) = serde_json::from_str::<Value>(item_key) else {
+                continue;
+            };
+            let Some(items) = object.as_array_mut() else {
+                continue;
+            };
             let matches = |item: &Value| wanted.iter().all(|(k, v)| item.get(k) == Some(v));
             match new_child {
                 None if other_children.is_empty() => items.retain(|i| !matches(i)),
@@ -96,7 +108,9 @@ fn remove_dropped(object: &mut Value, old: &Value, new: Option<&Value>, others: 
             }
         } else if let Some(value) = key.strip_prefix("v:") {
             if new_child.is_none() && other_children.is_empty() {
-                if let (Ok(v), Some(items)) = (serde_json::from_str::<Value>(value), object.as_array_mut()) {
+                if let (Ok(v), Some(items)) =
+                    (serde_json::from_str::<Value>(value), object.as_array_mut())
+                {
                     items.retain(|i| *i != v);
                 }
             }
@@ -105,11 +119,24 @@ fn remove_dropped(object: &mut Value, old: &Value, new: Option<&Value>, others: 
 }
 
 /// The leaf paths of `new` that `other` also owns, where `live` and `config` disagree.
-fn conflicts(new: &Value, other: &Value, live: Option<&Value>, config: Option<&Value>, path: &str, out: &mut Vec<String>) {
-    let (Some(new), Some(other)) = (new.as_object(), other.as_object()) else { return };
+fn conflicts(
+    new: &Value,
+    other: &Value,
+    live: Option<&Value>,
+    config: Option<&Value>,
+    path: &str,
+    out: &mut Vec<String>,
+) {
+    let (Some(new), Some(other)) = (new.as_object(), other.as_object()) else {
+        return;
+    };
     for (key, new_child) in new {
-        let Some(other_child) = other.get(key) else { continue };
-        let Some(field) = key.strip_prefix("f:") else { continue };
+        let Some(other_child) = other.get(key) else {
+            continue;
+        };
+        let Some(field) = key.strip_prefix("f:") else {
+            continue;
+        };
         let live_child = live.and_then(|l| l.get(field));
         let config_child = config.and_then(|c| c.get(field));
         let p = format!("{path}.{field}");
@@ -139,36 +166,63 @@ fn managed_entry(manager: &str, api_version: &str, fields: Value) -> Value {
 ///
 /// # Errors
 /// 400 without fieldManager, apiVersion or kind; 409 on a conflict without `force=true`.
-pub async fn server_side_apply(state: &Arc<ApiState>, ctx: &Ctx, config: Value, mode: FieldValidation, dry_run: bool) -> ApiResult<Response> {
+pub async fn server_side_apply(
+    state: &Arc<ApiState>,
+    ctx: &Ctx,
+    config: Value,
+    mode: FieldValidation,
+    dry_run: bool,
+) -> ApiResult<Response> {
     let t = &ctx.target;
     let res = t.res;
     let name = t.name.clone().unwrap_or_default();
     if t.sub.is_some() {
-        return Err(ApiError::method_not_allowed("server-side apply to a subresource is not supported"));
+        return Err(ApiError::method_not_allowed(
+            "server-side apply to a subresource is not supported",
+        ));
     }
     let manager = ctx
         .query
         .get("fieldManager")
         .filter(|m| !m.is_empty())
-        .ok_or_else(|| ApiError::bad_request("PATCH requests with apply content type require fieldManager"))?
+        .ok_or_else(|| {
+            ApiError::bad_request("PATCH requests with apply content type require fieldManager")
+        })?
         .to_owned();
     let force = ctx.query.flag("force");
     if !config.is_object() {
         return Err(ApiError::bad_request("an apply patch must be an object"));
     }
-    for (field, expected) in [("apiVersion", res.api_version()), ("kind", res.kind.to_owned())] {
+    for (field, expected) in [
+        ("apiVersion", res.api_version()),
+        ("kind", res.kind.to_owned()),
+    ] {
         match config.get(field).and_then(Value::as_str) {
-            None => return Err(ApiError::bad_request(format!("{field} must be set in an apply patch"))),
+            None => {
+                return Err(ApiError::bad_request(format!(
+                    "{field} must be set in an apply patch"
+                )));
+            }
             Some(v) if v != expected => {
-                return Err(ApiError::bad_request(format!("the {field} in the data ({v}) does not match the expected {field} ({expected})")));
+                return Err(ApiError::bad_request(format!(
+                    "the {field} in the data ({v}) does not match the expected {field} ({expected})"
+                )));
             }
             Some(_) => {}
         }
     }
     match config.pointer("/metadata/name").and_then(Value::as_str) {
         Some(n) if n == name => {}
-        Some(n) => return Err(ApiError::bad_request(format!("the name of the object ({n}) does not match the name on the URL ({name})"))),
-        None => return Err(ApiError::bad_request("metadata.name must be set in an apply patch")),
+        Some(n) => {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({n}) does not match the name on the URL ({name})"
+            )));
+        }
+        None => {
+            return Err(ApiError::bad_request(
+                "metadata.name must be set in an apply patch",
+            ));
+        }
     }
     let (_, unknown) = objects::normalize(res, &config, mode)?;
     let new_set = field_set(&config, res.kind);
@@ -176,7 +230,8 @@ pub async fn server_side_apply(state: &Arc<ApiState>, ctx: &Ctx, config: Value, 
         state.cache.sync().await?;
         let Some(live) = state.cache.get(&t.key()) else {
             let mut object = config.clone();
-            object["metadata"]["managedFields"] = json!([managed_entry(&manager, &res.api_version(), new_set.clone())]);
+            object["metadata"]["managedFields"] =
+                json!([managed_entry(&manager, &res.api_version(), new_set.clone())]);
             if let Some(ns) = &t.namespace {
                 object["metadata"]["namespace"] = json!(ns);
             }
@@ -187,27 +242,61 @@ pub async fn server_side_apply(state: &Arc<ApiState>, ctx: &Ctx, config: Value, 
                 Err(e) => return Err(e),
             }
         };
-        let entries = live.pointer("/metadata/managedFields").and_then(Value::as_array).cloned().unwrap_or_default();
-        let mine = entries.iter().find(|e| e["manager"] == manager.as_str() && e["operation"] == "Apply");
-        let others: Vec<&Value> =
-            entries.iter().filter(|e| !(e["manager"] == manager.as_str() && e["operation"] == "Apply") && e["operation"] == "Apply").collect();
+        let entries = live
+            .pointer("/metadata/managedFields")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let mine = entries
+            .iter()
+            .find(|e| e["manager"] == manager.as_str() && e["operation"] == "Apply");
+        let others: Vec<&Value> = entries
+            .iter()
+            .filter(|e| {
+                !(e["manager"] == manager.as_str() && e["operation"] == "Apply")
+                    && e["operation"] == "Apply"
+            })
+            .collect();
         let mut conflicting = Vec::new();
         for other in &others {
             let mut found = Vec::new();
-            conflicts(&new_set, &other["fieldsV1"], Some(&live), Some(&config), "", &mut found);
+            conflicts(
+                &new_set,
+                &other["fieldsV1"],
+                Some(&live),
+                Some(&config),
+                "",
+                &mut found,
+            );
             if !found.is_empty() {
-                conflicting.push((other["manager"].as_str().unwrap_or_default().to_owned(), found));
+                conflicting.push((
+                    other["manager"].as_str().unwrap_or_default().to_owned(),
+                    found,
+                ));
             }
         }
         if !conflicting.is_empty() && !force {
             let count: usize = conflicting.iter().map(|(_, f)| f.len()).sum();
             let list = conflicting
                 .iter()
-                .flat_map(|(m, fs)| fs.iter().map(move |f| format!("conflict with \"{m}\": {f}")))
+                .flat_map(|(m, fs)| {
+                    fs.iter()
+                        .map(move |f| format!("conflict with \"{m}\": {f}"))
+                })
                 .collect::<Vec<_>>()
                 .join("\n- ");
-            let mut e = ApiError::conflict_because(res, &name, format!("Apply failed with {count} conflict{}: {list}", if count == 1 { "" } else { "s" }));
-            e.message = format!("Apply failed with {count} conflict{}: {list}", if count == 1 { "" } else { "s" });
+            let mut e = ApiError::conflict_because(
+                res,
+                &name,
+                format!(
+                    "Apply failed with {count} conflict{}: {list}",
+                    if count == 1 { "" } else { "s" }
+                ),
+            );
+            e.message = format!(
+                "Apply failed with {count} conflict{}: {list}",
+                if count == 1 { "" } else { "s" }
+            );
             return Err(e);
         }
         let mut merged = (*live).clone();
@@ -219,7 +308,8 @@ pub async fn server_side_apply(state: &Arc<ApiState>, ctx: &Ctx, config: Value, 
         if let Some(m) = body.as_object_mut() {
             m.remove("status");
         }
-        patch::strategic_merge_patch(&mut merged, &body, res.kind).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        patch::strategic_merge_patch(&mut merged, &body, res.kind)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
         let mut managed: Vec<Value> = entries
             .iter()
             .filter(|e| !(e["manager"] == manager.as_str() && e["operation"] == "Apply"))
@@ -239,10 +329,19 @@ pub async fn server_side_apply(state: &Arc<ApiState>, ctx: &Ctx, config: Value, 
         let (normalized, _) = objects::normalize(res, &merged, FieldValidation::Ignore)?;
         match state.write_update(res, &live, normalized, dry_run).await {
             Ok(stored) => {
-                let warnings = if mode == FieldValidation::Warn { unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect() } else { Vec::new() };
+                let warnings = if mode == FieldValidation::Warn {
+                    unknown
+                        .iter()
+                        .map(|f| format!("unknown field \"{f}\""))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
                 return Ok(json_response(StatusCode::OK, &stored, &warnings));
             }
-            Err(e) if e.reason == "Conflict" && e.message.starts_with("Operation cannot") => continue,
+            Err(e) if e.reason == "Conflict" && e.message.starts_with("Operation cannot") => {
+                continue;
+            }
             Err(e) => return Err(e),
         }
     }
@@ -251,7 +350,9 @@ pub async fn server_side_apply(state: &Arc<ApiState>, ctx: &Ctx, config: Value, 
 
 /// Removes from `set` the leaves that `taken` names (a forced apply takes them over).
 fn strip_set(set: &mut Value, taken: &Value) {
-    let (Some(set), Some(taken)) = (set.as_object_mut(), taken.as_object()) else { return };
+    let (Some(set), Some(taken)) = (set.as_object_mut(), taken.as_object()) else {
+        return;
+    };
     for (key, t) in taken {
         let leaf = t.as_object().is_none_or(Map::is_empty);
         if leaf {
@@ -271,7 +372,10 @@ mod tests {
         let d = json!({"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"d","labels":{"a":"b"}},
             "spec":{"replicas":2,"template":{"spec":{"containers":[{"name":"web","image":"x"}]}}}});
         let set = field_set(&d, "Deployment");
-        assert_eq!(set, json!({"f:metadata":{"f:labels":{"f:a":{}}},"f:spec":{"f:replicas":{},"f:template":{"f:spec":{"f:containers":{"k:{\"name\":\"web\"}":{"f:name":{},"f:image":{}}}}}}}));
+        assert_eq!(
+            set,
+            json!({"f:metadata":{"f:labels":{"f:a":{}}},"f:spec":{"f:replicas":{},"f:template":{"f:spec":{"f:containers":{"k:{\"name\":\"web\"}":{"f:name":{},"f:image":{}}}}}}})
+        );
     }
 
     #[test]

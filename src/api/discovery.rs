@@ -38,14 +38,26 @@ fn wants_aggregated(headers: &HeaderMap) -> bool {
         .get_all(header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').next().is_some_and(|first| first.contains("as=APIGroupDiscoveryList")))
+        .any(|v| {
+            v.split(',')
+                .next()
+                .is_some_and(|first| first.contains("as=APIGroupDiscoveryList"))
+        })
 }
 
 fn aggregated_response(items: Vec<Value>) -> Response {
     let body = json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items});
-    let mut response = (StatusCode::OK, serde_json::to_vec(&body).unwrap_or_default()).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(AGGREGATED));
-    response.headers_mut().insert(header::VARY, HeaderValue::from_static("Accept"));
+    let mut response = (
+        StatusCode::OK,
+        serde_json::to_vec(&body).unwrap_or_default(),
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(AGGREGATED));
+    response
+        .headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("Accept"));
     response
 }
 
@@ -77,7 +89,11 @@ fn aggregated_resource(r: &ResourceInfo) -> Value {
 }
 
 fn aggregated_group(group: &str) -> Value {
-    let resources: Vec<Value> = RESOURCES.iter().filter(|r| r.group == group).map(aggregated_resource).collect();
+    let resources: Vec<Value> = RESOURCES
+        .iter()
+        .filter(|r| r.group == group)
+        .map(aggregated_resource)
+        .collect();
     json!({"metadata": {"name": group}, "versions": [{"version": "v1", "freshness": "Current", "resources": resources}]})
 }
 
@@ -104,7 +120,11 @@ pub async fn group_list(headers: HeaderMap) -> Response {
         return aggregated_response(GROUPS.iter().map(|g| aggregated_group(g)).collect());
     }
     let groups: Vec<Value> = GROUPS.iter().map(|g| legacy_group(g)).collect();
-    json_response(StatusCode::OK, &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}), &[])
+    json_response(
+        StatusCode::OK,
+        &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}),
+        &[],
+    )
 }
 
 /// `GET /apis/{group}`.
@@ -149,7 +169,11 @@ pub fn resource_list(group: &str) -> ApiResult<Response> {
             resources.push(sub);
         }
     }
-    let gv = if group.is_empty() { "v1".to_owned() } else { format!("{group}/v1") };
+    let gv = if group.is_empty() {
+        "v1".to_owned()
+    } else {
+        format!("{group}/v1")
+    };
     Ok(json_response(
         StatusCode::OK,
         &json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
@@ -167,7 +191,11 @@ fn openapi_hash() -> String {
 }
 
 fn gv_path(group: &str) -> String {
-    if group.is_empty() { "api/v1".into() } else { format!("apis/{group}/v1") }
+    if group.is_empty() {
+        "api/v1".into()
+    } else {
+        format!("apis/{group}/v1")
+    }
 }
 
 /// `GET /openapi/v3`.
@@ -176,23 +204,40 @@ pub async fn openapi_index() -> Response {
     let mut paths = serde_json::Map::new();
     for g in std::iter::once("").chain(GROUPS.iter().copied()) {
         let p = gv_path(g);
-        paths.insert(p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={hash}")}));
+        paths.insert(
+            p.clone(),
+            json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={hash}")}),
+        );
     }
     json_response(StatusCode::OK, &json!({"paths": paths}), &[])
 }
 
 /// `GET /openapi/v3/{api/v1 | apis/g/v}`: one PATCH operation per kind, each declaring the
 /// `fieldValidation` parameter, so kubectl leaves validation to the server.
-pub async fn openapi_document(axum::extract::Path(rest): axum::extract::Path<String>, uri: http::Uri) -> Response {
-    let group = match rest.trim_matches('/').split('/').collect::<Vec<_>>().as_slice() {
+pub async fn openapi_document(
+    axum::extract::Path(rest): axum::extract::Path<String>,
+    uri: http::Uri,
+) -> Response {
+    let group = match rest
+        .trim_matches('/')
+        .split('/')
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["api", "v1"] => "",
-        ["apis", g, "v1"] if GROUPS.contains(g) => GROUPS.iter().copied().find(|x| x == g).unwrap_or_default(),
+        ["apis", g, "v1"] if GROUPS.contains(g) => {
+            GROUPS.iter().copied().find(|x| x == g).unwrap_or_default()
+        }
         _ => return ApiError::no_route(uri.path()).into_response(),
     };
     let mut paths = serde_json::Map::new();
     for r in RESOURCES.iter().filter(|r| r.group == group) {
         let path = if r.namespaced {
-            format!("/{}/namespaces/{{namespace}}/{}/{{name}}", gv_path(group), r.plural)
+            format!(
+                "/{}/namespaces/{{namespace}}/{}/{{name}}",
+                gv_path(group),
+                r.plural
+            )
         } else {
             format!("/{}/{}/{{name}}", gv_path(group), r.plural)
         };
@@ -209,7 +254,10 @@ pub async fn openapi_document(axum::extract::Path(rest): axum::extract::Path<Str
     let body = json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": KUBE_VERSION}, "paths": paths});
     let mut response = json_response(StatusCode::OK, &body, &[]);
     if uri.query().is_some_and(|q| q.contains("hash=")) {
-        response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, immutable"));
+        response.headers_mut().insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, immutable"),
+        );
     }
     if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", openapi_hash())) {
         response.headers_mut().insert(header::ETAG, etag);

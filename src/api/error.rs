@@ -20,22 +20,46 @@ pub struct Cause {
 impl Cause {
     /// A required field is missing.
     pub fn required(field: impl Into<String>) -> Self {
-        Self { reason: "FieldValueRequired", message: "Required value".into(), field: field.into() }
+        Self {
+            reason: "FieldValueRequired",
+            message: "Required value".into(),
+            field: field.into(),
+        }
     }
 
     /// A field has a value that is not allowed.
-    pub fn invalid(field: impl Into<String>, value: impl std::fmt::Display, why: impl std::fmt::Display) -> Self {
-        Self { reason: "FieldValueInvalid", message: format!("Invalid value: \"{value}\": {why}"), field: field.into() }
+    pub fn invalid(
+        field: impl Into<String>,
+        value: impl std::fmt::Display,
+        why: impl std::fmt::Display,
+    ) -> Self {
+        Self {
+            reason: "FieldValueInvalid",
+            message: format!("Invalid value: \"{value}\": {why}"),
+            field: field.into(),
+        }
     }
 
     /// A value appears twice where it must be unique.
     pub fn duplicate(field: impl Into<String>, value: impl std::fmt::Display) -> Self {
-        Self { reason: "FieldValueDuplicate", message: format!("Duplicate value: \"{value}\""), field: field.into() }
+        Self {
+            reason: "FieldValueDuplicate",
+            message: format!("Duplicate value: \"{value}\""),
+            field: field.into(),
+        }
     }
 
     /// A value outside a fixed set.
-    pub fn not_supported(field: impl Into<String>, value: impl std::fmt::Display, allowed: &[&str]) -> Self {
-        let allowed = allowed.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
+    pub fn not_supported(
+        field: impl Into<String>,
+        value: impl std::fmt::Display,
+        allowed: &[&str],
+    ) -> Self {
+        let allowed = allowed
+            .iter()
+            .map(|a| format!("\"{a}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
         Self {
             reason: "FieldValueNotSupported",
             message: format!("Unsupported value: \"{value}\": supported values: {allowed}"),
@@ -45,7 +69,11 @@ impl Cause {
 
     /// A field that may not change after creation changed.
     pub fn immutable(field: impl Into<String>) -> Self {
-        Self { reason: "FieldValueInvalid", message: "field is immutable".into(), field: field.into() }
+        Self {
+            reason: "FieldValueInvalid",
+            message: "field is immutable".into(),
+            field: field.into(),
+        }
     }
 }
 
@@ -97,17 +125,31 @@ impl ApiError {
 
     /// 404: the named object does not exist.
     pub fn not_found(res: &ResourceInfo, name: &str) -> Self {
-        Self::new(404, "NotFound", format!("{} \"{name}\" not found", res.qualified())).about(res, name)
+        Self::new(
+            404,
+            "NotFound",
+            format!("{} \"{name}\" not found", res.qualified()),
+        )
+        .about(res, name)
     }
 
     /// 404: no such path or resource type.
     pub fn no_route(what: impl std::fmt::Display) -> Self {
-        Self::new(404, "NotFound", format!("the server could not find the requested resource ({what})"))
+        Self::new(
+            404,
+            "NotFound",
+            format!("the server could not find the requested resource ({what})"),
+        )
     }
 
     /// 409: a create found the name taken.
     pub fn already_exists(res: &ResourceInfo, name: &str) -> Self {
-        Self::new(409, "AlreadyExists", format!("{} \"{name}\" already exists", res.qualified())).about(res, name)
+        Self::new(
+            409,
+            "AlreadyExists",
+            format!("{} \"{name}\" already exists", res.qualified()),
+        )
+        .about(res, name)
     }
 
     /// 409: an update or delete lost an optimistic-concurrency race.
@@ -125,15 +167,34 @@ impl ApiError {
 
     /// 409: a conflict with a custom explanation.
     pub fn conflict_because(res: &ResourceInfo, name: &str, why: impl std::fmt::Display) -> Self {
-        Self::new(409, "Conflict", format!("Operation cannot be fulfilled on {} \"{name}\": {why}", res.qualified()))
-            .about(res, name)
+        Self::new(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": {why}",
+                res.qualified()
+            ),
+        )
+        .about(res, name)
     }
 
     /// 422: validation failed; each cause names a field.
     pub fn invalid(res: &ResourceInfo, name: &str, causes: Vec<Cause>) -> Self {
-        let list = causes.iter().map(|c| format!("{}: {}", c.field, c.message)).collect::<Vec<_>>();
-        let list = if list.len() == 1 { list[0].clone() } else { format!("[{}]", list.join(", ")) };
-        let mut e = Self::new(422, "Invalid", format!("{} \"{name}\" is invalid: {list}", res.kind)).about(res, name);
+        let list = causes
+            .iter()
+            .map(|c| format!("{}: {}", c.field, c.message))
+            .collect::<Vec<_>>();
+        let list = if list.len() == 1 {
+            list[0].clone()
+        } else {
+            format!("[{}]", list.join(", "))
+        };
+        let mut e = Self::new(
+            422,
+            "Invalid",
+            format!("{} \"{name}\" is invalid: {list}", res.kind),
+        )
+        .about(res, name);
         e.kind = Some(res.kind.to_owned());
         e.causes = causes;
         e
@@ -166,7 +227,11 @@ impl ApiError {
 
     /// 413: the body is too large.
     pub fn too_large(limit: usize) -> Self {
-        Self::new(413, "RequestEntityTooLarge", format!("the request body is larger than the limit of {limit} bytes"))
+        Self::new(
+            413,
+            "RequestEntityTooLarge",
+            format!("the request body is larger than the limit of {limit} bytes"),
+        )
     }
 
     /// 415: the body's content type is not one the server reads.
@@ -174,15 +239,25 @@ impl ApiError {
         Self::new(
             415,
             "UnsupportedMediaType",
-            format!("the body of the request was in an unknown format - accepted media types include: {}", supported.join(", "))
-                + &if what.is_empty() { String::new() } else { format!(" (got {what})") },
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: {}",
+                supported.join(", ")
+            ) + &if what.is_empty() {
+                String::new()
+            } else {
+                format!(" (got {what})")
+            },
         )
     }
 
     /// 500: something broke inside; the cause is logged, not sent.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
-        Self::new(500, "InternalError", "an internal error occurred; see the server log")
+        Self::new(
+            500,
+            "InternalError",
+            "an internal error occurred; see the server log",
+        )
     }
 
     /// 503: the server cannot do this now.
@@ -254,7 +329,10 @@ impl IntoResponse for ApiError {
         let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = serde_json::to_vec(&self.to_status()).unwrap_or_default();
         let mut response = (code, body).into_response();
-        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         response
     }
 }

@@ -24,7 +24,9 @@ const PATCH_RETRIES: usize = 8;
 pub async fn handle(state: &Arc<ApiState>, ctx: Ctx, body: Bytes) -> ApiResult<Response> {
     let t = &ctx.target;
     if t.res.namespaced && t.name.is_some() && t.namespace.is_none() {
-        return Err(ApiError::no_route("a namespaced object needs a namespace in its path"));
+        return Err(ApiError::no_route(
+            "a namespaced object needs a namespace in its path",
+        ));
     }
     match (&ctx.method, t.name.is_some(), t.sub.as_deref()) {
         (&Method::GET, false, None) if ctx.query.flag("watch") => watch::serve(state, &ctx).await,
@@ -37,7 +39,9 @@ pub async fn handle(state: &Arc<ApiState>, ctx: Ctx, body: Bytes) -> ApiResult<R
         (&Method::POST, true, Some("eviction")) => evict(state, &ctx, &body).await,
         (&Method::PUT, true, None | Some("status")) => update(state, &ctx, &body).await,
         (&Method::PUT, true, Some("scale")) => update_scale(state, &ctx, &body).await,
-        (&Method::PATCH, true, None | Some("status") | Some("scale")) => patch_object(state, &ctx, &body).await,
+        (&Method::PATCH, true, None | Some("status") | Some("scale")) => {
+            patch_object(state, &ctx, &body).await
+        }
         (&Method::DELETE, true, None) => delete(state, &ctx, &body).await,
         (&Method::DELETE, false, None) => delete_collection(state, &ctx, &body).await,
         (m, _, sub) => Err(ApiError::method_not_allowed(format!(
@@ -66,35 +70,52 @@ pub fn decode_body(ctx: &Ctx, body: &[u8]) -> ApiResult<Value> {
         .trim()
         .to_ascii_lowercase();
     let value = match content_type.as_str() {
-        "application/json" | "" | "*/*" | "application/strategic-merge-patch+json" | "application/merge-patch+json"
+        "application/json"
+        | ""
+        | "*/*"
+        | "application/strategic-merge-patch+json"
+        | "application/merge-patch+json"
         | "application/json-patch+json" => parse_json(body)?,
-        "application/yaml" | "application/apply-patch+yaml" | "application/x-yaml" | "text/yaml" => parse_yaml(body)?,
+        "application/yaml"
+        | "application/apply-patch+yaml"
+        | "application/x-yaml"
+        | "text/yaml" => parse_yaml(body)?,
         "application/vnd.kubernetes.protobuf" => {
             return Err(ApiError::unsupported_media_type(
                 "application/vnd.kubernetes.protobuf: wk reads JSON and YAML bodies; use `kubectl apply -f` or `create -f`, which send JSON",
                 &["application/json", "application/yaml"],
             ));
         }
-        other => return Err(ApiError::unsupported_media_type(other, &["application/json", "application/yaml"])),
+        other => {
+            return Err(ApiError::unsupported_media_type(
+                other,
+                &["application/json", "application/yaml"],
+            ));
+        }
     };
     Ok(value)
 }
 
 fn parse_json(body: &[u8]) -> ApiResult<Value> {
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
 }
 
 fn parse_yaml(body: &[u8]) -> ApiResult<Value> {
     if let Ok(v) = serde_json::from_slice(body) {
         return Ok(v);
     }
-    yaml_serde::from_slice(body).map_err(|e| ApiError::bad_request(format!("the request body is not valid YAML: {e}")))
+    yaml_serde::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid YAML: {e}")))
 }
 
 fn object_body(ctx: &Ctx, body: &[u8]) -> ApiResult<Value> {
     let v = decode_body(ctx, body)?;
     if !v.is_object() {
-        return Err(ApiError::bad_request(format!("the request body must be a JSON object, not {}", type_name(&v))));
+        return Err(ApiError::bad_request(format!(
+            "the request body must be a JSON object, not {}",
+            type_name(&v)
+        )));
     }
     Ok(v)
 }
@@ -122,7 +143,10 @@ fn check_type_meta(res: &ResourceInfo, v: &Value) -> ApiResult<()> {
     }
     if let Some(kind) = v.get("kind").and_then(Value::as_str) {
         if kind != res.kind {
-            return Err(ApiError::bad_request(format!("the kind in the data ({kind}) does not match the expected kind ({})", res.kind)));
+            return Err(ApiError::bad_request(format!(
+                "the kind in the data ({kind}) does not match the expected kind ({})",
+                res.kind
+            )));
         }
     }
     Ok(())
@@ -132,11 +156,15 @@ fn meta_mut(v: &mut Value) -> &mut Map<String, Value> {
     if !v.get("metadata").is_some_and(Value::is_object) {
         v["metadata"] = json!({});
     }
-    v["metadata"].as_object_mut().expect("metadata was just made an object")
+    v["metadata"]
+        .as_object_mut()
+        .expect("metadata was just made an object")
 }
 
 fn meta_str<'a>(v: &'a Value, field: &str) -> Option<&'a str> {
-    v.get("metadata").and_then(|m| m.get(field)).and_then(Value::as_str)
+    v.get("metadata")
+        .and_then(|m| m.get(field))
+        .and_then(Value::as_str)
 }
 
 fn rv_of(v: &Value) -> Option<Revision> {
@@ -144,7 +172,9 @@ fn rv_of(v: &Value) -> Option<Revision> {
 }
 
 fn now() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 fn set_type_meta(res: &ResourceInfo, v: &mut Value) {
@@ -169,7 +199,9 @@ fn set_namespace(t: &Target, v: &mut Value) -> ApiResult<()> {
         meta_mut(v).remove("namespace");
         return Ok(());
     }
-    let ns = t.namespace.clone().ok_or_else(|| ApiError::bad_request("a namespaced object needs a namespace in its path"))?;
+    let ns = t.namespace.clone().ok_or_else(|| {
+        ApiError::bad_request("a namespaced object needs a namespace in its path")
+    })?;
     match meta_str(v, "namespace") {
         Some(body_ns) if !body_ns.is_empty() && body_ns != ns => Err(ApiError::bad_request(
             "the namespace of the provided object does not match the namespace sent on the request",
@@ -185,7 +217,9 @@ fn generate_suffix() -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut rng = rand::rng();
-    (0..5).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+    (0..5)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
 }
 
 // ---- shared write paths ----
@@ -196,17 +230,35 @@ impl ApiState {
     ///
     /// # Errors
     /// 422 when invalid, 404 when the namespace is missing, 409 when the name is taken.
-    pub async fn create_object(&self, res: &'static ResourceInfo, mut object: Value, dry_run: bool) -> ApiResult<Value> {
+    pub async fn create_object(
+        &self,
+        res: &'static ResourceInfo,
+        mut object: Value,
+        dry_run: bool,
+    ) -> ApiResult<Value> {
         set_type_meta(res, &mut object);
         let meta = meta_mut(&mut object);
-        let name = meta.get("name").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let name = meta
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
         if name.is_empty() {
-            if let Some(prefix) = meta.get("generateName").and_then(Value::as_str).filter(|p| !p.is_empty()) {
+            if let Some(prefix) = meta
+                .get("generateName")
+                .and_then(Value::as_str)
+                .filter(|p| !p.is_empty())
+            {
                 let generated = format!("{prefix}{}", generate_suffix());
                 meta.insert("name".into(), json!(generated));
             }
         }
-        for server_set in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"] {
+        for server_set in [
+            "resourceVersion",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "selfLink",
+        ] {
             meta.remove(server_set);
         }
         meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
@@ -248,9 +300,11 @@ impl ApiState {
         self.cache.sync().await?;
         match self.cache.get(&namespaces.key(None, ns)) {
             None => Err(ApiError::not_found(namespaces, ns)),
-            Some(n) if n.pointer("/metadata/deletionTimestamp").is_some() => Err(ApiError::forbidden(format!(
-                "unable to create new content in namespace {ns} because it is being terminated"
-            ))),
+            Some(n) if n.pointer("/metadata/deletionTimestamp").is_some() => {
+                Err(ApiError::forbidden(format!(
+                    "unable to create new content in namespace {ns} because it is being terminated"
+                )))
+            }
             Some(_) => Ok(()),
         }
     }
@@ -261,7 +315,9 @@ impl ApiState {
     /// 404 when it does not exist.
     pub async fn read(&self, t: &Target) -> ApiResult<Arc<Value>> {
         self.cache.sync().await?;
-        self.cache.get(&t.key()).ok_or_else(|| ApiError::not_found(t.res, t.name.as_deref().unwrap_or_default()))
+        self.cache
+            .get(&t.key())
+            .ok_or_else(|| ApiError::not_found(t.res, t.name.as_deref().unwrap_or_default()))
     }
 
     /// Writes `new` over `old` (both whole objects): keeps server-set fields, defaults,
@@ -270,12 +326,25 @@ impl ApiState {
     ///
     /// # Errors
     /// 422 when invalid; 409 when `old` is no longer current.
-    pub async fn write_update(&self, res: &'static ResourceInfo, old: &Value, mut new: Value, dry_run: bool) -> ApiResult<Value> {
+    pub async fn write_update(
+        &self,
+        res: &'static ResourceInfo,
+        old: &Value,
+        mut new: Value,
+        dry_run: bool,
+    ) -> ApiResult<Value> {
         set_type_meta(res, &mut new);
         {
             let old_meta = old.get("metadata").cloned().unwrap_or(json!({}));
             let meta = meta_mut(&mut new);
-            for kept in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "namespace", "generation"] {
+            for kept in [
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "namespace",
+                "generation",
+            ] {
                 match old_meta.get(kept) {
                     Some(v) => meta.insert(kept.into(), v.clone()),
                     None => meta.remove(kept),
@@ -288,7 +357,11 @@ impl ApiState {
         objects::validate(res, &new)?;
         objects::validate_update(res, old, &new)?;
         if objects::has_generation(res) && old.get("spec") != new.get("spec") {
-            let generation = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0) + 1;
+            let generation = old
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+                + 1;
             meta_mut(&mut new).insert("generation".into(), json!(generation));
         }
         let old_rv = rv_of(old);
@@ -300,7 +373,10 @@ impl ApiState {
         let ns = meta_str(&new, "namespace").map(str::to_owned);
         let name = meta_str(&new, "name").unwrap_or_default().to_owned();
         let finalized = new.pointer("/metadata/deletionTimestamp").is_some()
-            && new.pointer("/metadata/finalizers").and_then(Value::as_array).is_none_or(Vec::is_empty);
+            && new
+                .pointer("/metadata/finalizers")
+                .and_then(Value::as_array)
+                .is_none_or(Vec::is_empty);
         if dry_run {
             return Ok(new);
         }
@@ -308,7 +384,8 @@ impl ApiState {
         if finalized {
             return match self.cache.store().delete(&key, old_rv).await {
                 Ok(kv) => {
-                    meta_mut(&mut new).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
+                    meta_mut(&mut new)
+                        .insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
                     Ok(new)
                 }
                 Err(store::Error::Conflict { .. }) => Err(ApiError::conflict(res, &name)),
@@ -342,10 +419,24 @@ impl ApiState {
     ) -> ApiResult<Value> {
         let name = meta_str(existing, "name").unwrap_or_default().to_owned();
         let ns = meta_str(existing, "namespace").map(str::to_owned);
-        let has_finalizers = existing.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
+        let has_finalizers = existing
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty());
         let pod_grace = (res.kind == "Pod"
-            && existing.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty()))
-        .then(|| grace.or_else(|| existing.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64)).unwrap_or(30))
+            && existing
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .is_some_and(|n| !n.is_empty()))
+        .then(|| {
+            grace
+                .or_else(|| {
+                    existing
+                        .pointer("/spec/terminationGracePeriodSeconds")
+                        .and_then(Value::as_i64)
+                })
+                .unwrap_or(30)
+        })
         .filter(|g| *g > 0);
         let terminating = existing.pointer("/metadata/deletionTimestamp").is_some();
         if res.kind == "Namespace" || has_finalizers || pod_grace.is_some() {
@@ -357,7 +448,10 @@ impl ApiState {
             if !terminating {
                 meta.insert("deletionTimestamp".into(), json!(now()));
             }
-            meta.insert("deletionGracePeriodSeconds".into(), json!(pod_grace.unwrap_or(0)));
+            meta.insert(
+                "deletionGracePeriodSeconds".into(),
+                json!(pod_grace.unwrap_or(0)),
+            );
             if res.kind == "Namespace" {
                 marked["status"]["phase"] = json!("Terminating");
             }
@@ -374,7 +468,8 @@ impl ApiState {
         match self.cache.store().delete(&key, rv_of(existing)).await {
             Ok(kv) => {
                 let mut gone = existing.clone();
-                meta_mut(&mut gone).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
+                meta_mut(&mut gone)
+                    .insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
                 Ok(gone)
             }
             Err(store::Error::Conflict { .. }) => Err(ApiError::conflict(res, &name)),
@@ -384,7 +479,13 @@ impl ApiState {
     }
 
     /// Stores a deletion mark directly (deletion fields are otherwise kept from the old object).
-    async fn store_marked(&self, res: &'static ResourceInfo, old: &Value, mut marked: Value, dry_run: bool) -> ApiResult<Value> {
+    async fn store_marked(
+        &self,
+        res: &'static ResourceInfo,
+        old: &Value,
+        mut marked: Value,
+        dry_run: bool,
+    ) -> ApiResult<Value> {
         if dry_run {
             return Ok(marked);
         }
@@ -416,7 +517,8 @@ impl ApiState {
                 let (items, _, _) = self.cache.list(&res.prefix(Some(ns)), None, None, |_| true);
                 remaining += items.len();
                 for (_, object) in items {
-                    if object.pointer("/metadata/deletionTimestamp").is_some() && res.kind != "Pod" {
+                    if object.pointer("/metadata/deletionTimestamp").is_some() && res.kind != "Pod"
+                    {
                         continue;
                     }
                     if let Err(e) = self.delete_object(res, &object, Some(0), false).await {
@@ -428,7 +530,12 @@ impl ApiState {
             }
             if remaining == 0 {
                 if let Some(n) = self.cache.get(&namespaces.key(None, ns)) {
-                    if let Err(e) = self.cache.store().delete(&namespaces.key(None, ns), rv_of(&n)).await {
+                    if let Err(e) = self
+                        .cache
+                        .store()
+                        .delete(&namespaces.key(None, ns), rv_of(&n))
+                        .await
+                    {
                         tracing::debug!(namespace = ns, error = %e, "namespace removal raced; retrying");
                         continue;
                     }
@@ -447,8 +554,16 @@ impl ApiState {
 
 fn respond(ctx: &Ctx, code: StatusCode, object: &Value, warnings: &[String]) -> Response {
     if ctx.wants_table() {
-        let rv = meta_str(object, "resourceVersion").unwrap_or_default().to_owned();
-        let t = table::table(ctx.target.res.kind, &[object], &rv, None, jiff::Timestamp::now());
+        let rv = meta_str(object, "resourceVersion")
+            .unwrap_or_default()
+            .to_owned();
+        let t = table::table(
+            ctx.target.res.kind,
+            &[object],
+            &rv,
+            None,
+            jiff::Timestamp::now(),
+        );
         return json_response(code, &t, warnings);
     }
     json_response(code, object, warnings)
@@ -485,7 +600,11 @@ impl Filters {
 
     /// Whether an object passes both selectors.
     pub fn matches(&self, object: &Value) -> bool {
-        self.labels.matches(object.pointer("/metadata/labels").and_then(Value::as_object)) && self.fields.matches(object)
+        self.labels.matches(
+            object
+                .pointer("/metadata/labels")
+                .and_then(Value::as_object),
+        ) && self.fields.matches(object)
     }
 }
 
@@ -498,10 +617,13 @@ struct ContinueToken {
 async fn list(state: &Arc<ApiState>, ctx: &Ctx) -> ApiResult<Response> {
     let t = &ctx.target;
     let filters = Filters::parse(ctx)?;
-    let limit = match ctx.query.get("limit") {
-        None | Some("") | Some("0") => None,
-        Some(l) => Some(l.parse::<usize>().map_err(|_| ApiError::bad_request(format!("limit must be a number, not \"{l}\"")))?),
-    };
+    let limit =
+        match ctx.query.get("limit") {
+            None | Some("") | Some("0") => None,
+            Some(l) => Some(l.parse::<usize>().map_err(|_| {
+                ApiError::bad_request(format!("limit must be a number, not \"{l}\""))
+            })?),
+        };
     let after = match ctx.query.get("continue").filter(|c| !c.is_empty()) {
         None => None,
         Some(token) => {
@@ -516,17 +638,32 @@ async fn list(state: &Arc<ApiState>, ctx: &Ctx) -> ApiResult<Response> {
     };
     state.cache.sync().await?;
     let prefix = t.res.prefix(t.namespace.as_deref());
-    let (items, revision, more) = state.cache.list(&prefix, after.as_ref().map(|a| a.start.as_str()), limit, |o| filters.matches(o));
+    let (items, revision, more) = state.cache.list(
+        &prefix,
+        after.as_ref().map(|a| a.start.as_str()),
+        limit,
+        |o| filters.matches(o),
+    );
     let continue_token = (more && !items.is_empty()).then(|| {
         use base64::Engine;
         let last = items.last().map(|(k, _)| k.clone()).unwrap_or_default();
-        let token = serde_json::to_vec(&ContinueToken { rv: revision, start: last }).unwrap_or_default();
+        let token = serde_json::to_vec(&ContinueToken {
+            rv: revision,
+            start: last,
+        })
+        .unwrap_or_default();
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token)
     });
     let rv = revision.to_string();
     if ctx.wants_table() {
         let objects: Vec<&Value> = items.iter().map(|(_, o)| o.as_ref()).collect();
-        let t = table::table(t.res.kind, &objects, &rv, continue_token.as_deref(), jiff::Timestamp::now());
+        let t = table::table(
+            t.res.kind,
+            &objects,
+            &rv,
+            continue_token.as_deref(),
+            jiff::Timestamp::now(),
+        );
         return Ok(json_response(StatusCode::OK, &t, &[]));
     }
     // Lists can be large: write the items straight into the body.
@@ -560,20 +697,30 @@ async fn create(state: &Arc<ApiState>, ctx: &Ctx, body: &[u8]) -> ApiResult<Resp
     let (mut object, unknown) = objects::normalize(t.res, &input, mode)?;
     set_namespace(t, &mut object)?;
     let warnings = warnings_for(mode, &unknown);
-    let created = state.create_object(t.res, object, ctx.query.dry_run()?).await?;
+    let created = state
+        .create_object(t.res, object, ctx.query.dry_run()?)
+        .await?;
     Ok(respond(ctx, StatusCode::CREATED, &created, &warnings))
 }
 
 fn warnings_for(mode: FieldValidation, unknown: &[String]) -> Vec<String> {
     if mode == FieldValidation::Warn {
-        unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect()
+        unknown
+            .iter()
+            .map(|f| format!("unknown field \"{f}\""))
+            .collect()
     } else {
         Vec::new()
     }
 }
 
 /// Combines the stored object with what a main-resource or status write may change.
-fn merge_for_subresource(res: &'static ResourceInfo, sub: Option<&str>, old: &Value, mut new: Value) -> Value {
+fn merge_for_subresource(
+    res: &'static ResourceInfo,
+    sub: Option<&str>,
+    old: &Value,
+    mut new: Value,
+) -> Value {
     match sub {
         Some("status") => {
             let mut merged = old.clone();
@@ -603,7 +750,9 @@ async fn update(state: &Arc<ApiState>, ctx: &Ctx, body: &[u8]) -> ApiResult<Resp
     set_namespace(t, &mut object)?;
     match meta_str(&object, "name") {
         Some(n) if n != name => {
-            return Err(ApiError::bad_request(format!("the name of the object ({n}) does not match the name on the URL ({name})")));
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({n}) does not match the name on the URL ({name})"
+            )));
         }
         _ => {
             meta_mut(&mut object).insert("name".into(), json!(name));
@@ -616,8 +765,15 @@ async fn update(state: &Arc<ApiState>, ctx: &Ctx, body: &[u8]) -> ApiResult<Resp
         }
     }
     let merged = merge_for_subresource(t.res, t.sub.as_deref(), &existing, object);
-    let stored = state.write_update(t.res, &existing, merged, ctx.query.dry_run()?).await?;
-    Ok(respond(ctx, StatusCode::OK, &stored, &warnings_for(mode, &unknown)))
+    let stored = state
+        .write_update(t.res, &existing, merged, ctx.query.dry_run()?)
+        .await?;
+    Ok(respond(
+        ctx,
+        StatusCode::OK,
+        &stored,
+        &warnings_for(mode, &unknown),
+    ))
 }
 
 /// Which patch format a PATCH body is in.
@@ -630,7 +786,11 @@ enum PatchKind {
 }
 
 fn patch_kind(ctx: &Ctx) -> ApiResult<PatchKind> {
-    let ct = ctx.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let ct = ctx
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
     match ct.split(';').next().unwrap_or_default().trim() {
         "application/json-patch+json" => Ok(PatchKind::Json),
         "application/merge-patch+json" => Ok(PatchKind::Merge),
@@ -661,7 +821,9 @@ fn apply_patch(kind: PatchKind, res_kind: &str, base: &Value, body: &Value) -> A
         }
         PatchKind::Strategic => {
             if !body.is_object() {
-                return Err(ApiError::bad_request("a strategic merge patch must be a JSON object"));
+                return Err(ApiError::bad_request(
+                    "a strategic merge patch must be a JSON object",
+                ));
             }
             patch::strategic_merge_patch(&mut out, body, res_kind)
         }
@@ -690,21 +852,38 @@ async fn patch_object(state: &Arc<ApiState>, ctx: &Ctx, body: &[u8]) -> ApiResul
             (scaled(t.res, &existing, &patched_scale)?, Vec::new())
         } else {
             let patched = apply_patch(kind, t.res.kind, &existing, &patch_body)?;
-            if let Some(rv) = patch_body.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
+            if let Some(rv) = patch_body
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+            {
                 if Some(rv) != meta_str(&existing, "resourceVersion") {
                     return Err(ApiError::conflict(t.res, name));
                 }
             }
             if meta_str(&patched, "name") != Some(name) {
-                return Err(ApiError::bad_request("a patch may not change metadata.name"));
+                return Err(ApiError::bad_request(
+                    "a patch may not change metadata.name",
+                ));
             }
             let (normalized, unknown) = objects::normalize(t.res, &patched, mode)?;
-            (merge_for_subresource(t.res, t.sub.as_deref(), &existing, normalized), unknown)
+            (
+                merge_for_subresource(t.res, t.sub.as_deref(), &existing, normalized),
+                unknown,
+            )
         };
         match state.write_update(t.res, &existing, patched, dry_run).await {
             Ok(stored) => {
-                let shown = if t.sub.as_deref() == Some("scale") { scale_view(t.res, &stored) } else { stored };
-                return Ok(respond(ctx, StatusCode::OK, &shown, &warnings_for(mode, &unknown)));
+                let shown = if t.sub.as_deref() == Some("scale") {
+                    scale_view(t.res, &stored)
+                } else {
+                    stored
+                };
+                return Ok(respond(
+                    ctx,
+                    StatusCode::OK,
+                    &shown,
+                    &warnings_for(mode, &unknown),
+                ));
             }
             Err(e) if e.reason == "Conflict" => last_conflict = Some(e),
             Err(e) => return Err(e),
@@ -715,11 +894,19 @@ async fn patch_object(state: &Arc<ApiState>, ctx: &Ctx, body: &[u8]) -> ApiResul
 
 /// The DeleteOptions of a DELETE, from its body or query.
 fn delete_options(ctx: &Ctx, body: &[u8]) -> ApiResult<(Option<i64>, Value)> {
-    let opts = if body.iter().all(u8::is_ascii_whitespace) { json!({}) } else { object_body(ctx, body)? };
+    let opts = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        object_body(ctx, body)?
+    };
     let grace = opts
         .get("gracePeriodSeconds")
         .and_then(Value::as_i64)
-        .or_else(|| ctx.query.get("gracePeriodSeconds").and_then(|g| g.parse().ok()));
+        .or_else(|| {
+            ctx.query
+                .get("gracePeriodSeconds")
+                .and_then(|g| g.parse().ok())
+        });
     Ok((grace, opts))
 }
 
@@ -727,19 +914,35 @@ async fn delete(state: &Arc<ApiState>, ctx: &Ctx, body: &[u8]) -> ApiResult<Resp
     let t = &ctx.target;
     let name = t.name.as_deref().unwrap_or_default();
     let (grace, opts) = delete_options(ctx, body)?;
-    let dry_run = ctx.query.dry_run()? || opts.get("dryRun").and_then(Value::as_array).is_some_and(|d| d.iter().any(|x| x == "All"));
+    let dry_run = ctx.query.dry_run()?
+        || opts
+            .get("dryRun")
+            .and_then(Value::as_array)
+            .is_some_and(|d| d.iter().any(|x| x == "All"));
     let existing = state.read(t).await?;
     if let Some(uid) = opts.pointer("/preconditions/uid").and_then(Value::as_str) {
         if Some(uid) != meta_str(&existing, "uid") {
-            return Err(ApiError::conflict_because(t.res, name, format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", meta_str(&existing, "uid").unwrap_or_default())));
+            return Err(ApiError::conflict_because(
+                t.res,
+                name,
+                format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    meta_str(&existing, "uid").unwrap_or_default()
+                ),
+            ));
         }
     }
-    if let Some(rv) = opts.pointer("/preconditions/resourceVersion").and_then(Value::as_str) {
+    if let Some(rv) = opts
+        .pointer("/preconditions/resourceVersion")
+        .and_then(Value::as_str)
+    {
         if Some(rv) != meta_str(&existing, "resourceVersion") {
             return Err(ApiError::conflict(t.res, name));
         }
     }
-    let deleted = state.delete_object(t.res, &existing, grace, dry_run).await?;
+    let deleted = state
+        .delete_object(t.res, &existing, grace, dry_run)
+        .await?;
     Ok(respond(ctx, StatusCode::OK, &deleted, &[]))
 }
 
@@ -749,7 +952,12 @@ async fn delete_collection(state: &Arc<ApiState>, ctx: &Ctx, body: &[u8]) -> Api
     let (grace, _) = delete_options(ctx, body)?;
     let dry_run = ctx.query.dry_run()?;
     state.cache.sync().await?;
-    let (items, revision, _) = state.cache.list(&t.res.prefix(t.namespace.as_deref()), None, None, |o| filters.matches(o));
+    let (items, revision, _) =
+        state
+            .cache
+            .list(&t.res.prefix(t.namespace.as_deref()), None, None, |o| {
+                filters.matches(o)
+            });
     let mut deleted = Vec::new();
     for (_, object) in items {
         match state.delete_object(t.res, &object, grace, dry_run).await {
@@ -792,13 +1000,20 @@ fn scale_view(res: &ResourceInfo, object: &Value) -> Value {
 fn scaled(res: &ResourceInfo, object: &Value, scale: &Value) -> ApiResult<Value> {
     let replicas = match scale.pointer("/spec/replicas") {
         None | Some(Value::Null) => 0,
-        Some(v) => v.as_i64().filter(|r| *r >= 0 && *r <= i64::from(i32::MAX)).ok_or_else(|| {
-            ApiError::invalid(
-                res,
-                meta_str(object, "name").unwrap_or_default(),
-                vec![super::error::Cause::invalid("spec.replicas", v, "must be greater than or equal to 0")],
-            )
-        })?,
+        Some(v) => v
+            .as_i64()
+            .filter(|r| *r >= 0 && *r <= i64::from(i32::MAX))
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    res,
+                    meta_str(object, "name").unwrap_or_default(),
+                    vec![super::error::Cause::invalid(
+                        "spec.replicas",
+                        v,
+                        "must be greater than or equal to 0",
+                    )],
+                )
+            })?,
     };
     let mut out = object.clone();
     out["spec"]["replicas"] = json!(replicas);
@@ -807,7 +1022,11 @@ fn scaled(res: &ResourceInfo, object: &Value, scale: &Value) -> ApiResult<Value>
 
 async fn get_scale(state: &Arc<ApiState>, ctx: &Ctx) -> ApiResult<Response> {
     let object = state.read(&ctx.target).await?;
-    Ok(json_response(StatusCode::OK, &scale_view(ctx.target.res, &object), &[]))
+    Ok(json_response(
+        StatusCode::OK,
+        &scale_view(ctx.target.res, &object),
+        &[],
+    ))
 }
 
 async fn update_scale(state: &Arc<ApiState>, ctx: &Ctx, body: &[u8]) -> ApiResult<Response> {
@@ -821,8 +1040,14 @@ async fn update_scale(state: &Arc<ApiState>, ctx: &Ctx, body: &[u8]) -> ApiResul
         }
     }
     let updated = scaled(t.res, &existing, &scale)?;
-    let stored = state.write_update(t.res, &existing, updated, ctx.query.dry_run()?).await?;
-    Ok(json_response(StatusCode::OK, &scale_view(t.res, &stored), &[]))
+    let stored = state
+        .write_update(t.res, &existing, updated, ctx.query.dry_run()?)
+        .await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &scale_view(t.res, &stored),
+        &[],
+    ))
 }
 
 fn success(code: u16) -> Value {
@@ -837,24 +1062,51 @@ async fn bind(state: &Arc<ApiState>, ctx: &Ctx, body: &[u8]) -> ApiResult<Respon
         .pointer("/target/name")
         .and_then(Value::as_str)
         .filter(|n| !n.is_empty())
-        .ok_or_else(|| ApiError::invalid(t.res, name, vec![super::error::Cause::required("target.name")]))?
+        .ok_or_else(|| {
+            ApiError::invalid(
+                t.res,
+                name,
+                vec![super::error::Cause::required("target.name")],
+            )
+        })?
         .to_owned();
     for _ in 0..PATCH_RETRIES {
         let existing = state.read(t).await?;
         if existing.pointer("/metadata/deletionTimestamp").is_some() {
-            return Err(ApiError::conflict_because(t.res, name, "pod is being deleted, cannot be assigned to a host"));
+            return Err(ApiError::conflict_because(
+                t.res,
+                name,
+                "pod is being deleted, cannot be assigned to a host",
+            ));
         }
-        if let Some(current) = existing.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
-            return Err(ApiError::conflict_because(t.res, name, format!("pod {name} is already assigned to node \"{current}\"")));
+        if let Some(current) = existing
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+        {
+            return Err(ApiError::conflict_because(
+                t.res,
+                name,
+                format!("pod {name} is already assigned to node \"{current}\""),
+            ));
         }
         let mut bound = (*existing).clone();
         bound["spec"]["nodeName"] = json!(node);
         let condition = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now()});
-        let conditions = bound["status"]["conditions"].as_array().cloned().unwrap_or_default();
-        let mut conditions: Vec<Value> = conditions.into_iter().filter(|c| c["type"] != "PodScheduled").collect();
+        let conditions = bound["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let mut conditions: Vec<Value> = conditions
+            .into_iter()
+            .filter(|c| c["type"] != "PodScheduled")
+            .collect();
         conditions.push(condition);
         bound["status"]["conditions"] = json!(conditions);
-        match state.write_update(t.res, &existing, bound, ctx.query.dry_run()?).await {
+        match state
+            .write_update(t.res, &existing, bound, ctx.query.dry_run()?)
+            .await
+        {
             Ok(_) => return Ok(json_response(StatusCode::CREATED, &success(201), &[])),
             Err(e) if e.reason == "Conflict" => continue,
             Err(e) => return Err(e),
@@ -866,9 +1118,13 @@ async fn bind(state: &Arc<ApiState>, ctx: &Ctx, body: &[u8]) -> ApiResult<Respon
 async fn evict(state: &Arc<ApiState>, ctx: &Ctx, body: &[u8]) -> ApiResult<Response> {
     let t = &ctx.target;
     let eviction = object_body(ctx, body)?;
-    let grace = eviction.pointer("/deleteOptions/gracePeriodSeconds").and_then(Value::as_i64);
+    let grace = eviction
+        .pointer("/deleteOptions/gracePeriodSeconds")
+        .and_then(Value::as_i64);
     let existing = state.read(t).await?;
-    state.delete_object(t.res, &existing, grace, ctx.query.dry_run()?).await?;
+    state
+        .delete_object(t.res, &existing, grace, ctx.query.dry_run()?)
+        .await?;
     Ok(json_response(StatusCode::CREATED, &success(201), &[]))
 }
 

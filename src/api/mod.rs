@@ -53,7 +53,10 @@ pub struct Tokens {
 impl Tokens {
     fn identify(&self, headers: &HeaderMap) -> Option<Identity> {
         let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-        let token = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))?.trim();
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))?
+            .trim();
         if constant_time_eq(token.as_bytes(), self.admin.as_bytes()) {
             Some(Identity::Admin)
         } else if constant_time_eq(token.as_bytes(), self.node.as_bytes()) {
@@ -84,9 +87,20 @@ pub struct ApiState {
 
 impl ApiState {
     /// Builds the shared state and starts the namespace finalizer.
-    pub fn new(cache: Arc<Cache>, tokens: Tokens, shutdown: CancellationToken, bookmark_interval: Duration) -> Arc<Self> {
+    pub fn new(
+        cache: Arc<Cache>,
+        tokens: Tokens,
+        shutdown: CancellationToken,
+        bookmark_interval: Duration,
+    ) -> Arc<Self> {
         let (finalizer, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-        let state = Arc::new(Self { cache, tokens, shutdown, bookmark_interval, finalizer });
+        let state = Arc::new(Self {
+            cache,
+            tokens,
+            shutdown,
+            bookmark_interval,
+            finalizer,
+        });
         let weak = Arc::downgrade(&state);
         tokio::spawn(async move {
             while let Some(ns) = rx.recv().await {
@@ -129,7 +143,11 @@ async fn not_found(uri: http::Uri) -> Response {
     ApiError::no_route(uri.path()).into_response()
 }
 
-async fn authenticate(State(state): State<Arc<ApiState>>, mut request: Request, next: Next) -> Response {
+async fn authenticate(
+    State(state): State<Arc<ApiState>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let path = request.uri().path();
     if matches!(path, "/healthz" | "/livez" | "/readyz") {
         return next.run(request).await;
@@ -170,7 +188,10 @@ pub struct Target {
 impl Target {
     /// The store key of the named object.
     pub fn key(&self) -> String {
-        self.res.key(self.namespace.as_deref(), self.name.as_deref().unwrap_or_default())
+        self.res.key(
+            self.namespace.as_deref(),
+            self.name.as_deref().unwrap_or_default(),
+        )
     }
 }
 
@@ -194,11 +215,14 @@ pub fn parse_route(path: &str) -> ApiResult<Route> {
         }
         _ => return Err(ApiError::no_route(path)),
     };
-    let lookup = |plural: &str| resources::lookup(group, plural).ok_or_else(|| ApiError::no_route(path));
+    let lookup =
+        |plural: &str| resources::lookup(group, plural).ok_or_else(|| ApiError::no_route(path));
     let owned = |s: Option<&&str>| s.map(|s| (*s).to_owned());
     let target = match rest {
         [] => return Ok(Route::Resources(group)),
-        ["namespaces", ns, plural, more @ ..] if resources::lookup(group, plural).is_some_and(|r| r.namespaced) => {
+        ["namespaces", ns, plural, more @ ..]
+            if resources::lookup(group, plural).is_some_and(|r| r.namespaced) =>
+        {
             if more.len() > 2 {
                 return Err(ApiError::no_route(path));
             }
@@ -214,7 +238,12 @@ pub fn parse_route(path: &str) -> ApiResult<Route> {
             if res.namespaced && !more.is_empty() {
                 return Err(ApiError::no_route(path));
             }
-            Target { res, namespace: None, name: owned(more.first()), sub: owned(more.get(1)) }
+            Target {
+                res,
+                namespace: None,
+                name: owned(more.first()),
+                sub: owned(more.get(1)),
+            }
         }
         _ => return Err(ApiError::no_route(path)),
     };
@@ -259,7 +288,9 @@ impl Query {
         match self.get("dryRun") {
             None | Some("") => Ok(false),
             Some("All") => Ok(true),
-            Some(other) => Err(ApiError::bad_request(format!("dryRun must be \"All\", not \"{other}\""))),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "dryRun must be \"All\", not \"{other}\""
+            ))),
         }
     }
 }
@@ -285,7 +316,11 @@ impl Ctx {
             .get_all(header::ACCEPT)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').next().is_some_and(|first| first.contains("as=Table")))
+            .any(|v| {
+                v.split(',')
+                    .next()
+                    .is_some_and(|first| first.contains("as=Table"))
+            })
     }
 }
 
@@ -327,7 +362,13 @@ async fn dispatch(
             Ok(b) => b,
             Err(_) => return Err(ApiError::too_large(MAX_BODY)),
         };
-        let ctx = Ctx { method, target, query: Query::parse(uri.query()), headers, identity };
+        let ctx = Ctx {
+            method,
+            target,
+            query: Query::parse(uri.query()),
+            headers,
+            identity,
+        };
         handlers::handle(&state, ctx, body).await
     }
     .await;
@@ -344,7 +385,10 @@ pub fn json_response(code: StatusCode, value: &Value, warnings: &[String]) -> Re
 pub fn bytes_response(code: StatusCode, body: Bytes, warnings: &[String]) -> Response {
     let mut response = (code, body).into_response();
     let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     for w in warnings {
         let text = format!("299 - \"{}\"", w.replace('"', "\\\""));
         if let Ok(v) = HeaderValue::from_str(&text) {
@@ -368,20 +412,44 @@ mod tests {
     #[test]
     fn namespaced_and_cluster_paths_resolve() {
         let t = target("/api/v1/namespaces/default/pods/web/status");
-        assert_eq!((t.res.plural, t.namespace.as_deref(), t.name.as_deref(), t.sub.as_deref()), ("pods", Some("default"), Some("web"), Some("status")));
+        assert_eq!(
+            (
+                t.res.plural,
+                t.namespace.as_deref(),
+                t.name.as_deref(),
+                t.sub.as_deref()
+            ),
+            ("pods", Some("default"), Some("web"), Some("status"))
+        );
         let t = target("/api/v1/namespaces/default");
-        assert_eq!((t.res.plural, t.name.as_deref()), ("namespaces", Some("default")));
+        assert_eq!(
+            (t.res.plural, t.name.as_deref()),
+            ("namespaces", Some("default"))
+        );
         let t = target("/api/v1/namespaces/kube-system/status");
-        assert_eq!((t.res.plural, t.name.as_deref(), t.sub.as_deref()), ("namespaces", Some("kube-system"), Some("status")));
+        assert_eq!(
+            (t.res.plural, t.name.as_deref(), t.sub.as_deref()),
+            ("namespaces", Some("kube-system"), Some("status"))
+        );
         let t = target("/apis/apps/v1/namespaces/x/deployments/d/scale");
-        assert_eq!((t.res.kind, t.sub.as_deref()), ("Deployment", Some("scale")));
+        assert_eq!(
+            (t.res.kind, t.sub.as_deref()),
+            ("Deployment", Some("scale"))
+        );
         let t = target("/api/v1/pods");
         assert!(t.namespace.is_none() && t.name.is_none());
     }
 
     #[test]
     fn unknown_paths_are_not_found() {
-        for p in ["/api/v2/pods", "/apis/nope/v1/x", "/api/v1/widgets", "/api/v1/pods/x", "/api/v1/namespaces/d/pods/p/nosuch", "/apis/apps/v2/deployments"] {
+        for p in [
+            "/api/v2/pods",
+            "/apis/nope/v1/x",
+            "/api/v1/widgets",
+            "/api/v1/pods/x",
+            "/api/v1/namespaces/d/pods/p/nosuch",
+            "/apis/apps/v2/deployments",
+        ] {
             assert_eq!(parse_route(p).unwrap_err().code, 404, "{p}");
         }
     }

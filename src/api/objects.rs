@@ -40,7 +40,10 @@ impl FieldValidation {
     }
 }
 
-fn typed<T: DeserializeOwned + Serialize>(res: &ResourceInfo, input: &Value) -> Result<Value, ApiError> {
+fn typed<T: DeserializeOwned + Serialize>(
+    res: &ResourceInfo,
+    input: &Value,
+) -> Result<Value, ApiError> {
     let parsed: T = serde_path_to_error::deserialize(input).map_err(|e| {
         let path = e.path().to_string();
         ApiError::bad_request(format!(
@@ -58,7 +61,11 @@ fn typed<T: DeserializeOwned + Serialize>(res: &ResourceInfo, input: &Value) -> 
 ///
 /// # Errors
 /// 400 when a field has the wrong type, or when `mode` is Strict and a field is unknown.
-pub fn normalize(res: &ResourceInfo, input: &Value, mode: FieldValidation) -> Result<(Value, Vec<String>), ApiError> {
+pub fn normalize(
+    res: &ResourceInfo,
+    input: &Value,
+    mode: FieldValidation,
+) -> Result<(Value, Vec<String>), ApiError> {
     let out = match res.kind {
         "Pod" => typed::<Pod>(res, input),
         "Namespace" => typed::<Namespace>(res, input),
@@ -76,13 +83,21 @@ pub fn normalize(res: &ResourceInfo, input: &Value, mode: FieldValidation) -> Re
         "Job" => typed::<Job>(res, input),
         "CronJob" => typed::<CronJob>(res, input),
         "Lease" => typed::<Lease>(res, input),
-        other => Err(ApiError::internal(format!("no typed decoder for kind {other}"))),
+        other => Err(ApiError::internal(format!(
+            "no typed decoder for kind {other}"
+        ))),
     }?;
     let mut unknown = Vec::new();
     unknown_fields(input, &out, "", &mut unknown);
     if mode == FieldValidation::Strict && !unknown.is_empty() {
-        let list = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect::<Vec<_>>().join(", ");
-        return Err(ApiError::bad_request(format!("strict decoding error: {list}")));
+        let list = unknown
+            .iter()
+            .map(|f| format!("unknown field \"{f}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(ApiError::bad_request(format!(
+            "strict decoding error: {list}"
+        )));
     }
     Ok((out, unknown))
 }
@@ -92,7 +107,11 @@ fn unknown_fields(input: &Value, out: &Value, path: &str, found: &mut Vec<String
     match (input, out) {
         (Value::Object(i), Value::Object(o)) => {
             for (k, v) in i {
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 match o.get(k) {
                     Some(ov) => unknown_fields(v, ov, &p, found),
                     None if v.is_null() => {}
@@ -148,9 +167,14 @@ pub fn default_pull_policy(image: &str) -> &'static str {
 }
 
 fn default_containers(spec: &mut Value, list: &str) {
-    let Some(containers) = spec.get_mut(list).and_then(Value::as_array_mut) else { return };
+    let Some(containers) = spec.get_mut(list).and_then(Value::as_array_mut) else {
+        return;
+    };
     for c in containers {
-        let policy = c.get("image").and_then(Value::as_str).map(default_pull_policy);
+        let policy = c
+            .get("image")
+            .and_then(Value::as_str)
+            .map(default_pull_policy);
         if let Some(policy) = policy {
             default_field(c, "imagePullPolicy", json!(policy));
         }
@@ -186,7 +210,11 @@ fn default_template(spec: &mut Value, restart_policy: bool) {
 }
 
 fn qos_class(spec: &Value) -> &'static str {
-    let containers = spec.get("containers").and_then(Value::as_array).cloned().unwrap_or_default();
+    let containers = spec
+        .get("containers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let mut any = false;
     let mut guaranteed = !containers.is_empty();
     for c in &containers {
@@ -211,7 +239,8 @@ fn qos_class(spec: &Value) -> &'static str {
 }
 
 fn default_job_spec(spec: &mut Value) {
-    let both_unset = spec.get("completions").is_none_or(Value::is_null) && spec.get("parallelism").is_none_or(Value::is_null);
+    let both_unset = spec.get("completions").is_none_or(Value::is_null)
+        && spec.get("parallelism").is_none_or(Value::is_null);
     if both_unset {
         default_field(spec, "completions", json!(1));
     }
@@ -227,8 +256,16 @@ fn default_job_spec(spec: &mut Value) {
 /// Fills in the fields Kubernetes defaults. `creating` adds create-only defaults (initial
 /// status, generated selectors).
 pub fn apply_defaults(res: &ResourceInfo, object: &mut Value, creating: bool) {
-    let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_owned();
-    let uid = object.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let name = object
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let uid = object
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
     match res.kind {
         "Pod" => {
             if let Some(spec) = child(object, "spec") {
@@ -243,7 +280,9 @@ pub fn apply_defaults(res: &ResourceInfo, object: &mut Value, creating: bool) {
             }
         }
         "Service" => {
-            let Some(spec) = child(object, "spec") else { return };
+            let Some(spec) = child(object, "spec") else {
+                return;
+            };
             default_field(spec, "type", json!("ClusterIP"));
             default_field(spec, "sessionAffinity", json!("None"));
             let external_name = spec.get("type").and_then(Value::as_str) == Some("ExternalName");
@@ -263,7 +302,9 @@ pub fn apply_defaults(res: &ResourceInfo, object: &mut Value, creating: bool) {
             }
         }
         "Deployment" => {
-            let Some(spec) = child(object, "spec") else { return };
+            let Some(spec) = child(object, "spec") else {
+                return;
+            };
             default_field(spec, "replicas", json!(1));
             default_field(spec, "revisionHistoryLimit", json!(10));
             default_field(spec, "progressDeadlineSeconds", json!(600));
@@ -279,12 +320,16 @@ pub fn apply_defaults(res: &ResourceInfo, object: &mut Value, creating: bool) {
             default_template(spec, true);
         }
         "ReplicaSet" => {
-            let Some(spec) = child(object, "spec") else { return };
+            let Some(spec) = child(object, "spec") else {
+                return;
+            };
             default_field(spec, "replicas", json!(1));
             default_template(spec, true);
         }
         "StatefulSet" => {
-            let Some(spec) = child(object, "spec") else { return };
+            let Some(spec) = child(object, "spec") else {
+                return;
+            };
             default_field(spec, "replicas", json!(1));
             default_field(spec, "podManagementPolicy", json!("OrderedReady"));
             default_field(spec, "revisionHistoryLimit", json!(10));
@@ -303,7 +348,9 @@ pub fn apply_defaults(res: &ResourceInfo, object: &mut Value, creating: bool) {
             default_template(spec, true);
         }
         "DaemonSet" => {
-            let Some(spec) = child(object, "spec") else { return };
+            let Some(spec) = child(object, "spec") else {
+                return;
+            };
             default_field(spec, "revisionHistoryLimit", json!(10));
             if let Some(strategy) = child(spec, "updateStrategy") {
                 default_field(strategy, "type", json!("RollingUpdate"));
@@ -317,13 +364,23 @@ pub fn apply_defaults(res: &ResourceInfo, object: &mut Value, creating: bool) {
             default_template(spec, true);
         }
         "Job" => {
-            let manual = object.pointer("/spec/manualSelector").and_then(Value::as_bool) == Some(true);
+            let manual = object
+                .pointer("/spec/manualSelector")
+                .and_then(Value::as_bool)
+                == Some(true);
             if creating && !manual && !uid.is_empty() {
                 let labels = json!({"batch.kubernetes.io/controller-uid": uid, "batch.kubernetes.io/job-name": name,
                                     "controller-uid": uid, "job-name": name});
                 if let Some(spec) = child(object, "spec") {
-                    default_field(spec, "selector", json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}));
-                    if let Some(tl) = child(spec, "template").and_then(|t| child(t, "metadata")).and_then(|m| child(m, "labels")) {
+                    default_field(
+                        spec,
+                        "selector",
+                        json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}),
+                    );
+                    if let Some(tl) = child(spec, "template")
+                        .and_then(|t| child(t, "metadata"))
+                        .and_then(|m| child(m, "labels"))
+                    {
                         for (k, v) in labels.as_object().into_iter().flatten() {
                             default_field(tl, k, v.clone());
                         }
@@ -335,7 +392,9 @@ pub fn apply_defaults(res: &ResourceInfo, object: &mut Value, creating: bool) {
             }
         }
         "CronJob" => {
-            let Some(spec) = child(object, "spec") else { return };
+            let Some(spec) = child(object, "spec") else {
+                return;
+            };
             default_field(spec, "concurrencyPolicy", json!("Allow"));
             default_field(spec, "suspend", json!(false));
             default_field(spec, "successfulJobsHistoryLimit", json!(3));
@@ -378,7 +437,8 @@ pub fn is_dns1123_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
@@ -391,7 +451,11 @@ pub fn is_dns1123_subdomain(s: &str) -> bool {
 /// Checks a name against the resource's naming rule, returning the rule's message on failure.
 pub fn check_name(res: &ResourceInfo, name: &str) -> Result<(), String> {
     let label = matches!(res.kind, "Namespace" | "Service");
-    let ok = if label { is_dns1123_label(name) } else { is_dns1123_subdomain(name) };
+    let ok = if label {
+        is_dns1123_label(name)
+    } else {
+        is_dns1123_subdomain(name)
+    };
     if ok {
         Ok(())
     } else if label {
@@ -412,7 +476,10 @@ fn validate_metadata(res: &ResourceInfo, object: &Value, causes: &mut Vec<Cause>
     } else if let Err(msg) = check_name(res, name) {
         causes.push(Cause::invalid("metadata.name", name, msg));
     }
-    if let Some(labels) = object.pointer("/metadata/labels").and_then(Value::as_object) {
+    if let Some(labels) = object
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object)
+    {
         for (k, v) in labels {
             if let Err(msg) = validate_label_key(k) {
                 causes.push(Cause::invalid("metadata.labels", k, msg));
@@ -423,11 +490,18 @@ fn validate_metadata(res: &ResourceInfo, object: &Value, causes: &mut Vec<Cause>
                         causes.push(Cause::invalid(format!("metadata.labels.{k}"), s, msg));
                     }
                 }
-                None => causes.push(Cause::invalid(format!("metadata.labels.{k}"), v, "must be a string")),
+                None => causes.push(Cause::invalid(
+                    format!("metadata.labels.{k}"),
+                    v,
+                    "must be a string",
+                )),
             }
         }
     }
-    if let Some(annotations) = object.pointer("/metadata/annotations").and_then(Value::as_object) {
+    if let Some(annotations) = object
+        .pointer("/metadata/annotations")
+        .and_then(Value::as_object)
+    {
         let mut total = 0;
         for (k, v) in annotations {
             if let Err(msg) = validate_label_key(k) {
@@ -445,8 +519,17 @@ fn validate_metadata(res: &ResourceInfo, object: &Value, causes: &mut Vec<Cause>
     }
 }
 
-fn validate_containers(spec: &Value, path: &str, names: &mut Vec<String>, list: &str, volumes: &[String], causes: &mut Vec<Cause>) {
-    let Some(containers) = spec.get(list).and_then(Value::as_array) else { return };
+fn validate_containers(
+    spec: &Value,
+    path: &str,
+    names: &mut Vec<String>,
+    list: &str,
+    volumes: &[String],
+    causes: &mut Vec<Cause>,
+) {
+    let Some(containers) = spec.get(list).and_then(Value::as_array) else {
+        return;
+    };
     for (i, c) in containers.iter().enumerate() {
         let p = format!("{path}.{list}[{i}]");
         match c.get("name").and_then(Value::as_str) {
@@ -461,28 +544,55 @@ fn validate_containers(spec: &Value, path: &str, names: &mut Vec<String>, list: 
                 names.push(n.to_owned());
             }
         }
-        if c.get("image").and_then(Value::as_str).is_none_or(|s| s.trim().is_empty()) {
+        if c.get("image")
+            .and_then(Value::as_str)
+            .is_none_or(|s| s.trim().is_empty())
+        {
             causes.push(Cause::required(format!("{p}.image")));
         }
         if let Some(policy) = c.get("imagePullPolicy").and_then(Value::as_str) {
             if !["Always", "IfNotPresent", "Never"].contains(&policy) {
-                causes.push(Cause::not_supported(format!("{p}.imagePullPolicy"), policy, &["Always", "IfNotPresent", "Never"]));
+                causes.push(Cause::not_supported(
+                    format!("{p}.imagePullPolicy"),
+                    policy,
+                    &["Always", "IfNotPresent", "Never"],
+                ));
             }
         }
-        for (j, port) in c.get("ports").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        for (j, port) in c
+            .get("ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
             let pp = format!("{p}.ports[{j}]");
             match port.get("containerPort").and_then(Value::as_i64) {
                 Some(n) if (1..=65535).contains(&n) => {}
-                Some(n) => causes.push(Cause::invalid(format!("{pp}.containerPort"), n, "must be between 1 and 65535, inclusive")),
+                Some(n) => causes.push(Cause::invalid(
+                    format!("{pp}.containerPort"),
+                    n,
+                    "must be between 1 and 65535, inclusive",
+                )),
                 None => causes.push(Cause::required(format!("{pp}.containerPort"))),
             }
             if let Some(proto) = port.get("protocol").and_then(Value::as_str) {
                 if !["TCP", "UDP", "SCTP"].contains(&proto) {
-                    causes.push(Cause::not_supported(format!("{pp}.protocol"), proto, &["SCTP", "TCP", "UDP"]));
+                    causes.push(Cause::not_supported(
+                        format!("{pp}.protocol"),
+                        proto,
+                        &["SCTP", "TCP", "UDP"],
+                    ));
                 }
             }
         }
-        for (j, m) in c.get("volumeMounts").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        for (j, m) in c
+            .get("volumeMounts")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
             let mp = format!("{p}.volumeMounts[{j}]");
             match m.get("name").and_then(Value::as_str) {
                 None | Some("") => causes.push(Cause::required(format!("{mp}.name"))),
@@ -493,7 +603,10 @@ fn validate_containers(spec: &Value, path: &str, names: &mut Vec<String>, list: 
                 }),
                 Some(_) => {}
             }
-            if m.get("mountPath").and_then(Value::as_str).is_none_or(str::is_empty) {
+            if m.get("mountPath")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+            {
                 causes.push(Cause::required(format!("{mp}.mountPath")));
             }
         }
@@ -507,12 +620,22 @@ fn validate_pod_spec(spec: Option<&Value>, path: &str, restart: &[&str], causes:
         return;
     };
     let mut volumes = Vec::new();
-    for (i, v) in spec.get("volumes").and_then(Value::as_array).into_iter().flatten().enumerate() {
+    for (i, v) in spec
+        .get("volumes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
         match v.get("name").and_then(Value::as_str) {
             None | Some("") => causes.push(Cause::required(format!("{path}.volumes[{i}].name"))),
             Some(n) => {
                 if !is_dns1123_label(n) {
-                    causes.push(Cause::invalid(format!("{path}.volumes[{i}].name"), n, DNS1123_LABEL_MSG));
+                    causes.push(Cause::invalid(
+                        format!("{path}.volumes[{i}].name"),
+                        n,
+                        DNS1123_LABEL_MSG,
+                    ));
                 }
                 if volumes.iter().any(|x| x == n) {
                     causes.push(Cause::duplicate(format!("{path}.volumes[{i}].name"), n));
@@ -521,7 +644,11 @@ fn validate_pod_spec(spec: Option<&Value>, path: &str, restart: &[&str], causes:
             }
         }
     }
-    if spec.get("containers").and_then(Value::as_array).is_none_or(Vec::is_empty) {
+    if spec
+        .get("containers")
+        .and_then(Value::as_array)
+        .is_none_or(Vec::is_empty)
+    {
         causes.push(Cause::required(format!("{path}.containers")));
     }
     let mut names = Vec::new();
@@ -529,30 +656,54 @@ fn validate_pod_spec(spec: Option<&Value>, path: &str, restart: &[&str], causes:
     validate_containers(spec, path, &mut names, "containers", &volumes, causes);
     if let Some(policy) = spec.get("restartPolicy").and_then(Value::as_str) {
         if !restart.contains(&policy) {
-            causes.push(Cause::not_supported(format!("{path}.restartPolicy"), policy, restart));
+            causes.push(Cause::not_supported(
+                format!("{path}.restartPolicy"),
+                policy,
+                restart,
+            ));
         }
     } else if !restart.contains(&"Always") {
         causes.push(Cause::required(format!("{path}.restartPolicy")));
     }
-    if let Some(g) = spec.get("terminationGracePeriodSeconds").and_then(Value::as_i64) {
+    if let Some(g) = spec
+        .get("terminationGracePeriodSeconds")
+        .and_then(Value::as_i64)
+    {
         if g < 0 {
-            causes.push(Cause::invalid(format!("{path}.terminationGracePeriodSeconds"), g, "must be greater than or equal to 0"));
+            causes.push(Cause::invalid(
+                format!("{path}.terminationGracePeriodSeconds"),
+                g,
+                "must be greater than or equal to 0",
+            ));
         }
     }
 }
 
 /// Validates a workload's selector against its pod template's labels.
-fn validate_selector_and_template(spec: &Value, path: &str, restart: &[&str], causes: &mut Vec<Cause>) {
+fn validate_selector_and_template(
+    spec: &Value,
+    path: &str,
+    restart: &[&str],
+    causes: &mut Vec<Cause>,
+) {
     let selector = spec.get("selector");
     match selector {
         None | Some(Value::Null) => causes.push(Cause::required(format!("{path}.selector"))),
         Some(sel) => match LabelSelector::from_json(sel) {
             Err(e) => causes.push(Cause::invalid(format!("{path}.selector"), sel, e)),
-            Ok(parsed) if parsed.is_empty() => causes.push(Cause::invalid(format!("{path}.selector"), sel, "empty selector is invalid for deployment")),
+            Ok(parsed) if parsed.is_empty() => causes.push(Cause::invalid(
+                format!("{path}.selector"),
+                sel,
+                "empty selector is invalid for deployment",
+            )),
             Ok(parsed) => {
-                let labels = spec.pointer("/template/metadata/labels").and_then(Value::as_object);
+                let labels = spec
+                    .pointer("/template/metadata/labels")
+                    .and_then(Value::as_object);
                 if !parsed.matches(labels) {
-                    let shown = labels.map(|l| Value::Object(l.clone())).unwrap_or(json!({}));
+                    let shown = labels
+                        .map(|l| Value::Object(l.clone()))
+                        .unwrap_or(json!({}));
                     causes.push(Cause::invalid(
                         format!("{path}.template.metadata.labels"),
                         labels_string(&shown),
@@ -562,27 +713,49 @@ fn validate_selector_and_template(spec: &Value, path: &str, restart: &[&str], ca
             }
         },
     }
-    validate_pod_spec(spec.pointer("/template/spec"), &format!("{path}.template.spec"), restart, causes);
+    validate_pod_spec(
+        spec.pointer("/template/spec"),
+        &format!("{path}.template.spec"),
+        restart,
+        causes,
+    );
 }
 
 fn labels_string(labels: &Value) -> String {
     labels
         .as_object()
-        .map(|m| m.iter().map(|(k, v)| format!("{k}:{}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(","))
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}:{}", v.as_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
         .unwrap_or_default()
 }
 
 fn validate_replicas(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
     if let Some(r) = spec.get("replicas").and_then(Value::as_i64) {
         if r < 0 {
-            causes.push(Cause::invalid(format!("{path}.replicas"), r, "must be greater than or equal to 0"));
+            causes.push(Cause::invalid(
+                format!("{path}.replicas"),
+                r,
+                "must be greater than or equal to 0",
+            ));
         }
     }
 }
 
 fn validate_data_keys(object: &Value, field: &str, causes: &mut Vec<Cause>) {
-    for (k, _) in object.get(field).and_then(Value::as_object).into_iter().flatten() {
-        let ok = !k.is_empty() && k.len() <= 253 && k.bytes().all(|c| c.is_ascii_alphanumeric() || b"-._".contains(&c));
+    for (k, _) in object
+        .get(field)
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
+        let ok = !k.is_empty()
+            && k.len() <= 253
+            && k.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"-._".contains(&c));
         if !ok {
             causes.push(Cause::invalid(
                 format!("{field}[{k}]"),
@@ -595,13 +768,20 @@ fn validate_data_keys(object: &Value, field: &str, causes: &mut Vec<Cause>) {
 
 fn validate_service(object: &Value, causes: &mut Vec<Cause>) {
     let spec = object.get("spec").cloned().unwrap_or(json!({}));
-    let ty = spec.get("type").and_then(Value::as_str).unwrap_or("ClusterIP");
+    let ty = spec
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP");
     let types = ["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"];
     if !types.contains(&ty) {
         causes.push(Cause::not_supported("spec.type", ty, &types));
     }
     let headless = spec.get("clusterIP").and_then(Value::as_str) == Some("None");
-    let ports = spec.get("ports").and_then(Value::as_array).cloned().unwrap_or_default();
+    let ports = spec
+        .get("ports")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     if ports.is_empty() && ty != "ExternalName" && !headless {
         causes.push(Cause::required("spec.ports"));
     }
@@ -610,7 +790,11 @@ fn validate_service(object: &Value, causes: &mut Vec<Cause>) {
         let pp = format!("spec.ports[{i}]");
         match p.get("port").and_then(Value::as_i64) {
             Some(n) if (1..=65535).contains(&n) => {}
-            Some(n) => causes.push(Cause::invalid(format!("{pp}.port"), n, "must be between 1 and 65535, inclusive")),
+            Some(n) => causes.push(Cause::invalid(
+                format!("{pp}.port"),
+                n,
+                "must be between 1 and 65535, inclusive",
+            )),
             None => causes.push(Cause::required(format!("{pp}.port"))),
         }
         let name = p.get("name").and_then(Value::as_str).unwrap_or_default();
@@ -629,21 +813,33 @@ fn validate_service(object: &Value, causes: &mut Vec<Cause>) {
             }
         }
     }
-    if ty == "ExternalName" && spec.get("externalName").and_then(Value::as_str).is_none_or(str::is_empty) {
+    if ty == "ExternalName"
+        && spec
+            .get("externalName")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+    {
         causes.push(Cause::required("spec.externalName"));
     }
 }
 
 fn validate_cron_schedule(schedule: &str) -> Result<(), String> {
     let fields: Vec<&str> = schedule.split_whitespace().collect();
-    if schedule.starts_with('@') || schedule.starts_with("TZ=") || schedule.starts_with("CRON_TZ=") {
+    if schedule.starts_with('@') || schedule.starts_with("TZ=") || schedule.starts_with("CRON_TZ=")
+    {
         return Ok(());
     }
     if fields.len() != 5 {
-        return Err(format!("expected exactly 5 fields, found {}: {schedule}", fields.len()));
+        return Err(format!(
+            "expected exactly 5 fields, found {}: {schedule}",
+            fields.len()
+        ));
     }
     for f in fields {
-        if !f.bytes().all(|c| c.is_ascii_alphanumeric() || b"*/,-?".contains(&c)) {
+        if !f
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"*/,-?".contains(&c))
+        {
             return Err(format!("invalid field \"{f}\""));
         }
     }
@@ -659,19 +855,33 @@ pub fn validate(res: &ResourceInfo, object: &Value) -> Result<(), ApiError> {
     validate_metadata(res, object, &mut causes);
     let spec = object.get("spec").cloned().unwrap_or(Value::Null);
     match res.kind {
-        "Pod" => validate_pod_spec(object.get("spec"), "spec", &["Always", "OnFailure", "Never"], &mut causes),
+        "Pod" => validate_pod_spec(
+            object.get("spec"),
+            "spec",
+            &["Always", "OnFailure", "Never"],
+            &mut causes,
+        ),
         "Deployment" | "ReplicaSet" | "StatefulSet" => {
             validate_replicas(&spec, "spec", &mut causes);
             validate_selector_and_template(&spec, "spec", &["Always"], &mut causes);
             if res.kind == "Deployment" {
-                let ty = spec.pointer("/strategy/type").and_then(Value::as_str).unwrap_or("RollingUpdate");
+                let ty = spec
+                    .pointer("/strategy/type")
+                    .and_then(Value::as_str)
+                    .unwrap_or("RollingUpdate");
                 if !["RollingUpdate", "Recreate"].contains(&ty) {
-                    causes.push(Cause::not_supported("spec.strategy.type", ty, &["Recreate", "RollingUpdate"]));
+                    causes.push(Cause::not_supported(
+                        "spec.strategy.type",
+                        ty,
+                        &["Recreate", "RollingUpdate"],
+                    ));
                 }
             }
         }
         "DaemonSet" => validate_selector_and_template(&spec, "spec", &["Always"], &mut causes),
-        "Job" => validate_selector_and_template(&spec, "spec", &["OnFailure", "Never"], &mut causes),
+        "Job" => {
+            validate_selector_and_template(&spec, "spec", &["OnFailure", "Never"], &mut causes)
+        }
         "CronJob" => {
             match spec.get("schedule").and_then(Value::as_str) {
                 None | Some("") => causes.push(Cause::required("spec.schedule")),
@@ -715,7 +925,9 @@ pub fn validate_update(res: &ResourceInfo, old: &Value, new: &Value) -> Result<(
     let mut causes = Vec::new();
     let changed = |ptr: &str| old.pointer(ptr) != new.pointer(ptr);
     match res.kind {
-        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" | "Job" if changed("/spec/selector") => {
+        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" | "Job"
+            if changed("/spec/selector") =>
+        {
             causes.push(Cause::immutable("spec.selector"));
         }
         "Pod" => {
@@ -731,7 +943,12 @@ pub fn validate_update(res: &ResourceInfo, old: &Value, new: &Value) -> Result<(
                     }
                 }
                 if let Some(m) = spec.as_object_mut() {
-                    for mutable in ["activeDeadlineSeconds", "tolerations", "nodeName", "schedulingGates"] {
+                    for mutable in [
+                        "activeDeadlineSeconds",
+                        "tolerations",
+                        "nodeName",
+                        "schedulingGates",
+                    ] {
                         m.remove(mutable);
                     }
                 }
@@ -744,7 +961,10 @@ pub fn validate_update(res: &ResourceInfo, old: &Value, new: &Value) -> Result<(
                     field: "spec".into(),
                 });
             }
-            let old_node = old.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default();
+            let old_node = old
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             if !old_node.is_empty() && changed("/spec/nodeName") {
                 causes.push(Cause::immutable("spec.nodeName"));
             }
@@ -774,7 +994,10 @@ mod tests {
         assert_eq!(default_pull_policy("nginx:latest"), "Always");
         assert_eq!(default_pull_policy("nginx:1.27"), "IfNotPresent");
         assert_eq!(default_pull_policy("127.0.0.1:5000/hello"), "Always");
-        assert_eq!(default_pull_policy("127.0.0.1:5000/hello:v1"), "IfNotPresent");
+        assert_eq!(
+            default_pull_policy("127.0.0.1:5000/hello:v1"),
+            "IfNotPresent"
+        );
         assert_eq!(default_pull_policy("hello@sha256:abcd"), "IfNotPresent");
     }
 
@@ -783,8 +1006,17 @@ mod tests {
         let pod = json!({"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","bogus":1},"spec":{"containers":[{"name":"a","image":"i","colour":"red"}]}});
         let err = normalize(res("Pod"), &pod, FieldValidation::Strict).unwrap_err();
         assert_eq!(err.code, 400);
-        assert!(err.message.contains("unknown field \"metadata.bogus\""), "{}", err.message);
-        assert!(err.message.contains("unknown field \"spec.containers[0].colour\""), "{}", err.message);
+        assert!(
+            err.message.contains("unknown field \"metadata.bogus\""),
+            "{}",
+            err.message
+        );
+        assert!(
+            err.message
+                .contains("unknown field \"spec.containers[0].colour\""),
+            "{}",
+            err.message
+        );
         let (_, unknown) = normalize(res("Pod"), &pod, FieldValidation::Ignore).unwrap();
         assert_eq!(unknown.len(), 2);
     }
@@ -824,21 +1056,31 @@ mod tests {
         apply_defaults(res("Deployment"), &mut d, true);
         assert_eq!(d["spec"]["replicas"], 1);
         assert_eq!(d["spec"]["revisionHistoryLimit"], 10);
-        assert_eq!(d["spec"]["strategy"], json!({"type":"RollingUpdate","rollingUpdate":{"maxUnavailable":"25%","maxSurge":"25%"}}));
+        assert_eq!(
+            d["spec"]["strategy"],
+            json!({"type":"RollingUpdate","rollingUpdate":{"maxUnavailable":"25%","maxSurge":"25%"}})
+        );
         let c = &d["spec"]["template"]["spec"]["containers"][0];
         assert_eq!(c["imagePullPolicy"], "Always");
         assert_eq!(c["ports"][0]["protocol"], "TCP");
         assert_eq!(d["spec"]["template"]["spec"]["restartPolicy"], "Always");
-        assert_eq!(d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"], 30);
+        assert_eq!(
+            d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"],
+            30
+        );
     }
 
     #[test]
     fn pod_spec_changes_other_than_images_are_refused() {
-        let old = json!({"metadata":{"name":"p"},"spec":{"containers":[{"name":"a","image":"x:1"}]}});
+        let old =
+            json!({"metadata":{"name":"p"},"spec":{"containers":[{"name":"a","image":"x:1"}]}});
         let mut new = old.clone();
         new["spec"]["containers"][0]["image"] = json!("x:2");
         assert!(validate_update(res("Pod"), &old, &new).is_ok());
         new["spec"]["containers"][0]["command"] = json!(["sh"]);
-        assert_eq!(validate_update(res("Pod"), &old, &new).unwrap_err().code, 422);
+        assert_eq!(
+            validate_update(res("Pod"), &old, &new).unwrap_err().code,
+            422
+        );
     }
 }

@@ -1,7 +1,16 @@
 //! The resource types the API serves: names, scope, verbs and subresources, in one table.
 
 /// The verbs of an ordinary read-write resource.
-pub const ALL_VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+pub const ALL_VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
 /// The verbs of a status or scale subresource.
 pub const SUB_VERBS: &[&str] = &["get", "patch", "update"];
 
@@ -48,12 +57,20 @@ pub struct ResourceInfo {
 impl ResourceInfo {
     /// `apps/v1`, or `v1` for core.
     pub fn api_version(&self) -> String {
-        if self.group.is_empty() { self.version.to_owned() } else { format!("{}/{}", self.group, self.version) }
+        if self.group.is_empty() {
+            self.version.to_owned()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
     }
 
     /// The name used in messages: `pods`, `deployments.apps`.
     pub fn qualified(&self) -> String {
-        if self.group.is_empty() { self.plural.to_owned() } else { format!("{}.{}", self.plural, self.group) }
+        if self.group.is_empty() {
+            self.plural.to_owned()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
     }
 
     /// Whether the resource has a status subresource, so the main resource ignores status.
@@ -68,7 +85,11 @@ impl ResourceInfo {
 
     /// The store key prefix for this resource, optionally within a namespace.
     pub fn prefix(&self, namespace: Option<&str>) -> String {
-        let group = if self.group.is_empty() { "core" } else { self.group };
+        let group = if self.group.is_empty() {
+            "core"
+        } else {
+            self.group
+        };
         match namespace {
             Some(ns) if self.namespaced => format!("/{group}/{}/{ns}/", self.plural),
             _ => format!("/{group}/{}/", self.plural),
@@ -94,11 +115,23 @@ impl ResourceInfo {
 }
 
 const fn status(group: &'static str, version: &'static str, kind: &'static str) -> Subresource {
-    Subresource { name: "status", group, version, kind, verbs: SUB_VERBS }
+    Subresource {
+        name: "status",
+        group,
+        version,
+        kind,
+        verbs: SUB_VERBS,
+    }
 }
 
 const fn scale() -> Subresource {
-    Subresource { name: "scale", group: "autoscaling", version: "v1", kind: "Scale", verbs: SUB_VERBS }
+    Subresource {
+        name: "scale",
+        group: "autoscaling",
+        version: "v1",
+        kind: "Scale",
+        verbs: SUB_VERBS,
+    }
 }
 
 const ALL: &[&str] = &["all"];
@@ -117,11 +150,37 @@ pub static RESOURCES: &[ResourceInfo] = &[
         categories: ALL,
         subresources: &[
             status("", "v1", "Pod"),
-            Subresource { name: "binding", group: "", version: "v1", kind: "Binding", verbs: &["create"] },
-            Subresource { name: "eviction", group: "policy", version: "v1", kind: "Eviction", verbs: &["create"] },
-            Subresource { name: "log", group: "", version: "v1", kind: "Pod", verbs: &["get"] },
+            Subresource {
+                name: "binding",
+                group: "",
+                version: "v1",
+                kind: "Binding",
+                verbs: &["create"],
+            },
+            Subresource {
+                name: "eviction",
+                group: "policy",
+                version: "v1",
+                kind: "Eviction",
+                verbs: &["create"],
+            },
+            Subresource {
+                name: "log",
+                group: "",
+                version: "v1",
+                kind: "Pod",
+                verbs: &["get"],
+            },
         ],
-        fields: &["spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName", "status.phase", "status.podIP", "status.nominatedNodeName"],
+        fields: &[
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "status.phase",
+            "status.podIP",
+            "status.nominatedNodeName",
+        ],
     },
     ResourceInfo {
         group: "",
@@ -322,7 +381,9 @@ pub const GROUPS: &[&str] = &["apps", "batch", "coordination.k8s.io"];
 
 /// Finds a resource by group and plural name.
 pub fn lookup(group: &str, plural: &str) -> Option<&'static ResourceInfo> {
-    RESOURCES.iter().find(|r| r.group == group && r.plural == plural)
+    RESOURCES
+        .iter()
+        .find(|r| r.group == group && r.plural == plural)
 }
 
 /// Finds a resource by kind.
@@ -339,7 +400,13 @@ pub fn resolve(name: &str) -> Option<&'static ResourceInfo> {
         None => (lower.clone(), None),
     };
     RESOURCES.iter().find(|r| {
-        let named = r.plural == base || r.singular == base || r.short_names.contains(&base.as_str()) || r.kind.eq_ignore_ascii_case(&base);
-        named && group.as_deref().is_none_or(|g| g == r.group || g == format!("{}.{}", r.version, r.group))
+        let named = r.plural == base
+            || r.singular == base
+            || r.short_names.contains(&base.as_str())
+            || r.kind.eq_ignore_ascii_case(&base);
+        named
+            && group
+                .as_deref()
+                .is_none_or(|g| g == r.group || g == format!("{}.{}", r.version, r.group))
     })
 }

@@ -27,22 +27,36 @@ impl Stream {
     /// Sends one event; false when the client has gone.
     async fn send(&self, ty: &str, object: &Value) -> bool {
         let object = if self.table && ty != "BOOKMARK" && ty != "ERROR" {
-            let rv = object.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or_default().to_owned();
+            let rv = object
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
             table::table(self.kind, &[object], &rv, None, jiff::Timestamp::now())
         } else {
             object.clone()
         };
-        let mut line = serde_json::to_vec(&json!({"type": ty, "object": object})).unwrap_or_default();
+        let mut line =
+            serde_json::to_vec(&json!({"type": ty, "object": object})).unwrap_or_default();
         line.push(b'\n');
         self.tx.send(Ok(Bytes::from(line))).await.is_ok()
     }
 
-    async fn bookmark(&self, res: &super::resources::ResourceInfo, rv: Revision, initial_end: bool) -> bool {
+    async fn bookmark(
+        &self,
+        res: &super::resources::ResourceInfo,
+        rv: Revision,
+        initial_end: bool,
+    ) -> bool {
         let mut meta = json!({"resourceVersion": rv.to_string()});
         if initial_end {
             meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
         }
-        self.send("BOOKMARK", &json!({"kind": res.kind, "apiVersion": res.api_version(), "metadata": meta})).await
+        self.send(
+            "BOOKMARK",
+            &json!({"kind": res.kind, "apiVersion": res.api_version(), "metadata": meta}),
+        )
+        .await
     }
 }
 
@@ -56,10 +70,16 @@ pub async fn serve(state: &Arc<ApiState>, ctx: &Ctx) -> ApiResult<Response> {
     let filters = Filters::parse(ctx)?;
     let from = match ctx.query.get("resourceVersion") {
         None | Some("") | Some("0") => None,
-        Some(rv) => Some(rv.parse::<Revision>().map_err(|_| ApiError::bad_request(format!("invalid resourceVersion \"{rv}\"")))?),
+        Some(rv) => Some(
+            rv.parse::<Revision>()
+                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion \"{rv}\"")))?,
+        ),
     };
     let timeout = match ctx.query.get("timeoutSeconds") {
-        Some(s) => Duration::from_secs(s.parse().map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds \"{s}\"")))?),
+        Some(s) => Duration::from_secs(
+            s.parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds \"{s}\"")))?,
+        ),
         None => {
             use rand::Rng;
             Duration::from_secs(rand::rng().random_range(DEFAULT_TIMEOUT))
@@ -68,7 +88,11 @@ pub async fn serve(state: &Arc<ApiState>, ctx: &Ctx) -> ApiResult<Response> {
     let bookmarks = ctx.query.flag("allowWatchBookmarks");
     let send_initial = ctx.query.flag("sendInitialEvents");
     let (tx, rx) = mpsc::channel(256);
-    let stream = Stream { tx, kind: t.res.kind, table: ctx.wants_table() };
+    let stream = Stream {
+        tx,
+        kind: t.res.kind,
+        table: ctx.wants_table(),
+    };
     let prefix = t.res.prefix(t.namespace.as_deref());
     let res = t.res;
     let state = state.clone();
@@ -80,7 +104,9 @@ pub async fn serve(state: &Arc<ApiState>, ctx: &Ctx) -> ApiResult<Response> {
                 if state.cache.sync().await.is_err() {
                     return;
                 }
-                let (items, revision, _) = state.cache.list(&prefix, None, None, |o| filters.matches(o));
+                let (items, revision, _) = state
+                    .cache
+                    .list(&prefix, None, None, |o| filters.matches(o));
                 for (_, object) in items {
                     if !stream.send("ADDED", &object).await {
                         return;
@@ -134,9 +160,14 @@ pub async fn serve(state: &Arc<ApiState>, ctx: &Ctx) -> ApiResult<Response> {
             }
         }
     });
-    let body = Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }));
+    let body = Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }));
     let mut response = Response::new(body);
     *response.status_mut() = StatusCode::OK;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     Ok(response)
 }

@@ -94,11 +94,17 @@ impl Resolved {
     pub fn ca_certs(&self) -> Result<Vec<CertificateDer<'static>>, Error> {
         use rustls::pki_types::pem::PemObject;
         let Some(pem) = &self.ca_pem else {
-            return Err(Error::Config("the kubeconfig's cluster has no certificate-authority-data".into()));
+            return Err(Error::Config(
+                "the kubeconfig's cluster has no certificate-authority-data".into(),
+            ));
         };
         CertificateDer::pem_slice_iter(pem)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Error::Config(format!("the kubeconfig's certificate-authority-data is not PEM: {e}")))
+            .map_err(|e| {
+                Error::Config(format!(
+                    "the kubeconfig's certificate-authority-data is not PEM: {e}"
+                ))
+            })
     }
 }
 
@@ -108,8 +114,10 @@ impl Kubeconfig {
     /// # Errors
     /// When the file is missing or not a kubeconfig.
     pub fn load(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Config(format!("reading kubeconfig {}: {e}", path.display())))?;
-        yaml_serde::from_str(&text).map_err(|e| Error::Config(format!("kubeconfig {} is not valid: {e}", path.display())))
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("reading kubeconfig {}: {e}", path.display())))?;
+        yaml_serde::from_str(&text)
+            .map_err(|e| Error::Config(format!("kubeconfig {} is not valid: {e}", path.display())))
     }
 
     /// Resolves a context (the current one when `None`).
@@ -120,34 +128,62 @@ impl Kubeconfig {
         let name = context
             .map(str::to_owned)
             .or_else(|| self.current_context.clone())
-            .ok_or_else(|| Error::Config("the kubeconfig has no current-context; pass --context".into()))?;
+            .ok_or_else(|| {
+                Error::Config("the kubeconfig has no current-context; pass --context".into())
+            })?;
         let ctx = self
             .contexts
             .iter()
             .find(|c| c.name == name)
             .map(|c| &c.context)
-            .ok_or_else(|| Error::Config(format!("context \"{name}\" does not exist in the kubeconfig")))?;
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "context \"{name}\" does not exist in the kubeconfig"
+                ))
+            })?;
         let cluster = self
             .clusters
             .iter()
             .find(|c| c.name == ctx.cluster)
             .map(|c| &c.cluster)
-            .ok_or_else(|| Error::Config(format!("cluster \"{}\" does not exist in the kubeconfig", ctx.cluster)))?;
-        let user = ctx.user.as_ref().and_then(|u| self.users.iter().find(|x| &x.name == u)).map(|u| &u.user);
-        let ca_pem = match (&cluster.certificate_authority_data, &cluster.certificate_authority) {
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "cluster \"{}\" does not exist in the kubeconfig",
+                    ctx.cluster
+                ))
+            })?;
+        let user = ctx
+            .user
+            .as_ref()
+            .and_then(|u| self.users.iter().find(|x| &x.name == u))
+            .map(|u| &u.user);
+        let ca_pem = match (
+            &cluster.certificate_authority_data,
+            &cluster.certificate_authority,
+        ) {
             (Some(data), _) => Some(
                 base64::engine::general_purpose::STANDARD
                     .decode(data.trim())
-                    .map_err(|e| Error::Config(format!("certificate-authority-data is not base64: {e}")))?,
+                    .map_err(|e| {
+                        Error::Config(format!("certificate-authority-data is not base64: {e}"))
+                    })?,
             ),
-            (None, Some(file)) => Some(std::fs::read(file).map_err(|e| Error::Config(format!("reading {file}: {e}")))?),
+            (None, Some(file)) => Some(
+                std::fs::read(file).map_err(|e| Error::Config(format!("reading {file}: {e}")))?,
+            ),
             (None, None) => None,
         };
         let token = match user {
             Some(User { token: Some(t), .. }) => Some(t.clone()),
-            Some(User { token_file: Some(f), .. }) => {
-                Some(std::fs::read_to_string(f).map_err(|e| Error::Config(format!("reading {f}: {e}")))?.trim().to_owned())
-            }
+            Some(User {
+                token_file: Some(f),
+                ..
+            }) => Some(
+                std::fs::read_to_string(f)
+                    .map_err(|e| Error::Config(format!("reading {f}: {e}")))?
+                    .trim()
+                    .to_owned(),
+            ),
             _ => None,
         };
         Ok(Resolved {

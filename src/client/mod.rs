@@ -79,8 +79,15 @@ pub fn find_kubeconfig(flag: Option<PathBuf>) -> Result<PathBuf, Error> {
             return Ok(first);
         }
     }
-    let data_dir = std::env::var_os("WK_DATA_DIR").map_or_else(crate::server::default_data_dir, PathBuf::from);
-    let candidates = [data_dir.join("kubeconfig.yaml"), std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default().join(".kube/config")];
+    let data_dir =
+        std::env::var_os("WK_DATA_DIR").map_or_else(crate::server::default_data_dir, PathBuf::from);
+    let candidates = [
+        data_dir.join("kubeconfig.yaml"),
+        std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_default()
+            .join(".kube/config"),
+    ];
     candidates.into_iter().find(|p| p.exists()).ok_or_else(|| {
         Error::Config("no kubeconfig found: pass --kubeconfig, set KUBECONFIG, or start `wk server` (it writes DATA/kubeconfig.yaml)".into())
     })
@@ -103,9 +110,13 @@ impl Client {
                 .with_no_client_auth()
         } else {
             for cert in resolved.ca_certs()? {
-                roots.add(cert).map_err(|e| Error::Config(format!("the kubeconfig's CA is not usable: {e}")))?;
+                roots.add(cert).map_err(|e| {
+                    Error::Config(format!("the kubeconfig's CA is not usable: {e}"))
+                })?;
             }
-            rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth()
+            rustls::ClientConfig::builder()
+                .with_root_certificates(roots)
+                .with_no_client_auth()
         };
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
@@ -114,7 +125,12 @@ impl Client {
             .enable_http2()
             .build();
         let http = HyperClient::builder(TokioExecutor::new()).build(connector);
-        Ok(Self { http, server: resolved.server.trim_end_matches('/').to_owned(), token: resolved.token, namespace: resolved.namespace })
+        Ok(Self {
+            http,
+            server: resolved.server.trim_end_matches('/').to_owned(),
+            token: resolved.token,
+            namespace: resolved.namespace,
+        })
     }
 
     /// The server URL.
@@ -134,7 +150,9 @@ impl Client {
         accept: Option<&str>,
         body: Option<Vec<u8>>,
     ) -> Result<http::Response<hyper::body::Incoming>, Error> {
-        let mut req = Request::builder().method(method).uri(format!("{}{path}", self.server));
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.server));
         if let Some(t) = &self.token {
             req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
         }
@@ -142,10 +160,16 @@ impl Client {
             req = req.header(header::CONTENT_TYPE, ct);
         }
         req = req.header(header::ACCEPT, accept.unwrap_or("application/json"));
-        req = req.header(header::USER_AGENT, HeaderValue::from_static(concat!("wk/", env!("CARGO_PKG_VERSION"))));
+        req = req.header(
+            header::USER_AGENT,
+            HeaderValue::from_static(concat!("wk/", env!("CARGO_PKG_VERSION"))),
+        );
         let req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| Error::Transport { server: self.server.clone(), message: e.to_string() })?;
+            .map_err(|e| Error::Transport {
+                server: self.server.clone(),
+                message: e.to_string(),
+            })?;
         self.http.request(req).await.map_err(|e| {
             use std::error::Error as _;
             let mut message = e.to_string();
@@ -154,7 +178,10 @@ impl Client {
                 message = format!("{message}: {s}");
                 source = s.source();
             }
-            Error::Transport { server: self.server.clone(), message }
+            Error::Transport {
+                server: self.server.clone(),
+                message,
+            }
         })
     }
 
@@ -162,8 +189,15 @@ impl Client {
     ///
     /// # Errors
     /// Transport failures, failure Statuses, or a body that is not JSON.
-    pub async fn request(&self, method: Method, path: &str, content_type: Option<&str>, body: Option<Vec<u8>>) -> Result<Value, Error> {
-        self.request_accept(method, path, content_type, None, body).await
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> Result<Value, Error> {
+        self.request_accept(method, path, content_type, None, body)
+            .await
     }
 
     /// As [`Client::request`], with an Accept header (for Tables).
@@ -184,7 +218,10 @@ impl Client {
             .into_body()
             .collect()
             .await
-            .map_err(|e| Error::Transport { server: self.server.clone(), message: e.to_string() })?
+            .map_err(|e| Error::Transport {
+                server: self.server.clone(),
+                message: e.to_string(),
+            })?
             .to_bytes();
         if !status.is_success() {
             return Err(status_error(status.as_u16(), &bytes));
@@ -204,16 +241,29 @@ impl Client {
 /// Builds the error for a failed response body.
 pub fn status_error(code: u16, body: &[u8]) -> Error {
     match serde_json::from_slice::<Value>(body) {
-        Ok(status) if status.get("kind").and_then(Value::as_str) == Some("Status") => Error::Status {
-            code,
-            reason: status.get("reason").and_then(Value::as_str).unwrap_or("Unknown").to_owned(),
-            message: status.get("message").and_then(Value::as_str).unwrap_or_default().to_owned(),
-            status,
-        },
+        Ok(status) if status.get("kind").and_then(Value::as_str) == Some("Status") => {
+            Error::Status {
+                code,
+                reason: status
+                    .get("reason")
+                    .and_then(Value::as_str)
+                    .unwrap_or("Unknown")
+                    .to_owned(),
+                message: status
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                status,
+            }
+        }
         _ => Error::Status {
             code,
             reason: "Unknown".into(),
-            message: format!("the server answered {code}: {}", String::from_utf8_lossy(body).trim()),
+            message: format!(
+                "the server answered {code}: {}",
+                String::from_utf8_lossy(body).trim()
+            ),
             status: Value::Null,
         },
     }

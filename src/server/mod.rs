@@ -58,7 +58,10 @@ pub enum Error {
 
 impl Error {
     fn io(path: &Path, source: std::io::Error) -> Self {
-        Self::Io { path: path.to_owned(), source }
+        Self::Io {
+            path: path.to_owned(),
+            source,
+        }
     }
 
     fn tls(e: impl std::fmt::Display) -> Self {
@@ -78,7 +81,9 @@ fn write_private(path: &Path, contents: &[u8]) -> Result<(), Error> {
         .mode(0o600)
         .open(&tmp)
         .map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(contents).and_then(|()| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
+    f.write_all(contents)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
@@ -119,7 +124,9 @@ impl ServerConfig {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "localhost".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into())
 }
 
 fn random_token() -> String {
@@ -181,23 +188,51 @@ impl Server {
         let material = tokio::task::spawn_blocking(move || tls::load_or_create(&tls_dir, &sans))
             .await
             .map_err(|e| Error::Serve(std::io::Error::other(e)))??;
-        let tokens = Tokens { admin: token(&server_dir.join("admin-token"))?, node: token(&data.join("node-token"))? };
+        let tokens = Tokens {
+            admin: token(&server_dir.join("admin-token"))?,
+            node: token(&data.join("node-token"))?,
+        };
 
-        let listener = std::net::TcpListener::bind(config.listen).map_err(|source| Error::Listen { addr: config.listen, source })?;
-        listener.set_nonblocking(true).map_err(|source| Error::Listen { addr: config.listen, source })?;
-        let addr = listener.local_addr().map_err(|source| Error::Listen { addr: config.listen, source })?;
-        let host = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
+        let listener =
+            std::net::TcpListener::bind(config.listen).map_err(|source| Error::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| Error::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| Error::Listen {
+            addr: config.listen,
+            source,
+        })?;
+        let host = if addr.ip().is_unspecified() {
+            "127.0.0.1".to_owned()
+        } else {
+            addr.ip().to_string()
+        };
         let kubeconfig = data.join("kubeconfig.yaml");
-        let url = format!("https://{}", SocketAddr::new(host.parse().unwrap_or(addr.ip()), addr.port()));
-        write_private(&kubeconfig, kubeconfig::render(&url, &material.ca_pem, &tokens.admin).as_bytes())?;
+        let url = format!(
+            "https://{}",
+            SocketAddr::new(host.parse().unwrap_or(addr.ip()), addr.port())
+        );
+        write_private(
+            &kubeconfig,
+            kubeconfig::render(&url, &material.ca_pem, &tokens.admin).as_bytes(),
+        )?;
 
         let shutdown = CancellationToken::new();
         let state = ApiState::new(cache, tokens, shutdown.clone(), config.bookmark_interval);
         bootstrap(&state).await?;
 
-        let tls = axum_server::tls_rustls::RustlsConfig::from_pem(material.cert_pem.into_bytes(), material.key_pem.into_bytes())
-            .await
-            .map_err(Error::tls)?;
+        let tls = axum_server::tls_rustls::RustlsConfig::from_pem(
+            material.cert_pem.into_bytes(),
+            material.key_pem.into_bytes(),
+        )
+        .await
+        .map_err(Error::tls)?;
         let handle = axum_server::Handle::new();
         let app = api::router(state.clone());
         let server = axum_server::tls_rustls::from_tcp_rustls(listener, tls)
@@ -208,9 +243,19 @@ impl Server {
             drain.cancelled().await;
             handle.graceful_shutdown(Some(Duration::from_secs(10)));
         });
-        let task = tokio::spawn(async move { server.serve(app.into_make_service()).await.map_err(Error::Serve) });
+        let task = tokio::spawn(async move {
+            server
+                .serve(app.into_make_service())
+                .await
+                .map_err(Error::Serve)
+        });
         tracing::info!(%addr, kubeconfig = %kubeconfig.display(), "wk server is serving");
-        Ok(Self { addr, kubeconfig, shutdown, task })
+        Ok(Self {
+            addr,
+            kubeconfig,
+            shutdown,
+            task,
+        })
     }
 
     /// The token that stops the server when cancelled.
@@ -241,12 +286,22 @@ async fn bootstrap(state: &Arc<ApiState>) -> Result<(), Error> {
         match state.create_object(namespaces, ns, false).await {
             Ok(_) => {}
             Err(e) if e.reason == "AlreadyExists" => {}
-            Err(source) => return Err(Error::Bootstrap { name: name.into(), source }),
+            Err(source) => {
+                return Err(Error::Bootstrap {
+                    name: name.into(),
+                    source,
+                });
+            }
         }
     }
-    let (all, _, _) = state.cache.list(&namespaces.prefix(None), None, None, |n| n.pointer("/metadata/deletionTimestamp").is_some());
+    let (all, _, _) = state.cache.list(&namespaces.prefix(None), None, None, |n| {
+        n.pointer("/metadata/deletionTimestamp").is_some()
+    });
     for (_, ns) in all {
-        if let Some(name) = ns.pointer("/metadata/name").and_then(serde_json::Value::as_str) {
+        if let Some(name) = ns
+            .pointer("/metadata/name")
+            .and_then(serde_json::Value::as_str)
+        {
             state.finalize_later(name.to_owned());
         }
     }
@@ -259,11 +314,20 @@ async fn bootstrap(state: &Arc<ApiState>) -> Result<(), Error> {
 /// When the server cannot start, or fails while serving.
 pub async fn run(config: ServerConfig) -> Result<(), Error> {
     let server = Server::start(config).await?;
-    eprintln!("wk server listening on https://{}\nkubeconfig: {}", server.addr, server.kubeconfig.display());
+    eprintln!(
+        "wk server listening on https://{}\nkubeconfig: {}",
+        server.addr,
+        server.kubeconfig.display()
+    );
     let token = server.shutdown_token();
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else { return };
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
         tracing::info!("shutting down; a second signal exits at once");
         token.cancel();

@@ -3,7 +3,9 @@
 use std::fs;
 use std::path::Path;
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
 
 use super::Error;
 
@@ -24,7 +26,11 @@ fn ca_params() -> Result<CertificateParams, Error> {
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(Error::tls)?;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.distinguished_name.push(DnType::CommonName, CA_NAME);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     params.not_after = rcgen::date_time_ymd(2036, 1, 1);
     Ok(params)
 }
@@ -41,7 +47,10 @@ pub fn load_or_create(dir: &Path, sans: &[String]) -> Result<Material, Error> {
     let (ca_pem, ca_key) = if ca_cert_path.exists() && ca_key_path.exists() {
         let key_pem = fs::read_to_string(&ca_key_path).map_err(|e| Error::io(&ca_key_path, e))?;
         let key = KeyPair::from_pem(&key_pem).map_err(Error::tls)?;
-        (fs::read_to_string(&ca_cert_path).map_err(|e| Error::io(&ca_cert_path, e))?, key)
+        (
+            fs::read_to_string(&ca_cert_path).map_err(|e| Error::io(&ca_cert_path, e))?,
+            key,
+        )
     } else {
         let key = KeyPair::generate().map_err(Error::tls)?;
         let cert = ca_params()?.self_signed(&key).map_err(Error::tls)?;
@@ -57,12 +66,18 @@ pub fn load_or_create(dir: &Path, sans: &[String]) -> Result<Material, Error> {
     if current != wanted || !cert_path.exists() || !key_path.exists() {
         let key = KeyPair::generate().map_err(Error::tls)?;
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(Error::tls)?;
-        params.distinguished_name.push(DnType::CommonName, "wk-apiserver");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "wk-apiserver");
         params.subject_alt_names = sans
             .iter()
             .map(|s| match s.parse::<std::net::IpAddr>() {
                 Ok(ip) => Ok(SanType::IpAddress(ip)),
-                Err(_) => s.clone().try_into().map(SanType::DnsName).map_err(Error::tls),
+                Err(_) => s
+                    .clone()
+                    .try_into()
+                    .map(SanType::DnsName)
+                    .map_err(Error::tls),
             })
             .collect::<Result<_, _>>()?;
         params.not_after = rcgen::date_time_ymd(2036, 1, 1);

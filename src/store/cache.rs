@@ -65,7 +65,11 @@ impl Cache {
     /// What the store's first list or watch fails with.
     pub async fn start(store: Arc<dyn Store>) -> Result<Arc<Self>, Error> {
         let (applied, _) = watch::channel(0);
-        let cache = Arc::new(Self { store, state: RwLock::new(State::default()), applied });
+        let cache = Arc::new(Self {
+            store,
+            state: RwLock::new(State::default()),
+            applied,
+        });
         let from = cache.relist().await?;
         let stream = cache.store.watch("/", from + 1).await?;
         let weak = Arc::downgrade(&cache);
@@ -82,25 +86,42 @@ impl Cache {
             }
         }
         let mut state = self.state.write().map_err(|_| Error::Closed)?;
-        *state = State { objects, window: VecDeque::new(), revision, oldest: revision };
+        *state = State {
+            objects,
+            window: VecDeque::new(),
+            revision,
+            oldest: revision,
+        };
         drop(state);
         self.applied.send_replace(revision);
         Ok(revision)
     }
 
     fn apply(&self, event: Event) {
-        let Some(object) = decode(&event.kv) else { return };
+        let Some(object) = decode(&event.kv) else {
+            return;
+        };
         let object = Arc::new(object);
         let revision = event.kv.mod_revision;
-        let Ok(mut state) = self.state.write() else { return };
+        let Ok(mut state) = self.state.write() else {
+            return;
+        };
         if revision <= state.revision {
             return;
         }
         let prev = match event.kind {
             EventKind::Deleted => state.objects.remove(&event.kv.key),
-            EventKind::Created | EventKind::Updated => state.objects.insert(event.kv.key.clone(), object.clone()),
+            EventKind::Created | EventKind::Updated => {
+                state.objects.insert(event.kv.key.clone(), object.clone())
+            }
         };
-        state.window.push_back(Arc::new(CacheEvent { kind: event.kind, key: event.kv.key, object, prev, revision }));
+        state.window.push_back(Arc::new(CacheEvent {
+            kind: event.kind,
+            key: event.kv.key,
+            object,
+            prev,
+            revision,
+        }));
         if state.window.len() > WINDOW_EVENTS {
             if let Some(dropped) = state.window.pop_front() {
                 state.oldest = dropped.revision;
@@ -128,7 +149,10 @@ impl Cache {
     /// [`Error::Closed`] when the cache stops following the store.
     pub async fn wait_for(&self, target: Revision) -> Result<(), Error> {
         let mut rx = self.applied.subscribe();
-        rx.wait_for(|r| *r >= target).await.map(|_| ()).map_err(|_| Error::Closed)
+        rx.wait_for(|r| *r >= target)
+            .await
+            .map(|_| ())
+            .map_err(|_| Error::Closed)
     }
 
     /// The revision the cache has applied.
@@ -150,7 +174,9 @@ impl Cache {
         limit: Option<usize>,
         mut keep: impl FnMut(&Value) -> bool,
     ) -> (Vec<(String, Arc<Value>)>, Revision, bool) {
-        let Ok(state) = self.state.read() else { return (Vec::new(), 0, false) };
+        let Ok(state) = self.state.read() else {
+            return (Vec::new(), 0, false);
+        };
         let start = match after {
             Some(after) if after.starts_with(prefix) => std::ops::Bound::Excluded(after.to_owned()),
             _ => std::ops::Bound::Included(prefix.to_owned()),
@@ -181,9 +207,14 @@ impl Cache {
         let mut rx = self.applied.subscribe();
         loop {
             {
-                let Ok(state) = self.state.read() else { return Ok(Vec::new()) };
+                let Ok(state) = self.state.read() else {
+                    return Ok(Vec::new());
+                };
                 if after < state.oldest {
-                    return Err(Expired { requested: after, oldest: state.oldest });
+                    return Err(Expired {
+                        requested: after,
+                        oldest: state.oldest,
+                    });
                 }
                 if state.revision > after {
                     let from = state.window.partition_point(|e| e.revision <= after);
@@ -202,7 +233,10 @@ impl Cache {
     /// [`Expired`] when `after` is older than the window.
     pub fn check_resumable(&self, after: Revision) -> Result<(), Expired> {
         match self.state.read() {
-            Ok(state) if after < state.oldest => Err(Expired { requested: after, oldest: state.oldest }),
+            Ok(state) if after < state.oldest => Err(Expired {
+                requested: after,
+                oldest: state.oldest,
+            }),
             _ => Ok(()),
         }
     }
@@ -232,7 +266,9 @@ async fn follow(cache: std::sync::Weak<Cache>, mut stream: super::EventStream) {
             },
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "store watch failed; listing again");
-                let Some(strong) = cache.upgrade() else { return };
+                let Some(strong) = cache.upgrade() else {
+                    return;
+                };
                 match strong.relist().await {
                     Ok(rev) => match strong.store.watch("/", rev + 1).await {
                         Ok(s) => stream = s,
@@ -257,7 +293,10 @@ fn decode(kv: &KeyValue) -> Option<Value> {
     match serde_json::from_slice::<Value>(&kv.value) {
         Ok(mut object) => {
             if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
-                meta.insert("resourceVersion".into(), Value::String(kv.mod_revision.to_string()));
+                meta.insert(
+                    "resourceVersion".into(),
+                    Value::String(kv.mod_revision.to_string()),
+                );
             }
             Some(object)
         }

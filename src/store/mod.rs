@@ -112,7 +112,12 @@ pub trait Store: Send + Sync + 'static {
     async fn create(&self, key: &str, value: Bytes) -> Result<Revision, Error>;
 
     /// Replaces a key's value. With `expected`, the key's current revision must equal it.
-    async fn update(&self, key: &str, value: Bytes, expected: Option<Revision>) -> Result<Revision, Error>;
+    async fn update(
+        &self,
+        key: &str,
+        value: Bytes,
+        expected: Option<Revision>,
+    ) -> Result<Revision, Error>;
 
     /// Removes a key, returning its last value with the deletion's revision.
     async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<KeyValue, Error>;

@@ -22,9 +22,19 @@ const REPLAY_WINDOW: usize = 8192;
 const CACHE_BYTES: usize = 16 << 20;
 
 enum Op {
-    Create { key: String, value: Bytes },
-    Update { key: String, value: Bytes, expected: Option<Revision> },
-    Delete { key: String, expected: Option<Revision> },
+    Create {
+        key: String,
+        value: Bytes,
+    },
+    Update {
+        key: String,
+        value: Bytes,
+        expected: Option<Revision>,
+    },
+    Delete {
+        key: String,
+        expected: Option<Revision>,
+    },
 }
 
 enum Outcome {
@@ -85,13 +95,19 @@ impl RedbStore {
             .set_cache_size(CACHE_BYTES)
             .set_repair_callback(move |_| flag.store(true, Ordering::Relaxed))
             .create(path)
-            .map_err(|source| Error::Open { path: path.to_owned(), source })?;
+            .map_err(|source| Error::Open {
+                path: path.to_owned(),
+                source,
+            })?;
         let revision = {
             let txn = db.begin_write().map_err(backend)?;
             let revision = {
                 txn.open_table(OBJECTS).map_err(backend)?;
                 let meta = txn.open_table(META).map_err(backend)?;
-                meta.get(REVISION_KEY).map_err(backend)?.map(|v| v.value()).unwrap_or(0)
+                meta.get(REVISION_KEY)
+                    .map_err(backend)?
+                    .map(|v| v.value())
+                    .unwrap_or(0)
             };
             txn.commit().map_err(backend)?;
             revision
@@ -146,7 +162,11 @@ impl RedbStore {
         let (reply, rx) = oneshot::channel();
         {
             let writer = self.writer.lock().map_err(|_| Error::Closed)?;
-            writer.as_ref().ok_or(Error::Closed)?.send(Request { op, reply }).map_err(|_| Error::Closed)?;
+            writer
+                .as_ref()
+                .ok_or(Error::Closed)?
+                .send(Request { op, reply })
+                .map_err(|_| Error::Closed)?;
         }
         rx.await.map_err(|_| Error::Closed)?
     }
@@ -172,7 +192,12 @@ fn backend(e: impl std::fmt::Display) -> Error {
     Error::Backend(e.to_string())
 }
 
-fn write_loop(db: &Database, revision: &AtomicU64, hub: &Mutex<Hub>, rx: &std_mpsc::Receiver<Request>) {
+fn write_loop(
+    db: &Database,
+    revision: &AtomicU64,
+    hub: &Mutex<Hub>,
+    rx: &std_mpsc::Receiver<Request>,
+) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -214,7 +239,9 @@ fn commit(db: &Database, mut rev: Revision, ops: Vec<Op>) -> Result<Committed, E
         let mut objects = txn.open_table(OBJECTS).map_err(backend)?;
         for op in ops {
             let key = match &op {
-                Op::Create { key, .. } | Op::Update { key, .. } | Op::Delete { key, .. } => key.clone(),
+                Op::Create { key, .. } | Op::Update { key, .. } | Op::Delete { key, .. } => {
+                    key.clone()
+                }
             };
             let current = objects.get(key.as_str()).map_err(backend)?.map(|v| {
                 let (r, bytes) = v.value();
@@ -223,23 +250,51 @@ fn commit(db: &Database, mut rev: Revision, ops: Vec<Op>) -> Result<Committed, E
             let outcome = match (op, current) {
                 (Op::Create { .. }, Some(_)) => Err(Error::AlreadyExists(key)),
                 (Op::Update { .. } | Op::Delete { .. }, None) => Err(Error::NotFound(key)),
-                (Op::Update { expected: Some(e), .. } | Op::Delete { expected: Some(e), .. }, Some((actual, _)))
-                    if e != actual =>
-                {
-                    Err(Error::Conflict { key, expected: e, actual })
-                }
+                (
+                    Op::Update {
+                        expected: Some(e), ..
+                    }
+                    | Op::Delete {
+                        expected: Some(e), ..
+                    },
+                    Some((actual, _)),
+                ) if e != actual => Err(Error::Conflict {
+                    key,
+                    expected: e,
+                    actual,
+                }),
                 (Op::Create { value, .. } | Op::Update { value, .. }, current) => {
                     rev += 1;
-                    objects.insert(key.as_str(), (rev, value.as_ref())).map_err(backend)?;
-                    let kind = if current.is_some() { EventKind::Updated } else { EventKind::Created };
-                    events.push(Event { kind, kv: KeyValue { key, value, mod_revision: rev } });
+                    objects
+                        .insert(key.as_str(), (rev, value.as_ref()))
+                        .map_err(backend)?;
+                    let kind = if current.is_some() {
+                        EventKind::Updated
+                    } else {
+                        EventKind::Created
+                    };
+                    events.push(Event {
+                        kind,
+                        kv: KeyValue {
+                            key,
+                            value,
+                            mod_revision: rev,
+                        },
+                    });
                     Ok(Outcome::Written(rev))
                 }
                 (Op::Delete { .. }, Some((_, last))) => {
                     rev += 1;
                     objects.remove(key.as_str()).map_err(backend)?;
-                    let kv = KeyValue { key, value: last, mod_revision: rev };
-                    events.push(Event { kind: EventKind::Deleted, kv: kv.clone() });
+                    let kv = KeyValue {
+                        key,
+                        value: last,
+                        mod_revision: rev,
+                    };
+                    events.push(Event {
+                        kind: EventKind::Deleted,
+                        kv: kv.clone(),
+                    });
                     Ok(Outcome::Deleted(kv))
                 }
             };
@@ -253,7 +308,11 @@ fn commit(db: &Database, mut rev: Revision, ops: Vec<Op>) -> Result<Committed, E
 }
 
 fn read_kv(key: &str, v: (u64, &[u8])) -> KeyValue {
-    KeyValue { key: key.to_owned(), value: Bytes::copy_from_slice(v.1), mod_revision: v.0 }
+    KeyValue {
+        key: key.to_owned(),
+        value: Bytes::copy_from_slice(v.1),
+        mod_revision: v.0,
+    }
 }
 
 #[async_trait::async_trait]
@@ -263,7 +322,10 @@ impl Store for RedbStore {
         self.read(move |db| {
             let txn = db.begin_read().map_err(backend)?;
             let objects = txn.open_table(OBJECTS).map_err(backend)?;
-            Ok(objects.get(key.as_str()).map_err(backend)?.map(|v| read_kv(&key, v.value())))
+            Ok(objects
+                .get(key.as_str())
+                .map_err(backend)?
+                .map(|v| read_kv(&key, v.value())))
         })
         .await
     }
@@ -274,7 +336,11 @@ impl Store for RedbStore {
             let txn = db.begin_read().map_err(backend)?;
             let objects = txn.open_table(OBJECTS).map_err(backend)?;
             let meta = txn.open_table(META).map_err(backend)?;
-            let revision = meta.get(REVISION_KEY).map_err(backend)?.map(|v| v.value()).unwrap_or(0);
+            let revision = meta
+                .get(REVISION_KEY)
+                .map_err(backend)?
+                .map(|v| v.value())
+                .unwrap_or(0);
             let mut out = Vec::new();
             for entry in objects.range(prefix.as_str()..).map_err(backend)? {
                 let (k, v) = entry.map_err(backend)?;
@@ -289,23 +355,49 @@ impl Store for RedbStore {
     }
 
     async fn create(&self, key: &str, value: Bytes) -> Result<Revision, Error> {
-        match self.submit(Op::Create { key: key.to_owned(), value }).await? {
+        match self
+            .submit(Op::Create {
+                key: key.to_owned(),
+                value,
+            })
+            .await?
+        {
             Outcome::Written(rev) => Ok(rev),
             Outcome::Deleted(kv) => Ok(kv.mod_revision),
         }
     }
 
-    async fn update(&self, key: &str, value: Bytes, expected: Option<Revision>) -> Result<Revision, Error> {
-        match self.submit(Op::Update { key: key.to_owned(), value, expected }).await? {
+    async fn update(
+        &self,
+        key: &str,
+        value: Bytes,
+        expected: Option<Revision>,
+    ) -> Result<Revision, Error> {
+        match self
+            .submit(Op::Update {
+                key: key.to_owned(),
+                value,
+                expected,
+            })
+            .await?
+        {
             Outcome::Written(rev) => Ok(rev),
             Outcome::Deleted(kv) => Ok(kv.mod_revision),
         }
     }
 
     async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<KeyValue, Error> {
-        match self.submit(Op::Delete { key: key.to_owned(), expected }).await? {
+        match self
+            .submit(Op::Delete {
+                key: key.to_owned(),
+                expected,
+            })
+            .await?
+        {
             Outcome::Deleted(kv) => Ok(kv),
-            Outcome::Written(rev) => Err(Error::Backend(format!("delete of {key} answered a write at {rev}"))),
+            Outcome::Written(rev) => Err(Error::Backend(format!(
+                "delete of {key} answered a write at {rev}"
+            ))),
         }
     }
 
@@ -315,9 +407,16 @@ impl Store for RedbStore {
         if from <= hub.last {
             let oldest = hub.ring.front().map_or(hub.last + 1, |e| e.kv.mod_revision);
             if from < oldest {
-                return Err(Error::Compacted { requested: from, oldest });
+                return Err(Error::Compacted {
+                    requested: from,
+                    oldest,
+                });
             }
-            for event in hub.ring.iter().filter(|e| e.kv.mod_revision >= from && e.kv.key.starts_with(prefix)) {
+            for event in hub
+                .ring
+                .iter()
+                .filter(|e| e.kv.mod_revision >= from && e.kv.key.starts_with(prefix))
+            {
                 let _ = tx.send(Ok(event.clone()));
             }
         }
@@ -330,6 +429,8 @@ impl Store for RedbStore {
     }
 }
 
-fn tokio_stream_from<T: Send + 'static>(mut rx: mpsc::UnboundedReceiver<T>) -> impl futures_util::Stream<Item = T> + Send {
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: mpsc::UnboundedReceiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }

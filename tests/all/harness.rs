@@ -2,7 +2,7 @@
 //! the real kubectl and the `wk` client. The server is killed on drop.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -34,7 +34,14 @@ impl Cluster {
     /// Starts a server on an existing data directory (for restart tests).
     pub fn start_in(data: tempfile::TempDir) -> Self {
         let mut child = Command::new(WK)
-            .args(["server", "--listen", "127.0.0.1:0", "--no-agent", "--bookmark-interval", "1"])
+            .args([
+                "server",
+                "--listen",
+                "127.0.0.1:0",
+                "--no-agent",
+                "--bookmark-interval",
+                "1",
+            ])
             .arg("--data-dir")
             .arg(data.path())
             .env("RUST_LOG", "wk=debug,info")
@@ -62,11 +69,21 @@ impl Cluster {
             Ok(url) => url,
             Err(_) => {
                 let _ = child.kill();
-                panic!("wk server did not start:\n{}", log.lock().map(|l| l.clone()).unwrap_or_default());
+                panic!(
+                    "wk server did not start:\n{}",
+                    log.lock().map(|l| l.clone()).unwrap_or_default()
+                );
             }
         };
         let kubeconfig = data.path().join("kubeconfig.yaml");
-        Self { child, home: tempfile::tempdir().expect("temp dir"), data, kubeconfig, url, log }
+        Self {
+            child,
+            home: tempfile::tempdir().expect("temp dir"),
+            data,
+            kubeconfig,
+            url,
+            log,
+        }
     }
 
     /// What the server has logged so far.
@@ -78,25 +95,26 @@ impl Cluster {
     pub fn stop(mut self) -> (std::process::ExitStatus, tempfile::TempDir) {
         // SAFETY: kill with a valid pid and signal number has no memory effects.
         unsafe { libc_kill(self.child.id() as i32, 15) };
-        let status = wait_timeout(&mut self.child, Duration::from_secs(20)).expect("server did not exit after SIGTERM");
+        let status = wait_timeout(&mut self.child, Duration::from_secs(20))
+            .expect("server did not exit after SIGTERM");
         let data = std::mem::replace(&mut self.data, tempfile::tempdir().expect("temp dir"));
         (status, data)
     }
 
-    /// The server's process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     fn command(&self, program: &str) -> Command {
         let mut c = Command::new(program);
-        c.env("HOME", self.home.path()).env("KUBECONFIG", &self.kubeconfig).env_remove("KUBECACHEDIR");
+        c.env("HOME", self.home.path())
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env_remove("KUBECACHEDIR");
         c
     }
 
     /// Runs kubectl with `args`.
     pub fn kubectl(&self, args: &[&str]) -> Output {
-        self.command("kubectl").args(args).output().expect("run kubectl")
+        self.command("kubectl")
+            .args(args)
+            .output()
+            .expect("run kubectl")
     }
 
     /// Runs kubectl with `stdin` piped in.
@@ -106,12 +124,20 @@ impl Cluster {
 
     /// Runs kubectl and returns its stdout, failing the test if it fails.
     pub fn kubectl_ok(&self, args: &[&str]) -> String {
-        ok(self.kubectl(args), &format!("kubectl {}", args.join(" ")), &self.log())
+        ok(
+            self.kubectl(args),
+            &format!("kubectl {}", args.join(" ")),
+            &self.log(),
+        )
     }
 
     /// Applies a manifest from stdin with kubectl, failing the test if it fails.
     pub fn kubectl_apply(&self, manifest: &str) -> String {
-        ok(self.kubectl_stdin(&["apply", "-f", "-"], manifest), "kubectl apply", &self.log())
+        ok(
+            self.kubectl_stdin(&["apply", "-f", "-"], manifest),
+            "kubectl apply",
+            &self.log(),
+        )
     }
 
     /// Runs `wk` with `args`.
@@ -126,17 +152,31 @@ impl Cluster {
 
     /// Runs `wk` and returns its stdout, failing the test if it fails.
     pub fn wk_ok(&self, args: &[&str]) -> String {
-        ok(self.wk(args), &format!("wk {}", args.join(" ")), &self.log())
+        ok(
+            self.wk(args),
+            &format!("wk {}", args.join(" ")),
+            &self.log(),
+        )
     }
 
     /// Spawns kubectl with piped stdout, for watches.
     pub fn kubectl_spawn(&self, args: &[&str]) -> Child {
-        self.command("kubectl").args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn kubectl")
+        self.command("kubectl")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kubectl")
     }
 
     /// Spawns wk with piped stdout, for watches.
     pub fn wk_spawn(&self, args: &[&str]) -> Child {
-        self.command(WK).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn wk")
+        self.command(WK)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn wk")
     }
 }
 
@@ -152,12 +192,6 @@ unsafe extern "C" {
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
-/// Sends a signal to a process.
-pub fn signal(pid: u32, sig: i32) {
-    // SAFETY: kill with a valid pid and signal number has no memory effects.
-    unsafe { libc_kill(pid as i32, sig) };
-}
-
 /// Waits for a child up to `limit`.
 pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
     let start = Instant::now();
@@ -171,9 +205,21 @@ pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::
 }
 
 fn run_with_stdin(cmd: &mut Command, stdin: &str) -> Output {
-    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
-    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
-    child.wait_with_output().expect("wait")
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut pipe = child.stdin.take().expect("stdin");
+    let input = stdin.to_owned();
+    // The program may exit before reading everything (a refused body); that is its answer.
+    let writer = std::thread::spawn(move || {
+        let _ = pipe.write_all(input.as_bytes());
+    });
+    let out = child.wait_with_output().expect("wait");
+    let _ = writer.join();
+    out
 }
 
 fn ok(out: Output, what: &str, log: &str) -> String {
@@ -183,7 +229,14 @@ fn ok(out: Output, what: &str, log: &str) -> String {
         "{what} failed ({}):\nstdout: {stdout}\nstderr: {}\nserver log tail:\n{}",
         out.status,
         String::from_utf8_lossy(&out.stderr),
-        log.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+        log.lines()
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     stdout
 }
@@ -231,9 +284,4 @@ pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
     false
-}
-
-/// A path inside the repository.
-pub fn repo_path(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }

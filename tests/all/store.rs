@@ -15,8 +15,15 @@ use crate::harness::WK;
 #[derive(Clone, Debug)]
 enum Op {
     Create(u8, u8),
-    Update { key: u8, value: u8, precondition: Precondition },
-    Delete { key: u8, precondition: Precondition },
+    Update {
+        key: u8,
+        value: u8,
+        precondition: Precondition,
+    },
+    Delete {
+        key: u8,
+        precondition: Precondition,
+    },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -27,13 +34,21 @@ enum Precondition {
 }
 
 fn precondition() -> impl Strategy<Value = Precondition> {
-    prop_oneof![Just(Precondition::None), Just(Precondition::Current), Just(Precondition::Stale)]
+    prop_oneof![
+        Just(Precondition::None),
+        Just(Precondition::Current),
+        Just(Precondition::Stale)
+    ]
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         (0u8..6, any::<u8>()).prop_map(|(k, v)| Op::Create(k, v)),
-        (0u8..6, any::<u8>(), precondition()).prop_map(|(key, value, precondition)| Op::Update { key, value, precondition }),
+        (0u8..6, any::<u8>(), precondition()).prop_map(|(key, value, precondition)| Op::Update {
+            key,
+            value,
+            precondition
+        }),
         (0u8..6, precondition()).prop_map(|(key, precondition)| Op::Delete { key, precondition }),
     ]
 }
@@ -142,14 +157,20 @@ proptest! {
 
 #[test]
 fn reopening_keeps_every_write_and_the_revision() {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.redb");
         {
             let store = RedbStore::open(&path).unwrap();
             store.create("/a", Bytes::from_static(b"1")).await.unwrap();
-            store.update("/a", Bytes::from_static(b"2"), Some(1)).await.unwrap();
+            store
+                .update("/a", Bytes::from_static(b"2"), Some(1))
+                .await
+                .unwrap();
             store.create("/b", Bytes::from_static(b"3")).await.unwrap();
             store.delete("/b", None).await.unwrap();
         }
@@ -158,8 +179,14 @@ fn reopening_keeps_every_write_and_the_revision() {
         let a = store.get("/a").await.unwrap().unwrap();
         assert_eq!((a.value.as_ref(), a.mod_revision), (&b"2"[..], 2));
         assert!(store.get("/b").await.unwrap().is_none());
-        assert_eq!(store.create("/c", Bytes::from_static(b"4")).await.unwrap(), 5);
-        assert!(matches!(store.watch("/", 1).await, Err(Error::Compacted { .. })), "history from before the restart is not replayable");
+        assert_eq!(
+            store.create("/c", Bytes::from_static(b"4")).await.unwrap(),
+            5
+        );
+        assert!(
+            matches!(store.watch("/", 1).await, Err(Error::Compacted { .. })),
+            "history from before the restart is not replayable"
+        );
     });
 }
 
@@ -195,17 +222,34 @@ fn acknowledged_writes_survive_kill_minus_nine() {
             let (key, rev) = line.split_once(' ').unwrap();
             acked.push((key.to_owned(), rev.parse().unwrap()));
         }
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
             let store = RedbStore::open(&db).expect("reopens after kill -9");
-            assert!(!store.repaired_on_open(), "round {round}: the store needed repair");
+            assert!(
+                !store.repaired_on_open(),
+                "round {round}: the store needed repair"
+            );
             let (all, rev) = store.list("/crash/").await.unwrap();
-            let stored: BTreeMap<String, u64> = all.into_iter().map(|kv| (kv.key, kv.mod_revision)).collect();
+            let stored: BTreeMap<String, u64> = all
+                .into_iter()
+                .map(|kv| (kv.key, kv.mod_revision))
+                .collect();
             for (key, r) in &acked {
-                assert_eq!(stored.get(key), Some(r), "round {round}: acknowledged write {key}@{r} lost");
+                assert_eq!(
+                    stored.get(key),
+                    Some(r),
+                    "round {round}: acknowledged write {key}@{r} lost"
+                );
                 assert!(rev >= *r);
             }
         });
     }
-    assert!(acked.len() > 100, "the writer acknowledged only {} writes", acked.len());
+    assert!(
+        acked.len() > 100,
+        "the writer acknowledged only {} writes",
+        acked.len()
+    );
 }
