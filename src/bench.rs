@@ -302,14 +302,13 @@ pub async fn api(wk: &Path, opts: &Options) -> anyhow::Result<Report> {
                     if let Some(sent) = event
                         .pointer("/object/metadata/annotations/bench~1sent-ns")
                         .and_then(Value::as_str)
+                        && let Ok(sent) = sent.parse::<u128>()
                     {
-                        if let Ok(sent) = sent.parse::<u128>() {
-                            let ms = arrived.saturating_sub(sent) as f64 / 1e6;
-                            if let Ok(mut d) = delivered.lock() {
-                                d.push(ms);
-                            }
-                            seen += 1;
+                        let ms = arrived.saturating_sub(sent) as f64 / 1e6;
+                        if let Ok(mut d) = delivered.lock() {
+                            d.push(ms);
                         }
+                        seen += 1;
                     }
                 }
             }

@@ -106,14 +106,13 @@ fn remove_dropped(object: &mut Value, old: &Value, new: Option<&Value>, others: 
                     }
                 }
             }
-        } else if let Some(value) = key.strip_prefix("v:") {
-            if new_child.is_none() && other_children.is_empty() {
-                if let (Ok(v), Some(items)) =
-                    (serde_json::from_str::<Value>(value), object.as_array_mut())
-                {
-                    items.retain(|i| *i != v);
-                }
-            }
+        } else if let Some(value) = key.strip_prefix("v:")
+            && new_child.is_none()
+            && other_children.is_empty()
+            && let (Ok(v), Some(items)) =
+                (serde_json::from_str::<Value>(value), object.as_array_mut())
+        {
+            items.retain(|i| *i != v);
         }
     }
 }
@@ -252,10 +251,7 @@ pub async fn server_side_apply(
             .find(|e| e["manager"] == manager.as_str() && e["operation"] == "Apply");
         let others: Vec<&Value> = entries
             .iter()
-            .filter(|e| {
-                !(e["manager"] == manager.as_str() && e["operation"] == "Apply")
-                    && e["operation"] == "Apply"
-            })
+            .filter(|e| e["manager"] != manager.as_str() && e["operation"] == "Apply")
             .collect();
         let mut conflicting = Vec::new();
         for other in &others {

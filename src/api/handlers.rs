@@ -133,21 +133,21 @@ fn type_name(v: &Value) -> &'static str {
 
 /// Checks that a body's apiVersion and kind, when present, are the resource's.
 fn check_type_meta(res: &ResourceInfo, v: &Value) -> ApiResult<()> {
-    if let Some(av) = v.get("apiVersion").and_then(Value::as_str) {
-        if av != res.api_version() {
-            return Err(ApiError::bad_request(format!(
-                "the API version in the data ({av}) does not match the expected API version ({})",
-                res.api_version()
-            )));
-        }
+    if let Some(av) = v.get("apiVersion").and_then(Value::as_str)
+        && av != res.api_version()
+    {
+        return Err(ApiError::bad_request(format!(
+            "the API version in the data ({av}) does not match the expected API version ({})",
+            res.api_version()
+        )));
     }
-    if let Some(kind) = v.get("kind").and_then(Value::as_str) {
-        if kind != res.kind {
-            return Err(ApiError::bad_request(format!(
-                "the kind in the data ({kind}) does not match the expected kind ({})",
-                res.kind
-            )));
-        }
+    if let Some(kind) = v.get("kind").and_then(Value::as_str)
+        && kind != res.kind
+    {
+        return Err(ApiError::bad_request(format!(
+            "the kind in the data ({kind}) does not match the expected kind ({})",
+            res.kind
+        )));
     }
     Ok(())
 }
@@ -243,15 +243,14 @@ impl ApiState {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned();
-        if name.is_empty() {
-            if let Some(prefix) = meta
+        if name.is_empty()
+            && let Some(prefix) = meta
                 .get("generateName")
                 .and_then(Value::as_str)
                 .filter(|p| !p.is_empty())
-            {
-                let generated = format!("{prefix}{}", generate_suffix());
-                meta.insert("name".into(), json!(generated));
-            }
+        {
+            let generated = format!("{prefix}{}", generate_suffix());
+            meta.insert("name".into(), json!(generated));
         }
         for server_set in [
             "resourceVersion",
@@ -268,10 +267,11 @@ impl ApiState {
         } else {
             meta.remove("generation");
         }
-        if res.has_status() && res.kind != "Node" {
-            if let Some(m) = object.as_object_mut() {
-                m.remove("status");
-            }
+        if res.has_status()
+            && res.kind != "Node"
+            && let Some(m) = object.as_object_mut()
+        {
+            m.remove("status");
         }
         objects::apply_defaults(res, &mut object, true);
         objects::validate(res, &object)?;
@@ -521,24 +521,24 @@ impl ApiState {
                     {
                         continue;
                     }
-                    if let Err(e) = self.delete_object(res, &object, Some(0), false).await {
-                        if e.code != 404 && e.code != 409 {
-                            tracing::warn!(namespace = ns, error = %e, "namespace clean-up could not delete an object");
-                        }
+                    if let Err(e) = self.delete_object(res, &object, Some(0), false).await
+                        && e.code != 404
+                        && e.code != 409
+                    {
+                        tracing::warn!(namespace = ns, error = %e, "namespace clean-up could not delete an object");
                     }
                 }
             }
             if remaining == 0 {
-                if let Some(n) = self.cache.get(&namespaces.key(None, ns)) {
-                    if let Err(e) = self
+                if let Some(n) = self.cache.get(&namespaces.key(None, ns))
+                    && let Err(e) = self
                         .cache
                         .store()
                         .delete(&namespaces.key(None, ns), rv_of(&n))
                         .await
-                    {
-                        tracing::debug!(namespace = ns, error = %e, "namespace removal raced; retrying");
-                        continue;
-                    }
+                {
+                    tracing::debug!(namespace = ns, error = %e, "namespace removal raced; retrying");
+                    continue;
                 }
                 return;
             }
@@ -759,10 +759,10 @@ async fn update(state: &Arc<ApiState>, ctx: &Ctx, body: &[u8]) -> ApiResult<Resp
         }
     }
     let existing = state.read(t).await?;
-    if let Some(rv) = meta_str(&object, "resourceVersion").filter(|s| !s.is_empty()) {
-        if Some(rv) != meta_str(&existing, "resourceVersion") {
-            return Err(ApiError::conflict(t.res, name));
-        }
+    if let Some(rv) = meta_str(&object, "resourceVersion").filter(|s| !s.is_empty())
+        && Some(rv) != meta_str(&existing, "resourceVersion")
+    {
+        return Err(ApiError::conflict(t.res, name));
     }
     let merged = merge_for_subresource(t.res, t.sub.as_deref(), &existing, object);
     let stored = state
@@ -855,10 +855,9 @@ async fn patch_object(state: &Arc<ApiState>, ctx: &Ctx, body: &[u8]) -> ApiResul
             if let Some(rv) = patch_body
                 .pointer("/metadata/resourceVersion")
                 .and_then(Value::as_str)
+                && Some(rv) != meta_str(&existing, "resourceVersion")
             {
-                if Some(rv) != meta_str(&existing, "resourceVersion") {
-                    return Err(ApiError::conflict(t.res, name));
-                }
+                return Err(ApiError::conflict(t.res, name));
             }
             if meta_str(&patched, "name") != Some(name) {
                 return Err(ApiError::bad_request(
@@ -920,25 +919,24 @@ async fn delete(state: &Arc<ApiState>, ctx: &Ctx, body: &[u8]) -> ApiResult<Resp
             .and_then(Value::as_array)
             .is_some_and(|d| d.iter().any(|x| x == "All"));
     let existing = state.read(t).await?;
-    if let Some(uid) = opts.pointer("/preconditions/uid").and_then(Value::as_str) {
-        if Some(uid) != meta_str(&existing, "uid") {
-            return Err(ApiError::conflict_because(
-                t.res,
-                name,
-                format!(
-                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                    meta_str(&existing, "uid").unwrap_or_default()
-                ),
-            ));
-        }
+    if let Some(uid) = opts.pointer("/preconditions/uid").and_then(Value::as_str)
+        && Some(uid) != meta_str(&existing, "uid")
+    {
+        return Err(ApiError::conflict_because(
+            t.res,
+            name,
+            format!(
+                "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                meta_str(&existing, "uid").unwrap_or_default()
+            ),
+        ));
     }
     if let Some(rv) = opts
         .pointer("/preconditions/resourceVersion")
         .and_then(Value::as_str)
+        && Some(rv) != meta_str(&existing, "resourceVersion")
     {
-        if Some(rv) != meta_str(&existing, "resourceVersion") {
-            return Err(ApiError::conflict(t.res, name));
-        }
+        return Err(ApiError::conflict(t.res, name));
     }
     let deleted = state
         .delete_object(t.res, &existing, grace, dry_run)
@@ -1034,10 +1032,10 @@ async fn update_scale(state: &Arc<ApiState>, ctx: &Ctx, body: &[u8]) -> ApiResul
     let name = t.name.as_deref().unwrap_or_default();
     let scale = object_body(ctx, body)?;
     let existing = state.read(t).await?;
-    if let Some(rv) = meta_str(&scale, "resourceVersion").filter(|s| !s.is_empty()) {
-        if Some(rv) != meta_str(&existing, "resourceVersion") {
-            return Err(ApiError::conflict(t.res, name));
-        }
+    if let Some(rv) = meta_str(&scale, "resourceVersion").filter(|s| !s.is_empty())
+        && Some(rv) != meta_str(&existing, "resourceVersion")
+    {
+        return Err(ApiError::conflict(t.res, name));
     }
     let updated = scaled(t.res, &existing, &scale)?;
     let stored = state

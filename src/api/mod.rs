@@ -1,4 +1,8 @@
 //! The Kubernetes-compatible HTTP API: routing, authentication and the request context.
+#![allow(
+    clippy::result_large_err,
+    reason = "ApiError carries a whole Status (causes included); it is built only on the error path"
+)]
 
 pub mod apply;
 pub mod discovery;
@@ -247,10 +251,10 @@ pub fn parse_route(path: &str) -> ApiResult<Route> {
         }
         _ => return Err(ApiError::no_route(path)),
     };
-    if let Some(sub) = &target.sub {
-        if target.res.subresource(sub).is_none() {
-            return Err(ApiError::no_route(path));
-        }
+    if let Some(sub) = &target.sub
+        && target.res.subresource(sub).is_none()
+    {
+        return Err(ApiError::no_route(path));
     }
     if target.name.as_deref() == Some("") {
         return Err(ApiError::no_route(path));

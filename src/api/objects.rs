@@ -310,11 +310,11 @@ pub fn apply_defaults(res: &ResourceInfo, object: &mut Value, creating: bool) {
             default_field(spec, "progressDeadlineSeconds", json!(600));
             if let Some(strategy) = child(spec, "strategy") {
                 default_field(strategy, "type", json!("RollingUpdate"));
-                if strategy.get("type").and_then(Value::as_str) == Some("RollingUpdate") {
-                    if let Some(ru) = child(strategy, "rollingUpdate") {
-                        default_field(ru, "maxUnavailable", json!("25%"));
-                        default_field(ru, "maxSurge", json!("25%"));
-                    }
+                if strategy.get("type").and_then(Value::as_str) == Some("RollingUpdate")
+                    && let Some(ru) = child(strategy, "rollingUpdate")
+                {
+                    default_field(ru, "maxUnavailable", json!("25%"));
+                    default_field(ru, "maxSurge", json!("25%"));
                 }
             }
             default_template(spec, true);
@@ -335,10 +335,10 @@ pub fn apply_defaults(res: &ResourceInfo, object: &mut Value, creating: bool) {
             default_field(spec, "revisionHistoryLimit", json!(10));
             if let Some(strategy) = child(spec, "updateStrategy") {
                 default_field(strategy, "type", json!("RollingUpdate"));
-                if strategy.get("type").and_then(Value::as_str) == Some("RollingUpdate") {
-                    if let Some(ru) = child(strategy, "rollingUpdate") {
-                        default_field(ru, "partition", json!(0));
-                    }
+                if strategy.get("type").and_then(Value::as_str) == Some("RollingUpdate")
+                    && let Some(ru) = child(strategy, "rollingUpdate")
+                {
+                    default_field(ru, "partition", json!(0));
                 }
             }
             if let Some(p) = child(spec, "persistentVolumeClaimRetentionPolicy") {
@@ -354,11 +354,11 @@ pub fn apply_defaults(res: &ResourceInfo, object: &mut Value, creating: bool) {
             default_field(spec, "revisionHistoryLimit", json!(10));
             if let Some(strategy) = child(spec, "updateStrategy") {
                 default_field(strategy, "type", json!("RollingUpdate"));
-                if strategy.get("type").and_then(Value::as_str) == Some("RollingUpdate") {
-                    if let Some(ru) = child(strategy, "rollingUpdate") {
-                        default_field(ru, "maxUnavailable", json!(1));
-                        default_field(ru, "maxSurge", json!(0));
-                    }
+                if strategy.get("type").and_then(Value::as_str) == Some("RollingUpdate")
+                    && let Some(ru) = child(strategy, "rollingUpdate")
+                {
+                    default_field(ru, "maxUnavailable", json!(1));
+                    default_field(ru, "maxSurge", json!(0));
                 }
             }
             default_template(spec, true);
@@ -550,14 +550,14 @@ fn validate_containers(
         {
             causes.push(Cause::required(format!("{p}.image")));
         }
-        if let Some(policy) = c.get("imagePullPolicy").and_then(Value::as_str) {
-            if !["Always", "IfNotPresent", "Never"].contains(&policy) {
-                causes.push(Cause::not_supported(
-                    format!("{p}.imagePullPolicy"),
-                    policy,
-                    &["Always", "IfNotPresent", "Never"],
-                ));
-            }
+        if let Some(policy) = c.get("imagePullPolicy").and_then(Value::as_str)
+            && !["Always", "IfNotPresent", "Never"].contains(&policy)
+        {
+            causes.push(Cause::not_supported(
+                format!("{p}.imagePullPolicy"),
+                policy,
+                &["Always", "IfNotPresent", "Never"],
+            ));
         }
         for (j, port) in c
             .get("ports")
@@ -576,14 +576,14 @@ fn validate_containers(
                 )),
                 None => causes.push(Cause::required(format!("{pp}.containerPort"))),
             }
-            if let Some(proto) = port.get("protocol").and_then(Value::as_str) {
-                if !["TCP", "UDP", "SCTP"].contains(&proto) {
-                    causes.push(Cause::not_supported(
-                        format!("{pp}.protocol"),
-                        proto,
-                        &["SCTP", "TCP", "UDP"],
-                    ));
-                }
+            if let Some(proto) = port.get("protocol").and_then(Value::as_str)
+                && !["TCP", "UDP", "SCTP"].contains(&proto)
+            {
+                causes.push(Cause::not_supported(
+                    format!("{pp}.protocol"),
+                    proto,
+                    &["SCTP", "TCP", "UDP"],
+                ));
             }
         }
         for (j, m) in c
@@ -668,14 +668,13 @@ fn validate_pod_spec(spec: Option<&Value>, path: &str, restart: &[&str], causes:
     if let Some(g) = spec
         .get("terminationGracePeriodSeconds")
         .and_then(Value::as_i64)
+        && g < 0
     {
-        if g < 0 {
-            causes.push(Cause::invalid(
-                format!("{path}.terminationGracePeriodSeconds"),
-                g,
-                "must be greater than or equal to 0",
-            ));
-        }
+        causes.push(Cause::invalid(
+            format!("{path}.terminationGracePeriodSeconds"),
+            g,
+            "must be greater than or equal to 0",
+        ));
     }
 }
 
@@ -734,14 +733,14 @@ fn labels_string(labels: &Value) -> String {
 }
 
 fn validate_replicas(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
-    if let Some(r) = spec.get("replicas").and_then(Value::as_i64) {
-        if r < 0 {
-            causes.push(Cause::invalid(
-                format!("{path}.replicas"),
-                r,
-                "must be greater than or equal to 0",
-            ));
-        }
+    if let Some(r) = spec.get("replicas").and_then(Value::as_i64)
+        && r < 0
+    {
+        causes.push(Cause::invalid(
+            format!("{path}.replicas"),
+            r,
+            "must be greater than or equal to 0",
+        ));
     }
 }
 
@@ -807,10 +806,14 @@ fn validate_service(object: &Value, causes: &mut Vec<Cause>) {
             }
             names.push(name);
         }
-        if let Some(np) = p.get("nodePort").and_then(Value::as_i64) {
-            if !(30000..=32767).contains(&np) {
-                causes.push(Cause::invalid(format!("{pp}.nodePort"), np, "provided port is not in the valid range. The range of valid ports is 30000-32767"));
-            }
+        if let Some(np) = p.get("nodePort").and_then(Value::as_i64)
+            && !(30000..=32767).contains(&np)
+        {
+            causes.push(Cause::invalid(
+                format!("{pp}.nodePort"),
+                np,
+                "provided port is not in the valid range. The range of valid ports is 30000-32767",
+            ));
         }
     }
     if ty == "ExternalName"

@@ -74,10 +74,10 @@ pub fn find_kubeconfig(flag: Option<PathBuf>) -> Result<PathBuf, Error> {
     if let Some(path) = flag {
         return Ok(path);
     }
-    if let Some(env) = std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) {
-        if let Some(first) = std::env::split_paths(&env).find(|p| p.exists()) {
-            return Ok(first);
-        }
+    if let Some(env) = std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty())
+        && let Some(first) = std::env::split_paths(&env).find(|p| p.exists())
+    {
+        return Ok(first);
     }
     let data_dir =
         std::env::var_os("WK_DATA_DIR").map_or_else(crate::server::default_data_dir, PathBuf::from);

@@ -49,7 +49,7 @@ pub enum Error {
         name: String,
         /// The cause.
         #[source]
-        source: api::ApiError,
+        source: Box<api::ApiError>,
     },
     /// The HTTP server failed.
     #[error("serving: {0}")]
@@ -289,7 +289,7 @@ async fn bootstrap(state: &Arc<ApiState>) -> Result<(), Error> {
             Err(source) => {
                 return Err(Error::Bootstrap {
                     name: name.into(),
-                    source,
+                    source: Box::new(source),
                 });
             }
         }

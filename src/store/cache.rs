@@ -122,10 +122,10 @@ impl Cache {
             prev,
             revision,
         }));
-        if state.window.len() > WINDOW_EVENTS {
-            if let Some(dropped) = state.window.pop_front() {
-                state.oldest = dropped.revision;
-            }
+        if state.window.len() > WINDOW_EVENTS
+            && let Some(dropped) = state.window.pop_front()
+        {
+            state.oldest = dropped.revision;
         }
         state.revision = revision;
         drop(state);
