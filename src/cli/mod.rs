@@ -3,6 +3,7 @@
 mod annotate;
 mod api_resources;
 mod apply;
+mod bench;
 mod completion;
 mod cordon;
 mod create;
@@ -45,6 +46,8 @@ enum Command {
     /// Internal tools for tests and benchmarks.
     #[command(hide = true)]
     Debug(debug::Args),
+    /// Run a benchmark (figures for BENCHMARKS.md).
+    Bench(bench::Args),
     /// Apply a configuration to resources by file name or stdin.
     Apply(Verb<apply::Args>),
     /// Display one or many resources.
@@ -170,11 +173,15 @@ pub fn main() -> ExitCode {
         }
     };
     let outer = cli.global;
-    let is_client = !matches!(cli.command, Command::Server(_) | Command::Debug(_));
+    let is_client = !matches!(
+        cli.command,
+        Command::Server(_) | Command::Debug(_) | Command::Bench(_)
+    );
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Server(args) => server::execute(args).await,
             Command::Debug(args) => debug::execute(args).await,
+            Command::Bench(args) => bench::execute(args).await,
             Command::Apply(v) => apply::execute(v.args, &v.global.or(&outer)).await,
             Command::Get(v) => get::execute(v.args, &v.global.or(&outer)).await,
             Command::Describe(v) => describe::execute(v.args, &v.global.or(&outer)).await,

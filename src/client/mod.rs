@@ -118,12 +118,15 @@ impl Client {
                 .with_root_certificates(roots)
                 .with_no_client_auth()
         };
+        let mut tcp = HttpConnector::new();
+        tcp.set_nodelay(true);
+        tcp.enforce_http(false);
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .enable_http2()
-            .build();
+            .wrap_connector(tcp);
         let http = HyperClient::builder(TokioExecutor::new()).build(connector);
         Ok(Self {
             http,

@@ -235,8 +235,12 @@ impl Server {
         .map_err(Error::tls)?;
         let handle = axum_server::Handle::new();
         let app = api::router(state.clone());
-        let server = axum_server::tls_rustls::from_tcp_rustls(listener, tls)
+        // Without TCP_NODELAY every small answer waits for the client's delayed ACK (~40 ms).
+        let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
+            .acceptor(axum_server::accept::NoDelayAcceptor::new());
+        let server = axum_server::from_tcp(listener)
             .map_err(|source| Error::Listen { addr, source })?
+            .acceptor(acceptor)
             .handle(handle.clone());
         let drain = shutdown.clone();
         tokio::spawn(async move {
