@@ -233,10 +233,11 @@ pub async fn api(wk: &Path, opts: &Options) -> anyhow::Result<Report> {
     let create_sequential = latencies(samples, start.elapsed());
 
     let remaining = opts.total_pods.saturating_sub(opts.sequential);
-    let per_client = remaining / opts.clients.max(1);
+    let clients = opts.clients.max(1);
     let mut tasks = Vec::new();
     let start = Instant::now();
-    for c in 0..opts.clients {
+    for c in 0..clients {
+        let per_client = remaining / clients + usize::from(c < remaining % clients);
         let client = Client::from_kubeconfig(&server.kubeconfig, None)?;
         tasks.push(tokio::spawn(async move {
             let mut samples = Vec::with_capacity(per_client);
