@@ -325,14 +325,7 @@ pub async fn server_side_apply(
         let (normalized, _) = objects::normalize(res, &merged, FieldValidation::Ignore)?;
         match state.write_update(res, &live, normalized, dry_run).await {
             Ok(stored) => {
-                let warnings = if mode == FieldValidation::Warn {
-                    unknown
-                        .iter()
-                        .map(|f| format!("unknown field \"{f}\""))
-                        .collect()
-                } else {
-                    Vec::new()
-                };
+                let warnings = super::handlers::warnings_for(mode, &unknown);
                 return Ok(json_response(StatusCode::OK, &stored, &warnings));
             }
             Err(e) if e.reason == "Conflict" && e.message.starts_with("Operation cannot") => {

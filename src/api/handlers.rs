@@ -224,6 +224,16 @@ fn generate_suffix() -> String {
 
 // ---- shared write paths ----
 
+/// The API error for a failed store write of the object `name`.
+fn write_error(res: &ResourceInfo, name: &str, e: store::Error) -> ApiError {
+    match e {
+        store::Error::Conflict { .. } => ApiError::conflict(res, name),
+        store::Error::NotFound(_) => ApiError::not_found(res, name),
+        store::Error::AlreadyExists(_) => ApiError::already_exists(res, name),
+        other => other.into(),
+    }
+}
+
 impl ApiState {
     /// Creates an object that has been decoded and normalized: sets server fields, defaults,
     /// validates and stores it. Returns the stored object with its resourceVersion.
@@ -290,8 +300,7 @@ impl ApiState {
                 meta_mut(&mut object).insert("resourceVersion".into(), json!(rev.to_string()));
                 Ok(object)
             }
-            Err(store::Error::AlreadyExists(_)) => Err(ApiError::already_exists(res, &name)),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(write_error(res, &name, e)),
         }
     }
 
@@ -388,9 +397,7 @@ impl ApiState {
                         .insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
                     Ok(new)
                 }
-                Err(store::Error::Conflict { .. }) => Err(ApiError::conflict(res, &name)),
-                Err(store::Error::NotFound(_)) => Err(ApiError::not_found(res, &name)),
-                Err(e) => Err(e.into()),
+                Err(e) => Err(write_error(res, &name, e)),
             };
         }
         let bytes = Bytes::from(serde_json::to_vec(&new).map_err(ApiError::internal)?);
@@ -399,9 +406,7 @@ impl ApiState {
                 meta_mut(&mut new).insert("resourceVersion".into(), json!(rev.to_string()));
                 Ok(new)
             }
-            Err(store::Error::Conflict { .. }) => Err(ApiError::conflict(res, &name)),
-            Err(store::Error::NotFound(_)) => Err(ApiError::not_found(res, &name)),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(write_error(res, &name, e)),
         }
     }
 
@@ -472,9 +477,7 @@ impl ApiState {
                     .insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
                 Ok(gone)
             }
-            Err(store::Error::Conflict { .. }) => Err(ApiError::conflict(res, &name)),
-            Err(store::Error::NotFound(_)) => Err(ApiError::not_found(res, &name)),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(write_error(res, &name, e)),
         }
     }
 
@@ -498,9 +501,7 @@ impl ApiState {
                 meta_mut(&mut marked).insert("resourceVersion".into(), json!(rev.to_string()));
                 Ok(marked)
             }
-            Err(store::Error::Conflict { .. }) => Err(ApiError::conflict(res, &name)),
-            Err(store::Error::NotFound(_)) => Err(ApiError::not_found(res, &name)),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(write_error(res, &name, e)),
         }
     }
 
@@ -703,7 +704,8 @@ async fn create(state: &Arc<ApiState>, ctx: &Ctx, body: &[u8]) -> ApiResult<Resp
     Ok(respond(ctx, StatusCode::CREATED, &created, &warnings))
 }
 
-fn warnings_for(mode: FieldValidation, unknown: &[String]) -> Vec<String> {
+/// The `Warning` header texts for unknown fields under `fieldValidation=Warn`.
+pub(super) fn warnings_for(mode: FieldValidation, unknown: &[String]) -> Vec<String> {
     if mode == FieldValidation::Warn {
         unknown
             .iter()
@@ -847,7 +849,7 @@ async fn patch_object(state: &Arc<ApiState>, ctx: &Ctx, body: &[u8]) -> ApiResul
     for _ in 0..PATCH_RETRIES {
         let existing = state.read(t).await?;
         let (patched, unknown) = if t.sub.as_deref() == Some("scale") {
-            let scale = scale_view(t.res, &existing);
+            let scale = scale_view(&existing);
             let patched_scale = apply_patch(kind, "Scale", &scale, &patch_body)?;
             (scaled(t.res, &existing, &patched_scale)?, Vec::new())
         } else {
@@ -873,7 +875,7 @@ async fn patch_object(state: &Arc<ApiState>, ctx: &Ctx, body: &[u8]) -> ApiResul
         match state.write_update(t.res, &existing, patched, dry_run).await {
             Ok(stored) => {
                 let shown = if t.sub.as_deref() == Some("scale") {
-                    scale_view(t.res, &stored)
+                    scale_view(&stored)
                 } else {
                     stored
                 };
@@ -971,14 +973,13 @@ async fn delete_collection(state: &Arc<ApiState>, ctx: &Ctx, body: &[u8]) -> Api
 // ---- subresources ----
 
 /// The autoscaling/v1 Scale view of a scalable object.
-fn scale_view(res: &ResourceInfo, object: &Value) -> Value {
+fn scale_view(object: &Value) -> Value {
     let meta = object.get("metadata").cloned().unwrap_or(json!({}));
     let selector = object
         .pointer("/spec/selector")
         .and_then(|s| LabelSelector::from_json(s).ok())
         .map(|s| s.to_string())
         .unwrap_or_default();
-    let _ = res;
     json!({
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
@@ -1020,11 +1021,7 @@ fn scaled(res: &ResourceInfo, object: &Value, scale: &Value) -> ApiResult<Value>
 
 async fn get_scale(state: &Arc<ApiState>, ctx: &Ctx) -> ApiResult<Response> {
     let object = state.read(&ctx.target).await?;
-    Ok(json_response(
-        StatusCode::OK,
-        &scale_view(ctx.target.res, &object),
-        &[],
-    ))
+    Ok(json_response(StatusCode::OK, &scale_view(&object), &[]))
 }
 
 async fn update_scale(state: &Arc<ApiState>, ctx: &Ctx, body: &[u8]) -> ApiResult<Response> {
@@ -1041,11 +1038,7 @@ async fn update_scale(state: &Arc<ApiState>, ctx: &Ctx, body: &[u8]) -> ApiResul
     let stored = state
         .write_update(t.res, &existing, updated, ctx.query.dry_run()?)
         .await?;
-    Ok(json_response(
-        StatusCode::OK,
-        &scale_view(t.res, &stored),
-        &[],
-    ))
+    Ok(json_response(StatusCode::OK, &scale_view(&stored), &[]))
 }
 
 fn success(code: u16) -> Value {

@@ -161,7 +161,11 @@ async fn authenticate(
             request.extensions_mut().insert(identity);
             next.run(request).await
         }
-        None => ApiError::unauthorized().into_response(),
+        None => {
+            // Read (and drop) the body first: answering an h2 upload early resets its stream.
+            let _ = axum::body::to_bytes(request.into_body(), MAX_BODY).await;
+            ApiError::unauthorized().into_response()
+        }
     }
 }
 
@@ -348,6 +352,11 @@ async fn dispatch(
 ) -> Response {
     let identity = identity.map_or(Identity::Admin, |e| e.0);
     let result = async {
+        // Read the body before any answer: answering an h2 upload early resets its stream.
+        let body = match axum::body::to_bytes(body, MAX_BODY).await {
+            Ok(b) => b,
+            Err(_) => return Err(ApiError::too_large(MAX_BODY)),
+        };
         let route = parse_route(uri.path())?;
         let target = match route {
             Route::Group(g) => return discovery::group(g, &headers),
@@ -362,10 +371,6 @@ async fn dispatch(
                 target.res.plural
             )));
         }
-        let body = match axum::body::to_bytes(body, MAX_BODY).await {
-            Ok(b) => b,
-            Err(_) => return Err(ApiError::too_large(MAX_BODY)),
-        };
         let ctx = Ctx {
             method,
             target,
