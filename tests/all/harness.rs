@@ -131,6 +131,11 @@ impl Cluster {
         )
     }
 
+    /// `kubectl get KIND NAME -o jsonpath=PATH`, failing the test if it fails.
+    pub fn jsonpath(&self, kind: &str, name: &str, path: &str) -> String {
+        self.kubectl_ok(&["get", kind, name, "-o", &format!("jsonpath={path}")])
+    }
+
     /// Applies a manifest from stdin with kubectl, failing the test if it fails.
     pub fn kubectl_apply(&self, manifest: &str) -> String {
         ok(

@@ -148,44 +148,20 @@ fn apply_creates_then_merges_then_sends_nothing_when_unchanged() {
         c.kubectl_apply(&changed)
             .contains("deployment.apps/web configured")
     );
-    let spec = c.kubectl_ok(&[
-        "get",
-        "deploy",
-        "web",
-        "-o",
-        "jsonpath={.spec.template.spec.containers[0]}",
-    ]);
+    let spec = c.jsonpath("deploy", "web", "{.spec.template.spec.containers[0]}");
     let container: serde_json::Value = serde_json::from_str(&spec).unwrap();
     assert_eq!(container["image"], "127.0.0.1:5000/hello:v2");
     assert_eq!(container["ports"][0]["containerPort"], 8000);
     assert!(container.get("env").is_none(), "{container}");
-    let generation = c.kubectl_ok(&[
-        "get",
-        "deploy",
-        "web",
-        "-o",
-        "jsonpath={.metadata.generation}",
-    ]);
+    let generation = c.jsonpath("deploy", "web", "{.metadata.generation}");
     assert_eq!(generation, "2");
 
-    let rv_before = c.kubectl_ok(&[
-        "get",
-        "deploy",
-        "web",
-        "-o",
-        "jsonpath={.metadata.resourceVersion}",
-    ]);
+    let rv_before = c.jsonpath("deploy", "web", "{.metadata.resourceVersion}");
     assert!(
         c.kubectl_apply(&changed)
             .contains("deployment.apps/web unchanged")
     );
-    let rv_after = c.kubectl_ok(&[
-        "get",
-        "deploy",
-        "web",
-        "-o",
-        "jsonpath={.metadata.resourceVersion}",
-    ]);
+    let rv_after = c.jsonpath("deploy", "web", "{.metadata.resourceVersion}");
     assert_eq!(rv_before, rv_after, "a no-op apply must not write");
 }
 
@@ -205,16 +181,10 @@ fn server_side_apply_creates_and_removes_fields_the_manager_dropped() {
         &cm.replace("  b: \"2\"\n", "  c: \"3\"\n"),
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    let data = c.kubectl_ok(&["get", "cm", "settings", "-o", "jsonpath={.data}"]);
+    let data = c.jsonpath("cm", "settings", "{.data}");
     let data: serde_json::Value = serde_json::from_str(&data).unwrap();
     assert_eq!(data, serde_json::json!({"a": "1", "c": "3"}));
-    let managers = c.kubectl_ok(&[
-        "get",
-        "cm",
-        "settings",
-        "-o",
-        "jsonpath={.metadata.managedFields[*].manager}",
-    ]);
+    let managers = c.jsonpath("cm", "settings", "{.metadata.managedFields[*].manager}");
     assert_eq!(managers, "kubectl");
 
     // Another applier that sets the same field to something else conflicts unless it forces.
@@ -245,10 +215,7 @@ fn server_side_apply_creates_and_removes_fields_the_manager_dropped() {
         &other,
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(
-        c.kubectl_ok(&["get", "cm", "settings", "-o", "jsonpath={.data.a}"]),
-        "9"
-    );
+    assert_eq!(c.jsonpath("cm", "settings", "{.data.a}"), "9");
 }
 
 #[test]
@@ -293,13 +260,7 @@ fn delete_of_an_object_with_finalizers_waits_for_them() {
     c.kubectl_apply("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: held\n  finalizers: [example.com/hold]\n");
     let out = c.kubectl_ok(&["delete", "cm", "held", "--wait=false"]);
     assert!(out.contains("deleted"), "{out}");
-    let ts = c.kubectl_ok(&[
-        "get",
-        "cm",
-        "held",
-        "-o",
-        "jsonpath={.metadata.deletionTimestamp}",
-    ]);
+    let ts = c.jsonpath("cm", "held", "{.metadata.deletionTimestamp}");
     assert!(!ts.is_empty(), "the object stays, marked for deletion");
     c.kubectl_ok(&[
         "patch",
@@ -324,10 +285,7 @@ fn scale_label_annotate_and_patch_change_what_they_name() {
         c.kubectl_ok(&["scale", "deployment", "web", "--replicas=5"])
             .contains("deployment.apps/web scaled")
     );
-    assert_eq!(
-        c.kubectl_ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]),
-        "5"
-    );
+    assert_eq!(c.jsonpath("deploy", "web", "{.spec.replicas}"), "5");
     let scale = c.kubectl_ok(&[
         "get",
         "--raw",
@@ -367,13 +325,7 @@ fn scale_label_annotate_and_patch_change_what_they_name() {
             .contains("annotated")
     );
     assert_eq!(
-        c.kubectl_ok(&[
-            "get",
-            "deploy",
-            "web",
-            "-o",
-            "jsonpath={.metadata.annotations.note}"
-        ]),
+        c.jsonpath("deploy", "web", "{.metadata.annotations.note}"),
         "hi"
     );
 
@@ -386,10 +338,7 @@ fn scale_label_annotate_and_patch_change_what_they_name() {
         "-p",
         r#"[{"op":"replace","path":"/spec/replicas","value":2}]"#,
     ]);
-    assert_eq!(
-        c.kubectl_ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]),
-        "2"
-    );
+    assert_eq!(c.jsonpath("deploy", "web", "{.spec.replicas}"), "2");
     let bad = c.kubectl(&[
         "patch",
         "deploy",
@@ -438,17 +387,14 @@ fn cordon_and_uncordon_a_node() {
         c.kubectl_ok(&["uncordon", "n1"])
             .contains("node/n1 uncordoned")
     );
-    assert_eq!(
-        c.kubectl_ok(&["get", "node", "n1", "-o", "jsonpath={.spec.unschedulable}"]),
-        ""
-    );
+    assert_eq!(c.jsonpath("node", "n1", "{.spec.unschedulable}"), "");
 }
 
 #[test]
 fn describe_pod_shows_its_spec_and_events() {
     let c = Cluster::start();
     c.kubectl_apply(&pod("described", "app: d"));
-    let uid = c.kubectl_ok(&["get", "pod", "described", "-o", "jsonpath={.metadata.uid}"]);
+    let uid = c.jsonpath("pod", "described", "{.metadata.uid}");
     let event = format!(
         "apiVersion: v1\nkind: Event\nmetadata:\n  name: described.1\ninvolvedObject:\n  kind: Pod\n  name: described\n  namespace: default\n  uid: {uid}\nreason: Scheduled\nmessage: Successfully assigned default/described to n1\ntype: Normal\nsource: {{component: wk}}\ncount: 1\n"
     );
