@@ -25,21 +25,15 @@ fn fields_of(v: &Value, kind: &str, path: &mut Vec<String>) -> Value {
     match v {
         Value::Object(m) => {
             for (k, child) in m {
-                if path.is_empty() && matches!(k.as_str(), "apiVersion" | "kind" | "status") {
-                    continue;
-                }
-                if path.len() == 1
-                    && path[0] == "metadata"
-                    && !matches!(
-                        k.as_str(),
-                        "labels" | "annotations" | "finalizers" | "ownerReferences"
-                    )
-                {
+                if !tracked(path, k) {
                     continue;
                 }
                 path.push(k.clone());
-                out.insert(format!("f:{k}"), fields_of(child, kind, path));
+                let set = fields_of(child, kind, path);
                 path.pop();
+                if !skipped_metadata(path, k, &set) {
+                    out.insert(format!("f:{k}"), set);
+                }
             }
         }
         Value::Array(items) => {
@@ -63,6 +57,24 @@ fn fields_of(v: &Value, kind: &str, path: &mut Vec<String>) -> Value {
         _ => {}
     }
     Value::Object(out)
+}
+
+/// Whether managedFields track field `key` at `path`: not the type, the status or the
+/// server-owned metadata.
+fn tracked(path: &[String], key: &str) -> bool {
+    match path {
+        [] => !matches!(key, "apiVersion" | "kind" | "status"),
+        [m] if m == "metadata" => matches!(
+            key,
+            "labels" | "annotations" | "finalizers" | "ownerReferences"
+        ),
+        _ => true,
+    }
+}
+
+/// Metadata holding only server-owned fields (name, uid...) owns nothing.
+fn skipped_metadata(path: &[String], key: &str, set: &Value) -> bool {
+    path.is_empty() && key == "metadata" && set.as_object().is_some_and(Map::is_empty)
 }
 
 fn child<'a>(set: &'a Value, key: &str) -> Option<&'a Value> {
@@ -150,15 +162,156 @@ fn conflicts(
     }
 }
 
-fn managed_entry(manager: &str, api_version: &str, fields: Value) -> Value {
+fn managed_entry(manager: &str, operation: &str, api_version: &str, fields: Value) -> Value {
     json!({
         "manager": manager,
-        "operation": "Apply",
+        "operation": operation,
         "apiVersion": api_version,
         "time": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
         "fieldsType": "FieldsV1",
         "fieldsV1": fields,
     })
+}
+
+/// Who made a non-apply write, and through which subresource, for `metadata.managedFields`.
+#[derive(Clone, Debug)]
+pub struct Updater {
+    /// The `fieldManager` query parameter, else the User-Agent's product (`kubectl`).
+    pub manager: String,
+    /// `scale` for writes through /scale; the main resource otherwise.
+    pub subresource: Option<String>,
+}
+
+/// Records an Update (create, PUT or non-apply PATCH) in `new`'s managedFields, as the
+/// Kubernetes field manager does: the updater owns every field it set or changed, and those
+/// fields leave every other manager's set. A write that changes no field leaves them as they are.
+pub fn record_update(old: Option<&Value>, new: &mut Value, kind: &str, who: &Updater) {
+    let mut entries = old
+        .and_then(|o| o.pointer("/metadata/managedFields"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let (changed, removed) = match old {
+        Some(old) => {
+            let mut path = Vec::new();
+            (
+                changed_fields(Some(old), new, kind, &mut path),
+                changed_fields(Some(new), old, kind, &mut path),
+            )
+        }
+        None => (field_set(new, kind), json!({})),
+    };
+    let empty = |v: &Value| v.as_object().is_none_or(Map::is_empty);
+    if empty(&changed) && empty(&removed) {
+        if let Some(m) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+            match old.and_then(|o| o.pointer("/metadata/managedFields")) {
+                Some(kept) => m.insert("managedFields".into(), kept.clone()),
+                None => m.remove("managedFields"),
+            };
+        }
+        return;
+    }
+    let api_version = new["apiVersion"].as_str().unwrap_or_default().to_owned();
+    let subresource = who.subresource.as_deref();
+    let is_mine = |e: &Value| {
+        e["manager"] == who.manager.as_str()
+            && e["operation"] == "Update"
+            && e.get("subresource").and_then(Value::as_str) == subresource
+    };
+    let mut mine = entries
+        .iter()
+        .find(|e| is_mine(e))
+        .map(|e| e["fieldsV1"].clone())
+        .unwrap_or_else(|| json!({}));
+    for e in entries.iter_mut().filter(|e| !is_mine(e)) {
+        strip_set(&mut e["fieldsV1"], &changed);
+        strip_set(&mut e["fieldsV1"], &removed);
+    }
+    strip_set(&mut mine, &removed);
+    union_set(&mut mine, &changed);
+    entries.retain(|e| !is_mine(e) && !empty(&e["fieldsV1"]));
+    let mut entry = managed_entry(&who.manager, "Update", &api_version, mine);
+    if let Some(sub) = subresource {
+        entry["subresource"] = json!(sub);
+    }
+    entries.push(entry);
+    new["metadata"]["managedFields"] = json!(entries);
+}
+
+/// The field set of what `new` sets differently from `old`, in FieldsV1 form.
+fn changed_fields(old: Option<&Value>, new: &Value, kind: &str, path: &mut Vec<String>) -> Value {
+    let mut out = Map::new();
+    match new {
+        Value::Object(m) => {
+            for (k, child) in m {
+                if !tracked(path, k) {
+                    continue;
+                }
+                let old_child = old.and_then(|o| o.get(k));
+                if old_child == Some(child) {
+                    continue;
+                }
+                path.push(k.clone());
+                let set = match (old_child, child) {
+                    (Some(o), Value::Object(_) | Value::Array(_))
+                        if o.is_object() == child.is_object() =>
+                    {
+                        changed_fields(Some(o), child, kind, path)
+                    }
+                    _ => fields_of(child, kind, path),
+                };
+                path.pop();
+                if !skipped_metadata(path, k, &set) {
+                    out.insert(format!("f:{k}"), set);
+                }
+            }
+        }
+        Value::Array(items) => {
+            let p: Vec<&str> = path.iter().map(String::as_str).collect();
+            let old_items = old.and_then(Value::as_array);
+            match patch::list_strategy(kind, &p) {
+                ListStrategy::MergeByKey(key) => {
+                    for item in items {
+                        let Some(k) = item.get(key) else { continue };
+                        let old_item =
+                            old_items.and_then(|o| o.iter().find(|i| i.get(key) == Some(k)));
+                        if old_item == Some(item) {
+                            continue;
+                        }
+                        out.insert(
+                            format!("k:{{\"{key}\":{k}}}"),
+                            changed_fields(old_item, item, kind, path),
+                        );
+                    }
+                }
+                ListStrategy::MergePrimitives => {
+                    for item in items {
+                        if !old_items.is_some_and(|o| o.contains(item)) {
+                            out.insert(format!("v:{item}"), json!({}));
+                        }
+                    }
+                }
+                ListStrategy::Replace => {}
+            }
+        }
+        _ => {}
+    }
+    Value::Object(out)
+}
+
+/// Adds the fields of `more` to `set`.
+fn union_set(set: &mut Value, more: &Value) {
+    let (Some(set), Some(more)) = (set.as_object_mut(), more.as_object()) else {
+        return;
+    };
+    for (key, m) in more {
+        match set.get_mut(key) {
+            Some(s) => union_set(s, m),
+            None => {
+                set.insert(key.clone(), m.clone());
+            }
+        }
+    }
 }
 
 /// Handles a PATCH with `application/apply-patch+yaml`.
@@ -229,13 +382,17 @@ pub async fn server_side_apply(
         state.cache.sync().await?;
         let Some(live) = state.cache.get(&t.key()) else {
             let mut object = config.clone();
-            object["metadata"]["managedFields"] =
-                json!([managed_entry(&manager, &res.api_version(), new_set.clone())]);
+            object["metadata"]["managedFields"] = json!([managed_entry(
+                &manager,
+                "Apply",
+                &res.api_version(),
+                new_set.clone()
+            )]);
             if let Some(ns) = &t.namespace {
                 object["metadata"]["namespace"] = json!(ns);
             }
             let (object, _) = objects::normalize(res, &object, FieldValidation::Ignore)?;
-            match state.create_object(res, object, dry_run).await {
+            match state.create_object(res, object, None, dry_run).await {
                 Ok(created) => return Ok(json_response(StatusCode::CREATED, &created, &[])),
                 Err(e) if e.reason == "AlreadyExists" => continue,
                 Err(e) => return Err(e),
@@ -249,9 +406,10 @@ pub async fn server_side_apply(
         let mine = entries
             .iter()
             .find(|e| e["manager"] == manager.as_str() && e["operation"] == "Apply");
+        // Update managers own fields too: applying a different value to one is a conflict.
         let others: Vec<&Value> = entries
             .iter()
-            .filter(|e| e["manager"] != manager.as_str() && e["operation"] == "Apply")
+            .filter(|e| !(e["manager"] == manager.as_str() && e["operation"] == "Apply"))
             .collect();
         let mut conflicting = Vec::new();
         for other in &others {
@@ -320,10 +478,19 @@ pub async fn server_side_apply(
                 }
             }
         }
-        managed.push(managed_entry(&manager, &res.api_version(), new_set.clone()));
+        managed.retain(|e| e["fieldsV1"].as_object().is_some_and(|m| !m.is_empty()));
+        managed.push(managed_entry(
+            &manager,
+            "Apply",
+            &res.api_version(),
+            new_set.clone(),
+        ));
         merged["metadata"]["managedFields"] = json!(managed);
         let (normalized, _) = objects::normalize(res, &merged, FieldValidation::Ignore)?;
-        match state.write_update(res, &live, normalized, dry_run).await {
+        match state
+            .write_update(res, &live, normalized, None, dry_run)
+            .await
+        {
             Ok(stored) => {
                 let warnings = super::handlers::warnings_for(mode, &unknown);
                 return Ok(json_response(StatusCode::OK, &stored, &warnings));
@@ -348,6 +515,10 @@ fn strip_set(set: &mut Value, taken: &Value) {
             set.remove(key);
         } else if let Some(s) = set.get_mut(key) {
             strip_set(s, t);
+            // An emptied parent would read as an owned leaf.
+            if s.as_object().is_some_and(Map::is_empty) {
+                set.remove(key);
+            }
         }
     }
 }
@@ -378,5 +549,77 @@ mod tests {
         let other = json!({"f:data":{"f:b":{}}});
         remove_dropped(&mut live, &old, Some(&new), &[&other]);
         assert_eq!(live, json!({"data":{"a":"1","b":"2"}}));
+    }
+
+    fn who(manager: &str) -> Updater {
+        Updater {
+            manager: manager.into(),
+            subresource: None,
+        }
+    }
+
+    #[test]
+    fn an_update_takes_the_fields_it_changes_from_other_managers() {
+        let mut created = json!({"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c"},
+            "data":{"a":"1","b":"2"}});
+        record_update(None, &mut created, "ConfigMap", &who("kubectl-create"));
+        let entries = created["metadata"]["managedFields"].clone();
+        assert_eq!(entries[0]["manager"], "kubectl-create");
+        assert_eq!(entries[0]["operation"], "Update");
+        assert_eq!(
+            entries[0]["fieldsV1"],
+            json!({"f:data":{"f:a":{},"f:b":{}}})
+        );
+
+        let mut edited = created.clone();
+        edited["data"]["b"] = json!("3");
+        edited["data"]["c"] = json!("4");
+        record_update(
+            Some(&created),
+            &mut edited,
+            "ConfigMap",
+            &who("kubectl-edit"),
+        );
+        let entries = edited["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .clone();
+        assert_eq!(entries.len(), 2, "{entries:?}");
+        assert_eq!(entries[0]["fieldsV1"], json!({"f:data":{"f:a":{}}}));
+        assert_eq!(entries[1]["manager"], "kubectl-edit");
+        assert_eq!(
+            entries[1]["fieldsV1"],
+            json!({"f:data":{"f:b":{},"f:c":{}}})
+        );
+
+        // A write that changes nothing keeps managedFields exactly.
+        let mut same = edited.clone();
+        same["metadata"]["managedFields"] = json!([]);
+        record_update(Some(&edited), &mut same, "ConfigMap", &who("other"));
+        assert_eq!(same, edited);
+
+        // Taking every field of a manager removes its entry.
+        let mut all = edited.clone();
+        all["data"]["a"] = json!("9");
+        record_update(Some(&edited), &mut all, "ConfigMap", &who("kubectl-edit"));
+        let entries = all["metadata"]["managedFields"].as_array().unwrap();
+        assert_eq!(entries.len(), 1, "{entries:?}");
+        assert_eq!(
+            entries[0]["fieldsV1"],
+            json!({"f:data":{"f:a":{},"f:b":{},"f:c":{}}})
+        );
+    }
+
+    #[test]
+    fn keyed_list_items_are_owned_per_item() {
+        let old = json!({"apiVersion":"v1","kind":"Pod","metadata":{"name":"p"},
+            "spec":{"containers":[{"name":"a","image":"x"},{"name":"b","image":"y"}]}});
+        let mut new = old.clone();
+        new["spec"]["containers"][1]["image"] = json!("z");
+        record_update(Some(&old), &mut new, "Pod", &who("kubectl-set"));
+        assert_eq!(
+            new["metadata"]["managedFields"][0]["fieldsV1"],
+            json!({"f:spec":{"f:containers":{"k:{\"name\":\"b\"}":{"f:image":{}}}}})
+        );
     }
 }

@@ -7,6 +7,7 @@ use axum::response::Response;
 use http::{Method, StatusCode, header};
 use serde_json::{Map, Value, json};
 
+use super::apply::{Updater, record_update};
 use super::error::{ApiError, ApiResult};
 use super::objects::{self, FieldValidation};
 use super::resources::{self, ResourceInfo};
@@ -57,7 +58,7 @@ pub async fn handle(state: &Arc<ApiState>, ctx: Ctx, body: Bytes) -> ApiResult<R
 /// Reads a request body as a JSON object (JSON or YAML by content type).
 ///
 /// # Errors
-/// 415 for protobuf or an unknown type; 400 for malformed JSON or YAML, naming where.
+/// 415 for an unknown type; 400 for malformed JSON, YAML or protobuf, naming where.
 pub fn decode_body(ctx: &Ctx, body: &[u8]) -> ApiResult<Value> {
     let content_type = ctx
         .headers
@@ -80,12 +81,9 @@ pub fn decode_body(ctx: &Ctx, body: &[u8]) -> ApiResult<Value> {
         | "application/apply-patch+yaml"
         | "application/x-yaml"
         | "text/yaml" => parse_yaml(body)?,
-        "application/vnd.kubernetes.protobuf" => {
-            return Err(ApiError::unsupported_media_type(
-                "application/vnd.kubernetes.protobuf: wk reads JSON and YAML bodies; use `kubectl apply -f` or `create -f`, which send JSON",
-                &["application/json", "application/yaml"],
-            ));
-        }
+        "application/vnd.kubernetes.protobuf" => super::protobuf::decode(body).map_err(|e| {
+            ApiError::bad_request(format!("the request body is not valid protobuf: {e}"))
+        })?,
         other => {
             return Err(ApiError::unsupported_media_type(
                 other,
@@ -244,6 +242,7 @@ impl ApiState {
         &self,
         res: &'static ResourceInfo,
         mut object: Value,
+        updater: Option<&Updater>,
         dry_run: bool,
     ) -> ApiResult<Value> {
         set_type_meta(res, &mut object);
@@ -285,6 +284,9 @@ impl ApiState {
         }
         objects::apply_defaults(res, &mut object, true);
         objects::validate(res, &object)?;
+        if let Some(who) = updater {
+            record_update(None, &mut object, res.kind, who);
+        }
         let ns = meta_str(&object, "namespace").map(str::to_owned);
         let name = meta_str(&object, "name").unwrap_or_default().to_owned();
         if let Some(ns) = &ns {
@@ -340,6 +342,7 @@ impl ApiState {
         res: &'static ResourceInfo,
         old: &Value,
         mut new: Value,
+        updater: Option<&Updater>,
         dry_run: bool,
     ) -> ApiResult<Value> {
         set_type_meta(res, &mut new);
@@ -372,6 +375,9 @@ impl ApiState {
                 .unwrap_or(0)
                 + 1;
             meta_mut(&mut new).insert("generation".into(), json!(generation));
+        }
+        if let Some(who) = updater {
+            record_update(Some(old), &mut new, res.kind, who);
         }
         let old_rv = rv_of(old);
         let mut unchanged = old.clone();
@@ -699,9 +705,36 @@ async fn create(state: &Arc<ApiState>, ctx: &Ctx, body: &[u8]) -> ApiResult<Resp
     set_namespace(t, &mut object)?;
     let warnings = warnings_for(mode, &unknown);
     let created = state
-        .create_object(t.res, object, ctx.query.dry_run()?)
+        .create_object(t.res, object, updater(ctx).as_ref(), ctx.query.dry_run()?)
         .await?;
     Ok(respond(ctx, StatusCode::CREATED, &created, &warnings))
+}
+
+/// Who makes this write, for managedFields: `fieldManager`, else the User-Agent's product name,
+/// as the Kubernetes field manager does. Status writes are not tracked (they would churn
+/// managedFields on every status report).
+fn updater(ctx: &Ctx) -> Option<Updater> {
+    let sub = ctx.target.sub.as_deref();
+    if sub == Some("status") {
+        return None;
+    }
+    let manager = match ctx.query.get("fieldManager").filter(|m| !m.is_empty()) {
+        Some(m) => m.to_owned(),
+        None => ctx
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|ua| ua.split('/').next())
+            .filter(|p| !p.trim().is_empty())
+            .unwrap_or("unknown")
+            .chars()
+            .take(128)
+            .collect(),
+    };
+    Some(Updater {
+        manager,
+        subresource: sub.map(str::to_owned),
+    })
 }
 
 /// The `Warning` header texts for unknown fields under `fieldValidation=Warn`.
@@ -768,7 +801,13 @@ async fn update(state: &Arc<ApiState>, ctx: &Ctx, body: &[u8]) -> ApiResult<Resp
     }
     let merged = merge_for_subresource(t.res, t.sub.as_deref(), &existing, object);
     let stored = state
-        .write_update(t.res, &existing, merged, ctx.query.dry_run()?)
+        .write_update(
+            t.res,
+            &existing,
+            merged,
+            updater(ctx).as_ref(),
+            ctx.query.dry_run()?,
+        )
         .await?;
     Ok(respond(
         ctx,
@@ -872,7 +911,10 @@ async fn patch_object(state: &Arc<ApiState>, ctx: &Ctx, body: &[u8]) -> ApiResul
                 unknown,
             )
         };
-        match state.write_update(t.res, &existing, patched, dry_run).await {
+        match state
+            .write_update(t.res, &existing, patched, updater(ctx).as_ref(), dry_run)
+            .await
+        {
             Ok(stored) => {
                 let shown = if t.sub.as_deref() == Some("scale") {
                     scale_view(&stored)
@@ -1036,7 +1078,13 @@ async fn update_scale(state: &Arc<ApiState>, ctx: &Ctx, body: &[u8]) -> ApiResul
     }
     let updated = scaled(t.res, &existing, &scale)?;
     let stored = state
-        .write_update(t.res, &existing, updated, ctx.query.dry_run()?)
+        .write_update(
+            t.res,
+            &existing,
+            updated,
+            updater(ctx).as_ref(),
+            ctx.query.dry_run()?,
+        )
         .await?;
     Ok(json_response(StatusCode::OK, &scale_view(&stored), &[]))
 }
@@ -1095,7 +1143,7 @@ async fn bind(state: &Arc<ApiState>, ctx: &Ctx, body: &[u8]) -> ApiResult<Respon
         conditions.push(condition);
         bound["status"]["conditions"] = json!(conditions);
         match state
-            .write_update(t.res, &existing, bound, ctx.query.dry_run()?)
+            .write_update(t.res, &existing, bound, None, ctx.query.dry_run()?)
             .await
         {
             Ok(_) => return Ok(json_response(StatusCode::CREATED, &success(201), &[])),

@@ -10,6 +10,7 @@ pub mod error;
 pub mod handlers;
 pub mod objects;
 pub mod patch;
+pub mod protobuf;
 pub mod resources;
 pub mod selector;
 pub mod table;

@@ -292,6 +292,12 @@ pub fn apply_defaults(res: &ResourceInfo, object: &mut Value, creating: bool) {
             if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
                 for p in ports {
                     default_field(p, "protocol", json!("TCP"));
+                    // Zero means unset, as in Kubernetes (and protobuf bodies always carry it).
+                    if let Some(m) = p.as_object_mut() {
+                        m.retain(|k, v| {
+                            !(matches!(k.as_str(), "nodePort" | "targetPort") && *v == json!(0))
+                        });
+                    }
                     if let Some(port) = p.get("port").cloned() {
                         default_field(p, "targetPort", port);
                     }

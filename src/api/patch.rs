@@ -975,7 +975,31 @@ impl Differ<'_> {
                 }
             }
         }
+        // kubectl names the keys to keep in a retainKeys map whenever it changes, so the
+        // server clears what the manifest no longer sets there (rollingUpdate on Recreate).
+        let dropped = original.is_some_and(|o| o.keys().any(|k| !modified.contains_key(k)));
+        if self.retains_keys() && (!patch.is_empty() || dropped) {
+            let mut keys: Vec<&String> = modified
+                .iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, _)| k)
+                .collect();
+            keys.sort();
+            let keys = keys.into_iter().map(|k| Value::from(k.as_str())).collect();
+            patch.insert(RETAIN_KEYS_DIRECTIVE.to_string(), Value::Array(keys));
+        }
         Ok(patch)
+    }
+
+    /// Whether the map at the current path has `patchStrategy: retainKeys` (a Deployment's
+    /// strategy, and each item of a PodSpec's volumes).
+    fn retains_keys(&self) -> bool {
+        let path: Vec<&str> = self.path.iter().map(String::as_str).collect();
+        match path.split_last() {
+            Some((&"strategy", ["spec"])) => self.kind == "Deployment",
+            Some((&"volumes", parents)) => pod_spec_rest(self.kind, parents) == Some(&[][..]),
+            _ => false,
+        }
     }
 
     fn diff_list(
@@ -1809,6 +1833,25 @@ mod tests {
             three_way_merge_patch(Some(&modified), &modified, &applied, "Deployment").unwrap(),
             json!({})
         );
+    }
+
+    #[test]
+    fn three_way_retains_only_the_strategy_keys_the_manifest_sets() {
+        let original = json!({"spec": {"strategy": {"type": "RollingUpdate"}}});
+        let modified = json!({"spec": {"strategy": {"type": "Recreate"}}});
+        let mut current = json!({"spec": {"strategy": {"type": "RollingUpdate",
+            "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}}});
+        let p = three_way_merge_patch(Some(&original), &modified, &current, "Deployment").unwrap();
+        assert_eq!(
+            p,
+            json!({"spec": {"strategy": {"type": "Recreate", "$retainKeys": ["type"]}}})
+        );
+        strategic_merge_patch(&mut current, &p, "Deployment").unwrap();
+        assert_eq!(current, json!({"spec": {"strategy": {"type": "Recreate"}}}));
+        // Unchanged: no directive at all.
+        let same =
+            three_way_merge_patch(Some(&modified), &modified, &current, "Deployment").unwrap();
+        assert_eq!(same, json!({}));
     }
 
     #[test]

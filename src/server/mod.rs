@@ -287,7 +287,7 @@ async fn bootstrap(state: &Arc<ApiState>) -> Result<(), Error> {
             continue;
         }
         let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
-        match state.create_object(namespaces, ns, false).await {
+        match state.create_object(namespaces, ns, None, false).await {
             Ok(_) => {}
             Err(e) if e.reason == "AlreadyExists" => {}
             Err(source) => {

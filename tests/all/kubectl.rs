@@ -593,3 +593,165 @@ fn requests_without_a_valid_token_are_refused() {
         stderr(&out)
     );
 }
+
+/// kubectl 1.32's generator commands send protobuf bodies (kubectl-compat.md 3.1).
+#[test]
+fn generator_commands_send_protobuf_and_create_real_objects() {
+    let c = Cluster::start();
+    c.kubectl_ok(&["create", "namespace", "team-a"]);
+    assert_eq!(
+        c.kubectl_ok(&["get", "ns", "team-a", "-o", "jsonpath={.status.phase}"]),
+        "Active"
+    );
+
+    c.kubectl_ok(&[
+        "create",
+        "deployment",
+        "hello",
+        "--image=127.0.0.1:5000/hello:v1",
+        "--replicas=3",
+        "--port=8000",
+        "-n",
+        "team-a",
+        "--",
+        "serve",
+        "--verbose",
+    ]);
+    let d = |path: &str| {
+        c.kubectl_ok(&[
+            "get",
+            "deploy",
+            "hello",
+            "-n",
+            "team-a",
+            "-o",
+            &format!("jsonpath={path}"),
+        ])
+    };
+    assert_eq!(d("{.spec.replicas}"), "3");
+    assert_eq!(d("{.spec.selector.matchLabels.app}"), "hello");
+    assert_eq!(
+        d("{.spec.template.spec.containers[0].image}"),
+        "127.0.0.1:5000/hello:v1"
+    );
+    assert_eq!(
+        d("{.spec.template.spec.containers[0].command}"),
+        r#"["serve","--verbose"]"#
+    );
+    assert_eq!(
+        d("{.spec.template.spec.containers[0].ports[0].containerPort}"),
+        "8000"
+    );
+    assert_eq!(
+        d("{.spec.strategy.type}"),
+        "RollingUpdate",
+        "defaulted after decoding"
+    );
+    assert_eq!(d("{.metadata.managedFields[0].manager}"), "kubectl-create");
+
+    c.kubectl_ok(&[
+        "create",
+        "configmap",
+        "settings",
+        "--from-literal=mode=fast",
+        "--from-literal=level=3",
+    ]);
+    assert_eq!(
+        c.jsonpath("configmap", "settings", "{.data.mode}/{.data.level}"),
+        "fast/3"
+    );
+
+    c.kubectl_ok(&[
+        "create",
+        "secret",
+        "generic",
+        "creds",
+        "--from-literal=password=hunter2",
+    ]);
+    assert_eq!(
+        c.jsonpath("secret", "creds", "{.data.password}"),
+        "aHVudGVyMg=="
+    );
+    assert_eq!(c.jsonpath("secret", "creds", "{.type}"), "Opaque");
+
+    c.kubectl_ok(&["create", "service", "nodeport", "web", "--tcp=8200:8000"]);
+    assert_eq!(c.jsonpath("service", "web", "{.spec.type}"), "NodePort");
+    assert_eq!(
+        c.jsonpath(
+            "service",
+            "web",
+            "{.spec.ports[0].port}/{.spec.ports[0].targetPort}"
+        ),
+        "8200/8000"
+    );
+
+    c.kubectl_ok(&[
+        "create",
+        "job",
+        "once",
+        "--image=127.0.0.1:5000/hello:v1",
+        "--",
+        "run",
+    ]);
+    assert_eq!(
+        c.jsonpath("job", "once", "{.spec.template.spec.restartPolicy}"),
+        "Never"
+    );
+
+    // A name the server refuses is still a clear 422 after protobuf decoding.
+    let bad = c.kubectl(&["create", "namespace", "Not_Valid"]);
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("Invalid"), "{}", stderr(&bad));
+}
+
+/// Updates own the fields they change (managedFields, operation Update), so a later
+/// server-side apply of a different value conflicts until forced, as in Kubernetes.
+#[test]
+fn server_side_apply_conflicts_with_a_field_another_client_changed() {
+    let c = Cluster::start();
+    let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  mode: fast\n  level: \"1\"\n";
+    let applied = c.kubectl_stdin(&["apply", "--server-side", "-f", "-"], cm);
+    assert!(applied.status.success(), "{}", stderr(&applied));
+    c.kubectl_ok(&[
+        "patch",
+        "configmap",
+        "settings",
+        "-p",
+        r#"{"data":{"mode":"slow"}}"#,
+    ]);
+    let managers = c.jsonpath(
+        "configmap",
+        "settings",
+        "{range .metadata.managedFields[*]}{.manager}/{.operation} {end}",
+    );
+    assert_eq!(
+        managers.trim(),
+        "kubectl/Apply kubectl-patch/Update",
+        "{managers}"
+    );
+
+    let conflict = c.kubectl_stdin(&["apply", "--server-side", "-f", "-"], cm);
+    assert!(!conflict.status.success());
+    let err = stderr(&conflict);
+    assert!(
+        err.contains("conflict") && err.contains("kubectl-patch") && err.contains(".data.mode"),
+        "{err}"
+    );
+    assert_eq!(c.jsonpath("configmap", "settings", "{.data.mode}"), "slow");
+
+    let forced = c.kubectl_stdin(
+        &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+        cm,
+    );
+    assert!(forced.status.success(), "{}", stderr(&forced));
+    assert_eq!(c.jsonpath("configmap", "settings", "{.data.mode}"), "fast");
+    let managers = c.jsonpath(
+        "configmap",
+        "settings",
+        "{.metadata.managedFields[*].manager}",
+    );
+    assert_eq!(
+        managers, "kubectl",
+        "the patch manager owned only mode, which was taken: {managers}"
+    );
+}
