@@ -11,6 +11,7 @@ pub mod handlers;
 pub mod objects;
 pub mod patch;
 pub mod protobuf;
+pub mod quantity;
 pub mod resources;
 pub mod selector;
 pub mod table;

@@ -1629,12 +1629,11 @@ mod tests {
 
     #[test]
     fn kubectl_cordon_and_uncordon_a_node() {
-        let node =
-            json!({"kind": "Node", "metadata": {"name": "n1"}, "spec": {"podCIDR": "10.0.0.0/24"}});
+        let node = json!({"kind": "Node", "metadata": {"name": "n1"}, "spec": {"podCIDR": "100.64.0.0/24"}});
         let cordoned = smp(node, json!({"spec": {"unschedulable": true}}), "Node");
         assert_eq!(cordoned["spec"]["unschedulable"], json!(true));
         let uncordoned = smp(cordoned, json!({"spec": {"unschedulable": null}}), "Node");
-        assert_eq!(uncordoned["spec"], json!({"podCIDR": "10.0.0.0/24"}));
+        assert_eq!(uncordoned["spec"], json!({"podCIDR": "100.64.0.0/24"}));
     }
 
     fn deployment() -> Value {

@@ -1416,8 +1416,8 @@ mod tests {
             },
             "status": {
                 "phase": "Running",
-                "podIP": "10.42.0.10",
-                "podIPs": [{"ip": "10.42.0.10"}],
+                "podIP": "100.64.0.10",
+                "podIPs": [{"ip": "100.64.0.10"}],
                 "conditions": [{"type": "Ready", "status": "True"}, {"type": "Initialized", "status": "True"}],
                 "containerStatuses": [
                     {"name": "main", "ready": true, "restartCount": 0, "state": {"running": {"startedAt": ago(3600)}}},
@@ -1440,7 +1440,7 @@ mod tests {
                 json!("Running"),
                 json!("1 (5m ago)"),
                 json!("65m"),
-                json!("10.42.0.10"),
+                json!("100.64.0.10"),
                 json!("node-1"),
                 json!("<none>"),
                 json!("<none>"),
@@ -1548,7 +1548,7 @@ mod tests {
     fn node_port_service() {
         let s = json!({
             "metadata": {"name": "web", "creationTimestamp": ago(86400 * 3)},
-            "spec": {"type": "NodePort", "clusterIP": "10.43.0.12", "clusterIPs": ["10.43.0.12"],
+            "spec": {"type": "NodePort", "clusterIP": "100.65.0.12", "clusterIPs": ["100.65.0.12"],
                 "selector": {"app": "web", "tier": "front"},
                 "ports": [{"port": 80, "nodePort": 30080, "protocol": "TCP"}, {"port": 53, "protocol": "UDP"}]}
         });
@@ -1557,7 +1557,7 @@ mod tests {
             vec![
                 json!("web"),
                 json!("NodePort"),
-                json!("10.43.0.12"),
+                json!("100.65.0.12"),
                 json!("<none>"),
                 json!("80:30080/TCP,53/UDP"),
                 json!("3d"),
@@ -1568,7 +1568,7 @@ mod tests {
 
     #[test]
     fn other_service_types() {
-        let lb = json!({"metadata": {"name": "lb"}, "spec": {"type": "LoadBalancer", "clusterIPs": ["10.0.0.1"], "ports": [{"port": 443}]}});
+        let lb = json!({"metadata": {"name": "lb"}, "spec": {"type": "LoadBalancer", "clusterIPs": ["100.64.0.1"], "ports": [{"port": 443}]}});
         let c = cells("Service", &lb);
         assert_eq!(c[3], json!("<pending>"));
         assert_eq!(c[4], json!("443/TCP"));
@@ -1600,7 +1600,7 @@ mod tests {
             "spec": {"unschedulable": true},
             "status": {
                 "conditions": [{"type": "MemoryPressure", "status": "False"}, {"type": "Ready", "status": "True"}],
-                "addresses": [{"type": "InternalIP", "address": "192.168.1.10"}, {"type": "Hostname", "address": "node-1"}],
+                "addresses": [{"type": "InternalIP", "address": "127.0.0.2"}, {"type": "Hostname", "address": "node-1"}],
                 "nodeInfo": {"kubeletVersion": "v1.32.4", "osImage": "Ubuntu 24.04 LTS", "kernelVersion": "6.8.0", "containerRuntimeVersion": "containerd://1.7.0"}
             }
         });
@@ -1612,7 +1612,7 @@ mod tests {
                 json!("control-plane,master"),
                 json!("40d"),
                 json!("v1.32.4"),
-                json!("192.168.1.10"),
+                json!("127.0.0.2"),
                 json!("<none>"),
                 json!("Ubuntu 24.04 LTS"),
                 json!("6.8.0"),
@@ -1765,17 +1765,17 @@ mod tests {
     #[test]
     fn endpoints_are_listed_up_to_three() {
         let ep = json!({"metadata": {"name": "web"}, "subsets": [{
-            "addresses": [{"ip": "10.0.0.1"}, {"ip": "10.0.0.2"}, {"ip": "fd00::3"}, {"ip": "10.0.0.4"}],
+            "addresses": [{"ip": "100.64.0.1"}, {"ip": "100.64.0.2"}, {"ip": "::1"}, {"ip": "100.64.0.4"}],
             "ports": [{"port": 80}]}]});
         assert_eq!(
             cells("Endpoints", &ep)[1],
-            json!("10.0.0.1:80,10.0.0.2:80,[fd00::3]:80 + 1 more...")
+            json!("100.64.0.1:80,100.64.0.2:80,[::1]:80 + 1 more...")
         );
         let none = json!({"metadata": {"name": "x"}});
         assert_eq!(cells("Endpoints", &none)[1], json!("<none>"));
         let headless =
-            json!({"metadata": {"name": "x"}, "subsets": [{"addresses": [{"ip": "10.0.0.9"}]}]});
-        assert_eq!(cells("Endpoints", &headless)[1], json!("10.0.0.9"));
+            json!({"metadata": {"name": "x"}, "subsets": [{"addresses": [{"ip": "100.64.0.9"}]}]});
+        assert_eq!(cells("Endpoints", &headless)[1], json!("100.64.0.9"));
     }
 
     #[test]

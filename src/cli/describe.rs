@@ -8,6 +8,7 @@ use super::apply::LAST_APPLIED;
 use super::output::{age, describe_time, print, tabwrite, to_yaml};
 use super::target::{collection_path, object_path, scope, selections, with_query};
 use super::{Global, Reported, Session, report, str_at};
+use crate::api::quantity::Quantity;
 use crate::api::resources::ResourceInfo;
 
 /// Flags of `wk describe`.
@@ -900,7 +901,64 @@ async fn node(session: &Session, page: &mut Page, node: &Value) -> anyhow::Resul
             ),
         );
     }
+    allocated(page, &status["allocatable"], &pods);
     Ok(())
+}
+
+/// The "Allocated resources" table: what the node's pods request and limit, against what the
+/// node can allocate.
+fn allocated(page: &mut Page, allocatable: &Value, pods: &[Value]) {
+    page.line(0, "Allocated resources:");
+    page.line(
+        1,
+        "(Total limits may be over 100 percent, i.e., overcommitted.)",
+    );
+    page.line(1, "Resource\tRequests\tLimits");
+    page.line(1, "--------\t--------\t------");
+    for resource in ["cpu", "memory", "ephemeral-storage"] {
+        let total = allocatable
+            .get(resource)
+            .and_then(Value::as_str)
+            .and_then(|q| Quantity::parse(q).ok())
+            .unwrap_or_default();
+        let cell = |kind: &str| {
+            let sum: Quantity = pods.iter().map(|p| pod_resource(p, kind, resource)).sum();
+            let shown = if resource == "cpu" {
+                sum.cpu_string()
+            } else {
+                sum.bytes_string()
+            };
+            let percent = if total.millis() > 0 {
+                sum.millis() * 100 / total.millis()
+            } else {
+                0
+            };
+            format!("{shown} ({percent}%)")
+        };
+        page.line(
+            1,
+            &format!("{resource}\t{}\t{}", cell("requests"), cell("limits")),
+        );
+    }
+}
+
+/// A pod's effective request or limit of one resource, as the scheduler counts it: the sum over
+/// its containers, or the largest init container's if that is more.
+fn pod_resource(pod: &Value, kind: &str, resource: &str) -> Quantity {
+    let of = |c: &Value| {
+        c.pointer(&format!("/resources/{kind}/{resource}"))
+            .and_then(Value::as_str)
+            .and_then(|q| Quantity::parse(q).ok())
+            .unwrap_or_default()
+    };
+    let list = |field: &str| pod["spec"][field].as_array().cloned().unwrap_or_default();
+    let sum: Quantity = list("containers").iter().map(of).sum();
+    let init = list("initContainers")
+        .iter()
+        .map(of)
+        .max()
+        .unwrap_or_default();
+    sum.max(init)
 }
 
 fn generic(page: &mut Page, res: &ResourceInfo, object: &Value) -> anyhow::Result<()> {
@@ -1051,6 +1109,26 @@ mod tests {
         assert!(text.contains("    Port:       8000/TCP\n"), "{text}");
         assert!(text.contains("      GREETING:  hello\n"), "{text}");
         assert!(text.ends_with("Events:          <none>\n"), "{text}");
+    }
+
+    #[test]
+    fn a_node_page_sums_what_its_pods_request_and_limit() {
+        let pods = [
+            json!({"spec": {"containers": [
+                {"resources": {"requests": {"cpu": "250m", "memory": "64Mi"}, "limits": {"memory": "128Mi"}}},
+                {"resources": {"requests": {"cpu": "250m"}}}]}}),
+            json!({"spec": {"initContainers": [{"resources": {"requests": {"cpu": "1"}}}],
+                "containers": [{"resources": {"requests": {"cpu": "100m"}}}]}}),
+        ];
+        let mut page = Page::default();
+        allocated(&mut page, &json!({"cpu": "2", "memory": "1Gi"}), &pods);
+        let text = page.finish();
+        assert!(text.contains("cpu                1500m (75%)"), "{text}");
+        assert!(
+            text.contains("memory             64Mi (6%)    128Mi (12%)"),
+            "{text}"
+        );
+        assert!(text.contains("ephemeral-storage  0 (0%)"), "{text}");
     }
 
     #[test]

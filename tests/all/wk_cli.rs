@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::harness::{Cluster, WK, eventually, read_lines, stderr, stdout};
 use crate::kubectl::{DEPLOYMENT, pod};
 
-const NODE: &str = "apiVersion: v1\nkind: Node\nmetadata:\n  name: n1\n  labels: {node-role.kubernetes.io/control-plane: \"true\"}\nstatus:\n  conditions:\n  - {type: Ready, status: \"True\"}\n  addresses:\n  - {type: InternalIP, address: 10.0.0.7}\n  nodeInfo: {kubeletVersion: wk/0.1.0, machineID: m, systemUUID: s, bootID: b, kernelVersion: k, osImage: o, containerRuntimeVersion: c, kubeProxyVersion: p, operatingSystem: linux, architecture: amd64}\n";
+const NODE: &str = "apiVersion: v1\nkind: Node\nmetadata:\n  name: n1\n  labels: {node-role.kubernetes.io/control-plane: \"true\"}\nstatus:\n  conditions:\n  - {type: Ready, status: \"True\"}\n  addresses:\n  - {type: InternalIP, address: 100.64.0.7}\n  nodeInfo: {kubeletVersion: wk/0.1.0, machineID: m, systemUUID: s, bootID: b, kernelVersion: k, osImage: o, containerRuntimeVersion: c, kubeProxyVersion: p, operatingSystem: linux, architecture: amd64}\n";
 
 fn wk_apply(c: &Cluster, manifest: &str) -> String {
     let out = c.wk_stdin(&["apply", "-f", "-"], manifest);
@@ -836,7 +836,8 @@ fn describe_pods_deployments_and_nodes_with_their_events() {
         "Unschedulable:      false",
         "System Info:",
         "Kubelet Version:",
-        "InternalIP:  10.0.0.7",
+        "InternalIP:  100.64.0.7",
+        "Allocated resources:",
     ] {
         assert!(out.contains(want), "{want} in {out}");
     }
