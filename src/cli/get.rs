@@ -3,7 +3,6 @@
 
 use anyhow::bail;
 use http::Method;
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
 use super::jsonpath::Template;
@@ -13,7 +12,7 @@ use super::target::{
 };
 use super::{Global, Reported, Session, report, str_at};
 use crate::api::resources::ResourceInfo;
-use crate::client::{self, status_error};
+use crate::client;
 
 /// What kubectl asks for when it wants a server-side Table.
 pub const TABLE_ACCEPT: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
@@ -528,44 +527,12 @@ async fn watch(
     } else {
         "application/json"
     };
-    let response = session
-        .client
-        .send(Method::GET, &url, None, Some(accept), None)
-        .await?;
-    let status = response.status();
-    let mut body = response.into_body();
-    if !status.is_success() {
-        let bytes = body
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        return Err(status_error(status.as_u16(), &bytes).into());
-    }
-    let mut buf: Vec<u8> = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let Ok(data) = frame?.into_data() else {
-            continue;
-        };
-        buf.extend_from_slice(&data);
-        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=pos).collect();
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            let event: Value =
-                serde_json::from_slice(&line).map_err(|e| client::Error::Decode(e.to_string()))?;
+    let mut stream = session.client.watch(&url, Some(accept)).await?;
+    while let Some(event) = stream.next().await? {
+        {
             let kind = event["type"].as_str().unwrap_or_default();
             match kind {
                 "BOOKMARK" => {}
-                "ERROR" => {
-                    let body = serde_json::to_vec(&event["object"]).unwrap_or_default();
-                    let code = event["object"]["code"]
-                        .as_u64()
-                        .and_then(|c| u16::try_from(c).ok())
-                        .unwrap_or(500);
-                    return Err(status_error(code, &body).into());
-                }
                 _ if table => {
                     let t = as_table(event["object"].clone(), res);
                     if let Some(defs) = t["columnDefinitions"].as_array().filter(|d| !d.is_empty())

@@ -101,22 +101,43 @@ impl Client {
     pub fn from_kubeconfig(path: &std::path::Path, context: Option<&str>) -> Result<Self, Error> {
         let config = Kubeconfig::load(path)?;
         let resolved = config.resolve(context)?;
+        let ca = if resolved.insecure {
+            None
+        } else {
+            Some(resolved.ca_certs()?)
+        };
+        let mut client = Self::new(&resolved.server, resolved.token, ca)?;
+        client.namespace = resolved.namespace;
+        Ok(client)
+    }
+
+    /// Builds a client for `server` that trusts the certificates `ca` (or, with `None`, any
+    /// certificate: only for `insecure-skip-tls-verify` and for fetching a CA to pin).
+    ///
+    /// # Errors
+    /// When a CA certificate is not usable.
+    pub fn new(
+        server: &str,
+        token: Option<String>,
+        ca: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
+    ) -> Result<Self, Error> {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let mut roots = rustls::RootCertStore::empty();
-        let tls = if resolved.insecure {
-            rustls::ClientConfig::builder()
+        let tls = match ca {
+            None => rustls::ClientConfig::builder()
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(kubeconfig::NoVerify::new()))
-                .with_no_client_auth()
-        } else {
-            for cert in resolved.ca_certs()? {
-                roots.add(cert).map_err(|e| {
-                    Error::Config(format!("the kubeconfig's CA is not usable: {e}"))
-                })?;
+                .with_no_client_auth(),
+            Some(certs) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in certs {
+                    roots.add(cert).map_err(|e| {
+                        Error::Config(format!("the cluster's CA is not usable: {e}"))
+                    })?;
+                }
+                rustls::ClientConfig::builder()
+                    .with_root_certificates(roots)
+                    .with_no_client_auth()
             }
-            rustls::ClientConfig::builder()
-                .with_root_certificates(roots)
-                .with_no_client_auth()
         };
         let mut tcp = HttpConnector::new();
         tcp.set_nodelay(true);
@@ -130,9 +151,9 @@ impl Client {
         let http = HyperClient::builder(TokioExecutor::new()).build(connector);
         Ok(Self {
             http,
-            server: resolved.server.trim_end_matches('/').to_owned(),
-            token: resolved.token,
-            namespace: resolved.namespace,
+            server: server.trim_end_matches('/').to_owned(),
+            token,
+            namespace: "default".into(),
         })
     }
 
@@ -238,6 +259,71 @@ impl Client {
     /// As [`Client::request`].
     pub async fn get(&self, path: &str) -> Result<Value, Error> {
         self.request(Method::GET, path, None, None).await
+    }
+}
+
+/// A watch stream: one event object (`{"type": ..., "object": ...}`) per line of a
+/// `watch=true` response. BOOKMARK events are passed on; an ERROR event becomes an error.
+pub struct Watch {
+    body: hyper::body::Incoming,
+    buf: Vec<u8>,
+}
+
+impl Watch {
+    /// The next event, or `None` when the server closed the stream.
+    ///
+    /// # Errors
+    /// A transport failure, a line that is not JSON, or an ERROR event (its Status).
+    pub async fn next(&mut self) -> Result<Option<Value>, Error> {
+        loop {
+            if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=pos).collect();
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                let event: Value =
+                    serde_json::from_slice(&line).map_err(|e| Error::Decode(e.to_string()))?;
+                if event["type"] == "ERROR" {
+                    let body = serde_json::to_vec(&event["object"]).unwrap_or_default();
+                    let code = event["object"]["code"]
+                        .as_u64()
+                        .and_then(|c| u16::try_from(c).ok())
+                        .unwrap_or(500);
+                    return Err(status_error(code, &body));
+                }
+                return Ok(Some(event));
+            }
+            let Some(frame) = self.body.frame().await else {
+                return Ok(None);
+            };
+            let frame = frame.map_err(|e| Error::Transport {
+                server: String::new(),
+                message: e.to_string(),
+            })?;
+            if let Ok(data) = frame.into_data() {
+                self.buf.extend_from_slice(&data);
+            }
+        }
+    }
+}
+
+impl Client {
+    /// Starts a watch on `path` (which must carry `watch=true`), with an Accept header.
+    ///
+    /// # Errors
+    /// Transport failures, or the failure Status the server answered with.
+    pub async fn watch(&self, path: &str, accept: Option<&str>) -> Result<Watch, Error> {
+        let response = self.send(Method::GET, path, None, accept, None).await?;
+        let status = response.status();
+        let body = response.into_body();
+        if !status.is_success() {
+            let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            return Err(status_error(status.as_u16(), &bytes));
+        }
+        Ok(Watch {
+            body,
+            buf: Vec::new(),
+        })
     }
 }
 

@@ -1,0 +1,79 @@
+//! Minimal `wasi:http/proxy` component (wasm32-wasip2) used by wk's tests.
+//!
+//!   GET /             -> 200 "Hello from wk!\n" (text/plain)
+//!   GET /env/NAME     -> 200 value of env var NAME, 404 if unset
+//!   GET /slow?ms=N    -> sleeps N ms (monotonic-clock pollable), 200 "slow N\n"
+//!   GET /fail         -> 500 "fail\n"
+//!   anything else     -> 404 "not found\n"
+//!
+//! Note: `/env/NAME` uses `std::env::var`, which makes the component import
+//! `wasi:cli/environment` in addition to the proxy world's imports.
+
+use wasip2::clocks::monotonic_clock;
+use wasip2::exports::http::incoming_handler::Guest;
+use wasip2::http::types::{
+    Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
+
+struct Handler;
+
+wasip2::http::proxy::export!(Handler);
+
+impl Guest for Handler {
+    fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        let path_q = request.path_with_query().unwrap_or_else(|| "/".to_string());
+        let (path, query) = match path_q.split_once('?') {
+            Some((p, q)) => (p, q),
+            None => (path_q.as_str(), ""),
+        };
+        let (status, body): (u16, String) = match request.method() {
+            Method::Get => route(path, query),
+            _ => (404, "not found\n".into()),
+        };
+        respond(out, status, body.as_bytes());
+    }
+}
+
+fn route(path: &str, query: &str) -> (u16, String) {
+    match path {
+        "/" => (200, "Hello from wk!\n".into()),
+        "/fail" => (500, "fail\n".into()),
+        "/slow" => {
+            let ms: u64 = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("ms="))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            monotonic_clock::subscribe_duration(ms.saturating_mul(1_000_000)).block();
+            (200, format!("slow {ms}\n"))
+        }
+        _ => match path.strip_prefix("/env/") {
+            Some(name) if !name.is_empty() => match std::env::var(name) {
+                Ok(v) => (200, v),
+                Err(_) => (404, format!("env {name} not set\n")),
+            },
+            _ => (404, "not found\n".into()),
+        },
+    }
+}
+
+fn respond(out: ResponseOutparam, status: u16, body: &[u8]) {
+    let headers = Fields::from_list(&[
+        ("content-type".to_string(), b"text/plain".to_vec()),
+        ("content-length".to_string(), body.len().to_string().into_bytes()),
+    ])
+    .expect("valid headers");
+    let resp = OutgoingResponse::new(headers);
+    resp.set_status_code(status).expect("valid status");
+    let out_body = resp.body().expect("body taken once");
+    ResponseOutparam::set(out, Ok(resp));
+    {
+        let stream = out_body.write().expect("stream taken once");
+        // blocking_write_and_flush accepts at most 4096 bytes per call.
+        for chunk in body.chunks(4096) {
+            stream.blocking_write_and_flush(chunk).expect("write body");
+        }
+        // `stream` must be dropped before the body is finished.
+    }
+    OutgoingBody::finish(out_body, None).expect("finish body");
+}
