@@ -4,6 +4,7 @@
 //! `wk apply`, ...). The same crate is a library, so a gateway can embed a cluster:
 //! [`server::Server::start`] runs the API server in-process.
 
+pub mod agent;
 pub mod api;
 pub mod bench;
 pub mod cli;

@@ -564,13 +564,14 @@ fn respond(ctx: &Ctx, code: StatusCode, object: &Value, warnings: &[String]) -> 
         let rv = meta_str(object, "resourceVersion")
             .unwrap_or_default()
             .to_owned();
-        let t = table::table(
+        let mut t = table::table(
             ctx.target.res.kind,
             &[object],
             &rv,
             None,
             jiff::Timestamp::now(),
         );
+        table::include_objects(&mut t, &[object], ctx.query.get("includeObject"));
         return json_response(code, &t, warnings);
     }
     json_response(code, object, warnings)
@@ -664,14 +665,15 @@ async fn list(state: &Arc<ApiState>, ctx: &Ctx) -> ApiResult<Response> {
     let rv = revision.to_string();
     if ctx.wants_table() {
         let objects: Vec<&Value> = items.iter().map(|(_, o)| o.as_ref()).collect();
-        let t = table::table(
+        let mut table = table::table(
             t.res.kind,
             &objects,
             &rv,
             continue_token.as_deref(),
             jiff::Timestamp::now(),
         );
-        return Ok(json_response(StatusCode::OK, &t, &[]));
+        table::include_objects(&mut table, &objects, ctx.query.get("includeObject"));
+        return Ok(json_response(StatusCode::OK, &table, &[]));
     }
     // Lists can be large: write the items straight into the body.
     let mut metadata = json!({"resourceVersion": rv});
@@ -1169,10 +1171,115 @@ async fn evict(state: &Arc<ApiState>, ctx: &Ctx, body: &[u8]) -> ApiResult<Respo
 
 async fn pod_log(state: &Arc<ApiState>, ctx: &Ctx) -> ApiResult<Response> {
     let t = &ctx.target;
-    state.read(t).await?;
-    Err(ApiError::unavailable(format!(
-        "no agent serves pod {}/{}: this server runs without a node agent, so there are no logs to read",
-        t.namespace.as_deref().unwrap_or_default(),
-        t.name.as_deref().unwrap_or_default()
-    )))
+    let pod = state.read(t).await?;
+    let ns = t.namespace.as_deref().unwrap_or("default");
+    let name = t.name.as_deref().unwrap_or_default();
+    let names: Vec<&str> = pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(
+            pod["spec"]["initContainers"]
+                .as_array()
+                .into_iter()
+                .flatten(),
+        )
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    let container = match ctx.query.get("container").filter(|c| !c.is_empty()) {
+        Some(c) if names.contains(&c) => c.to_owned(),
+        Some(c) => {
+            return Err(ApiError::bad_request(format!(
+                "container {c} is not valid for pod {name}"
+            )));
+        }
+        None if names.len() == 1 => names[0].to_owned(),
+        None => {
+            return Err(ApiError::bad_request(format!(
+                "a container name must be specified for pod {name}, choose one of: [{}]",
+                names.join(" ")
+            )));
+        }
+    };
+    let node_name = pod["spec"]["nodeName"].as_str().unwrap_or_default();
+    if node_name.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "container \"{container}\" in pod \"{name}\" is waiting to start: the pod is not scheduled to a node yet"
+        )));
+    }
+    let nodes = resources::by_kind("Node").expect("nodes are served");
+    let node = state
+        .cache
+        .get(&nodes.key(None, node_name))
+        .ok_or_else(|| {
+            ApiError::unavailable(format!(
+                "node {node_name} of pod {ns}/{name} is not registered"
+            ))
+        })?;
+    let address = node["status"]["addresses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["type"] == "InternalIP")
+        .and_then(|a| a["address"].as_str())
+        .unwrap_or("127.0.0.1");
+    let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+        .as_u64()
+        .unwrap_or(10250);
+    let host = if address.contains(':') {
+        format!("[{address}]")
+    } else {
+        address.to_owned()
+    };
+    // The agent's serving certificate is self-signed; the request carries the node token,
+    // which the agent checks.
+    let client = crate::client::Client::new(
+        &format!("https://{host}:{port}"),
+        Some(state.tokens.node.clone()),
+        None,
+    )
+    .map_err(ApiError::internal)?;
+    let mut query: Vec<(String, String)> = Vec::new();
+    for key in [
+        "follow",
+        "previous",
+        "timestamps",
+        "tailLines",
+        "sinceSeconds",
+        "limitBytes",
+    ] {
+        if let Some(v) = ctx.query.get(key) {
+            query.push((key.to_owned(), v.to_owned()));
+        }
+    }
+    let qs: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(query)
+        .finish();
+    let path = format!("/containerLogs/{ns}/{name}/{container}?{qs}");
+    let response = client
+        .send(Method::GET, &path, None, Some("text/plain"), None)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("reading logs from node {node_name}: {e}")))?;
+    let status = response.status();
+    if !status.is_success() {
+        use http_body_util::BodyExt;
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let text = String::from_utf8_lossy(&body).trim().to_owned();
+        return Err(if status == StatusCode::NOT_FOUND {
+            ApiError::new(404, "NotFound", text)
+        } else {
+            ApiError::bad_request(text)
+        });
+    }
+    let mut r = Response::new(axum::body::Body::new(response.into_body()));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain"),
+    );
+    Ok(r)
 }

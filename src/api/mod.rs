@@ -87,6 +87,8 @@ pub struct ApiState {
     pub shutdown: CancellationToken,
     /// How often a watch that asked for bookmarks gets one.
     pub bookmark_interval: Duration,
+    /// The cluster CA, PEM, served at `/cacerts` for joining agents to pin.
+    pub ca_pem: String,
     /// Namespaces to empty and remove; a task started by [`ApiState::new`] takes them.
     finalizer: tokio::sync::mpsc::UnboundedSender<String>,
 }
@@ -98,6 +100,7 @@ impl ApiState {
         tokens: Tokens,
         shutdown: CancellationToken,
         bookmark_interval: Duration,
+        ca_pem: String,
     ) -> Arc<Self> {
         let (finalizer, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
         let state = Arc::new(Self {
@@ -105,6 +108,7 @@ impl ApiState {
             tokens,
             shutdown,
             bookmark_interval,
+            ca_pem,
             finalizer,
         });
         let weak = Arc::downgrade(&state);
@@ -129,6 +133,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/healthz", get(health))
         .route("/livez", get(health))
         .route("/readyz", get(health))
+        .route("/cacerts", get(cacerts))
         .route("/version", get(discovery::version))
         .route("/api", get(discovery::core_versions))
         .route("/apis", get(discovery::group_list))
@@ -149,13 +154,19 @@ async fn not_found(uri: http::Uri) -> Response {
     ApiError::no_route(uri.path()).into_response()
 }
 
+/// The cluster CA, unauthenticated as in k3s: a joining agent checks it against the hash in
+/// its token before trusting it.
+async fn cacerts(State(state): State<Arc<ApiState>>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain")], state.ca_pem.clone()).into_response()
+}
+
 async fn authenticate(
     State(state): State<Arc<ApiState>>,
     mut request: Request,
     next: Next,
 ) -> Response {
     let path = request.uri().path();
-    if matches!(path, "/healthz" | "/livez" | "/readyz") {
+    if matches!(path, "/healthz" | "/livez" | "/readyz" | "/cacerts") {
         return next.run(request).await;
     }
     match state.tokens.identify(request.headers()) {

@@ -575,6 +575,28 @@ pub fn table(
     })
 }
 
+/// Applies `includeObject`: `Object` puts each whole object in its row (kubectl's
+/// `--sort-by` and `-o custom-columns` need it), `None` leaves rows without one, and the
+/// default `Metadata` keeps the PartialObjectMetadata.
+pub fn include_objects(table: &mut Value, objs: &[&Value], mode: Option<&str>) {
+    let Some(rows) = table.get_mut("rows").and_then(Value::as_array_mut) else {
+        return;
+    };
+    match mode {
+        Some("Object") => {
+            for (row, obj) in rows.iter_mut().zip(objs) {
+                row["object"] = (*obj).clone();
+            }
+        }
+        Some("None") => {
+            for row in rows {
+                row.as_object_mut().map(|m| m.remove("object"));
+            }
+        }
+        _ => {}
+    }
+}
+
 /// The row's `object`: the metadata (without managedFields) as a PartialObjectMetadata.
 fn partial_object_metadata(obj: &Value) -> Value {
     let mut metadata = obj

@@ -1,5 +1,6 @@
 //! The `wk` command line: one file per verb, each with an `execute()`.
 
+mod agent;
 mod annotate;
 mod api_resources;
 mod apply;
@@ -12,8 +13,10 @@ mod delete;
 mod describe;
 mod edit;
 mod get;
+mod image;
 mod jsonpath;
 mod label;
+mod logs;
 mod manifest;
 mod output;
 mod scale;
@@ -41,8 +44,12 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the control plane.
+    /// Run the control plane, with a built-in node agent.
     Server(server::Args),
+    /// Run a node agent that joins a server.
+    Agent(agent::Args),
+    /// Manage the images on this node.
+    Image(image::Args),
     /// Internal tools for tests and benchmarks.
     #[command(hide = true)]
     Debug(debug::Args),
@@ -52,6 +59,8 @@ enum Command {
     Apply(Verb<apply::Args>),
     /// Display one or many resources.
     Get(Verb<get::Args>),
+    /// Print the logs for a container in a pod.
+    Logs(Verb<logs::Args>),
     /// Show details of a specific resource.
     Describe(Verb<describe::Args>),
     /// Create resources from a file or from stdin, or from a generator.
@@ -175,11 +184,18 @@ pub fn main() -> ExitCode {
     let outer = cli.global;
     let is_client = !matches!(
         cli.command,
-        Command::Server(_) | Command::Debug(_) | Command::Bench(_)
+        Command::Server(_)
+            | Command::Agent(_)
+            | Command::Image(_)
+            | Command::Debug(_)
+            | Command::Bench(_)
     );
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Server(args) => server::execute(args).await,
+            Command::Agent(args) => agent::execute(args).await,
+            Command::Image(args) => image::execute(args),
+            Command::Logs(v) => logs::execute(v.args, &v.global.or(&outer)).await,
             Command::Debug(args) => debug::execute(args).await,
             Command::Bench(args) => bench::execute(args).await,
             Command::Apply(v) => apply::execute(v.args, &v.global.or(&outer)).await,

@@ -1,10 +1,11 @@
-//! `wk server`: run the control plane.
+//! `wk server`: run the control plane, with its built-in node agent unless `--no-agent`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
 
+use super::agent::NodeFlags;
 use crate::server::{self, ServerConfig};
 
 /// Flags of `wk server`.
@@ -19,12 +20,14 @@ pub struct Args {
     /// An extra name or IP for the serving certificate (repeatable).
     #[arg(long = "tls-san", env = "WK_TLS_SAN", value_delimiter = ',')]
     tls_san: Vec<String>,
-    /// Run without the built-in node agent (the only mode until the agent lands).
+    /// Run the control plane only, without the built-in node agent.
     #[arg(long, env = "WK_NO_AGENT")]
     no_agent: bool,
     /// Seconds between watch bookmarks.
     #[arg(long, env = "WK_BOOKMARK_INTERVAL", default_value_t = 10, hide = true)]
     bookmark_interval: u64,
+    #[command(flatten)]
+    node: NodeFlags,
 }
 
 /// Runs `wk server` until a signal stops it.
@@ -34,12 +37,15 @@ pub struct Args {
 pub async fn execute(args: Args) -> anyhow::Result<()> {
     super::init_logging();
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    if !args.no_agent {
-        tracing::warn!("the node agent is not built yet; running as if --no-agent was given");
-    }
-    let mut config = ServerConfig::new(args.data_dir.unwrap_or_else(server::default_data_dir));
+    let data = args.data_dir.unwrap_or_else(server::default_data_dir);
+    let mut config = ServerConfig::new(&data);
     config.listen = args.listen;
     config.tls_sans = args.tls_san;
     config.bookmark_interval = std::time::Duration::from_secs(args.bookmark_interval.max(1));
-    server::run(config).await.context("wk server")
+    let agent = if args.no_agent {
+        None
+    } else {
+        Some(args.node.config(data.join("agent"), String::new())?)
+    };
+    server::run(config, agent).await.context("wk server")
 }

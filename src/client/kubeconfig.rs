@@ -92,20 +92,32 @@ impl Resolved {
     /// # Errors
     /// When the CA data is not PEM.
     pub fn ca_certs(&self) -> Result<Vec<CertificateDer<'static>>, Error> {
-        use rustls::pki_types::pem::PemObject;
         let Some(pem) = &self.ca_pem else {
             return Err(Error::Config(
                 "the kubeconfig's cluster has no certificate-authority-data".into(),
             ));
         };
-        CertificateDer::pem_slice_iter(pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| {
-                Error::Config(format!(
-                    "the kubeconfig's certificate-authority-data is not PEM: {e}"
-                ))
-            })
+        pem_certs(pem).map_err(|e| {
+            Error::Config(format!(
+                "the kubeconfig's certificate-authority-data is not PEM: {e}"
+            ))
+        })
     }
+}
+
+/// The certificates in a PEM bundle.
+///
+/// # Errors
+/// When the text is not PEM.
+pub fn pem_certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    if certs.is_empty() {
+        return Err("no certificate in it".into());
+    }
+    Ok(certs)
 }
 
 impl Kubeconfig {

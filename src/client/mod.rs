@@ -262,6 +262,79 @@ impl Client {
     }
 }
 
+/// The SHA-256 of a CA's PEM, hex: what a join token pins.
+pub fn ca_hash(ca_pem: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(ca_pem.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A join token in k3s's secure format, `K10<ca sha256>::node:<secret>`: the agent fetches
+/// the CA from `/cacerts` and trusts it only if it hashes to the pinned value.
+pub fn join_token(ca_pem: &str, secret: &str) -> String {
+    format!("K10{}::node:{secret}", ca_hash(ca_pem))
+}
+
+/// Splits a join token into the pinned CA hash (if any) and the bearer secret.
+pub fn parse_join_token(token: &str) -> (Option<String>, String) {
+    let token = token.trim();
+    match token
+        .strip_prefix("K10")
+        .and_then(|rest| rest.split_once("::"))
+    {
+        Some((hash, cred)) => {
+            let secret = cred.split_once(':').map_or(cred, |(_, s)| s);
+            (Some(hash.to_owned()), secret.to_owned())
+        }
+        None => (None, token.to_owned()),
+    }
+}
+
+impl Client {
+    /// Connects an agent with a join token: fetches the CA from `/cacerts`, checks it against
+    /// the hash the token pins, and trusts only that CA from then on.
+    ///
+    /// # Errors
+    /// When the server cannot be reached or its CA does not match the token.
+    pub async fn join(server: &str, token: &str) -> Result<Self, Error> {
+        let (hash, secret) = parse_join_token(token);
+        let probe = Self::new(server, None, None)?;
+        let response = probe
+            .send(Method::GET, "/cacerts", None, Some("text/plain"), None)
+            .await?;
+        let status = response.status();
+        let pem = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| Error::Transport {
+                server: server.to_owned(),
+                message: e.to_string(),
+            })?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(status_error(status.as_u16(), &pem));
+        }
+        let pem = String::from_utf8_lossy(&pem).into_owned();
+        match hash {
+            Some(h) if h != ca_hash(&pem) => {
+                return Err(Error::Config(format!(
+                    "the CA that {server} presents does not match the hash in the join token: refusing to trust it"
+                )));
+            }
+            Some(_) => {}
+            None => tracing::warn!(
+                "the join token pins no CA hash (it is not K10...); trusting the server's CA on first use"
+            ),
+        }
+        let certs = kubeconfig::pem_certs(pem.as_bytes())
+            .map_err(|e| Error::Config(format!("the server's /cacerts is not PEM: {e}")))?;
+        Self::new(server, Some(secret), Some(certs))
+    }
+}
+
 /// A watch stream: one event object (`{"type": ..., "object": ...}`) per line of a
 /// `watch=true` response. BOOKMARK events are passed on; an ERROR event becomes an error.
 pub struct Watch {
@@ -317,7 +390,11 @@ impl Client {
         let status = response.status();
         let body = response.into_body();
         if !status.is_success() {
-            let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let bytes = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
             return Err(status_error(status.as_u16(), &bytes));
         }
         Ok(Watch {

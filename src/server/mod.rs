@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::agent::AgentConfig;
 use crate::api::{self, ApiState, Tokens, resources};
 use crate::store::{Cache, RedbStore, Store};
 
@@ -54,6 +55,9 @@ pub enum Error {
     /// The HTTP server failed.
     #[error("serving: {0}")]
     Serve(std::io::Error),
+    /// The built-in node agent could not start.
+    #[error("the built-in node agent: {0}")]
+    Agent(String),
 }
 
 impl Error {
@@ -147,12 +151,32 @@ fn token(path: &Path) -> Result<String, Error> {
     }
 }
 
+/// Reads the node token's secret, writing `DATA/node-token` in the secure format.
+fn node_token(path: &Path, ca_pem: &str) -> Result<String, Error> {
+    let existing = std::fs::read_to_string(path).unwrap_or_default();
+    let (_, secret) = crate::client::parse_join_token(&existing);
+    let secret = if secret.is_empty() {
+        random_token()
+    } else {
+        secret
+    };
+    let full = crate::client::join_token(ca_pem, &secret);
+    if existing.trim() != full {
+        write_private(path, format!("{full}\n").as_bytes())?;
+    }
+    Ok(secret)
+}
+
 /// A running server.
 pub struct Server {
     /// The address it listens on.
     pub addr: SocketAddr,
     /// The admin kubeconfig it wrote.
     pub kubeconfig: PathBuf,
+    /// The cluster CA, PEM.
+    pub ca_pem: String,
+    /// The node token's secret.
+    pub node_secret: String,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), Error>>,
 }
@@ -190,7 +214,7 @@ impl Server {
             .map_err(|e| Error::Serve(std::io::Error::other(e)))??;
         let tokens = Tokens {
             admin: token(&server_dir.join("admin-token"))?,
-            node: token(&data.join("node-token"))?,
+            node: node_token(&data.join("node-token"), &material.ca_pem)?,
         };
 
         let listener =
@@ -224,7 +248,13 @@ impl Server {
         )?;
 
         let shutdown = CancellationToken::new();
-        let state = ApiState::new(cache, tokens, shutdown.clone(), config.bookmark_interval);
+        let state = ApiState::new(
+            cache,
+            tokens.clone(),
+            shutdown.clone(),
+            config.bookmark_interval,
+            material.ca_pem.clone(),
+        );
         bootstrap(&state).await?;
 
         let tls = axum_server::tls_rustls::RustlsConfig::from_pem(
@@ -257,6 +287,8 @@ impl Server {
         Ok(Self {
             addr,
             kubeconfig,
+            ca_pem: material.ca_pem.clone(),
+            node_secret: tokens.node.clone(),
             shutdown,
             task,
         })
@@ -312,11 +344,12 @@ async fn bootstrap(state: &Arc<ApiState>) -> Result<(), Error> {
     Ok(())
 }
 
-/// Runs the server until SIGTERM or SIGINT: the first signal drains, a second exits at once.
+/// Runs the server (and, with `agent`, its built-in node agent) until SIGTERM or SIGINT:
+/// the first signal drains, a second exits at once.
 ///
 /// # Errors
-/// When the server cannot start, or fails while serving.
-pub async fn run(config: ServerConfig) -> Result<(), Error> {
+/// When the server or the agent cannot start, or the server fails while serving.
+pub async fn run(config: ServerConfig, agent: Option<AgentConfig>) -> Result<(), Error> {
     let server = Server::start(config).await?;
     eprintln!(
         "wk server listening on https://{}\nkubeconfig: {}",
@@ -324,6 +357,23 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
         server.kubeconfig.display()
     );
     let token = server.shutdown_token();
+    let agent = match agent {
+        Some(mut cfg) => {
+            cfg.node_token = server.node_secret.clone();
+            let certs = crate::client::kubeconfig::pem_certs(server.ca_pem.as_bytes())
+                .map_err(Error::tls)?;
+            let url = format!("https://{}", server.addr);
+            let client =
+                crate::client::Client::new(&url, Some(server.node_secret.clone()), Some(certs))
+                    .map_err(|e| Error::Agent(e.to_string()))?;
+            let agent = crate::agent::Agent::start(cfg, client, token.child_token())
+                .await
+                .map_err(|e| Error::Agent(e.to_string()))?;
+            eprintln!("wk agent running as node {}", agent.shared.node_name);
+            Some(agent)
+        }
+        None => None,
+    };
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
         let (Ok(mut term), Ok(mut int)) = (
@@ -338,5 +388,9 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
         std::process::exit(130);
     });
-    server.wait().await
+    let result = server.wait().await;
+    if let Some(agent) = agent {
+        agent.wait().await;
+    }
+    result
 }

@@ -1,0 +1,284 @@
+//! The node's images: a content-addressed store (`DATA/content/sha256/<hex>`, verified when
+//! written and when read) and an index of image names (`DATA/images/index.json`). `wk image
+//! import` fills it without a registry; pulling from OCI registries plugs in at [`resolve`].
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+/// Why an image could not be stored or found.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Stored bytes no longer match their digest.
+    #[error("content {expected} is corrupt on disk: its bytes hash to {actual}")]
+    Corrupt {
+        /// The digest the content is stored under.
+        expected: String,
+        /// What the bytes hash to now.
+        actual: String,
+    },
+    /// The file is not Wasm.
+    #[error("{0} is not a WebAssembly module or component (no \\0asm header)")]
+    NotWasm(String),
+    /// An image name that cannot be used.
+    #[error("invalid image name {0:?}")]
+    Name(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// A resolved image: its digest and where its bytes are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Image {
+    /// `sha256:<hex>`.
+    pub digest: String,
+    /// The content file.
+    pub path: PathBuf,
+}
+
+/// The node's image store.
+#[derive(Clone, Debug)]
+pub struct Store {
+    root: PathBuf,
+}
+
+/// `hello` is `hello:latest`; a digest reference stays as it is.
+pub fn normalize(name: &str) -> String {
+    let last = name.rsplit('/').next().unwrap_or(name);
+    if name.contains('@') || last.contains(':') {
+        name.to_owned()
+    } else {
+        format!("{name}:latest")
+    }
+}
+
+/// Whether a name's tag is `latest` (or missing): the kubelet's rule for `Always`.
+pub fn is_latest(name: &str) -> bool {
+    !name.contains('@') && normalize(name).ends_with(":latest")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Store {
+    /// The store under a node's data directory.
+    pub fn new(data: &Path) -> Self {
+        Self {
+            root: data.to_owned(),
+        }
+    }
+
+    fn index_path(&self) -> PathBuf {
+        self.root.join("images").join("index.json")
+    }
+
+    fn content_path(&self, digest: &str) -> PathBuf {
+        self.root
+            .join("content")
+            .join("sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    }
+
+    /// The name → digest index.
+    pub fn index(&self) -> BTreeMap<String, String> {
+        std::fs::read(self.index_path())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Adds content, verifying its digest as it streams, written atomically.
+    ///
+    /// # Errors
+    /// When the source cannot be read or the store written.
+    pub fn add(&self, mut source: impl Read) -> Result<Image, Error> {
+        let dir = self.root.join("content").join("sha256");
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io(&dir))?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut first = Vec::new();
+        loop {
+            let n = source.read(&mut buf).map_err(io(&dir))?;
+            if n == 0 {
+                break;
+            }
+            if first.len() < 16 {
+                first.extend_from_slice(&buf[..n.min(16)]);
+            }
+            hasher.update(&buf[..n]);
+            tmp.write_all(&buf[..n]).map_err(io(&dir))?;
+        }
+        if !crate::agent::wasm::looks_like_wasm(&first) {
+            return Err(Error::NotWasm("the file".into()));
+        }
+        tmp.as_file().sync_all().map_err(io(&dir))?;
+        let digest = format!("sha256:{}", hex(&hasher.finalize()));
+        let path = self.content_path(&digest);
+        tmp.persist(&path).map_err(|e| Error::Io {
+            path: path.clone(),
+            source: e.error,
+        })?;
+        Ok(Image { digest, path })
+    }
+
+    /// Names an image (`name:tag` → digest), replacing an earlier one of that name.
+    ///
+    /// # Errors
+    /// When the index cannot be written.
+    pub fn tag(&self, name: &str, digest: &str) -> Result<(), Error> {
+        if name.is_empty() || name.contains(char::is_whitespace) {
+            return Err(Error::Name(name.to_owned()));
+        }
+        let mut index = self.index();
+        index.insert(normalize(name), digest.to_owned());
+        let path = self.index_path();
+        let dir = path.parent().expect("index has a parent").to_owned();
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io(&dir))?;
+        serde_json::to_writer_pretty(&mut tmp, &index).map_err(|e| Error::Io {
+            path: path.clone(),
+            source: e.into(),
+        })?;
+        tmp.persist(&path).map_err(|e| Error::Io {
+            path: path.clone(),
+            source: e.error,
+        })?;
+        Ok(())
+    }
+
+    /// Finds a local image by name or by `@sha256:` digest.
+    pub fn find(&self, name: &str) -> Option<Image> {
+        let digest = match name.split_once('@') {
+            Some((_, d)) => d.to_owned(),
+            None => self.index().get(&normalize(name))?.clone(),
+        };
+        let path = self.content_path(&digest);
+        path.exists().then_some(Image { digest, path })
+    }
+
+    /// Checks that stored content still hashes to its digest.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] when it does not.
+    pub fn verify(&self, image: &Image) -> Result<(), Error> {
+        let mut file = std::fs::File::open(&image.path).map_err(io(&image.path))?;
+        let mut hasher = Sha256::new();
+        std::io::copy(&mut file, &mut hasher).map_err(io(&image.path))?;
+        let actual = format!("sha256:{}", hex(&hasher.finalize()));
+        if actual == image.digest {
+            Ok(())
+        } else {
+            Err(Error::Corrupt {
+                expected: image.digest.clone(),
+                actual,
+            })
+        }
+    }
+
+    /// The images for the Node's `status.images`.
+    pub fn node_images(&self) -> Vec<serde_json::Value> {
+        let mut by_digest: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (name, digest) in self.index() {
+            by_digest.entry(digest).or_default().push(name);
+        }
+        by_digest
+            .into_iter()
+            .map(|(digest, mut names)| {
+                let size = std::fs::metadata(self.content_path(&digest)).map_or(0, |m| m.len());
+                let repo = names[0]
+                    .rsplit_once(':')
+                    .map_or(names[0].clone(), |(r, _)| r.to_owned());
+                names.insert(0, format!("{repo}@{digest}"));
+                serde_json::json!({"names": names, "sizeBytes": size})
+            })
+            .collect()
+    }
+}
+
+/// Why a container's image is not available.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unavailable {
+    /// `imagePullPolicy: Never` and the image is not on the node.
+    NeverPull(String),
+    /// The image would have to be pulled.
+    Pull(String),
+}
+
+/// Resolves a container's image under its pull policy. Registry pulls are not built yet: an
+/// image that must be pulled is reported as ErrImagePull with the reason.
+pub fn resolve(store: &Store, image: &str, policy: &str) -> Result<Image, Unavailable> {
+    let local = store.find(image);
+    match (policy, local) {
+        ("Never" | "IfNotPresent", Some(found)) => Ok(found),
+        ("Never", None) => Err(Unavailable::NeverPull(format!(
+            "Container image \"{image}\" is not present with pull policy of Never"
+        ))),
+        _ => Err(Unavailable::Pull(format!(
+            "Failed to pull image \"{image}\": this node cannot pull from registries yet; load it with `wk image import FILE --name {image}` and set imagePullPolicy: IfNotPresent or Never"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn imported_content_is_found_by_name_and_digest_and_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let wasm = b"\0asm\x01\0\0\0";
+        let image = store.add(&wasm[..]).unwrap();
+        assert!(image.digest.starts_with("sha256:"));
+        store.tag("hello", &image.digest).unwrap();
+        assert_eq!(store.find("hello:latest"), Some(image.clone()));
+        assert_eq!(
+            store.find(&format!("x@{}", image.digest)),
+            Some(image.clone())
+        );
+        store.verify(&image).unwrap();
+        std::fs::write(&image.path, b"\0asm tampered").unwrap();
+        assert!(matches!(store.verify(&image), Err(Error::Corrupt { .. })));
+        assert!(matches!(
+            store.add(&b"not wasm"[..]),
+            Err(Error::NotWasm(_))
+        ));
+    }
+
+    #[test]
+    fn pull_policies_follow_the_kubelet() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let image = store.add(&b"\0asm\x01\0\0\0"[..]).unwrap();
+        store.tag("app:v1", &image.digest).unwrap();
+        assert!(resolve(&store, "app:v1", "IfNotPresent").is_ok());
+        assert!(resolve(&store, "app:v1", "Never").is_ok());
+        assert!(matches!(
+            resolve(&store, "app:v2", "Never"),
+            Err(Unavailable::NeverPull(_))
+        ));
+        assert!(matches!(
+            resolve(&store, "app:v1", "Always"),
+            Err(Unavailable::Pull(_))
+        ));
+        assert!(is_latest("app") && is_latest("reg:5000/app") && !is_latest("reg:5000/app:v1"));
+    }
+}

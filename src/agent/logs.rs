@@ -1,0 +1,302 @@
+//! Container logs: guests' stdout and stderr written to `DATA/pods/<uid>/logs/<container>/<restart>.log`
+//! in the CRI format the kubelet uses (`<RFC3339Nano> <stream> <F|P> <text>`), rotated by size, and
+//! read back with kubectl's options (tailLines, sinceSeconds, timestamps, limitBytes, follow).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use tokio::io::AsyncWrite;
+
+/// A log file grows to this size before it is rotated (the kubelet's containerLogMaxSize).
+pub const MAX_LOG_BYTES: u64 = 10 * 1024 * 1024;
+/// A partial line is written as a `P` record once it is this long.
+const MAX_LINE: usize = 16 * 1024;
+
+/// The log directory of one container of a pod.
+pub fn container_dir(pod_dir: &Path, container: &str) -> PathBuf {
+    pod_dir.join("logs").join(container)
+}
+
+/// The log file of one run (restart number) of a container.
+pub fn run_file(pod_dir: &Path, container: &str, restart: u32) -> PathBuf {
+    container_dir(pod_dir, container).join(format!("{restart}.log"))
+}
+
+/// One container run's log file, shared by its stdout and stderr.
+pub struct ContainerLog {
+    path: PathBuf,
+    file: Mutex<(File, u64)>,
+}
+
+impl ContainerLog {
+    /// Creates (truncates) the log file of a run.
+    ///
+    /// # Errors
+    /// When the file cannot be created.
+    pub fn create(path: PathBuf) -> io::Result<Arc<Self>> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&path)?;
+        Ok(Arc::new(Self {
+            path,
+            file: Mutex::new((file, 0)),
+        }))
+    }
+
+    /// A writer for one stream (`stdout` or `stderr`).
+    pub fn stream(self: &Arc<Self>, stream: &'static str) -> LogStream {
+        LogStream {
+            log: self.clone(),
+            stream,
+            partial: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// Appends one record; rotates the file when it is full.
+    fn record(&self, stream: &str, tag: char, text: &[u8]) {
+        let now = jiff::Timestamp::now();
+        let mut line = Vec::with_capacity(text.len() + 48);
+        let _ = write!(
+            line,
+            "{} {stream} {tag} ",
+            now.strftime("%Y-%m-%dT%H:%M:%S.%9fZ")
+        );
+        line.extend_from_slice(text);
+        line.push(b'\n');
+        let Ok(mut guard) = self.file.lock() else {
+            return;
+        };
+        let (file, size) = &mut *guard;
+        if *size + line.len() as u64 > MAX_LOG_BYTES {
+            let rotated = self.path.with_extension("log.1");
+            if std::fs::rename(&self.path, &rotated).is_ok()
+                && let Ok(fresh) = File::create(&self.path)
+            {
+                *file = fresh;
+                *size = 0;
+            }
+        }
+        if file.write_all(&line).is_ok() {
+            *size += line.len() as u64;
+        }
+    }
+}
+
+/// A guest's stdout or stderr: splits the bytes into lines and records each.
+#[derive(Clone)]
+pub struct LogStream {
+    log: Arc<ContainerLog>,
+    stream: &'static str,
+    partial: Arc<Mutex<Vec<u8>>>,
+}
+
+impl LogStream {
+    fn write_bytes(&self, buf: &[u8]) {
+        let Ok(mut partial) = self.partial.lock() else {
+            return;
+        };
+        partial.extend_from_slice(buf);
+        while let Some(pos) = partial.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = partial.drain(..=pos).collect();
+            self.log.record(self.stream, 'F', &line[..line.len() - 1]);
+        }
+        while partial.len() >= MAX_LINE {
+            let chunk: Vec<u8> = partial.drain(..MAX_LINE).collect();
+            self.log.record(self.stream, 'P', &chunk);
+        }
+    }
+
+    /// Writes out a last line that had no newline.
+    pub fn finish(&self) {
+        if let Ok(mut partial) = self.partial.lock()
+            && !partial.is_empty()
+        {
+            let rest = std::mem::take(&mut *partial);
+            self.log.record(self.stream, 'F', &rest);
+        }
+    }
+}
+
+impl AsyncWrite for LogStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        // Appending to a local file is short; doing it inline keeps the guest's output ordered.
+        self.write_bytes(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl wasmtime_wasi::cli::IsTerminal for LogStream {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl wasmtime_wasi::cli::StdoutStream for LogStream {
+    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+/// What `GET pods/{name}/log` asked for.
+#[derive(Clone, Debug, Default)]
+pub struct LogQuery {
+    /// Prefix each line with its RFC 3339 timestamp.
+    pub timestamps: bool,
+    /// Only the last N lines.
+    pub tail_lines: Option<usize>,
+    /// Only lines newer than this many seconds.
+    pub since_seconds: Option<i64>,
+    /// Stop after this many bytes.
+    pub limit_bytes: Option<usize>,
+}
+
+/// One parsed CRI record.
+struct Record {
+    time: String,
+    text: Vec<u8>,
+    partial: bool,
+}
+
+fn parse_record(line: &[u8]) -> Option<Record> {
+    let mut parts = line.splitn(4, |b| *b == b' ');
+    let time = std::str::from_utf8(parts.next()?).ok()?.to_owned();
+    let _stream = parts.next()?;
+    let tag = parts.next()?;
+    let text = parts.next().unwrap_or_default().to_vec();
+    Some(Record {
+        time,
+        text,
+        partial: tag == b"P",
+    })
+}
+
+/// Renders the records of the log files (oldest first) as kubectl shows them.
+///
+/// # Errors
+/// When a file cannot be read.
+pub fn render(files: &[PathBuf], query: &LogQuery) -> io::Result<Vec<u8>> {
+    let since = query
+        .since_seconds
+        .map(|s| jiff::Timestamp::now() - jiff::SignedDuration::from_secs(s));
+    let mut lines: Vec<Vec<u8>> = Vec::new();
+    let mut pending: Vec<u8> = Vec::new();
+    for path in files {
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for raw in BufReader::new(file).split(b'\n') {
+            let raw = raw?;
+            let Some(rec) = parse_record(&raw) else {
+                continue;
+            };
+            if let Some(since) = since
+                && rec.time.parse::<jiff::Timestamp>().is_ok_and(|t| t < since)
+            {
+                continue;
+            }
+            if pending.is_empty() && query.timestamps {
+                pending.extend_from_slice(rec.time.as_bytes());
+                pending.push(b' ');
+            }
+            pending.extend_from_slice(&rec.text);
+            if !rec.partial {
+                pending.push(b'\n');
+                lines.push(std::mem::take(&mut pending));
+            }
+        }
+    }
+    if let Some(n) = query.tail_lines {
+        let skip = lines.len().saturating_sub(n);
+        lines.drain(..skip);
+    }
+    let mut out: Vec<u8> = lines.concat();
+    if let Some(limit) = query.limit_bytes {
+        out.truncate(limit);
+    }
+    Ok(out)
+}
+
+/// The files of one run, oldest first (the rotated one, then the current one).
+pub fn run_files(current: &Path) -> Vec<PathBuf> {
+    vec![current.with_extension("log.1"), current.to_owned()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_recorded_in_cri_format_and_rendered_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c/0.log");
+        let log = ContainerLog::create(path.clone()).unwrap();
+        let out = log.stream("stdout");
+        let err = log.stream("stderr");
+        out.write_bytes(b"hello\nwor");
+        err.write_bytes(b"oops\n");
+        out.write_bytes(b"ld\nlast");
+        out.finish();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let first = text.lines().next().unwrap();
+        assert!(first.ends_with(" stdout F hello"), "{text}");
+        assert!(text.contains(" stderr F oops\n"), "{text}");
+
+        let all = render(&run_files(&path), &LogQuery::default()).unwrap();
+        assert_eq!(
+            String::from_utf8(all).unwrap(),
+            "hello\noops\nworld\nlast\n"
+        );
+        let tail = LogQuery {
+            tail_lines: Some(2),
+            ..LogQuery::default()
+        };
+        assert_eq!(render(&run_files(&path), &tail).unwrap(), b"world\nlast\n");
+        let stamped = LogQuery {
+            timestamps: true,
+            limit_bytes: Some(40),
+            ..LogQuery::default()
+        };
+        let s = String::from_utf8(render(&run_files(&path), &stamped).unwrap()).unwrap();
+        assert!(s.starts_with("20") && s.contains("Z hello\n"), "{s}");
+        assert_eq!(s.len(), 40);
+    }
+
+    #[test]
+    fn long_lines_are_split_into_partial_records_and_joined_on_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let log = ContainerLog::create(path.clone()).unwrap();
+        let out = log.stream("stdout");
+        let long = vec![b'x'; MAX_LINE + 10];
+        out.write_bytes(&long);
+        out.write_bytes(b"\n");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 2);
+        assert!(text.lines().next().unwrap().contains(" stdout P "));
+        let all = render(&run_files(&path), &LogQuery::default()).unwrap();
+        assert_eq!(all.len(), MAX_LINE + 11);
+    }
+}

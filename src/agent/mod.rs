@@ -1,0 +1,509 @@
+//! The node agent (the kubelet's analog): registers its Node, keeps the Lease fresh, watches
+//! the pods bound to it and runs each in a sandbox with a worker of its own. It is an API
+//! client like any other, whether it runs inside `wk server` or as `wk agent`.
+
+pub mod endpoint;
+pub mod env;
+pub mod images;
+pub mod logs;
+pub mod node;
+pub mod pod;
+pub mod sandbox;
+pub mod status;
+pub mod wasm;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{self, Client};
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The data directory could not be prepared.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The Wasm runtime could not be set up.
+    #[error(transparent)]
+    Wasm(#[from] wasm::Error),
+    /// The API server refused the Node.
+    #[error("registering node {node}: {source}")]
+    Register {
+        /// The node name.
+        node: String,
+        /// The cause.
+        #[source]
+        source: client::Error,
+    },
+    /// The agent's endpoint could not be served.
+    #[error("the agent endpoint on {addr}: {message}")]
+    Endpoint {
+        /// The address.
+        addr: SocketAddr,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// What an agent needs to start.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// Where images, compiled modules, sandboxes and logs live.
+    pub data_dir: PathBuf,
+    /// The Node's name.
+    pub node_name: String,
+    /// Extra Node labels.
+    pub labels: BTreeMap<String, String>,
+    /// The most pods this node runs (its allocatable pods).
+    pub max_pods: u32,
+    /// The agent endpoint (logs, metrics); port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// The address reported as the Node's InternalIP.
+    pub address: IpAddr,
+    /// The endpoint's actual port, once bound.
+    pub port: u16,
+    /// The token the API server presents to the endpoint (the node token).
+    pub node_token: String,
+}
+
+impl AgentConfig {
+    /// A config with the defaults: the host name, 1000 pods, the endpoint on 127.0.0.1:10250.
+    pub fn new(data_dir: impl Into<PathBuf>, node_token: impl Into<String>) -> Self {
+        let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_lowercase())
+            .unwrap_or_else(|_| "localhost".into());
+        Self {
+            data_dir: data_dir.into(),
+            node_name: name,
+            labels: BTreeMap::new(),
+            max_pods: 1000,
+            listen: SocketAddr::from(([127, 0, 0, 1], 10250)),
+            address: IpAddr::from([127, 0, 0, 1]),
+            port: 0,
+            node_token: node_token.into(),
+        }
+    }
+}
+
+/// One tracked container's usage gauges.
+pub struct ContainerMetrics {
+    /// The container's name.
+    pub name: String,
+    /// Linear memory in use, bytes.
+    pub memory: Arc<AtomicU64>,
+    /// CPU time used, nanoseconds.
+    pub cpu: Arc<AtomicU64>,
+}
+
+/// One pod's gauges.
+struct PodMetrics {
+    namespace: String,
+    name: String,
+    containers: Vec<ContainerMetrics>,
+}
+
+/// A snapshot of one container's usage.
+#[derive(Clone, Debug)]
+pub struct ContainerUsage {
+    /// The container.
+    pub name: String,
+    /// Linear memory in use, bytes.
+    pub memory: u64,
+    /// CPU time used, nanoseconds.
+    pub cpu: u64,
+}
+
+/// A snapshot of one pod's usage.
+#[derive(Clone, Debug)]
+pub struct PodUsage {
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The pod's name.
+    pub name: String,
+    /// Its containers.
+    pub containers: Vec<ContainerUsage>,
+}
+
+/// What the workers, the pod watch and the endpoint share.
+pub struct Shared {
+    /// The API client.
+    pub client: Client,
+    /// The Wasm runtime.
+    pub runtime: Arc<wasm::Runtime>,
+    /// The node's images.
+    pub images: images::Store,
+    /// The agent's data directory.
+    pub data_dir: PathBuf,
+    /// The Node's name.
+    pub node_name: String,
+    /// The Node's address.
+    pub node_ip: String,
+    /// Whether pods share the host network (no namespaces could be made).
+    pub host_network: bool,
+    /// Stops every worker without deleting anything (agent shutdown).
+    pub shutdown: CancellationToken,
+    /// `namespace/name` → uid of the pods bound here.
+    pods: Mutex<HashMap<String, String>>,
+    /// Log files being written now.
+    live: Mutex<HashSet<PathBuf>>,
+    /// Per-pod usage gauges, by uid.
+    metrics: Mutex<HashMap<String, PodMetrics>>,
+}
+
+impl Shared {
+    /// Records a pod's containers' gauges for metrics.
+    pub fn track(
+        &self,
+        uid: &str,
+        ns: &str,
+        name: &str,
+        containers: Vec<(String, Arc<AtomicU64>, Arc<AtomicU64>)>,
+    ) {
+        if let Ok(mut m) = self.metrics.lock() {
+            let list = containers
+                .into_iter()
+                .map(|(name, memory, cpu)| ContainerMetrics { name, memory, cpu })
+                .collect();
+            m.insert(
+                uid.to_owned(),
+                PodMetrics {
+                    namespace: ns.to_owned(),
+                    name: name.to_owned(),
+                    containers: list,
+                },
+            );
+        }
+    }
+
+    /// Forgets a pod that is gone.
+    pub fn forget(&self, uid: &str) {
+        if let Ok(mut m) = self.metrics.lock() {
+            m.remove(uid);
+        }
+    }
+
+    /// Marks a log file as being written (or not any more).
+    pub fn live_logs(&self, path: &Path, live: bool) {
+        if let Ok(mut l) = self.live.lock() {
+            if live {
+                l.insert(path.to_owned());
+            } else {
+                l.remove(path);
+            }
+        }
+    }
+
+    /// Whether a log file is still being written.
+    pub fn is_live(&self, path: &Path) -> bool {
+        self.live.lock().is_ok_and(|l| l.contains(path))
+    }
+
+    /// The uid of a pod bound here.
+    pub fn uid_of(&self, ns: &str, name: &str) -> Option<String> {
+        self.pods.lock().ok()?.get(&format!("{ns}/{name}")).cloned()
+    }
+
+    /// The usage of every pod.
+    pub fn usage(&self) -> Vec<PodUsage> {
+        let Ok(m) = self.metrics.lock() else {
+            return Vec::new();
+        };
+        m.values()
+            .map(|p| PodUsage {
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                containers: p
+                    .containers
+                    .iter()
+                    .map(|c| ContainerUsage {
+                        name: c.name.clone(),
+                        memory: c.memory.load(Ordering::Relaxed),
+                        cpu: c.cpu.load(Ordering::Relaxed),
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
+/// A running agent.
+pub struct Agent {
+    /// The state its parts share.
+    pub shared: Arc<Shared>,
+    /// The endpoint's address.
+    pub endpoint: SocketAddr,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Whether this process may make network namespaces (it is root with CAP_SYS_ADMIN).
+fn namespaces_available(data: &Path) -> bool {
+    let probe = data.join("netns").join(".probe");
+    match sandbox::netns::create(&probe) {
+        Ok(()) => {
+            sandbox::netns::destroy(&probe);
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "network namespaces are unavailable (not root?): pods will share the host network, and clashing ports are refused");
+            false
+        }
+    }
+}
+
+impl Agent {
+    /// Starts the agent: runtime, endpoint, Node registration, heartbeat and pod watch.
+    ///
+    /// # Errors
+    /// When the data directory, runtime or endpoint cannot be set up, or the Node is refused.
+    pub async fn start(
+        mut config: AgentConfig,
+        client: Client,
+        shutdown: CancellationToken,
+    ) -> Result<Self, Error> {
+        let data = config.data_dir.clone();
+        for sub in ["pods", "netns", "content", "images", "cache"] {
+            let p = data.join(sub);
+            std::fs::create_dir_all(&p).map_err(|source| Error::Io { path: p, source })?;
+        }
+        let host_network = {
+            let d = data.clone();
+            tokio::task::spawn_blocking(move || !namespaces_available(&d))
+                .await
+                .unwrap_or(true)
+        };
+        let runtime = {
+            let (cache, max) = (data.join("cache").join("wasm"), config.max_pods);
+            tokio::task::spawn_blocking(move || wasm::Runtime::new(&cache, max))
+                .await
+                .map_err(|e| Error::Endpoint {
+                    addr: config.listen,
+                    message: e.to_string(),
+                })??
+        };
+        let images = images::Store::new(&data);
+        let shared = Arc::new(Shared {
+            client: client.clone(),
+            runtime,
+            images: images.clone(),
+            data_dir: data.clone(),
+            node_name: config.node_name.clone(),
+            node_ip: config.address.to_string(),
+            host_network,
+            shutdown: shutdown.clone(),
+            pods: Mutex::new(HashMap::new()),
+            live: Mutex::new(HashSet::new()),
+            metrics: Mutex::new(HashMap::new()),
+        });
+        let (endpoint, serve) = endpoint::bind(&config, shared.clone()).await?;
+        config.port = endpoint.port();
+        let node = node::node_object(&config, &images, host_network);
+        // The API may still be starting (an in-process agent races its server): retry a while.
+        let mut attempt = 0;
+        loop {
+            match node::register(&client, &node).await {
+                Ok(()) => break,
+                Err(e)
+                    if attempt < 20
+                        && !matches!(
+                            e,
+                            client::Error::Status {
+                                code: 401 | 403 | 422,
+                                ..
+                            }
+                        ) =>
+                {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(source) => {
+                    return Err(Error::Register {
+                        node: config.node_name.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        let uid = client
+            .get(&format!("/api/v1/nodes/{}", config.node_name))
+            .await
+            .ok()
+            .and_then(|n| n["metadata"]["uid"].as_str().map(str::to_owned));
+        let _ = node::renew_lease(&client, &config.node_name, uid.as_deref()).await;
+        tracing::info!(node = %config.node_name, %endpoint, host_network, pooling = shared.runtime.pooling, "node agent registered");
+        let tasks = vec![
+            tokio::spawn(serve),
+            tokio::spawn(node::heartbeat(
+                client.clone(),
+                config.clone(),
+                images,
+                host_network,
+                shutdown.clone(),
+            )),
+            tokio::spawn(watch_pods(shared.clone())),
+        ];
+        Ok(Self {
+            shared,
+            endpoint,
+            tasks,
+        })
+    }
+
+    /// Waits until the agent has stopped (its shutdown token was cancelled).
+    pub async fn wait(self) {
+        self.shared.shutdown.cancelled().await;
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+    }
+}
+
+struct Workers {
+    shared: Arc<Shared>,
+    running: HashMap<String, (watch::Sender<Arc<Value>>, tokio::task::JoinHandle<()>)>,
+}
+
+impl Workers {
+    fn dispatch(&mut self, pod: Value) {
+        let uid = pod["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let key = format!(
+            "{}/{}",
+            pod["metadata"]["namespace"].as_str().unwrap_or_default(),
+            pod["metadata"]["name"].as_str().unwrap_or_default()
+        );
+        if let Ok(mut p) = self.shared.pods.lock() {
+            p.insert(key, uid.clone());
+        }
+        let pod = Arc::new(pod);
+        if let Some((tx, task)) = self.running.get(&uid)
+            && !task.is_finished()
+        {
+            let _ = tx.send(pod);
+            return;
+        }
+        let (tx, rx) = watch::channel(pod);
+        let task = tokio::spawn(pod::run(self.shared.clone(), rx));
+        self.running.insert(uid, (tx, task));
+    }
+
+    fn remove(&mut self, pod: &Value) {
+        let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
+        // Dropping the sender tells the worker the pod is gone.
+        self.running.remove(uid);
+        let key = format!(
+            "{}/{}",
+            pod["metadata"]["namespace"].as_str().unwrap_or_default(),
+            pod["metadata"]["name"].as_str().unwrap_or_default()
+        );
+        if let Ok(mut p) = self.shared.pods.lock() {
+            p.remove(&key);
+        }
+    }
+}
+
+/// Lists and watches the pods bound to this node, giving each its worker; re-lists after a
+/// watch breaks (410 Gone, a server restart).
+async fn watch_pods(shared: Arc<Shared>) {
+    let selector = format!("spec.nodeName%3D{}", shared.node_name);
+    let mut workers = Workers {
+        shared: shared.clone(),
+        running: HashMap::new(),
+    };
+    let mut first = true;
+    while !shared.shutdown.is_cancelled() {
+        let list = match shared
+            .client
+            .get(&format!("/api/v1/pods?fieldSelector={selector}"))
+            .await
+        {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing this node's pods failed; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    () = shared.shutdown.cancelled() => break,
+                }
+            }
+        };
+        let mut rv = list["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or("0")
+            .to_owned();
+        let items = list["items"].as_array().cloned().unwrap_or_default();
+        let seen: HashSet<String> = items
+            .iter()
+            .filter_map(|p| p["metadata"]["uid"].as_str().map(str::to_owned))
+            .collect();
+        let gone: Vec<String> = workers
+            .running
+            .keys()
+            .filter(|u| !seen.contains(*u))
+            .cloned()
+            .collect();
+        for uid in gone {
+            workers.running.remove(&uid);
+        }
+        if first {
+            let data = shared.data_dir.clone();
+            let keep = seen.clone();
+            let removed = tokio::task::spawn_blocking(move || sandbox::clean_orphans(&data, &keep))
+                .await
+                .unwrap_or(0);
+            if removed > 0 {
+                tracing::info!(removed, "cleaned sandboxes of pods no longer bound here");
+            }
+            first = false;
+        }
+        for item in items {
+            workers.dispatch(item);
+        }
+        let url = format!(
+            "/api/v1/pods?fieldSelector={selector}&watch=true&allowWatchBookmarks=true&resourceVersion={rv}"
+        );
+        let mut stream = match shared.client.watch(&url, None).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "watch failed; listing again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        loop {
+            let event = tokio::select! {
+                e = stream.next() => e,
+                () = shared.shutdown.cancelled() => return,
+            };
+            match event {
+                Ok(Some(event)) => {
+                    let object = event["object"].clone();
+                    if let Some(v) = object["metadata"]["resourceVersion"].as_str() {
+                        rv = v.to_owned();
+                    }
+                    match event["type"].as_str() {
+                        Some("ADDED" | "MODIFIED") => workers.dispatch(object),
+                        Some("DELETED") => workers.remove(&object),
+                        _ => {}
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let _ = rv;
+    }
+}

@@ -1,0 +1,1116 @@
+//! One worker per pod, driving an explicit state machine: sandbox, init containers, containers
+//! running, terminating, gone. API calls run on the agent's runtime; guests run on the pod's
+//! own thread inside its sandbox.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::Method;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::logs::{self, ContainerLog};
+use super::sandbox::{self, Sandbox, volumes};
+use super::status::{self, Container, State};
+use super::wasm::{self, Exit, GuestSpec, Loaded, Stop};
+use super::{Shared, env, images};
+use crate::api::quantity::Quantity;
+
+/// The first restart back-off; it doubles up to [`MAX_BACKOFF`].
+pub const BASE_BACKOFF: Duration = Duration::from_secs(10);
+/// The longest restart back-off.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// A container that ran this long starts over at the base back-off.
+const BACKOFF_RESET: Duration = Duration::from_secs(600);
+
+/// The stages of a pod's life on this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    Sandbox,
+    Init(usize),
+    Running,
+    Completed,
+    Terminating,
+}
+
+/// Kubelet-style exponential back-off.
+#[derive(Clone, Copy, Debug)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { next: BASE_BACKOFF }
+    }
+}
+
+impl Backoff {
+    /// The delay before the next restart, after a run that lasted `ran`.
+    pub fn delay(&mut self, ran: Duration) -> Duration {
+        if ran >= BACKOFF_RESET {
+            self.next = BASE_BACKOFF;
+        }
+        let d = self.next;
+        self.next = (self.next * 2).min(MAX_BACKOFF);
+        d
+    }
+}
+
+/// A container ready to run: its spec, resolved image, environment and module.
+struct Prepared {
+    spec: Value,
+    loaded: Loaded,
+    guest: GuestSpec,
+    init: bool,
+}
+
+/// The worker's shared view of its pod, written to the API by the status task.
+struct Reporter {
+    state: Mutex<status::Pod>,
+    tx: watch::Sender<u64>,
+}
+
+impl Reporter {
+    fn update(&self, f: impl FnOnce(&mut status::Pod)) {
+        if let Ok(mut s) = self.state.lock() {
+            f(&mut s);
+        }
+        self.tx.send_modify(|n| *n += 1);
+    }
+
+    fn snapshot(&self) -> status::Pod {
+        self.state.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+/// Everything one worker needs.
+struct Worker {
+    shared: Arc<Shared>,
+    pod: watch::Receiver<Arc<Value>>,
+    uid: String,
+    ns: String,
+    name: String,
+    policy: String,
+    reporter: Arc<Reporter>,
+    deleting: CancellationToken,
+}
+
+/// Runs a pod until it is gone from the node. `pod` carries the latest object; when its
+/// sender is dropped the pod was deleted outright.
+pub async fn run(shared: Arc<Shared>, pod: watch::Receiver<Arc<Value>>) {
+    let first = pod.borrow().clone();
+    let meta = &first["metadata"];
+    let uid = meta["uid"].as_str().unwrap_or_default().to_owned();
+    let ns = meta["namespace"].as_str().unwrap_or("default").to_owned();
+    let name = meta["name"].as_str().unwrap_or_default().to_owned();
+    let policy = first["spec"]["restartPolicy"]
+        .as_str()
+        .unwrap_or("Always")
+        .to_owned();
+    let span = tracing::info_span!("pod", pod = %format!("{ns}/{name}"), uid = %uid);
+    let _enter = span.enter();
+    drop(_enter);
+
+    let state = initial_state(&first, &shared);
+    let (tx, rx) = watch::channel(0u64);
+    let reporter = Arc::new(Reporter {
+        state: Mutex::new(state),
+        tx,
+    });
+    let deleting = CancellationToken::new();
+    {
+        let mut pod = pod.clone();
+        let deleting = deleting.clone();
+        let shutdown = shared.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                if pod
+                    .borrow()
+                    .pointer("/metadata/deletionTimestamp")
+                    .is_some()
+                {
+                    break;
+                }
+                if pod.changed().await.is_err() {
+                    // The sender goes away on a delete, and also when the agent stops: only
+                    // the first means the pod is gone.
+                    if shutdown.is_cancelled() {
+                        return;
+                    }
+                    break;
+                }
+            }
+            deleting.cancel();
+        });
+    }
+    let writer = tokio::spawn(write_status(
+        shared.clone(),
+        pod.clone(),
+        reporter.clone(),
+        rx,
+        policy.clone(),
+    ));
+    let w = Worker {
+        shared,
+        pod,
+        uid,
+        ns,
+        name,
+        policy,
+        reporter,
+        deleting,
+    };
+    let shutdown = w.shared.shutdown.clone();
+    tokio::select! {
+        () = w.drive(&first) => {}
+        // Agent shutdown: drop everything running, keep the sandbox for the next agent.
+        () = shutdown.cancelled() => {}
+    }
+    writer.abort();
+}
+
+fn initial_state(pod: &Value, shared: &Shared) -> status::Pod {
+    let spec = &pod["spec"];
+    let list = |k: &str| spec[k].as_array().cloned().unwrap_or_default();
+    let has_init = !list("initContainers").is_empty();
+    let waiting = if has_init {
+        "PodInitializing"
+    } else {
+        "ContainerCreating"
+    };
+    let restore = |c: &mut Container, statuses: &Value| {
+        // An agent restart keeps the restart counts the pod already shows.
+        if let Some(old) = statuses
+            .as_array()
+            .and_then(|l| l.iter().find(|s| s["name"] == c.name.as_str()))
+        {
+            c.restart_count = old["restartCount"].as_u64().unwrap_or(0) as u32;
+        }
+    };
+    let mut init: Vec<Container> = list("initContainers")
+        .iter()
+        .map(|c| Container::new(c, "PodInitializing"))
+        .collect();
+    let mut containers: Vec<Container> = list("containers")
+        .iter()
+        .map(|c| Container::new(c, waiting))
+        .collect();
+    for c in &mut init {
+        restore(c, &pod["status"]["initContainerStatuses"]);
+    }
+    for c in &mut containers {
+        restore(c, &pod["status"]["containerStatuses"]);
+    }
+    status::Pod {
+        init,
+        containers,
+        initialized: !has_init,
+        sandbox_ready: false,
+        pod_ip: (spec["hostNetwork"].as_bool().unwrap_or(false) || shared.host_network)
+            .then(|| shared.node_ip.clone()),
+        host_ip: shared.node_ip.clone(),
+        start_time: pod["status"]["startTime"]
+            .as_str()
+            .map_or_else(status::now, str::to_owned),
+        failed: None,
+    }
+}
+
+/// Writes the pod's status whenever the worker changes it.
+async fn write_status(
+    shared: Arc<Shared>,
+    pod: watch::Receiver<Arc<Value>>,
+    reporter: Arc<Reporter>,
+    mut changes: watch::Receiver<u64>,
+    policy: String,
+) {
+    let mut last: Option<Value> = None;
+    loop {
+        if changes.changed().await.is_err() {
+            return;
+        }
+        let object = pod.borrow().clone();
+        let mut status = status::pod_status(&reporter.snapshot(), &policy);
+        status["qosClass"] = json!(status::qos_class(&object["spec"]));
+        // Conditions carry transition times: compare without them.
+        let strip = |s: &Value| {
+            let mut s = s.clone();
+            if let Some(c) = s["conditions"].as_array_mut() {
+                for c in c {
+                    c.as_object_mut().map(|m| m.remove("lastTransitionTime"));
+                }
+            }
+            s
+        };
+        if last.as_ref().map(strip) == Some(strip(&status)) {
+            continue;
+        }
+        let ns = object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default");
+        let name = object["metadata"]["name"].as_str().unwrap_or_default();
+        let body = json!({"status": status});
+        for attempt in 0..5 {
+            match shared
+                .client
+                .request(
+                    Method::PATCH,
+                    &format!("/api/v1/namespaces/{ns}/pods/{name}/status"),
+                    Some("application/merge-patch+json"),
+                    Some(body.to_string().into_bytes()),
+                )
+                .await
+            {
+                Ok(_) => {
+                    last = Some(status.clone());
+                    break;
+                }
+                Err(e) if e.code() == Some(404) => return,
+                Err(e) => {
+                    tracing::debug!(pod = %name, error = %e, "status write failed");
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                }
+            }
+        }
+    }
+}
+
+impl Worker {
+    fn current(&self) -> Arc<Value> {
+        self.pod.borrow().clone()
+    }
+
+    async fn event(&self, container: Option<&str>, warning: bool, reason: &str, message: &str) {
+        status::event(
+            &self.shared.client,
+            &self.current(),
+            &self.shared.node_name,
+            container,
+            warning,
+            reason,
+            message,
+        )
+        .await;
+    }
+
+    /// Sleeps, or returns early (false) when the pod is being deleted.
+    async fn pause(&self, d: Duration) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(d) => true,
+            () = self.deleting.cancelled() => false,
+        }
+    }
+
+    async fn drive(&self, first: &Value) {
+        let phase = first["status"]["phase"].as_str().unwrap_or_default();
+        let mut stage = if matches!(phase, "Succeeded" | "Failed") {
+            // Finished before an agent restart: never run again.
+            Stage::Completed
+        } else {
+            Stage::Sandbox
+        };
+        let mut sandbox: Option<Sandbox> = None;
+        let mut prepared: Vec<Prepared> = Vec::new();
+        let mut init_backoff = Backoff::default();
+        let mut stops: Vec<ContainerStop> = Vec::new();
+        let mut supervisors = tokio::task::JoinSet::new();
+        let mut sandbox_backoff = Duration::from_secs(1);
+        loop {
+            if self.deleting.is_cancelled() && stage != Stage::Terminating {
+                stage = Stage::Terminating;
+            }
+            match stage {
+                Stage::Sandbox => match self.prepare().await {
+                    Ok((sb, ready)) => {
+                        sandbox = Some(sb);
+                        prepared = ready;
+                        self.reporter.update(|s| s.sandbox_ready = true);
+                        let skip = first["status"]["initContainerStatuses"]
+                            .as_array()
+                            .is_some_and(|l| {
+                                !l.is_empty()
+                                    && l.iter().all(|s| s["state"]["terminated"]["exitCode"] == 0)
+                            });
+                        stage = if skip {
+                            self.reporter.update(|s| s.initialized = true);
+                            Stage::Running
+                        } else {
+                            Stage::Init(0)
+                        };
+                    }
+                    Err(PrepareError::Retry) => {
+                        if !self.pause(sandbox_backoff).await {
+                            continue;
+                        }
+                        sandbox_backoff = (sandbox_backoff * 2).min(Duration::from_secs(30));
+                    }
+                },
+                Stage::Init(i) => {
+                    let inits: Vec<&Prepared> = prepared.iter().filter(|p| p.init).collect();
+                    let Some(p) = inits.get(i) else {
+                        self.reporter.update(|s| {
+                            s.initialized = true;
+                            for c in &mut s.containers {
+                                c.state = State::waiting("ContainerCreating", None);
+                            }
+                        });
+                        stage = Stage::Running;
+                        continue;
+                    };
+                    let sb = sandbox.as_ref().expect("the sandbox exists past its stage");
+                    let stop = Stop::default();
+                    let started = Instant::now();
+                    let exit = tokio::select! {
+                        exit = self.run_once(sb, p, i, true, &stop) => exit,
+                        () = self.deleting.cancelled() => { stop.stop(); continue; }
+                    };
+                    if exit == Exit::Code(0) {
+                        stage = Stage::Init(i + 1);
+                        continue;
+                    }
+                    let cname = p.spec["name"].as_str().unwrap_or_default().to_owned();
+                    if self.policy == "Never" {
+                        self.reporter.update(|s| {
+                            s.failed = Some((
+                                "Init:Error".into(),
+                                format!("init container {cname} failed"),
+                            ));
+                        });
+                        stage = Stage::Completed;
+                        continue;
+                    }
+                    let delay = init_backoff.delay(started.elapsed());
+                    self.back_off(true, i, &cname, delay).await;
+                    if !self.pause(delay).await {
+                        continue;
+                    }
+                }
+                Stage::Running => {
+                    let sb = sandbox.as_ref().expect("the sandbox exists past its stage");
+                    let apps: Vec<&Prepared> = prepared.iter().filter(|p| !p.init).collect();
+                    for (i, p) in apps.into_iter().enumerate() {
+                        let stop = ContainerStop::default();
+                        stops.push(stop.clone());
+                        supervisors.spawn(supervise(
+                            self.clone_for_task(),
+                            sb.handle(),
+                            PreparedOwned {
+                                spec: p.spec.clone(),
+                                loaded: p.loaded.clone(),
+                                guest: p.guest.clone(),
+                            },
+                            i,
+                            stop,
+                        ));
+                    }
+                    // Containers run until they finish for good or the pod is deleted.
+                    loop {
+                        tokio::select! {
+                            done = supervisors.join_next() => if done.is_none() { break },
+                            () = self.deleting.cancelled() => break,
+                        }
+                    }
+                    stage = if self.deleting.is_cancelled() {
+                        Stage::Terminating
+                    } else {
+                        Stage::Completed
+                    };
+                }
+                Stage::Completed => {
+                    self.deleting.cancelled().await;
+                    stage = Stage::Terminating;
+                }
+                Stage::Terminating => {
+                    let grace = self.grace();
+                    self.terminate(&stops, &mut supervisors, grace).await;
+                    if let Some(sb) = sandbox.take() {
+                        volumes::unmount_all(&sb.dir);
+                        sb.teardown().await;
+                    } else {
+                        let (dir, ns) = sandbox::paths(&self.shared.data_dir, &self.uid);
+                        volumes::unmount_all(&dir);
+                        sandbox::netns::destroy(&ns);
+                        let _ = std::fs::remove_dir_all(dir);
+                    }
+                    self.shared.forget(&self.uid);
+                    self.delete_object().await;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn clone_for_task(&self) -> TaskCtx {
+        TaskCtx {
+            shared: self.shared.clone(),
+            pod: self.pod.clone(),
+            uid: self.uid.clone(),
+            policy: self.policy.clone(),
+            reporter: self.reporter.clone(),
+        }
+    }
+
+    fn grace(&self) -> Duration {
+        let pod = self.current();
+        let secs = pod["metadata"]["deletionGracePeriodSeconds"]
+            .as_i64()
+            .or_else(|| pod["spec"]["terminationGracePeriodSeconds"].as_i64())
+            .unwrap_or(30)
+            .max(0);
+        Duration::from_secs(secs as u64)
+    }
+
+    async fn back_off(&self, init: bool, index: usize, name: &str, delay: Duration) {
+        let message = format!(
+            "back-off {}s restarting failed container={name} pod={}_{}({})",
+            delay.as_secs(),
+            self.name,
+            self.ns,
+            self.uid
+        );
+        self.reporter.update(|s| {
+            let list = if init { &mut s.init } else { &mut s.containers };
+            if let Some(c) = list.get_mut(index) {
+                if let State::Terminated { .. } = c.state {
+                    c.last = Some(c.state.clone());
+                }
+                c.state = State::waiting("CrashLoopBackOff", Some(message.clone()));
+            }
+        });
+        self.event(
+            Some(name),
+            true,
+            "BackOff",
+            "Back-off restarting failed container",
+        )
+        .await;
+    }
+
+    /// Stops every container: HTTP services drain for up to the grace period, commands stop
+    /// at once (with no lifecycle export there is no gentler signal), then whatever is left
+    /// is interrupted.
+    async fn terminate(
+        &self,
+        stops: &[ContainerStop],
+        supervisors: &mut tokio::task::JoinSet<()>,
+        grace: Duration,
+    ) {
+        if !stops.is_empty() {
+            for c in &self.reporter.snapshot().containers {
+                if matches!(c.state, State::Running { .. }) {
+                    self.event(
+                        Some(&c.name),
+                        false,
+                        "Killing",
+                        &format!("Stopping container {}", c.name),
+                    )
+                    .await;
+                }
+            }
+        }
+        for s in stops {
+            s.finished.stop();
+            s.drain.stop();
+        }
+        let drained = tokio::time::timeout(grace, async {
+            while supervisors.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            for s in stops {
+                s.kill.stop();
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                while supervisors.join_next().await.is_some() {}
+            })
+            .await;
+            supervisors.abort_all();
+        }
+    }
+
+    /// Deletes the pod object with grace 0 once nothing of it is left, as the kubelet does.
+    async fn delete_object(&self) {
+        let body = json!({"gracePeriodSeconds": 0, "preconditions": {"uid": self.uid}});
+        let path = format!("/api/v1/namespaces/{}/pods/{}", self.ns, self.name);
+        for attempt in 0..5u32 {
+            match self
+                .shared
+                .client
+                .request(
+                    Method::DELETE,
+                    &path,
+                    Some("application/json"),
+                    Some(body.to_string().into_bytes()),
+                )
+                .await
+            {
+                Ok(_) => return,
+                Err(e) if matches!(e.code(), Some(404 | 409)) => return,
+                Err(e) => {
+                    tracing::debug!(pod = %self.name, error = %e, "deleting the pod object failed");
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                }
+            }
+        }
+    }
+
+    /// Makes the sandbox, mounts the volumes and loads every container's module.
+    async fn prepare(&self) -> Result<(Sandbox, Vec<Prepared>), PrepareError> {
+        let pod = self.current();
+        let host_network =
+            pod["spec"]["hostNetwork"].as_bool().unwrap_or(false) || self.shared.host_network;
+        let data = self.shared.data_dir.clone();
+        let (uid, name) = (self.uid.clone(), self.name.clone());
+        let sb = match tokio::task::spawn_blocking(move || {
+            Sandbox::create(&data, &uid, &name, host_network)
+        })
+        .await
+        {
+            Ok(Ok(sb)) => sb,
+            Ok(Err(e)) => {
+                self.event(
+                    None,
+                    true,
+                    "FailedCreatePodSandBox",
+                    &format!("Failed to create pod sandbox: {e}"),
+                )
+                .await;
+                return Err(PrepareError::Retry);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "sandbox creation panicked");
+                return Err(PrepareError::Retry);
+            }
+        };
+        let ready = match volumes::prepare(&self.shared.client, &pod, &sb.dir).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.event(
+                    None,
+                    true,
+                    "FailedMount",
+                    &format!("MountVolume.SetUp failed for {e}"),
+                )
+                .await;
+                sb.teardown().await;
+                return Err(PrepareError::Retry);
+            }
+        };
+        let mut out = Vec::new();
+        let specs: Vec<(bool, Value)> = pod["spec"]["initContainers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| (true, c.clone()))
+            .chain(
+                pod["spec"]["containers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|c| (false, c.clone())),
+            )
+            .collect();
+        let mut index = (0usize, 0usize);
+        let mut failed = false;
+        for (init, spec) in specs {
+            let i = if init { index.0 } else { index.1 };
+            if init {
+                index.0 += 1;
+            } else {
+                index.1 += 1;
+            }
+            match self.prepare_container(&pod, &spec, &ready, init, i).await {
+                Ok((loaded, guest)) => out.push(Prepared {
+                    spec,
+                    loaded,
+                    guest,
+                    init,
+                }),
+                Err(()) => failed = true,
+            }
+        }
+        if failed {
+            sb.teardown().await;
+            return Err(PrepareError::Retry);
+        }
+        self.shared.track(
+            &self.uid,
+            &self.ns,
+            &self.name,
+            out.iter()
+                .map(|p| {
+                    (
+                        p.spec["name"].as_str().unwrap_or_default().to_owned(),
+                        p.guest.memory_usage.clone(),
+                        p.guest.cpu_nanos.clone(),
+                    )
+                })
+                .collect(),
+        );
+        Ok((sb, out))
+    }
+
+    fn set_waiting(&self, init: bool, i: usize, reason: &str, message: &str) {
+        self.reporter.update(|s| {
+            let list = if init { &mut s.init } else { &mut s.containers };
+            if let Some(c) = list.get_mut(i) {
+                c.state = State::waiting(reason, Some(message.to_owned()));
+            }
+        });
+    }
+
+    async fn prepare_container(
+        &self,
+        pod: &Value,
+        spec: &Value,
+        ready: &HashMap<String, volumes::Ready>,
+        init: bool,
+        i: usize,
+    ) -> Result<(Loaded, GuestSpec), ()> {
+        let cname = spec["name"].as_str().unwrap_or_default();
+        let image_name = spec["image"].as_str().unwrap_or_default();
+        let policy = spec["imagePullPolicy"].as_str().unwrap_or("IfNotPresent");
+        let image = match images::resolve(&self.shared.images, image_name, policy) {
+            Ok(i) => i,
+            Err(images::Unavailable::NeverPull(m)) => {
+                self.set_waiting(init, i, "ErrImageNeverPull", &m);
+                self.event(Some(cname), true, "ErrImageNeverPull", &m).await;
+                return Err(());
+            }
+            Err(images::Unavailable::Pull(m)) => {
+                let reason = if self.reporter.snapshot().containers.iter().chain(self.reporter.snapshot().init.iter())
+                    .any(|c| matches!(&c.state, State::Waiting { reason, .. } if reason == "ErrImagePull" || reason == "ImagePullBackOff"))
+                {
+                    "ImagePullBackOff"
+                } else {
+                    "ErrImagePull"
+                };
+                self.set_waiting(init, i, reason, &m);
+                self.event(Some(cname), true, "Failed", &m).await;
+                return Err(());
+            }
+        };
+        let store = self.shared.images.clone();
+        let check = image.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.verify(&check)).await {
+            self.set_waiting(init, i, "ErrImagePull", &e.to_string());
+            self.event(Some(cname), true, "Failed", &e.to_string())
+                .await;
+            return Err(());
+        }
+        self.event(
+            Some(cname),
+            false,
+            "Pulled",
+            &format!("Container image \"{image_name}\" already present on machine"),
+        )
+        .await;
+        let loaded = match self.shared.runtime.load(&image.digest, &image.path).await {
+            Ok(l) => l,
+            Err(e) => {
+                let m = e.to_string();
+                self.set_waiting(init, i, "CreateContainerError", &m);
+                self.event(Some(cname), true, "Failed", &format!("Error: {m}"))
+                    .await;
+                return Err(());
+            }
+        };
+        let env = match env::environment(&self.shared.client, pod, spec).await {
+            Ok(e) => e,
+            Err(e) => {
+                self.set_waiting(init, i, "CreateContainerConfigError", &e.0);
+                self.event(Some(cname), true, "Failed", &format!("Error: {}", e.0))
+                    .await;
+                return Err(());
+            }
+        };
+        let mounts = match volumes::mounts(spec, ready) {
+            Ok(m) => m,
+            Err(e) => {
+                self.set_waiting(init, i, "CreateContainerConfigError", &e.to_string());
+                self.event(Some(cname), true, "Failed", &format!("Error: {e}"))
+                    .await;
+                return Err(());
+            }
+        };
+        let limit = |r: &str| {
+            spec["resources"]["limits"][r]
+                .as_str()
+                .and_then(|q| Quantity::parse(q).ok())
+        };
+        let repo = images::normalize(image_name);
+        let repo = repo
+            .rsplit_once(':')
+            .map_or(repo.as_str(), |(r, _)| r)
+            .to_owned();
+        self.reporter.update(|s| {
+            let list = if init { &mut s.init } else { &mut s.containers };
+            if let Some(c) = list.get_mut(i) {
+                c.image_id = format!("{repo}@{}", image.digest);
+            }
+        });
+        let guest = GuestSpec {
+            argv: env::argv(spec, &env),
+            env,
+            mounts,
+            working_dir: spec["workingDir"].as_str().map(str::to_owned),
+            memory_limit: limit("memory")
+                .map_or(wasm::DEFAULT_MEMORY_LIMIT, |q| q.value().max(0) as u64),
+            cpu_millis: limit("cpu").map(|q| q.millis().max(1) as u64),
+            network: true,
+            memory_usage: Arc::new(AtomicU64::new(0)),
+            cpu_nanos: Arc::new(AtomicU64::new(0)),
+        };
+        Ok((loaded, guest))
+    }
+
+    async fn run_once(
+        &self,
+        sb: &Sandbox,
+        p: &Prepared,
+        i: usize,
+        init: bool,
+        stop: &Stop,
+    ) -> Exit {
+        let ctx = self.clone_for_task();
+        let owned = PreparedOwned {
+            spec: p.spec.clone(),
+            loaded: p.loaded.clone(),
+            guest: p.guest.clone(),
+        };
+        run_command_once(&ctx, &sb.handle(), &owned, i, init, stop).await
+    }
+}
+
+enum PrepareError {
+    Retry,
+}
+
+/// What a container task needs of its worker.
+#[derive(Clone)]
+struct TaskCtx {
+    shared: Arc<Shared>,
+    pod: watch::Receiver<Arc<Value>>,
+    uid: String,
+    policy: String,
+    reporter: Arc<Reporter>,
+}
+
+impl TaskCtx {
+    async fn event(&self, container: &str, warning: bool, reason: &str, message: &str) {
+        let pod = self.pod.borrow().clone();
+        status::event(
+            &self.shared.client,
+            &pod,
+            &self.shared.node_name,
+            Some(container),
+            warning,
+            reason,
+            message,
+        )
+        .await;
+    }
+
+    fn set(&self, init: bool, i: usize, f: impl FnOnce(&mut Container)) {
+        self.reporter.update(|s| {
+            let list = if init { &mut s.init } else { &mut s.containers };
+            if let Some(c) = list.get_mut(i) {
+                f(c);
+            }
+        });
+    }
+
+    fn restart_count(&self, init: bool, i: usize) -> u32 {
+        let s = self.reporter.snapshot();
+        let list = if init { &s.init } else { &s.containers };
+        list.get(i).map_or(0, |c| c.restart_count)
+    }
+}
+
+#[derive(Clone)]
+struct PreparedOwned {
+    spec: Value,
+    loaded: Loaded,
+    guest: GuestSpec,
+}
+
+/// How the worker stops one container: drain (HTTP stops accepting), kill (interrupt the
+/// guest), finished (do not restart).
+#[derive(Clone, Default)]
+struct ContainerStop {
+    drain: Stop,
+    kill: Stop,
+    finished: Stop,
+}
+
+fn log_path(ctx: &TaskCtx, name: &str, restart: u32) -> PathBuf {
+    let (dir, _) = sandbox::paths(&ctx.shared.data_dir, &ctx.uid);
+    logs::run_file(&dir, name, restart)
+}
+
+/// Runs one command container once, reporting its running and terminated states.
+async fn run_command_once(
+    ctx: &TaskCtx,
+    handle: &tokio::runtime::Handle,
+    p: &PreparedOwned,
+    i: usize,
+    init: bool,
+    stop: &Stop,
+) -> Exit {
+    let name = p.spec["name"].as_str().unwrap_or_default().to_owned();
+    let restart = ctx.restart_count(init, i);
+    let path = log_path(ctx, &name, restart);
+    let log = match ContainerLog::create(path.clone()) {
+        Ok(l) => l,
+        Err(e) => return Exit::Failed(format!("creating the log file: {e}")),
+    };
+    let started_at = status::now();
+    let container_id = format!("wasm://{}/{name}/{restart}", ctx.uid);
+    ctx.set(init, i, |c| {
+        c.state = State::Running {
+            started_at: started_at.clone(),
+        };
+        c.container_id = container_id.clone();
+        c.ready = !init;
+    });
+    if restart == 0 {
+        ctx.event(
+            &name,
+            false,
+            "Created",
+            &format!("Created container {name}"),
+        )
+        .await;
+    }
+    ctx.event(
+        &name,
+        false,
+        "Started",
+        &format!("Started container {name}"),
+    )
+    .await;
+    ctx.shared.live_logs(&path, true);
+    let (loaded, engine, guest, stop2) = (
+        p.loaded.clone(),
+        ctx.shared.runtime.engine().clone(),
+        p.guest.clone(),
+        stop.clone(),
+    );
+    let (out, err) = (log.stream("stdout"), log.stream("stderr"));
+    let task = handle.spawn(async move {
+        wasm::run_command(&loaded, &engine, &guest, &out, &err, &stop2).await
+    });
+    let exit = match task.await {
+        Ok(exit) => exit,
+        Err(e) if e.is_panic() => {
+            Exit::Trap("the host panicked running this container; the agent caught it".into())
+        }
+        Err(_) => Exit::Killed,
+    };
+    ctx.shared.live_logs(&path, false);
+    let finished_at = status::now();
+    ctx.set(init, i, |c| {
+        c.ready = false;
+        c.state = State::Terminated {
+            exit_code: exit.code(),
+            reason: exit.reason().to_owned(),
+            message: exit.message(),
+            started_at,
+            finished_at,
+        };
+    });
+    exit
+}
+
+/// Runs one app container under the restart policy until it finishes for good or is stopped.
+async fn supervise(
+    ctx: TaskCtx,
+    handle: tokio::runtime::Handle,
+    p: PreparedOwned,
+    i: usize,
+    stop: ContainerStop,
+) {
+    let name = p.spec["name"].as_str().unwrap_or_default().to_owned();
+    if !matches!(p.loaded, Loaded::Http(_)) {
+        // A command has no gentler stop than SIGTERM's default (terminate) until it exports
+        // wk's lifecycle hook: draining it means stopping it.
+        let (drain, kill) = (stop.drain.clone(), stop.kill.clone());
+        tokio::spawn(async move {
+            drain.wait().await;
+            kill.stop();
+        });
+    }
+    let mut backoff = Backoff::default();
+    loop {
+        let started = Instant::now();
+        let exit = match &p.loaded {
+            Loaded::Http(pre) => serve_http(&ctx, &handle, &p, pre.clone(), i, &stop).await,
+            _ => run_command_once(&ctx, &handle, &p, i, false, &stop.kill).await,
+        };
+        if stop.finished.stopped() {
+            return;
+        }
+        let restart = match ctx.policy.as_str() {
+            "Never" => false,
+            "OnFailure" => exit != Exit::Code(0),
+            _ => true,
+        };
+        if !restart {
+            return;
+        }
+        let delay = backoff.delay(started.elapsed());
+        let message = format!(
+            "back-off {}s restarting failed container={name}",
+            delay.as_secs()
+        );
+        ctx.set(false, i, |c| {
+            c.last = Some(c.state.clone());
+            c.state = State::waiting("CrashLoopBackOff", Some(message));
+        });
+        ctx.event(
+            &name,
+            true,
+            "BackOff",
+            "Back-off restarting failed container",
+        )
+        .await;
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = stop.finished.wait() => return,
+        }
+        ctx.set(false, i, |c| c.restart_count += 1);
+    }
+}
+
+/// Serves an HTTP container on its containerPorts (inside the pod's namespace) and hostPorts
+/// (on the node) until drained.
+async fn serve_http(
+    ctx: &TaskCtx,
+    handle: &tokio::runtime::Handle,
+    p: &PreparedOwned,
+    pre: wasmtime_wasi_http::p2::bindings::ProxyPre<wasm::P2State>,
+    i: usize,
+    stop: &ContainerStop,
+) -> Exit {
+    let name = p.spec["name"].as_str().unwrap_or_default().to_owned();
+    let ports: Vec<(u16, Option<u16>)> = p.spec["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|port| port["protocol"].as_str().unwrap_or("TCP") == "TCP")
+        .filter_map(|port| {
+            let c = u16::try_from(port["containerPort"].as_u64()?).ok()?;
+            let h = port["hostPort"]
+                .as_u64()
+                .and_then(|h| u16::try_from(h).ok())
+                .filter(|h| *h > 0);
+            Some((c, h))
+        })
+        .collect();
+    if ports.is_empty() {
+        let m = "an HTTP component needs a containerPort to listen on".to_owned();
+        ctx.set(false, i, |c| {
+            c.state = State::waiting("CreateContainerConfigError", Some(m.clone()))
+        });
+        ctx.event(&name, true, "Failed", &format!("Error: {m}"))
+            .await;
+        stop.finished.wait().await;
+        return Exit::Killed;
+    }
+    let restart = ctx.restart_count(false, i);
+    let path = log_path(ctx, &name, restart);
+    let log = match ContainerLog::create(path.clone()) {
+        Ok(l) => l,
+        Err(e) => return Exit::Failed(format!("creating the log file: {e}")),
+    };
+    let service = wasm::http::HttpService::new(
+        pre,
+        ctx.shared.runtime.engine().clone(),
+        p.guest.clone(),
+        log.stream("stdout"),
+        log.stream("stderr"),
+    );
+    // Bind every port first, so a clash is reported before the container counts as started.
+    let mut listeners = Vec::new();
+    for (port, host_port) in &ports {
+        let port = *port;
+        let bound = handle
+            .spawn(async move { tokio::net::TcpListener::bind(("0.0.0.0", port)).await })
+            .await;
+        match bound {
+            Ok(Ok(l)) => listeners.push((true, l)),
+            Ok(Err(e)) => return Exit::Failed(format!("listening on port {port} in the pod: {e}")),
+            Err(e) => return Exit::Failed(e.to_string()),
+        }
+        if let Some(hp) = host_port {
+            match tokio::net::TcpListener::bind(("0.0.0.0", *hp)).await {
+                Ok(l) => listeners.push((false, l)),
+                Err(e) => return Exit::Failed(format!("hostPort {hp}: {e}")),
+            }
+        }
+    }
+    let started_at = status::now();
+    ctx.set(false, i, |c| {
+        c.state = State::Running {
+            started_at: started_at.clone(),
+        };
+        c.container_id = format!("wasm://{}/{name}/{restart}", ctx.uid);
+        c.ready = true;
+    });
+    if restart == 0 {
+        ctx.event(
+            &name,
+            false,
+            "Created",
+            &format!("Created container {name}"),
+        )
+        .await;
+    }
+    ctx.event(
+        &name,
+        false,
+        "Started",
+        &format!("Started container {name}"),
+    )
+    .await;
+    ctx.shared.live_logs(&path, true);
+    let mut serving = Vec::new();
+    for (in_pod, listener) in listeners {
+        let svc = service.clone();
+        let drain = stop.drain.clone();
+        let fut = wasm::http::serve(listener, svc, drain);
+        serving.push(if in_pod {
+            handle.spawn(fut)
+        } else {
+            tokio::spawn(fut)
+        });
+    }
+    {
+        let kill = stop.kill.clone();
+        let svc = service.clone();
+        tokio::spawn(async move {
+            kill.wait().await;
+            svc.kill.stop();
+        });
+    }
+    for s in serving {
+        let _ = s.await;
+    }
+    ctx.shared.live_logs(&path, false);
+    ctx.set(false, i, |c| {
+        c.ready = false;
+        c.state = State::Terminated {
+            exit_code: 0,
+            reason: "Completed".into(),
+            message: None,
+            started_at,
+            finished_at: status::now(),
+        };
+    });
+    Exit::Code(0)
+}

@@ -1,0 +1,183 @@
+//! The pod sandbox (the pause container's analog): the pod's directory, its network namespace,
+//! and the pod's own thread. That thread joined the namespace and runs a small tokio runtime,
+//! so every socket a guest or its HTTP listener opens lives in the pod's namespace. Tearing
+//! the sandbox down stops that runtime (dropping every task, instance and socket), joins the
+//! thread, then removes the namespace and the directory.
+
+pub mod netns;
+pub mod volumes;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+
+/// Why a sandbox could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The network namespace could not be made or joined.
+    #[error("creating the pod's network namespace at {path}: {source}")]
+    Netns {
+        /// The bind-mount path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The pod's directory or thread could not be made.
+    #[error("creating the pod sandbox: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A pod's sandbox.
+pub struct Sandbox {
+    /// DATA/pods/<uid>.
+    pub dir: PathBuf,
+    /// DATA/netns/<uid>, or `None` when the pod shares the host's network.
+    pub netns: Option<PathBuf>,
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Where the pod's directory and namespace live.
+pub fn paths(data: &Path, uid: &str) -> (PathBuf, PathBuf) {
+    (data.join("pods").join(uid), data.join("netns").join(uid))
+}
+
+impl Sandbox {
+    /// Makes (or re-enters, after an agent restart) the sandbox of pod `uid`.
+    ///
+    /// # Errors
+    /// When the namespace, directory or thread cannot be made.
+    pub fn create(data: &Path, uid: &str, name: &str, host_network: bool) -> Result<Self, Error> {
+        let (dir, ns) = paths(data, uid);
+        std::fs::create_dir_all(&dir)?;
+        let netns = if host_network {
+            None
+        } else {
+            if !netns::is_mounted(&ns) {
+                let _ = std::fs::remove_file(&ns);
+                netns::create(&ns).map_err(|source| Error::Netns {
+                    path: ns.clone(),
+                    source,
+                })?;
+            }
+            Some(ns)
+        };
+        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let enter = netns.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("pod-{}", name.chars().take(11).collect::<String>()))
+            .stack_size(512 << 10)
+            .spawn(move || {
+                let ready = (|| -> std::io::Result<tokio::runtime::Runtime> {
+                    if let Some(ns) = &enter {
+                        netns::enter(ns)?;
+                    }
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .thread_stack_size(512 << 10)
+                        .build()
+                })();
+                match ready {
+                    Ok(rt) => {
+                        let _ = handle_tx.send(Ok(rt.handle().clone()));
+                        rt.block_on(async {
+                            let _ = stop_rx.await;
+                        });
+                        // Dropping the runtime drops every task still on it: instances,
+                        // listeners, connections.
+                        rt.shutdown_timeout(std::time::Duration::from_secs(1));
+                    }
+                    Err(e) => {
+                        let _ = handle_tx.send(Err(e));
+                    }
+                }
+            })?;
+        let handle = match handle_rx.recv() {
+            Ok(Ok(h)) => h,
+            Ok(Err(source)) => {
+                let _ = thread.join();
+                return Err(Error::Netns {
+                    path: netns.unwrap_or_default(),
+                    source,
+                });
+            }
+            Err(_) => {
+                let _ = thread.join();
+                return Err(Error::Io(std::io::Error::other(
+                    "the pod thread died at start",
+                )));
+            }
+        };
+        Ok(Self {
+            dir,
+            netns,
+            handle,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The pod thread's runtime, to run futures inside the pod's network namespace.
+    pub fn handle(&self) -> tokio::runtime::Handle {
+        self.handle.clone()
+    }
+
+    /// Runs `future` on the pod's thread, inside its network namespace.
+    pub fn spawn<F>(&self, future: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.handle.spawn(future)
+    }
+
+    /// Stops everything the pod runs, then removes its namespace and directory.
+    pub async fn teardown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        if let Some(ns) = self.netns.take() {
+            netns::destroy(&ns);
+        }
+        let dir = self.dir.clone();
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        // A sandbox dropped without teardown (agent shutdown) stops its thread but keeps its
+        // namespace and files, so the next agent can adopt or clean them.
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Removes sandboxes left by an earlier agent whose pods are no longer bound here.
+pub fn clean_orphans(data: &Path, keep: &std::collections::HashSet<String>) -> usize {
+    let mut removed = 0;
+    for sub in ["netns", "pods"] {
+        let Ok(entries) = std::fs::read_dir(data.join(sub)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let uid = entry.file_name().to_string_lossy().into_owned();
+            if keep.contains(&uid) {
+                continue;
+            }
+            if sub == "netns" {
+                netns::destroy(&entry.path());
+            } else {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+            removed += 1;
+        }
+    }
+    removed
+}

@@ -1,0 +1,422 @@
+//! Pod status as the kubelet reports it: the phase, the conditions and the container statuses,
+//! computed from the worker's view of its containers; plus the Events it posts.
+
+use http::Method;
+use serde_json::{Value, json};
+
+use crate::client::Client;
+
+/// Kubernetes' timestamp format.
+pub fn now() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+/// One container's state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Not running: ContainerCreating, ErrImagePull, CrashLoopBackOff, PodInitializing...
+    Waiting {
+        /// The reason.
+        reason: String,
+        /// A message, if any.
+        message: Option<String>,
+    },
+    /// Running since.
+    Running {
+        /// When it started.
+        started_at: String,
+    },
+    /// Exited.
+    Terminated {
+        /// The exit code.
+        exit_code: i32,
+        /// Completed, Error, OOMKilled...
+        reason: String,
+        /// A message, if any.
+        message: Option<String>,
+        /// When it started.
+        started_at: String,
+        /// When it ended.
+        finished_at: String,
+    },
+}
+
+impl State {
+    /// A waiting state.
+    pub fn waiting(reason: &str, message: Option<String>) -> Self {
+        Self::Waiting {
+            reason: reason.to_owned(),
+            message,
+        }
+    }
+
+    fn json(&self) -> Value {
+        match self {
+            Self::Waiting { reason, message } => {
+                let mut w = json!({"reason": reason});
+                if let Some(m) = message {
+                    w["message"] = json!(m);
+                }
+                json!({"waiting": w})
+            }
+            Self::Running { started_at } => json!({"running": {"startedAt": started_at}}),
+            Self::Terminated {
+                exit_code,
+                reason,
+                message,
+                started_at,
+                finished_at,
+            } => {
+                let mut t = json!({"exitCode": exit_code, "reason": reason,
+                    "startedAt": started_at, "finishedAt": finished_at});
+                if let Some(m) = message {
+                    t["message"] = json!(m);
+                }
+                json!({"terminated": t})
+            }
+        }
+    }
+
+    /// The exit code, if terminated.
+    pub fn exit_code(&self) -> Option<i32> {
+        match self {
+            Self::Terminated { exit_code, .. } => Some(*exit_code),
+            _ => None,
+        }
+    }
+}
+
+/// What the worker knows of one container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Container {
+    /// The container's name.
+    pub name: String,
+    /// The image as the spec names it.
+    pub image: String,
+    /// `name@sha256:...` once resolved.
+    pub image_id: String,
+    /// `wasm://...` once created.
+    pub container_id: String,
+    /// The current state.
+    pub state: State,
+    /// The previous run's terminated state.
+    pub last: Option<State>,
+    /// How many times it restarted.
+    pub restart_count: u32,
+    /// Whether it is ready (running, and its readiness probe passes).
+    pub ready: bool,
+}
+
+impl Container {
+    /// A container that has not been created yet.
+    pub fn new(spec: &Value, waiting: &str) -> Self {
+        Self {
+            name: spec["name"].as_str().unwrap_or_default().to_owned(),
+            image: spec["image"].as_str().unwrap_or_default().to_owned(),
+            image_id: String::new(),
+            container_id: String::new(),
+            state: State::waiting(waiting, None),
+            last: None,
+            restart_count: 0,
+            ready: false,
+        }
+    }
+
+    fn json(&self) -> Value {
+        let mut c = json!({
+            "name": self.name,
+            "image": self.image,
+            "imageID": self.image_id,
+            "state": self.state.json(),
+            "lastState": self.last.as_ref().map_or(json!({}), State::json),
+            "ready": self.ready,
+            "restartCount": self.restart_count,
+            "started": matches!(self.state, State::Running { .. }),
+        });
+        if !self.container_id.is_empty() {
+            c["containerID"] = json!(self.container_id);
+        }
+        c
+    }
+
+    fn running(&self) -> bool {
+        matches!(self.state, State::Running { .. })
+    }
+
+    fn terminated(&self) -> bool {
+        matches!(self.state, State::Terminated { .. })
+    }
+}
+
+/// What the worker knows of the whole pod.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pod {
+    /// Init containers, in order.
+    pub init: Vec<Container>,
+    /// App containers.
+    pub containers: Vec<Container>,
+    /// Whether every init container succeeded.
+    pub initialized: bool,
+    /// Whether the sandbox exists.
+    pub sandbox_ready: bool,
+    /// The pod's IP.
+    pub pod_ip: Option<String>,
+    /// The node's IP.
+    pub host_ip: String,
+    /// When the agent took the pod.
+    pub start_time: String,
+    /// A phase the worker decided (an init failure under restartPolicy Never).
+    pub failed: Option<(String, String)>,
+}
+
+/// The pod phase for the containers' states under `policy`.
+pub fn phase(pod: &Pod, policy: &str) -> &'static str {
+    if pod.failed.is_some() {
+        return "Failed";
+    }
+    if !pod.initialized || pod.containers.is_empty() {
+        return "Pending";
+    }
+    if pod.containers.iter().all(Container::terminated) {
+        let all_ok = pod
+            .containers
+            .iter()
+            .all(|c| c.state.exit_code() == Some(0));
+        return match (policy, all_ok) {
+            ("Never" | "OnFailure", true) => "Succeeded",
+            ("Never", false) => "Failed",
+            _ => "Running",
+        };
+    }
+    let started = |c: &Container| c.running() || c.last.is_some() || c.terminated();
+    if pod.containers.iter().all(started) {
+        "Running"
+    } else {
+        "Pending"
+    }
+}
+
+/// The whole `status` the agent writes.
+pub fn pod_status(pod: &Pod, policy: &str) -> Value {
+    let t = now();
+    let ready = !pod.containers.is_empty() && pod.containers.iter().all(|c| c.ready);
+    let cond = |ty: &str, ok: bool, reason: Option<&str>| {
+        let mut c = json!({"type": ty, "status": if ok { "True" } else { "False" },
+            "lastProbeTime": null, "lastTransitionTime": t});
+        if let Some(r) = reason.filter(|_| !ok) {
+            c["reason"] = json!(r);
+        }
+        c
+    };
+    let phase = phase(pod, policy);
+    let done = matches!(phase, "Succeeded" | "Failed");
+    let not_ready_reason = if done {
+        "PodCompleted"
+    } else {
+        "ContainersNotReady"
+    };
+    let mut status = json!({
+        "phase": phase,
+        "conditions": [
+            cond("PodReadyToStartContainers", pod.sandbox_ready, None),
+            cond("Initialized", pod.initialized || done, Some("ContainersNotInitialized")),
+            cond("Ready", ready, Some(not_ready_reason)),
+            cond("ContainersReady", ready, Some(not_ready_reason)),
+            cond("PodScheduled", true, None),
+        ],
+        "hostIP": pod.host_ip,
+        "hostIPs": [{"ip": pod.host_ip}],
+        "startTime": pod.start_time,
+        "containerStatuses": pod.containers.iter().map(Container::json).collect::<Vec<_>>(),
+        "qosClass": "BestEffort",
+    });
+    if !pod.init.is_empty() {
+        status["initContainerStatuses"] = pod.init.iter().map(Container::json).collect();
+    }
+    if let Some(ip) = &pod.pod_ip {
+        status["podIP"] = json!(ip);
+        status["podIPs"] = json!([{"ip": ip}]);
+    }
+    if let Some((reason, message)) = &pod.failed {
+        status["reason"] = json!(reason);
+        status["message"] = json!(message);
+    }
+    status
+}
+
+/// The pod's QoS class, from its containers' requests and limits.
+pub fn qos_class(spec: &Value) -> &'static str {
+    let containers: Vec<&Value> = spec["containers"]
+        .as_array()
+        .into_iter()
+        .chain(spec["initContainers"].as_array())
+        .flatten()
+        .collect();
+    let any = containers.iter().any(|c| {
+        c["resources"]["requests"]
+            .as_object()
+            .is_some_and(|m| !m.is_empty())
+            || c["resources"]["limits"]
+                .as_object()
+                .is_some_and(|m| !m.is_empty())
+    });
+    if !any {
+        return "BestEffort";
+    }
+    let guaranteed = containers.iter().all(|c| {
+        ["cpu", "memory"].iter().all(|r| {
+            let limit = &c["resources"]["limits"][*r];
+            let request = &c["resources"]["requests"][*r];
+            !limit.is_null() && (request.is_null() || request == limit)
+        })
+    });
+    if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
+}
+
+/// Posts an Event about a pod, as the kubelet does.
+pub async fn event(
+    client: &Client,
+    pod: &Value,
+    node: &str,
+    container: Option<&str>,
+    warning: bool,
+    reason: &str,
+    message: &str,
+) {
+    let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
+    let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+    let t = now();
+    let mut involved = json!({"kind": "Pod", "apiVersion": "v1", "namespace": ns, "name": name,
+        "uid": pod["metadata"]["uid"], "resourceVersion": pod["metadata"]["resourceVersion"]});
+    if let Some(c) = container {
+        let list = if pod["spec"]["initContainers"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|i| i["name"] == c))
+        {
+            "initContainers"
+        } else {
+            "containers"
+        };
+        involved["fieldPath"] = json!(format!("spec.{list}{{{c}}}"));
+    }
+    let suffix: u64 = rand::random::<u64>() & 0xffff_ffff_ffff;
+    let e = json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": format!("{name}.{suffix:x}"), "namespace": ns},
+        "involvedObject": involved,
+        "reason": reason,
+        "message": message,
+        "type": if warning { "Warning" } else { "Normal" },
+        "source": {"component": "kubelet", "host": node},
+        "reportingComponent": "kubelet",
+        "reportingInstance": node,
+        "firstTimestamp": t,
+        "lastTimestamp": t,
+        "count": 1,
+    });
+    if let Err(err) = client
+        .request(
+            Method::POST,
+            &format!("/api/v1/namespaces/{ns}/events"),
+            Some("application/json"),
+            Some(e.to_string().into_bytes()),
+        )
+        .await
+    {
+        tracing::debug!(pod = %name, %reason, error = %err, "could not post an event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(state: State) -> Container {
+        Container {
+            state,
+            ..Container::new(&json!({"name": "c", "image": "i"}), "ContainerCreating")
+        }
+    }
+
+    fn exited(code: i32) -> State {
+        State::Terminated {
+            exit_code: code,
+            reason: if code == 0 { "Completed" } else { "Error" }.into(),
+            message: None,
+            started_at: now(),
+            finished_at: now(),
+        }
+    }
+
+    #[test]
+    fn the_phase_follows_the_containers_and_the_restart_policy() {
+        let mut pod = Pod {
+            initialized: true,
+            containers: vec![c(State::waiting("ContainerCreating", None))],
+            ..Pod::default()
+        };
+        assert_eq!(phase(&pod, "Always"), "Pending");
+        pod.containers[0].state = State::Running { started_at: now() };
+        assert_eq!(phase(&pod, "Always"), "Running");
+        pod.containers[0].state = exited(0);
+        assert_eq!(phase(&pod, "Never"), "Succeeded");
+        assert_eq!(phase(&pod, "OnFailure"), "Succeeded");
+        assert_eq!(phase(&pod, "Always"), "Running", "it will restart");
+        pod.containers[0].state = exited(3);
+        assert_eq!(phase(&pod, "Never"), "Failed");
+        assert_eq!(phase(&pod, "OnFailure"), "Running");
+        pod.containers[0].state = State::waiting("CrashLoopBackOff", None);
+        pod.containers[0].last = Some(exited(3));
+        assert_eq!(phase(&pod, "Always"), "Running");
+        pod.initialized = false;
+        assert_eq!(phase(&pod, "Always"), "Pending");
+        pod.failed = Some(("Init".into(), "init failed".into()));
+        assert_eq!(phase(&pod, "Never"), "Failed");
+    }
+
+    #[test]
+    fn status_has_the_kubelet_shape() {
+        let mut pod = Pod {
+            initialized: true,
+            sandbox_ready: true,
+            host_ip: "127.0.0.1".into(),
+            start_time: now(),
+            containers: vec![c(State::Running { started_at: now() })],
+            ..Pod::default()
+        };
+        pod.containers[0].ready = true;
+        let s = pod_status(&pod, "Always");
+        assert_eq!(s["phase"], "Running");
+        let ready = s["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .unwrap();
+        assert_eq!(ready["status"], "True");
+        assert_eq!(s["containerStatuses"][0]["started"], true);
+        assert!(s["containerStatuses"][0]["state"]["running"]["startedAt"].is_string());
+        assert!(s.get("initContainerStatuses").is_none());
+    }
+
+    #[test]
+    fn qos_classes_follow_requests_and_limits() {
+        assert_eq!(qos_class(&json!({"containers": [{}]})), "BestEffort");
+        assert_eq!(
+            qos_class(
+                &json!({"containers": [{"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]})
+            ),
+            "Guaranteed"
+        );
+        assert_eq!(
+            qos_class(&json!({"containers": [{"resources": {"requests": {"memory": "1Gi"}}}]})),
+            "Burstable"
+        );
+    }
+}

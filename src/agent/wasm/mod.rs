@@ -1,0 +1,708 @@
+//! The Wasm runtime: one wasmtime Engine per node (Cranelift, pooling allocator, epoch
+//! interruption), an on-disk cache of compiled artifacts keyed by content digest and engine
+//! fingerprint, and the two kinds of container: commands and wasi:http services.
+
+pub mod http;
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use wasmtime::component::{Component, ResourceTable};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, InstancePre, Module, PoolingAllocationConfig,
+    ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline,
+};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use super::logs::LogStream;
+
+/// How often the epoch ticks: the granularity of CPU slicing and of kills.
+pub const EPOCH: Duration = Duration::from_millis(10);
+/// The linear memory a guest may use when its container sets no memory limit.
+pub const DEFAULT_MEMORY_LIMIT: u64 = 1 << 30;
+/// Wasm stack per instance; deep recursion traps with a stack overflow at this depth.
+const MAX_WASM_STACK: usize = 512 << 10;
+
+/// Why loading or running a module failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The engine could not be configured.
+    #[error("configuring the Wasm engine: {0}")]
+    Engine(String),
+    /// The bytes are not a Wasm module or component wasmtime accepts.
+    #[error("compiling {digest}: {message}")]
+    Compile {
+        /// The content digest.
+        digest: String,
+        /// What wasmtime said.
+        message: String,
+    },
+    /// The module is valid but is neither a command nor an HTTP component.
+    #[error("{0}")]
+    Kind(String),
+    /// Reading or writing the cache.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Setting up the guest's context (a preopen, the linker) failed.
+    #[error("preparing the guest: {0}")]
+    Setup(String),
+}
+
+/// A compiled container image, ready to instantiate.
+#[derive(Clone)]
+pub enum Loaded {
+    /// A WASI preview1 core module with `_start`.
+    Module(InstancePre<P1State>),
+    /// A component exporting `wasi:cli/run`.
+    Command(CommandPre<P2State>),
+    /// A component exporting `wasi:http/incoming-handler`.
+    Http(ProxyPre<P2State>),
+}
+
+impl Loaded {
+    /// `command` or `http`, for logs and events.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Module(_) | Self::Command(_) => "command",
+            Self::Http(_) => "http",
+        }
+    }
+}
+
+/// The node's Wasm runtime.
+pub struct Runtime {
+    engine: Engine,
+    p1: wasmtime::Linker<P1State>,
+    p2: wasmtime::component::Linker<P2State>,
+    cache_dir: PathBuf,
+    loaded: Mutex<HashMap<String, Loaded>>,
+    /// Whether the pooling allocator could be set up (else instances are allocated on demand).
+    pub pooling: bool,
+}
+
+/// The version of wasmtime wk embeds, for the Node's containerRuntimeVersion.
+pub const WASMTIME_VERSION: &str = "48.0.8";
+
+fn engine_config(pool: Option<PoolingAllocationConfig>) -> Config {
+    let mut cfg = Config::new();
+    cfg.epoch_interruption(true);
+    cfg.max_wasm_stack(MAX_WASM_STACK);
+    cfg.parallel_compilation(true);
+    if let Some(pool) = pool {
+        cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    cfg
+}
+
+impl Runtime {
+    /// Builds the engine and linkers; the pool is sized for `max_pods` concurrent instances.
+    ///
+    /// # Errors
+    /// When neither a pooled nor an on-demand engine can be built.
+    pub fn new(cache_root: &Path, max_pods: u32) -> Result<Arc<Self>, Error> {
+        let mut pool = PoolingAllocationConfig::new();
+        let slots = max_pods.clamp(16, 1000);
+        pool.total_memories(slots * 2)
+            .total_tables(slots * 2)
+            .total_stacks(slots)
+            .total_core_instances(slots * 4)
+            .total_component_instances(slots)
+            .max_memory_size(DEFAULT_MEMORY_LIMIT as usize)
+            .max_memories_per_module(2)
+            .max_tables_per_module(2)
+            .max_unused_warm_slots(16)
+            .linear_memory_keep_resident(0);
+        // The pool reserves address space up front; where that is refused (ulimit -v, small
+        // 32-bit spaces) fall back to allocating on demand.
+        let (engine, pooling) = match Engine::new(&engine_config(Some(pool))) {
+            Ok(e) => (e, true),
+            Err(e) => {
+                tracing::warn!(error = %e, "the pooling allocator is unavailable; allocating instances on demand");
+                let e =
+                    Engine::new(&engine_config(None)).map_err(|e| Error::Engine(e.to_string()))?;
+                (e, false)
+            }
+        };
+        let mut p1 = wasmtime::Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut p1, |s: &mut P1State| &mut s.wasi)
+            .map_err(|e| Error::Engine(e.to_string()))?;
+        let mut p2 = wasmtime::component::Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut p2)
+            .map_err(|e| Error::Engine(e.to_string()))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut p2)
+            .map_err(|e| Error::Engine(e.to_string()))?;
+
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut h);
+        let cache_dir = cache_root.join(format!("{:016x}", h.finish()));
+        std::fs::create_dir_all(&cache_dir).map_err(|source| Error::Io {
+            path: cache_dir.clone(),
+            source,
+        })?;
+
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("wk-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH);
+                }
+            })
+            .map_err(|e| Error::Engine(e.to_string()))?;
+        Ok(Arc::new(Self {
+            engine,
+            p1,
+            p2,
+            cache_dir,
+            loaded: Mutex::new(HashMap::new()),
+            pooling,
+        }))
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Loads the module stored at `path` with content `digest`: from memory, else from the
+    /// compiled cache, else by compiling it (off the async executor) and caching the result.
+    ///
+    /// # Errors
+    /// When the bytes do not compile, or are neither a command nor an HTTP component.
+    pub async fn load(self: &Arc<Self>, digest: &str, path: &Path) -> Result<Loaded, Error> {
+        if let Some(l) = self.loaded.lock().ok().and_then(|m| m.get(digest).cloned()) {
+            return Ok(l);
+        }
+        let this = self.clone();
+        let (digest_owned, path) = (digest.to_owned(), path.to_owned());
+        let loaded = tokio::task::spawn_blocking(move || this.load_blocking(&digest_owned, &path))
+            .await
+            .map_err(|e| Error::Setup(e.to_string()))??;
+        if let Ok(mut m) = self.loaded.lock() {
+            m.insert(digest.to_owned(), loaded.clone());
+        }
+        Ok(loaded)
+    }
+
+    fn load_blocking(&self, digest: &str, path: &Path) -> Result<Loaded, Error> {
+        let hex = digest.trim_start_matches("sha256:");
+        let cached = self.cache_dir.join(format!("{hex}.cwasm"));
+        let compile_err = |message: String| Error::Compile {
+            digest: digest.to_owned(),
+            message,
+        };
+        if let Ok(Some(kind)) = Engine::detect_precompiled_file(&cached) {
+            // SAFETY: the cache holds only artifacts this process's engine wrote (below), and a
+            // blob from another engine configuration is rejected with an error, not misread.
+            let loaded = match kind {
+                wasmtime::Precompiled::Module => {
+                    unsafe { Module::deserialize_file(&self.engine, &cached) }.map(Artifact::Module)
+                }
+                wasmtime::Precompiled::Component => {
+                    unsafe { Component::deserialize_file(&self.engine, &cached) }
+                        .map(Artifact::Component)
+                }
+            };
+            if let Ok(artifact) = loaded {
+                return self.prepare(artifact);
+            }
+        }
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let (artifact, blob) = if is_component(&bytes) || bytes.starts_with(b"(component") {
+            let c =
+                Component::new(&self.engine, &bytes).map_err(|e| compile_err(format!("{e:#}")))?;
+            let blob = c.serialize().map_err(|e| compile_err(e.to_string()))?;
+            (Artifact::Component(c), blob)
+        } else {
+            let m = Module::new(&self.engine, &bytes).map_err(|e| compile_err(format!("{e:#}")))?;
+            let blob = m.serialize().map_err(|e| compile_err(e.to_string()))?;
+            (Artifact::Module(m), blob)
+        };
+        let tmp = cached.with_extension("tmp");
+        if std::fs::write(&tmp, &blob)
+            .and_then(|()| std::fs::rename(&tmp, &cached))
+            .is_err()
+        {
+            tracing::warn!(path = %cached.display(), "could not write the compiled artifact to the cache");
+        }
+        self.prepare(artifact)
+    }
+
+    fn prepare(&self, artifact: Artifact) -> Result<Loaded, Error> {
+        match artifact {
+            Artifact::Module(m) => {
+                if m.get_export("_start").is_none() {
+                    return Err(Error::Kind(
+                        "the module exports no `_start`: it is a library (reactor), not a command"
+                            .into(),
+                    ));
+                }
+                let pre = self
+                    .p1
+                    .instantiate_pre(&m)
+                    .map_err(|e| Error::Kind(format!("the module cannot be linked: {e:#}")))?;
+                Ok(Loaded::Module(pre))
+            }
+            Artifact::Component(c) => {
+                let pre = self
+                    .p2
+                    .instantiate_pre(&c)
+                    .map_err(|e| Error::Kind(format!("the component cannot be linked: {e:#}")))?;
+                if c.get_export_index(None, "wasi:http/incoming-handler@0.2.0")
+                    .is_some()
+                {
+                    return ProxyPre::new(pre)
+                        .map(Loaded::Http)
+                        .map_err(|e| Error::Kind(e.to_string()));
+                }
+                if c.get_export_index(None, "wasi:cli/run@0.2.0").is_some() {
+                    return CommandPre::new(pre)
+                        .map(Loaded::Command)
+                        .map_err(|e| Error::Kind(e.to_string()));
+                }
+                Err(Error::Kind(
+                    "the component exports neither wasi:cli/run nor wasi:http/incoming-handler"
+                        .into(),
+                ))
+            }
+        }
+    }
+}
+
+enum Artifact {
+    Module(Module),
+    Component(Component),
+}
+
+/// Whether `bytes` start with the component-model header.
+pub fn is_component(bytes: &[u8]) -> bool {
+    bytes.starts_with(&[0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00])
+}
+
+/// Whether `bytes` look like Wasm at all (binary or text).
+pub fn looks_like_wasm(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"\0asm") || bytes.starts_with(b"(module") || bytes.starts_with(b"(component")
+}
+
+// ---- guest state ----
+
+/// Memory accounting per instance: enforces the limit and remembers hitting it (OOMKilled).
+pub struct Limiter {
+    inner: StoreLimits,
+    /// Set when a grow was refused by the limit.
+    pub hit_limit: bool,
+    /// Linear memory in use now, shared with the pod's metrics.
+    usage: Arc<AtomicU64>,
+    /// What this instance holds of `usage`.
+    held: u64,
+}
+
+impl Limiter {
+    fn new(memory_limit: u64, usage: Arc<AtomicU64>) -> Self {
+        Self {
+            inner: StoreLimitsBuilder::new()
+                .memory_size(usize::try_from(memory_limit).unwrap_or(usize::MAX))
+                .table_elements(100_000)
+                .instances(100)
+                .build(),
+            hit_limit: false,
+            usage,
+            held: 0,
+        }
+    }
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let ok = self.inner.memory_growing(current, desired, maximum)?;
+        if ok {
+            let grown = desired.saturating_sub(current) as u64;
+            self.held += grown;
+            self.usage.fetch_add(grown, Ordering::Relaxed);
+        } else {
+            self.hit_limit = true;
+        }
+        Ok(ok)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.inner.memories()
+    }
+}
+
+impl Drop for Limiter {
+    fn drop(&mut self) {
+        // The instance's memory goes with its store.
+        self.usage.fetch_sub(self.held, Ordering::Relaxed);
+    }
+}
+
+/// The store data of a preview1 command.
+pub struct P1State {
+    wasi: WasiP1Ctx,
+    limiter: Limiter,
+}
+
+/// The store data of a component (command or HTTP handler).
+pub struct P2State {
+    ctx: WasiCtx,
+    table: ResourceTable,
+    http: WasiHttpCtx,
+    limiter: Limiter,
+}
+
+impl WasiView for P2State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.ctx,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for P2State {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: Default::default(),
+        }
+    }
+}
+
+/// A directory a guest sees.
+#[derive(Clone, Debug)]
+pub struct Mount {
+    /// The host directory.
+    pub host: PathBuf,
+    /// Where the guest sees it.
+    pub guest: String,
+    /// Whether writes are refused.
+    pub read_only: bool,
+}
+
+/// Everything one run of a container needs, besides the module.
+#[derive(Clone)]
+pub struct GuestSpec {
+    /// argv, argv[0] included.
+    pub argv: Vec<String>,
+    /// The environment, in order.
+    pub env: Vec<(String, String)>,
+    /// The volume mounts.
+    pub mounts: Vec<Mount>,
+    /// The working directory, if the spec sets one.
+    pub working_dir: Option<String>,
+    /// The linear-memory limit in bytes.
+    pub memory_limit: u64,
+    /// The CPU limit in millicores (None: unlimited).
+    pub cpu_millis: Option<u64>,
+    /// Whether the guest may open sockets (inside its pod's namespace).
+    pub network: bool,
+    /// Linear memory in use, for metrics.
+    pub memory_usage: Arc<AtomicU64>,
+    /// CPU time used, in nanoseconds, for metrics.
+    pub cpu_nanos: Arc<AtomicU64>,
+}
+
+impl GuestSpec {
+    fn wasi_builder(
+        &self,
+        stdout: Option<&LogStream>,
+        stderr: Option<&LogStream>,
+    ) -> Result<WasiCtxBuilder, Error> {
+        let mut b = WasiCtxBuilder::new();
+        b.args(&self.argv).envs(&self.env);
+        if let Some(out) = stdout {
+            b.stdout(out.clone());
+        }
+        if let Some(err) = stderr {
+            b.stderr(err.clone());
+        }
+        for m in &self.mounts {
+            let perms = if m.read_only {
+                FsPerms::ReadOnly
+            } else {
+                FsPerms::ReadWrite
+            };
+            b.preopened_dir(&m.host, &m.guest, perms).map_err(|e| {
+                Error::Setup(format!("mounting {} at {}: {e}", m.host.display(), m.guest))
+            })?;
+        }
+        if let Some(dir) = &self.working_dir {
+            b.initial_cwd(dir);
+        }
+        if self.network {
+            // The pod's thread is inside the pod's own network namespace, so this reaches only
+            // the pod's localhost (and, with pod networking, what the namespace routes to).
+            b.inherit_network()
+                .allow_tcp(true)
+                .allow_udp(true)
+                .allow_ip_name_lookup(true);
+        }
+        Ok(b)
+    }
+}
+
+/// How a command run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// The guest exited with this code.
+    Code(i32),
+    /// It went over its memory limit.
+    OomKilled,
+    /// It was stopped by the agent (deletion, liveness failure).
+    Killed,
+    /// It trapped: stack overflow, unreachable, out-of-bounds access...
+    Trap(String),
+    /// It could not be started.
+    Failed(String),
+}
+
+impl Exit {
+    /// The exit code kubectl shows.
+    pub fn code(&self) -> i32 {
+        match self {
+            Self::Code(c) => *c,
+            Self::OomKilled | Self::Killed => 137,
+            Self::Trap(_) | Self::Failed(_) => 128,
+        }
+    }
+
+    /// The terminated-state reason the kubelet would give.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Code(0) => "Completed",
+            Self::OomKilled => "OOMKilled",
+            Self::Failed(_) => "StartError",
+            _ => "Error",
+        }
+    }
+
+    /// The terminated-state message, if any.
+    pub fn message(&self) -> Option<String> {
+        match self {
+            Self::Trap(m) | Self::Failed(m) => Some(m.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// A stop request shared with a running guest: checked at every epoch tick.
+#[derive(Clone, Default)]
+pub struct Stop {
+    flag: Arc<AtomicBool>,
+    notify: Arc<tokio::sync::Notify>,
+}
+
+impl Stop {
+    /// Asks the guest to stop now.
+    pub fn stop(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    /// Whether a stop was asked for.
+    pub fn stopped(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once a stop is asked for.
+    pub async fn wait(&self) {
+        loop {
+            let notified = self.notify.notified();
+            if self.stopped() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Installs the epoch callback: a stop interrupts the guest; a CPU limit makes it sleep off
+/// the time it used beyond its share; otherwise it yields so other tasks run.
+fn slice<T: 'static>(store: &mut Store<T>, stop: &Stop, spec: &GuestSpec) {
+    store.set_epoch_deadline(1);
+    let flag = stop.flag.clone();
+    let cpu_millis = spec.cpu_millis;
+    let used = spec.cpu_nanos.clone();
+    let mut last = thread_cpu_nanos();
+    store.epoch_deadline_callback(move |_| {
+        if flag.load(Ordering::Relaxed) {
+            return Ok(UpdateDeadline::Interrupt);
+        }
+        let now = thread_cpu_nanos();
+        let spent = now.saturating_sub(last);
+        last = now;
+        used.fetch_add(spent, Ordering::Relaxed);
+        match cpu_millis {
+            // Over a tick of wall time the guest may use millis/1000 of it; sleeping
+            // spent * (1000/millis - 1) keeps it at that share.
+            Some(m) if m < 1000 && m > 0 => {
+                let pause = Duration::from_nanos(spent.saturating_mul(1000 - m) / m);
+                Ok(UpdateDeadline::YieldCustom(
+                    1,
+                    Box::pin(tokio::time::sleep(pause)),
+                ))
+            }
+            _ => Ok(UpdateDeadline::Yield(1)),
+        }
+    });
+}
+
+/// CPU time of the calling thread, in nanoseconds.
+fn thread_cpu_nanos() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(|t| (t.tv_sec() as u64).saturating_mul(1_000_000_000) + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
+/// Classifies the error a guest run ended with.
+fn exit_of(err: wasmtime::Error, hit_limit: bool, stop: &Stop) -> Exit {
+    if let Some(I32Exit(code)) = err.downcast_ref::<I32Exit>() {
+        return if *code != 0 && hit_limit {
+            Exit::OomKilled
+        } else {
+            Exit::Code(*code)
+        };
+    }
+    if hit_limit {
+        return Exit::OomKilled;
+    }
+    match err.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) if stop.stopped() => Exit::Killed,
+        Some(trap) => Exit::Trap(trap.to_string()),
+        None if stop.stopped() => Exit::Killed,
+        None => Exit::Trap(format!("{err:#}")),
+    }
+}
+
+/// Runs a command container to completion (or until `stop`).
+pub async fn run_command(
+    loaded: &Loaded,
+    engine: &Engine,
+    spec: &GuestSpec,
+    stdout: &LogStream,
+    stderr: &LogStream,
+    stop: &Stop,
+) -> Exit {
+    let exit = tokio::select! {
+        exit = run_inner(loaded, engine, spec, stdout, stderr, stop) => exit,
+        // A guest blocked in a host call (a sleep, a socket read) sees no epoch tick:
+        // dropping its future stops it.
+        () = stop.wait() => Exit::Killed,
+    };
+    stdout.finish();
+    stderr.finish();
+    exit
+}
+
+async fn run_inner(
+    loaded: &Loaded,
+    engine: &Engine,
+    spec: &GuestSpec,
+    stdout: &LogStream,
+    stderr: &LogStream,
+    stop: &Stop,
+) -> Exit {
+    let builder = match spec.wasi_builder(Some(stdout), Some(stderr)) {
+        Ok(b) => b,
+        Err(e) => return Exit::Failed(e.to_string()),
+    };
+    let limiter = Limiter::new(spec.memory_limit, spec.memory_usage.clone());
+    match loaded {
+        Loaded::Module(pre) => {
+            let mut builder = builder;
+            let mut store = Store::new(
+                engine,
+                P1State {
+                    wasi: builder.build_p1(),
+                    limiter,
+                },
+            );
+            store.limiter(|s| &mut s.limiter);
+            slice(&mut store, stop, spec);
+            let result = async {
+                let instance = pre.instantiate_async(&mut store).await?;
+                let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+                start.call_async(&mut store, ()).await
+            }
+            .await;
+            let hit = store.data().limiter.hit_limit;
+            match result {
+                Ok(()) => Exit::Code(0),
+                Err(e) => exit_of(e, hit, stop),
+            }
+        }
+        Loaded::Command(pre) => {
+            let mut builder = builder;
+            let mut store = Store::new(engine, p2_state(builder.build(), limiter));
+            store.limiter(|s| &mut s.limiter);
+            slice(&mut store, stop, spec);
+            let result = async {
+                let command = pre.instantiate_async(&mut store).await?;
+                command.wasi_cli_run().call_run(&mut store).await
+            }
+            .await;
+            let hit = store.data().limiter.hit_limit;
+            match result {
+                Ok(Ok(())) => Exit::Code(0),
+                Ok(Err(())) if hit => Exit::OomKilled,
+                Ok(Err(())) => Exit::Code(1),
+                Err(e) => exit_of(e, hit, stop),
+            }
+        }
+        Loaded::Http(_) => Exit::Failed("an HTTP component is served, not run".into()),
+    }
+}
+
+fn p2_state(ctx: WasiCtx, limiter: Limiter) -> P2State {
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(100_000);
+    P2State {
+        ctx,
+        table,
+        http: WasiHttpCtx::new(),
+        limiter,
+    }
+}

@@ -1,0 +1,120 @@
+//! `wk agent`: a node that joins a server with the node token.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::{Agent, AgentConfig};
+use crate::client::Client;
+
+/// The node's own flags, shared by `wk agent` and `wk server`'s built-in agent.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeFlags {
+    /// The Node's name [default: the host name].
+    #[arg(long, env = "WK_NODE_NAME")]
+    node_name: Option<String>,
+    /// A label for the Node, `key=value` (repeatable).
+    #[arg(long = "node-label", env = "WK_NODE_LABEL", value_delimiter = ',')]
+    node_label: Vec<String>,
+    /// The address reported as the Node's InternalIP.
+    #[arg(long, env = "WK_NODE_IP", default_value = "127.0.0.1")]
+    node_ip: IpAddr,
+    /// Where the agent serves logs and metrics to the API server (port 0: any free port).
+    #[arg(long, env = "WK_AGENT_LISTEN", default_value = "127.0.0.1:10250")]
+    agent_listen: SocketAddr,
+    /// The most pods this node runs.
+    #[arg(long, env = "WK_MAX_PODS", default_value_t = 1000)]
+    max_pods: u32,
+}
+
+impl NodeFlags {
+    /// Validates the flags into an agent config.
+    ///
+    /// # Errors
+    /// A label that is not `key=value`.
+    pub fn config(&self, data_dir: PathBuf, token: String) -> anyhow::Result<AgentConfig> {
+        let mut config = AgentConfig::new(data_dir, token);
+        if let Some(name) = &self.node_name {
+            config.node_name = name.clone();
+        }
+        let mut labels = BTreeMap::new();
+        for l in &self.node_label {
+            let Some((k, v)) = l.split_once('=') else {
+                bail!("--node-label {l:?}: expected key=value");
+            };
+            labels.insert(k.trim().to_owned(), v.trim().to_owned());
+        }
+        config.labels = labels;
+        config.address = self.node_ip;
+        config.max_pods = self.max_pods.max(1);
+        // A taken default port falls back to a free one: the API server learns the port from
+        // the Node's daemonEndpoints.
+        config.listen = if std::net::TcpListener::bind(self.agent_listen).is_ok() {
+            self.agent_listen
+        } else {
+            tracing::warn!(addr = %self.agent_listen, "the agent port is taken; using a free one");
+            SocketAddr::new(self.agent_listen.ip(), 0)
+        };
+        Ok(config)
+    }
+}
+
+/// Flags of `wk agent`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The server to join, e.g. https://127.0.0.1:6443.
+    #[arg(long, env = "WK_SERVER")]
+    server: String,
+    /// The join token (DATA/node-token on the server).
+    #[arg(long, env = "WK_TOKEN")]
+    token: String,
+    /// Where images, compiled modules, pods and logs live [default: /var/lib/wk/agent as root, else ~/.local/share/wk/agent]
+    #[arg(long, env = "WK_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    node: NodeFlags,
+}
+
+/// Runs `wk agent` until SIGTERM or SIGINT.
+///
+/// # Errors
+/// When the server cannot be joined or the agent cannot start.
+pub async fn execute(args: Args) -> anyhow::Result<()> {
+    super::init_logging();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let data = args
+        .data_dir
+        .unwrap_or_else(|| crate::server::default_data_dir().join("agent"));
+    let client = Client::join(&args.server, &args.token)
+        .await
+        .with_context(|| format!("joining {}", args.server))?;
+    let (_, secret) = crate::client::parse_join_token(&args.token);
+    let config = args.node.config(data, secret)?;
+    let shutdown = CancellationToken::new();
+    let agent = Agent::start(config, client, shutdown.clone())
+        .await
+        .context("wk agent")?;
+    eprintln!(
+        "wk agent running as node {} (endpoint {})",
+        agent.shared.node_name, agent.endpoint
+    );
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        token.cancel();
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        std::process::exit(130);
+    });
+    agent.wait().await;
+    Ok(())
+}
