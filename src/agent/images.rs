@@ -120,8 +120,9 @@ impl Store {
             if n == 0 {
                 break;
             }
-            if first.len() < 16 {
-                first.extend_from_slice(&buf[..n.min(16)]);
+            if first.len() < 4096 {
+                let take = n.min(4096 - first.len());
+                first.extend_from_slice(&buf[..take]);
             }
             hasher.update(&buf[..n]);
             tmp.write_all(&buf[..n]).map_err(io(&dir))?;

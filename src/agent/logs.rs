@@ -115,13 +115,14 @@ impl LogStream {
         }
     }
 
-    /// Writes out a last line that had no newline.
+    /// Writes out a last line that had no newline, as a partial record (so readers show it
+    /// without one, as the guest wrote it).
     pub fn finish(&self) {
         if let Ok(mut partial) = self.partial.lock()
             && !partial.is_empty()
         {
             let rest = std::mem::take(&mut *partial);
-            self.log.record(self.stream, 'F', &rest);
+            self.log.record(self.stream, 'P', &rest);
         }
     }
 }
@@ -228,6 +229,9 @@ pub fn render(files: &[PathBuf], query: &LogQuery) -> io::Result<Vec<u8>> {
             }
         }
     }
+    if !pending.is_empty() {
+        lines.push(pending);
+    }
     if let Some(n) = query.tail_lines {
         let skip = lines.len().saturating_sub(n);
         lines.drain(..skip);
@@ -273,7 +277,7 @@ mod tests {
             tail_lines: Some(2),
             ..LogQuery::default()
         };
-        assert_eq!(render(&run_files(&path), &tail).unwrap(), b"world\nlast\n");
+        assert_eq!(render(&run_files(&path), &tail).unwrap(), b"world\nlast");
         let stamped = LogQuery {
             timestamps: true,
             limit_bytes: Some(40),

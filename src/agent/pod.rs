@@ -1090,17 +1090,19 @@ async fn serve_http(
             tokio::spawn(fut)
         });
     }
-    {
+    let kill_watch = {
         let kill = stop.kill.clone();
         let svc = service.clone();
         tokio::spawn(async move {
             kill.wait().await;
             svc.kill.stop();
-        });
-    }
+        })
+    };
     for s in serving {
         let _ = s.await;
     }
+    // It holds the service (and so the log file) until aborted.
+    kill_watch.abort();
     ctx.shared.live_logs(&path, false);
     ctx.set(false, i, |c| {
         c.ready = false;

@@ -33,15 +33,53 @@ impl Cluster {
 
     /// Starts a server on an existing data directory (for restart tests).
     pub fn start_in(data: tempfile::TempDir) -> Self {
-        let mut child = Command::new(WK)
-            .args([
-                "server",
-                "--listen",
-                "127.0.0.1:0",
-                "--no-agent",
-                "--bookmark-interval",
-                "1",
-            ])
+        Self::launch(data, false)
+    }
+
+    /// Starts a server with its built-in node agent (node `wk-test`), and waits until the
+    /// Node is registered.
+    pub fn with_agent() -> Self {
+        Self::with_agent_in(tempfile::tempdir().expect("temp dir"))
+    }
+
+    /// As [`Cluster::with_agent`], on an existing data directory.
+    pub fn with_agent_in(data: tempfile::TempDir) -> Self {
+        let c = Self::launch(data, true);
+        assert!(
+            eventually(Duration::from_secs(30), || c
+                .log()
+                .contains("wk agent running as node")),
+            "the agent did not start:\n{}",
+            c.log()
+        );
+        c
+    }
+
+    /// The agent's data directory.
+    pub fn agent_dir(&self) -> PathBuf {
+        self.data.path().join("agent")
+    }
+
+    /// The server process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn launch(data: tempfile::TempDir, agent: bool) -> Self {
+        let mut cmd = Command::new(WK);
+        cmd.args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--bookmark-interval",
+            "1",
+        ]);
+        if agent {
+            cmd.args(["--node-name", "wk-test", "--agent-listen", "127.0.0.1:0"]);
+        } else {
+            cmd.arg("--no-agent");
+        }
+        let mut child = cmd
             .arg("--data-dir")
             .arg(data.path())
             .env("RUST_LOG", "wk=debug,info")

@@ -1,5 +1,7 @@
 //! wk's integration tests: one binary, a module per area, each driving the real `wk server`.
 
+mod agent;
+mod guests;
 mod harness;
 mod kube_client;
 mod kubectl;

@@ -227,7 +227,9 @@ impl Runtime {
             path: path.to_owned(),
             source,
         })?;
-        let (artifact, blob) = if is_component(&bytes) || bytes.starts_with(b"(component") {
+        let (artifact, blob) = if is_component(&bytes)
+            || first_form(&bytes).starts_with("(component")
+        {
             let c =
                 Component::new(&self.engine, &bytes).map_err(|e| compile_err(format!("{e:#}")))?;
             let blob = c.serialize().map_err(|e| compile_err(e.to_string()))?;
@@ -298,9 +300,25 @@ pub fn is_component(bytes: &[u8]) -> bool {
     bytes.starts_with(&[0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00])
 }
 
-/// Whether `bytes` look like Wasm at all (binary or text).
-pub fn looks_like_wasm(bytes: &[u8]) -> bool {
-    bytes.starts_with(b"\0asm") || bytes.starts_with(b"(module") || bytes.starts_with(b"(component")
+/// The first line of WAT text that is not blank or a `;;` comment.
+fn first_form(bytes: &[u8]) -> String {
+    let head = &bytes[..bytes.len().min(4096)];
+    String::from_utf8_lossy(head)
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with(";;"))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Whether the start of a file looks like Wasm: the binary header, or WAT text opening a
+/// module or component.
+pub fn looks_like_wasm(head: &[u8]) -> bool {
+    if head.starts_with(b"\0asm") {
+        return true;
+    }
+    let code = first_form(head);
+    code.starts_with("(module") || code.starts_with("(component")
 }
 
 // ---- guest state ----

@@ -1,0 +1,707 @@
+//! The node agent and the Wasm runtime, through the real `wk server` with its built-in agent,
+//! driven by kubectl. Pods name the node `wk-test` (scheduling is another issue).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::guests::{self, import_all};
+use crate::harness::{Cluster, eventually, stderr, stdout};
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// A pod manifest on node wk-test: `spec` is the YAML under `spec:` (indented two spaces).
+fn pod(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  nodeName: wk-test\n{spec}"
+    )
+}
+
+fn get(c: &Cluster, name: &str, path: &str) -> String {
+    let out = c.kubectl(&["get", "pod", name, "-o", &format!("jsonpath={path}")]);
+    stdout(&out)
+}
+
+fn wait_for(c: &Cluster, name: &str, path: &str, want: &str) {
+    let mut last = String::new();
+    let ok = eventually(LONG, || {
+        last = get(c, name, path);
+        last == want
+    });
+    assert!(
+        ok,
+        "pod {name}: {path} is {last:?}, not {want:?}\nevents:\n{}\nstatus: {}\nserver log:\n{}",
+        stdout(&c.kubectl(&[
+            "get",
+            "events",
+            "--field-selector",
+            &format!("involvedObject.name={name}")
+        ])),
+        get(c, name, "{.status}"),
+        tail(&c.log())
+    );
+}
+
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+fn netns(c: &Cluster, name: &str) -> PathBuf {
+    c.agent_dir()
+        .join("netns")
+        .join(get(c, name, "{.metadata.uid}"))
+}
+
+/// curl inside a pod's network namespace.
+fn curl_in(c: &Cluster, name: &str, url: &str) -> (String, bool) {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", netns(c, name).display()))
+        .args(["curl", "-s", "-m", "10", "-w", " %{http_code}", url])
+        .output()
+        .expect("run nsenter curl");
+    (stdout(&out), out.status.success())
+}
+
+fn apply(c: &Cluster, manifest: &str) {
+    let out = c.kubectl_stdin(&["apply", "-f", "-"], manifest);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn the_node_registers_with_capacity_labels_and_a_lease() {
+    let c = Cluster::with_agent();
+    let node = |p: &str| c.jsonpath("node", "wk-test", p);
+    assert_eq!(
+        node("{.status.conditions[?(@.type==\"Ready\")].status}"),
+        "True"
+    );
+    assert_eq!(node("{.status.capacity.pods}"), "1000");
+    assert!(!node("{.status.allocatable.memory}").is_empty());
+    assert_eq!(node("{.metadata.labels.kubernetes\\.io/arch}"), wk_arch());
+    assert_eq!(
+        node("{.metadata.labels.kubernetes\\.io/hostname}"),
+        "wk-test"
+    );
+    assert_eq!(
+        node("{.status.nodeInfo.containerRuntimeVersion}"),
+        "wasmtime://48.0.8"
+    );
+    assert!(node("{.status.nodeInfo.kubeletVersion}").starts_with("wk/v"));
+    let holder = c.kubectl_ok(&[
+        "get",
+        "lease",
+        "wk-test",
+        "-n",
+        "kube-node-lease",
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]);
+    assert_eq!(holder, "wk-test");
+    // kubectl get nodes shows it Ready.
+    let nodes = c.kubectl_ok(&["get", "nodes"]);
+    assert!(
+        nodes
+            .lines()
+            .any(|l| l.starts_with("wk-test") && l.contains("Ready")),
+        "{nodes}"
+    );
+}
+
+fn wk_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        a => a,
+    }
+}
+
+#[test]
+fn a_command_pod_runs_to_completion_with_its_logs_and_exit_code() {
+    let c = Cluster::with_agent();
+    import_all(&c);
+    apply(
+        &c,
+        &pod(
+            "ok",
+            "  restartPolicy: Never\n  containers:\n  - name: main\n    image: cmd:v1\n    imagePullPolicy: IfNotPresent\n    args: [env-args, \"two words\", \"$(GREETING)!\"]\n    env:\n    - {name: GREETING, value: hi}\n    - name: POD\n      valueFrom: {fieldRef: {fieldPath: metadata.name}}\n",
+        ),
+    );
+    wait_for(&c, "ok", "{.status.phase}", "Succeeded");
+    assert_eq!(
+        get(
+            &c,
+            "ok",
+            "{.status.containerStatuses[0].state.terminated.exitCode}"
+        ),
+        "0"
+    );
+    assert_eq!(
+        get(
+            &c,
+            "ok",
+            "{.status.containerStatuses[0].state.terminated.reason}"
+        ),
+        "Completed"
+    );
+    assert!(get(&c, "ok", "{.status.containerStatuses[0].imageID}").contains("@sha256:"));
+    let logs = c.kubectl_ok(&["logs", "ok"]);
+    for want in [
+        "arg[0]=cmd:v1",
+        "arg[2]=two words",
+        "arg[3]=hi!",
+        "env:GREETING=hi",
+        "env:POD=ok",
+    ] {
+        assert!(logs.contains(want), "{want} in {logs}");
+    }
+    assert!(
+        !logs.contains("env:HOME="),
+        "deny by default: no host env leaks in: {logs}"
+    );
+
+    // A non-zero exit: Failed, with the code. The wasi:cli component variant runs too.
+    apply(
+        &c,
+        &pod(
+            "three",
+            "  restartPolicy: Never\n  containers:\n  - {name: main, image: cmd:v1, args: [exit, \"3\"]}\n",
+        ),
+    );
+    wait_for(&c, "three", "{.status.phase}", "Failed");
+    assert_eq!(
+        get(
+            &c,
+            "three",
+            "{.status.containerStatuses[0].state.terminated.exitCode}"
+        ),
+        "3"
+    );
+    apply(
+        &c,
+        &pod(
+            "p2",
+            "  restartPolicy: Never\n  containers:\n  - {name: main, image: cmd2:v1, args: [env-args]}\n",
+        ),
+    );
+    wait_for(&c, "p2", "{.status.phase}", "Succeeded");
+    assert!(c.kubectl_ok(&["logs", "p2"]).contains("arg[1]=env-args"));
+    let events = c.kubectl_ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=ok",
+    ]);
+    for reason in ["Pulled", "Created", "Started"] {
+        assert!(events.contains(reason), "{reason} in {events}");
+    }
+}
+
+#[test]
+fn http_pods_answer_on_the_same_port_each_in_its_own_namespace() {
+    let c = Cluster::with_agent();
+    import_all(&c);
+    for name in ["web-a", "web-b"] {
+        apply(
+            &c,
+            &pod(
+                name,
+                &format!(
+                    "  containers:\n  - name: hello\n    image: hello:v1\n    ports: [{{containerPort: 8000}}]\n    env: [{{name: WHO, value: {name}}}]\n"
+                ),
+            ),
+        );
+    }
+    for name in ["web-a", "web-b"] {
+        wait_for(&c, name, "{.status.containerStatuses[0].ready}", "true");
+        assert_eq!(get(&c, name, "{.status.phase}"), "Running");
+        let (body, ok) = curl_in(&c, name, "http://127.0.0.1:8000/");
+        assert!(ok && body == "Hello from wk!\n 200", "{name}: {body}");
+        let (body, _) = curl_in(&c, name, "http://127.0.0.1:8000/env/WHO");
+        assert!(
+            body.starts_with(name),
+            "{name} answers with its own env: {body}"
+        );
+    }
+    // The pods' port 8000 is not the host's.
+    let host = Command::new("curl")
+        .args(["-s", "-m", "2", "http://127.0.0.1:8000/"])
+        .output()
+        .unwrap();
+    assert!(
+        !stdout(&host).contains("Hello from wk"),
+        "a pod's port leaked to the host"
+    );
+    let ready = get(
+        &c,
+        "web-a",
+        "{.status.conditions[?(@.type==\"Ready\")].status}",
+    );
+    assert_eq!(ready, "True");
+}
+
+#[test]
+fn two_containers_of_a_pod_share_localhost_and_an_empty_dir() {
+    let c = Cluster::with_agent();
+    import_all(&c);
+    apply(
+        &c,
+        &pod(
+            "pair",
+            "  restartPolicy: Never\n  volumes: [{name: shared, emptyDir: {}}]\n  containers:\n  - name: server\n    image: cmd2:v1\n    args: [serve-tcp, \"7000\", pong]\n  - name: client\n    image: cmd2:v1\n    args: [connect-tcp, \"7000\", ping]\n  - name: writer\n    image: cmd:v1\n    args: [write, /data/note, from-writer]\n    volumeMounts: [{name: shared, mountPath: /data}]\n  - name: reader\n    image: cmd:v1\n    args: [read, /data/note, --wait-ms, \"20000\"]\n    volumeMounts: [{name: shared, mountPath: /data, readOnly: true}]\n",
+        ),
+    );
+    wait_for(
+        &c,
+        "pair",
+        "{.status.containerStatuses[?(@.name==\"client\")].state.terminated.exitCode}",
+        "0",
+    );
+    wait_for(
+        &c,
+        "pair",
+        "{.status.containerStatuses[?(@.name==\"reader\")].state.terminated.exitCode}",
+        "0",
+    );
+    assert_eq!(
+        c.kubectl_ok(&["logs", "pair", "-c", "client"]).trim(),
+        "pong:ping"
+    );
+    assert_eq!(
+        c.kubectl_ok(&["logs", "pair", "-c", "reader"]).trim(),
+        "from-writer"
+    );
+    // A second pod on the same port does not reach the first pod's server.
+    apply(
+        &c,
+        &pod(
+            "lonely",
+            "  restartPolicy: Never\n  containers:\n  - name: client\n    image: cmd2:v1\n    args: [connect-tcp, \"7000\", ping, --retry-ms, \"300\"]\n",
+        ),
+    );
+    wait_for(
+        &c,
+        "lonely",
+        "{.status.containerStatuses[0].state.terminated.exitCode}",
+        "1",
+    );
+}
+
+#[test]
+fn a_read_only_mount_refuses_writes_inside_the_guest() {
+    let c = Cluster::with_agent();
+    import_all(&c);
+    apply(
+        &c,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {mode: fast}\n",
+    );
+    apply(
+        &c,
+        &pod(
+            "ro",
+            "  restartPolicy: Never\n  volumes:\n  - {name: scratch, emptyDir: {}}\n  - {name: conf, configMap: {name: settings}}\n  initContainers:\n  - name: try-write\n    image: cmd:v1\n    args: [write, /scratch/x, data]\n    volumeMounts: [{name: scratch, mountPath: /scratch, readOnly: true}]\n  containers:\n  - {name: main, image: cmd:v1, args: [ls, /conf], volumeMounts: [{name: conf, mountPath: /conf}]}\n",
+        ),
+    );
+    // restartPolicy Never and a failing init container: the pod fails.
+    wait_for(&c, "ro", "{.status.phase}", "Failed");
+    let refused = c.kubectl_ok(&["logs", "ro", "-c", "try-write"]);
+    assert!(
+        refused.starts_with("error:"),
+        "the guest saw its write fail: {refused}"
+    );
+    assert_eq!(
+        get(
+            &c,
+            "ro",
+            "{.status.initContainerStatuses[0].state.terminated.exitCode}"
+        ),
+        "1"
+    );
+}
+
+#[test]
+fn init_containers_run_in_order_before_the_app() {
+    let c = Cluster::with_agent();
+    import_all(&c);
+    apply(
+        &c,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {mode: fast}\n",
+    );
+    apply(
+        &c,
+        &pod(
+            "inits",
+            "  restartPolicy: Never\n  volumes:\n  - {name: work, emptyDir: {}}\n  - {name: conf, configMap: {name: settings}}\n  initContainers:\n  - {name: first, image: cmd:v1, args: [write, /w/one, \"1\"], volumeMounts: [{name: work, mountPath: /w}]}\n  - {name: second, image: cmd:v1, args: [read, /w/one], volumeMounts: [{name: work, mountPath: /w}]}\n  containers:\n  - {name: main, image: cmd:v1, args: [ls, /w, /conf], volumeMounts: [{name: work, mountPath: /w}, {name: conf, mountPath: /conf}]}\n",
+        ),
+    );
+    wait_for(&c, "inits", "{.status.phase}", "Succeeded");
+    assert_eq!(c.kubectl_ok(&["logs", "inits", "-c", "second"]), "1");
+    let listing = c.kubectl_ok(&["logs", "inits", "-c", "main"]);
+    assert!(listing.contains("file:/w/one:1"), "{listing}");
+    assert!(
+        listing.contains("file:/conf/mode:fast"),
+        "configMap projected as a file: {listing}"
+    );
+    let init_ok = get(
+        &c,
+        "inits",
+        "{.status.initContainerStatuses[*].state.terminated.exitCode}",
+    );
+    assert_eq!(init_ok, "0 0");
+}
+
+#[test]
+fn restart_policy_and_back_off_behave_like_the_kubelet() {
+    let c = Cluster::with_agent();
+    import_all(&c);
+    apply(
+        &c,
+        &pod(
+            "crash",
+            "  containers:\n  - {name: main, image: cmd:v1, args: [exit, \"2\"]}\n",
+        ),
+    );
+    wait_for(
+        &c,
+        "crash",
+        "{.status.containerStatuses[0].state.waiting.reason}",
+        "CrashLoopBackOff",
+    );
+    assert_eq!(
+        get(
+            &c,
+            "crash",
+            "{.status.containerStatuses[0].lastState.terminated.exitCode}"
+        ),
+        "2"
+    );
+    assert_eq!(get(&c, "crash", "{.status.phase}"), "Running");
+    // The first back-off is 10 s; then the container runs again and counts a restart.
+    wait_for(
+        &c,
+        "crash",
+        "{.status.containerStatuses[0].restartCount}",
+        "1",
+    );
+    let listed = c.kubectl_ok(&["get", "pod", "crash"]);
+    assert!(listed.contains("crash"), "{listed}");
+    let events = c.kubectl_ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=crash",
+    ]);
+    assert!(
+        events.contains("Back-off restarting failed container"),
+        "{events}"
+    );
+    // The previous run's log is there.
+    let previous = c.kubectl_ok(&["logs", "crash", "--previous"]);
+    assert!(previous.contains("exiting 2"), "{previous}");
+
+    // OnFailure: a clean exit is not restarted.
+    apply(
+        &c,
+        &pod(
+            "once",
+            "  restartPolicy: OnFailure\n  containers:\n  - {name: main, image: cmd:v1, args: [exit, \"0\"]}\n",
+        ),
+    );
+    wait_for(&c, "once", "{.status.phase}", "Succeeded");
+    assert_eq!(
+        get(&c, "once", "{.status.containerStatuses[0].restartCount}"),
+        "0"
+    );
+}
+
+#[test]
+fn hostile_guests_hurt_only_their_own_pod() {
+    let c = Cluster::with_agent();
+    import_all(&c);
+    guests::import(&c, &guests::wat("loop.wat"), "loop:v1");
+    apply(
+        &c,
+        &pod(
+            "web",
+            "  containers:\n  - {name: hello, image: hello:v1, ports: [{containerPort: 8000}]}\n",
+        ),
+    );
+    apply(
+        &c,
+        &pod(
+            "bomb",
+            "  restartPolicy: Never\n  containers:\n  - name: main\n    image: cmd:v1\n    args: [alloc-mb, \"4000\"]\n    resources: {limits: {memory: 64Mi}}\n",
+        ),
+    );
+    apply(
+        &c,
+        &pod(
+            "deep",
+            "  restartPolicy: Never\n  containers:\n  - {name: main, image: cmd:v1, args: [recurse]}\n",
+        ),
+    );
+    apply(
+        &c,
+        &pod(
+            "spin",
+            "  restartPolicy: Never\n  containers:\n  - {name: main, image: cmd:v1, args: [spin], resources: {limits: {cpu: 100m}}}\n",
+        ),
+    );
+    apply(
+        &c,
+        &pod(
+            "wat-loop",
+            "  restartPolicy: Never\n  containers:\n  - {name: main, image: loop:v1}\n",
+        ),
+    );
+    wait_for(
+        &c,
+        "bomb",
+        "{.status.containerStatuses[0].state.terminated.reason}",
+        "OOMKilled",
+    );
+    assert_eq!(
+        get(
+            &c,
+            "bomb",
+            "{.status.containerStatuses[0].state.terminated.exitCode}"
+        ),
+        "137"
+    );
+    wait_for(&c, "deep", "{.status.phase}", "Failed");
+    assert!(
+        get(
+            &c,
+            "deep",
+            "{.status.containerStatuses[0].state.terminated.message}"
+        )
+        .contains("stack"),
+        "{}",
+        get(&c, "deep", "{.status}")
+    );
+    wait_for(&c, "spin", "{.status.phase}", "Running");
+    wait_for(&c, "wat-loop", "{.status.phase}", "Running");
+    wait_for(&c, "web", "{.status.containerStatuses[0].ready}", "true");
+    // The neighbour still serves while the loops spin.
+    let (body, _) = curl_in(&c, "web", "http://127.0.0.1:8000/");
+    assert_eq!(body, "Hello from wk!\n 200");
+    // Deleting stops the infinite loops.
+    c.kubectl_ok(&["delete", "pod", "spin", "wat-loop", "--timeout=30s"]);
+    let gone = c.kubectl(&["get", "pod", "spin"]);
+    assert!(stderr(&gone).contains("NotFound"), "{}", stderr(&gone));
+    // A module that is not Wasm never gets stored.
+    let junk = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(junk.path(), b"#!/bin/sh\necho hi\n").unwrap();
+    let out = Command::new(crate::harness::WK)
+        .args(["image", "import"])
+        .arg(junk.path())
+        .args(["--name", "junk:v1", "--data-dir"])
+        .arg(c.agent_dir())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("not a WebAssembly module"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn graceful_deletion_waits_for_in_flight_requests() {
+    let c = Cluster::with_agent();
+    import_all(&c);
+    apply(
+        &c,
+        &pod(
+            "slow",
+            "  terminationGracePeriodSeconds: 20\n  containers:\n  - {name: hello, image: hello:v1, ports: [{containerPort: 8000}]}\n",
+        ),
+    );
+    wait_for(&c, "slow", "{.status.containerStatuses[0].ready}", "true");
+    let ns = netns(&c, "slow");
+    let request = std::thread::spawn(move || {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", ns.display()))
+            .args([
+                "curl",
+                "-s",
+                "-m",
+                "20",
+                "-w",
+                " %{http_code}",
+                "http://127.0.0.1:8000/slow?ms=2000",
+            ])
+            .output()
+            .unwrap();
+        stdout(&out)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    c.kubectl_ok(&["delete", "pod", "slow", "--timeout=30s"]);
+    let answer = request.join().unwrap();
+    assert_eq!(answer, "slow 2000\n 200", "the in-flight request finished");
+    let events = c.kubectl_ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=slow",
+    ]);
+    assert!(events.contains("Stopping container hello"), "{events}");
+}
+
+#[test]
+fn logs_follow_through_kubectl_and_wk() {
+    let c = Cluster::with_agent();
+    import_all(&c);
+    apply(
+        &c,
+        &pod(
+            "ticker",
+            "  restartPolicy: Never\n  containers:\n  - {name: main, image: cmd:v1, args: [print-loop, \"15\", \"100\"]}\n",
+        ),
+    );
+    wait_for(&c, "ticker", "{.status.phase}", "Running");
+    // -f streams until the container ends, then kubectl exits by itself.
+    let followed = c.kubectl_ok(&["logs", "-f", "ticker"]);
+    assert_eq!(followed.lines().last(), Some("line 15"), "{followed}");
+    assert_eq!(followed.lines().count(), 15, "{followed}");
+    let tail = c.kubectl_ok(&["logs", "ticker", "--tail=2"]);
+    assert_eq!(tail, "line 14\nline 15\n");
+    let stamped = c.kubectl_ok(&["logs", "ticker", "--timestamps", "--tail=1"]);
+    assert!(
+        stamped.starts_with("20") && stamped.ends_with("Z line 15\n"),
+        "{stamped}"
+    );
+    let wk = c.wk_ok(&["logs", "ticker", "--tail", "1"]);
+    assert_eq!(wk, "line 15\n");
+    let multi = c.kubectl(&["logs", "nope"]);
+    assert!(stderr(&multi).contains("NotFound"), "{}", stderr(&multi));
+}
+
+fn count_dir(path: PathBuf) -> usize {
+    std::fs::read_dir(path).map(|d| d.count()).unwrap_or(0)
+}
+
+#[test]
+fn an_agent_restart_adopts_running_pods_without_leaks_or_duplicates() {
+    let c = Cluster::with_agent();
+    import_all(&c);
+    apply(
+        &c,
+        &pod(
+            "web",
+            "  containers:\n  - {name: hello, image: hello:v1, ports: [{containerPort: 8000}]}\n",
+        ),
+    );
+    apply(
+        &c,
+        &pod(
+            "crash",
+            "  containers:\n  - {name: main, image: cmd:v1, args: [exit, \"2\"]}\n",
+        ),
+    );
+    apply(
+        &c,
+        &pod(
+            "done",
+            "  restartPolicy: Never\n  containers:\n  - {name: main, image: cmd:v1, args: [exit, \"0\"]}\n",
+        ),
+    );
+    wait_for(&c, "web", "{.status.containerStatuses[0].ready}", "true");
+    wait_for(
+        &c,
+        "crash",
+        "{.status.containerStatuses[0].restartCount}",
+        "1",
+    );
+    wait_for(&c, "done", "{.status.phase}", "Succeeded");
+    let web_uid = get(&c, "web", "{.metadata.uid}");
+    let (status, data) = c.stop();
+    assert!(status.success(), "{status}");
+    // A sandbox of a pod that vanished while the agent was down.
+    let stale = data
+        .path()
+        .join("agent/pods/00000000-dead-beef-0000-000000000000");
+    std::fs::create_dir_all(&stale).unwrap();
+
+    let c = Cluster::with_agent_in(data);
+    wait_for(&c, "web", "{.status.containerStatuses[0].ready}", "true");
+    let (body, _) = curl_in(&c, "web", "http://127.0.0.1:8000/");
+    assert!(body.starts_with("Hello from wk!"), "{body}");
+    assert_eq!(get(&c, "web", "{.metadata.uid}"), web_uid);
+    // Restart counts survive; the finished pod is not run again.
+    let restarts: u32 = get(&c, "crash", "{.status.containerStatuses[0].restartCount}")
+        .parse()
+        .unwrap();
+    assert!(restarts >= 1, "{restarts}");
+    assert_eq!(get(&c, "done", "{.status.phase}"), "Succeeded");
+    assert!(!stale.exists(), "the orphaned sandbox was cleaned");
+    assert_eq!(
+        count_dir(c.agent_dir().join("netns")),
+        3,
+        "one namespace per pod, no more"
+    );
+    c.kubectl_ok(&["delete", "pod", "--all", "--timeout=60s"]);
+    assert!(eventually(LONG, || count_dir(c.agent_dir().join("netns")) == 0));
+    assert_eq!(count_dir(c.agent_dir().join("pods")), 0);
+}
+
+fn proc_count(pid: u32, what: &str) -> usize {
+    count_dir(PathBuf::from(format!("/proc/{pid}/{what}")))
+}
+
+#[test]
+fn create_delete_cycles_leave_no_thread_fd_or_namespace_behind() {
+    let c = Cluster::with_agent();
+    import_all(&c);
+    // Warm up: the first pods start lazily created runtime threads and cached modules.
+    let batch = |round: usize| -> String {
+        (0..20)
+            .map(|i| {
+                let image = if i % 2 == 0 { "hello:v1" } else { "cmd:v1" };
+                let extra = if i % 2 == 0 { "ports: [{containerPort: 8000}]" } else { "args: [sleep, \"60000\"]" };
+                format!(
+                    "apiVersion: v1\nkind: Pod\nmetadata: {{name: cycle-{round}-{i}, labels: {{cycle: \"yes\"}}}}\nspec:\n  nodeName: wk-test\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: main, image: {image}, {extra}}}\n---\n"
+                )
+            })
+            .collect()
+    };
+    let run_round = |round: usize| {
+        apply(&c, &batch(round));
+        assert!(
+            eventually(LONG, || {
+                let phases = c.kubectl_ok(&[
+                    "get",
+                    "pods",
+                    "-l",
+                    "cycle=yes",
+                    "-o",
+                    "jsonpath={.items[*].status.phase}",
+                ]);
+                phases
+                    .split_whitespace()
+                    .filter(|p| *p == "Running")
+                    .count()
+                    == 20
+            }),
+            "round {round}: not all running"
+        );
+        c.kubectl_ok(&["delete", "pods", "-l", "cycle=yes", "--timeout=60s"]);
+    };
+    run_round(0);
+    let pid = c.pid();
+    let (threads, fds) = (proc_count(pid, "task"), proc_count(pid, "fd"));
+    for round in 1..=10 {
+        run_round(round);
+    }
+    assert!(eventually(Duration::from_secs(10), || proc_count(
+        pid, "task"
+    ) <= threads));
+    assert!(
+        proc_count(pid, "fd") <= fds + 2,
+        "fds grew from {fds} to {} over 200 pods",
+        proc_count(pid, "fd")
+    );
+    assert_eq!(count_dir(c.agent_dir().join("netns")), 0);
+    assert_eq!(count_dir(c.agent_dir().join("pods")), 0);
+}
