@@ -8,6 +8,7 @@ pub mod images;
 pub mod logs;
 pub mod node;
 pub mod pod;
+pub mod probes;
 pub mod sandbox;
 pub mod status;
 pub mod wasm;

@@ -17,7 +17,7 @@ use super::logs::{self, ContainerLog};
 use super::sandbox::{self, Sandbox, volumes};
 use super::status::{self, Container, State};
 use super::wasm::{self, Exit, GuestSpec, Loaded, Stop};
-use super::{Shared, env, images};
+use super::{Shared, env, images, probes};
 use crate::api::quantity::Quantity;
 
 /// The first restart back-off; it doubles up to [`MAX_BACKOFF`].
@@ -848,6 +848,11 @@ struct ContainerStop {
     finished: Stop,
 }
 
+/// A container with a readiness probe is not ready until the probe passes.
+fn has_readiness(spec: &Value) -> bool {
+    spec.get("readinessProbe").is_some_and(Value::is_object)
+}
+
 fn log_path(ctx: &TaskCtx, name: &str, restart: u32) -> PathBuf {
     let (dir, _) = sandbox::paths(&ctx.shared.data_dir, &ctx.uid);
     logs::run_file(&dir, name, restart)
@@ -871,12 +876,13 @@ async fn run_command_once(
     };
     let started_at = status::now();
     let container_id = format!("wasm://{}/{name}/{restart}", ctx.uid);
+    let gated = has_readiness(&p.spec);
     ctx.set(init, i, |c| {
         c.state = State::Running {
             started_at: started_at.clone(),
         };
         c.container_id = container_id.clone();
-        c.ready = !init;
+        c.ready = !init && !gated;
     });
     if restart == 0 {
         ctx.event(
@@ -936,22 +942,44 @@ async fn supervise(
     stop: ContainerStop,
 ) {
     let name = p.spec["name"].as_str().unwrap_or_default().to_owned();
-    if !matches!(p.loaded, Loaded::Http(_)) {
-        // A command has no gentler stop than SIGTERM's default (terminate) until it exports
-        // wk's lifecycle hook: draining it means stopping it.
-        let (drain, kill) = (stop.drain.clone(), stop.kill.clone());
-        tokio::spawn(async move {
-            drain.wait().await;
-            kill.stop();
-        });
-    }
+    let is_http = matches!(p.loaded, Loaded::Http(_));
     let mut backoff = Backoff::default();
     loop {
         let started = Instant::now();
-        let exit = match &p.loaded {
-            Loaded::Http(pre) => serve_http(&ctx, &handle, &p, pre.clone(), i, &stop).await,
-            _ => run_command_once(&ctx, &handle, &p, i, false, &stop.kill).await,
+        // This run's own stop, so a failed liveness probe can end one run without ending
+        // the container for good.
+        let run = ContainerStop::default();
+        let link = {
+            let (outer, run) = (stop.clone(), run.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = outer.drain.wait() => {
+                        run.drain.stop();
+                        // A command has no gentler stop than SIGTERM's default (terminate)
+                        // until it exports wk's lifecycle hook: draining it means stopping it.
+                        if !is_http {
+                            run.kill.stop();
+                        }
+                        outer.kill.wait().await;
+                        run.kill.stop();
+                    }
+                    () = outer.kill.wait() => run.kill.stop(),
+                }
+            })
         };
+        let probes = tokio::spawn(watch_probes(
+            ctx.clone(),
+            handle.clone(),
+            p.clone(),
+            i,
+            run.clone(),
+        ));
+        let exit = match &p.loaded {
+            Loaded::Http(pre) => serve_http(&ctx, &handle, &p, pre.clone(), i, &run).await,
+            _ => run_command_once(&ctx, &handle, &p, i, false, &run.kill).await,
+        };
+        probes.abort();
+        link.abort();
         if stop.finished.stopped() {
             return;
         }
@@ -984,6 +1012,143 @@ async fn supervise(
             () = stop.finished.wait() => return,
         }
         ctx.set(false, i, |c| c.restart_count += 1);
+    }
+}
+
+/// Runs a container's startup, liveness and readiness probes for one run: readiness sets the
+/// Ready flag; a failed startup or liveness probe ends the run (the restart policy decides
+/// what next).
+async fn watch_probes(
+    ctx: TaskCtx,
+    handle: tokio::runtime::Handle,
+    p: PreparedOwned,
+    i: usize,
+    run: ContainerStop,
+) {
+    let spec = &p.spec;
+    let (startup, liveness, readiness) = (
+        spec.get("startupProbe").filter(|v| v.is_object()),
+        spec.get("livenessProbe").filter(|v| v.is_object()),
+        spec.get("readinessProbe").filter(|v| v.is_object()),
+    );
+    if startup.is_none() && liveness.is_none() && readiness.is_none() {
+        return;
+    }
+    let name = spec["name"].as_str().unwrap_or_default().to_owned();
+    // Probes start once the container runs.
+    loop {
+        let s = ctx.reporter.snapshot();
+        if s.containers
+            .get(i)
+            .is_some_and(|c| matches!(c.state, State::Running { .. }))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ports: Vec<(String, u16)> = spec["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| {
+            Some((
+                x["name"].as_str().unwrap_or_default().to_owned(),
+                u16::try_from(x["containerPort"].as_u64()?).ok()?,
+            ))
+        })
+        .collect();
+    let exec = probes::ExecTarget {
+        loaded: p.loaded.clone(),
+        engine: ctx.shared.runtime.engine().clone(),
+        guest: p.guest.clone(),
+    };
+    let kill = |why: String| {
+        let (ctx, name, run) = (ctx.clone(), name.clone(), run.clone());
+        async move {
+            ctx.event(
+                &name,
+                false,
+                "Killing",
+                &format!("Container {name} {why}, will be restarted"),
+            )
+            .await;
+            run.drain.stop();
+            run.kill.stop();
+        }
+    };
+    if let Some(probe) = startup {
+        let timing = probes::Timing::of(probe);
+        tokio::time::sleep(timing.initial_delay).await;
+        let mut tracker = probes::Tracker::default();
+        loop {
+            let result = probes::check(probe, &ports, &handle, &exec).await;
+            if let Err(m) = &result {
+                ctx.event(
+                    &name,
+                    true,
+                    "Unhealthy",
+                    &format!("Startup probe failed: {m}"),
+                )
+                .await;
+            }
+            match tracker.record(result.is_ok(), &timing) {
+                Some(true) => break,
+                Some(false) => return kill("failed startup probe".into()).await,
+                None => tokio::time::sleep(timing.period).await,
+            }
+        }
+    }
+    let live = async {
+        let Some(probe) = liveness else {
+            return std::future::pending::<()>().await;
+        };
+        let timing = probes::Timing::of(probe);
+        tokio::time::sleep(timing.initial_delay).await;
+        let mut tracker = probes::Tracker::default();
+        loop {
+            let result = probes::check(probe, &ports, &handle, &exec).await;
+            if let Err(m) = &result {
+                ctx.event(
+                    &name,
+                    true,
+                    "Unhealthy",
+                    &format!("Liveness probe failed: {m}"),
+                )
+                .await;
+            }
+            if tracker.record(result.is_ok(), &timing) == Some(false) {
+                return kill("failed liveness probe".into()).await;
+            }
+            tokio::time::sleep(timing.period).await;
+        }
+    };
+    let ready = async {
+        let Some(probe) = readiness else {
+            return std::future::pending::<()>().await;
+        };
+        let timing = probes::Timing::of(probe);
+        tokio::time::sleep(timing.initial_delay).await;
+        let mut tracker = probes::Tracker::default();
+        loop {
+            let result = probes::check(probe, &ports, &handle, &exec).await;
+            if let Err(m) = &result {
+                ctx.event(
+                    &name,
+                    true,
+                    "Unhealthy",
+                    &format!("Readiness probe failed: {m}"),
+                )
+                .await;
+            }
+            if let Some(now_ready) = tracker.record(result.is_ok(), &timing) {
+                ctx.set(false, i, |c| c.ready = now_ready);
+            }
+            tokio::time::sleep(timing.period).await;
+        }
+    };
+    tokio::select! {
+        () = live => {}
+        () = ready => {}
     }
 }
 
@@ -1055,12 +1220,13 @@ async fn serve_http(
         }
     }
     let started_at = status::now();
+    let gated = has_readiness(&p.spec);
     ctx.set(false, i, |c| {
         c.state = State::Running {
             started_at: started_at.clone(),
         };
         c.container_id = format!("wasm://{}/{name}/{restart}", ctx.uid);
-        c.ready = true;
+        c.ready = !gated;
     });
     if restart == 0 {
         ctx.event(

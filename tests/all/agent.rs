@@ -705,3 +705,101 @@ fn create_delete_cycles_leave_no_thread_fd_or_namespace_behind() {
     assert_eq!(count_dir(c.agent_dir().join("netns")), 0);
     assert_eq!(count_dir(c.agent_dir().join("pods")), 0);
 }
+
+#[test]
+fn a_failing_liveness_probe_restarts_the_container() {
+    let c = Cluster::with_agent();
+    import_all(&c);
+    apply(
+        &c,
+        &pod(
+            "sick",
+            "  containers:\n  - name: hello\n    image: hello:v1\n    ports: [{name: http, containerPort: 8000}]\n    livenessProbe:\n      httpGet: {path: /fail, port: http}\n      periodSeconds: 1\n      failureThreshold: 2\n",
+        ),
+    );
+    wait_for(
+        &c,
+        "sick",
+        "{.status.containerStatuses[0].restartCount}",
+        "1",
+    );
+    let events = c.kubectl_ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=sick",
+    ]);
+    assert!(
+        events.contains("Liveness probe failed: HTTP probe failed with statuscode: 500"),
+        "{events}"
+    );
+    assert!(
+        events.contains("failed liveness probe, will be restarted"),
+        "{events}"
+    );
+    // A healthy probe leaves the container alone.
+    apply(
+        &c,
+        &pod(
+            "well",
+            "  containers:\n  - name: hello\n    image: hello:v1\n    ports: [{containerPort: 8000}]\n    livenessProbe: {tcpSocket: {port: 8000}, periodSeconds: 1}\n    startupProbe: {httpGet: {path: /, port: 8000}, periodSeconds: 1}\n",
+        ),
+    );
+    wait_for(&c, "well", "{.status.containerStatuses[0].ready}", "true");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        get(&c, "well", "{.status.containerStatuses[0].restartCount}"),
+        "0"
+    );
+}
+
+#[test]
+fn a_readiness_probe_flips_the_ready_condition() {
+    let c = Cluster::with_agent();
+    import_all(&c);
+    apply(
+        &c,
+        &pod(
+            "gate",
+            "  volumes: [{name: flags, emptyDir: {}}]\n  containers:\n  - name: main\n    image: cmd:v1\n    args: [sleep, \"600000\"]\n    volumeMounts: [{name: flags, mountPath: /flags}]\n    readinessProbe:\n      exec: {command: [probe, read, /flags/ready]}\n      periodSeconds: 1\n",
+        ),
+    );
+    wait_for(&c, "gate", "{.status.phase}", "Running");
+    let ready = |c: &Cluster| {
+        get(
+            c,
+            "gate",
+            "{.status.conditions[?(@.type==\"Ready\")].status}",
+        )
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(ready(&c), "False", "not ready until the probe passes");
+    let flag = c
+        .agent_dir()
+        .join("pods")
+        .join(get(&c, "gate", "{.metadata.uid}"))
+        .join("volumes/flags/ready");
+    std::fs::write(&flag, "yes").unwrap();
+    wait_for(
+        &c,
+        "gate",
+        "{.status.conditions[?(@.type==\"Ready\")].status}",
+        "True",
+    );
+    assert_eq!(
+        get(&c, "gate", "{.status.containerStatuses[0].ready}"),
+        "true"
+    );
+    std::fs::remove_file(&flag).unwrap();
+    wait_for(
+        &c,
+        "gate",
+        "{.status.conditions[?(@.type==\"Ready\")].status}",
+        "False",
+    );
+    assert_eq!(
+        get(&c, "gate", "{.status.containerStatuses[0].restartCount}"),
+        "0",
+        "readiness never restarts"
+    );
+}
