@@ -320,6 +320,7 @@ impl Worker {
         let mut stops: Vec<ContainerStop> = Vec::new();
         let mut supervisors = tokio::task::JoinSet::new();
         let mut sandbox_backoff = Duration::from_secs(1);
+        let mut refresher: Option<tokio::task::JoinHandle<()>> = None;
         loop {
             if self.deleting.is_cancelled() && stage != Stage::Terminating {
                 stage = Stage::Terminating;
@@ -392,6 +393,11 @@ impl Worker {
                 }
                 Stage::Running => {
                     let sb = sandbox.as_ref().expect("the sandbox exists past its stage");
+                    refresher = Some(tokio::spawn(refresh_volumes(
+                        self.shared.clone(),
+                        self.pod.clone(),
+                        sb.dir.clone(),
+                    )));
                     let apps: Vec<&Prepared> = prepared.iter().filter(|p| !p.init).collect();
                     for (i, p) in apps.into_iter().enumerate() {
                         let stop = ContainerStop::default();
@@ -426,6 +432,9 @@ impl Worker {
                     stage = Stage::Terminating;
                 }
                 Stage::Terminating => {
+                    if let Some(r) = refresher.take() {
+                        r.abort();
+                    }
                     let grace = self.grace();
                     self.terminate(&stops, &mut supervisors, grace).await;
                     if let Some(sb) = sandbox.take() {
@@ -846,6 +855,33 @@ struct ContainerStop {
     drain: Stop,
     kill: Stop,
     finished: Stop,
+}
+
+/// How often projected volumes (configMap, secret, downwardAPI) are brought up to date.
+pub const VOLUME_REFRESH: Duration = Duration::from_secs(5);
+
+/// Keeps a running pod's projected volumes equal to their objects, as the kubelet does.
+async fn refresh_volumes(shared: Arc<Shared>, pod: watch::Receiver<Arc<Value>>, dir: PathBuf) {
+    let projected = |p: &Value| {
+        p["spec"]["volumes"].as_array().is_some_and(|v| {
+            v.iter()
+                .any(|v| v.get("emptyDir").is_none() && v.get("hostPath").is_none())
+        })
+    };
+    if !projected(&pod.borrow()) {
+        return;
+    }
+    loop {
+        tokio::time::sleep(VOLUME_REFRESH).await;
+        let current = pod.borrow().clone();
+        match volumes::refresh(&shared.client, &current, &dir).await {
+            Ok(true) => {
+                tracing::debug!(pod = ?current["metadata"]["name"], "projected volumes updated")
+            }
+            Ok(false) => {}
+            Err(e) => tracing::debug!(error = %e, "refreshing projected volumes failed"),
+        }
+    }
 }
 
 /// A container with a readiness probe is not ready until the probe passes.

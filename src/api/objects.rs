@@ -423,7 +423,28 @@ pub fn apply_defaults(res: &ResourceInfo, object: &mut Value, creating: bool) {
                 default_field(status, "phase", json!("Active"));
             }
         }
-        "Secret" => default_field(object, "type", json!("Opaque")),
+        "Secret" => {
+            default_field(object, "type", json!("Opaque"));
+            // stringData is write-only: it is merged into data (winning over it), as the
+            // Kubernetes API server does.
+            if let Some(Value::Object(strings)) =
+                object.as_object_mut().and_then(|m| m.remove("stringData"))
+            {
+                use base64::Engine as _;
+                let data = object
+                    .as_object_mut()
+                    .map(|m| m.entry("data").or_insert_with(|| json!({})));
+                if let Some(Value::Object(data)) = data {
+                    for (k, v) in strings {
+                        let text = v.as_str().unwrap_or_default();
+                        data.insert(
+                            k,
+                            json!(base64::engine::general_purpose::STANDARD.encode(text)),
+                        );
+                    }
+                }
+            }
+        }
         _ => {}
     }
 }

@@ -803,3 +803,61 @@ fn a_readiness_probe_flips_the_ready_condition() {
         "readiness never restarts"
     );
 }
+
+#[test]
+fn configmap_and_secret_volumes_follow_their_objects() {
+    let c = Cluster::with_agent();
+    import_all(&c);
+    apply(
+        &c,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {mode: fast}\n",
+    );
+    apply(
+        &c,
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: creds}\nstringData: {password: hunter2}\n",
+    );
+    apply(
+        &c,
+        &pod(
+            "watcher",
+            "  volumes:\n  - {name: conf, configMap: {name: settings, items: [{key: mode, path: sub/mode.txt}]}}\n  - {name: sec, secret: {secretName: creds, defaultMode: 0400}}\n  - name: info\n    downwardAPI: {items: [{path: labels, fieldRef: {fieldPath: metadata.labels}}]}\n  containers:\n  - name: main\n    image: cmd:v1\n    args: [sleep, \"600000\"]\n    volumeMounts: [{name: conf, mountPath: /conf}, {name: sec, mountPath: /sec}, {name: info, mountPath: /info}]\n",
+        ),
+    );
+    wait_for(&c, "watcher", "{.status.phase}", "Running");
+    let vol = c
+        .agent_dir()
+        .join("pods")
+        .join(get(&c, "watcher", "{.metadata.uid}"))
+        .join("volumes");
+    assert_eq!(
+        std::fs::read_to_string(vol.join("conf/sub/mode.txt")).unwrap(),
+        "fast"
+    );
+    assert_eq!(
+        std::fs::read_to_string(vol.join("sec/password")).unwrap(),
+        "hunter2"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(vol.join("sec/password"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o400
+    );
+    c.kubectl_ok(&[
+        "patch",
+        "configmap",
+        "settings",
+        "-p",
+        r#"{"data":{"mode":"slow"}}"#,
+    ]);
+    assert!(
+        eventually(LONG, || std::fs::read_to_string(
+            vol.join("conf/sub/mode.txt")
+        )
+        .is_ok_and(|m| m == "slow")),
+        "the configMap volume was not updated"
+    );
+}
