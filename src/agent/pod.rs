@@ -317,7 +317,7 @@ impl Worker {
         let mut sandbox: Option<Sandbox> = None;
         let mut prepared: Vec<Prepared> = Vec::new();
         let mut init_backoff = Backoff::default();
-        let mut stops: Vec<ContainerStop> = Vec::new();
+        let mut stops: Vec<(ContainerStop, PreparedOwned)> = Vec::new();
         let mut supervisors = tokio::task::JoinSet::new();
         let mut sandbox_backoff = Duration::from_secs(1);
         let mut refresher: Option<tokio::task::JoinHandle<()>> = None;
@@ -401,7 +401,14 @@ impl Worker {
                     let apps: Vec<&Prepared> = prepared.iter().filter(|p| !p.init).collect();
                     for (i, p) in apps.into_iter().enumerate() {
                         let stop = ContainerStop::default();
-                        stops.push(stop.clone());
+                        stops.push((
+                            stop.clone(),
+                            PreparedOwned {
+                                spec: p.spec.clone(),
+                                loaded: p.loaded.clone(),
+                                guest: p.guest.clone(),
+                            },
+                        ));
                         supervisors.spawn(supervise(
                             self.clone_for_task(),
                             sb.handle(),
@@ -436,7 +443,9 @@ impl Worker {
                         r.abort();
                     }
                     let grace = self.grace();
-                    self.terminate(&stops, &mut supervisors, grace).await;
+                    let handle = sandbox.as_ref().map(Sandbox::handle);
+                    self.terminate(&stops, handle, &mut supervisors, grace)
+                        .await;
                     if let Some(sb) = sandbox.take() {
                         volumes::unmount_all(&sb.dir);
                         sb.teardown().await;
@@ -505,7 +514,8 @@ impl Worker {
     /// is interrupted.
     async fn terminate(
         &self,
-        stops: &[ContainerStop],
+        stops: &[(ContainerStop, PreparedOwned)],
+        handle: Option<tokio::runtime::Handle>,
         supervisors: &mut tokio::task::JoinSet<()>,
         grace: Duration,
     ) {
@@ -522,16 +532,25 @@ impl Worker {
                 }
             }
         }
-        for s in stops {
-            s.finished.stop();
-            s.drain.stop();
-        }
+        // preStop hooks run first and count against the grace period, as in Kubernetes.
         let drained = tokio::time::timeout(grace, async {
+            let hooks = stops.iter().map(|(stop, p)| {
+                let handle = handle.clone();
+                async move {
+                    if let Some(handle) = handle {
+                        self.pre_stop(p, &handle, grace).await;
+                    }
+                    stop.finished.stop();
+                    stop.drain.stop();
+                }
+            });
+            futures_util::future::join_all(hooks).await;
             while supervisors.join_next().await.is_some() {}
         })
         .await;
         if drained.is_err() {
-            for s in stops {
+            for (s, _) in stops {
+                s.finished.stop();
                 s.kill.stop();
             }
             let _ = tokio::time::timeout(Duration::from_secs(5), async {
@@ -539,6 +558,65 @@ impl Worker {
             })
             .await;
             supervisors.abort_all();
+        }
+    }
+
+    /// Runs a container's preStop: the spec's `lifecycle.preStop` (exec or httpGet), else the
+    /// component's `wk:pod/lifecycle.pre-stop` export. A failure is an event, not a reason to
+    /// keep the container.
+    async fn pre_stop(&self, p: &PreparedOwned, handle: &tokio::runtime::Handle, grace: Duration) {
+        let name = p.spec["name"].as_str().unwrap_or_default();
+        let result = if let Some(hook) = p
+            .spec
+            .pointer("/lifecycle/preStop")
+            .filter(|v| v.is_object())
+        {
+            let mut probe = hook.clone();
+            probe["timeoutSeconds"] = json!(grace.as_secs().max(1));
+            let ports = container_ports(&p.spec);
+            let exec = probes::ExecTarget {
+                loaded: p.loaded.clone(),
+                engine: self.shared.runtime.engine().clone(),
+                guest: p.guest.clone(),
+            };
+            probes::check(&probe, &ports, handle, &exec).await
+        } else if p.loaded.has_hook(wasm::Hook::PreStop) {
+            let (loaded, engine, guest) = (
+                p.loaded.clone(),
+                self.shared.runtime.engine().clone(),
+                p.guest.clone(),
+            );
+            let (dir, _) = sandbox::paths(&self.shared.data_dir, &self.uid);
+            let log =
+                match ContainerLog::create(logs::container_dir(&dir, name).join("pre-stop.log")) {
+                    Ok(l) => l,
+                    Err(e) => return tracing::warn!(error = %e, "no log for the pre-stop hook"),
+                };
+            let run = handle.spawn(async move {
+                let (out, err) = (log.stream("stdout"), log.stream("stderr"));
+                wasm::call_hook(
+                    &loaded,
+                    &engine,
+                    &guest,
+                    &out,
+                    &err,
+                    wasm::Hook::PreStop,
+                    grace,
+                )
+                .await
+            });
+            run.await.unwrap_or_else(|e| Err(e.to_string()))
+        } else {
+            return;
+        };
+        if let Err(message) = result {
+            self.event(
+                Some(name),
+                true,
+                "FailedPreStopHook",
+                &format!("PreStopHook failed: {message}"),
+            )
+            .await;
         }
     }
 
@@ -884,6 +962,76 @@ async fn refresh_volumes(shared: Arc<Shared>, pod: watch::Receiver<Arc<Value>>, 
     }
 }
 
+/// The liveness check of a component exporting `wk:pod/health`, when the spec sets no
+/// livenessProbe: every 10 s, three failures in a row end the run.
+async fn health_checks<F: std::future::Future<Output = ()>>(
+    ctx: &TaskCtx,
+    handle: &tokio::runtime::Handle,
+    p: &PreparedOwned,
+    name: &str,
+    kill: impl Fn(String) -> F,
+) {
+    let timing = probes::Timing::of(&json!({}));
+    let mut tracker = probes::Tracker::default();
+    let sink =
+        match tempfile::NamedTempFile::new().map(|f| ContainerLog::create(f.path().to_owned())) {
+            Ok(Ok(log)) => log,
+            _ => return,
+        };
+    loop {
+        tokio::time::sleep(timing.period).await;
+        let (loaded, engine, guest) = (
+            p.loaded.clone(),
+            ctx.shared.runtime.engine().clone(),
+            p.guest.clone(),
+        );
+        let (out, err) = (sink.stream("stdout"), sink.stream("stderr"));
+        let result = handle
+            .spawn(async move {
+                wasm::call_hook(
+                    &loaded,
+                    &engine,
+                    &guest,
+                    &out,
+                    &err,
+                    wasm::Hook::Health,
+                    Duration::from_secs(1),
+                )
+                .await
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+        if let Err(m) = &result {
+            ctx.event(
+                name,
+                true,
+                "Unhealthy",
+                &format!(
+                    "Liveness check {} failed: {m}",
+                    wasm::Hook::Health.describe()
+                ),
+            )
+            .await;
+        }
+        if tracker.record(result.is_ok(), &timing) == Some(false) {
+            return kill("failed its wk:pod/health check".into()).await;
+        }
+    }
+}
+
+/// A container's named ports, for probes and hooks.
+fn container_ports(spec: &Value) -> Vec<(String, u16)> {
+    spec["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| {
+            let port = u16::try_from(x["containerPort"].as_u64()?).ok()?;
+            Some((x["name"].as_str().unwrap_or_default().to_owned(), port))
+        })
+        .collect()
+}
+
 /// A container with a readiness probe is not ready until the probe passes.
 fn has_readiness(spec: &Value) -> bool {
     spec.get("readinessProbe").is_some_and(Value::is_object)
@@ -979,6 +1127,10 @@ async fn supervise(
 ) {
     let name = p.spec["name"].as_str().unwrap_or_default().to_owned();
     let is_http = matches!(p.loaded, Loaded::Http(_));
+    // A command exporting wk:pod/lifecycle.pre-stop handles its stop (as a process handles
+    // SIGTERM) and gets the grace period to exit; any other command is stopped once its
+    // preStop ran, as SIGTERM's default action would.
+    let gentle = is_http || p.loaded.has_hook(wasm::Hook::PreStop);
     let mut backoff = Backoff::default();
     loop {
         let started = Instant::now();
@@ -993,7 +1145,7 @@ async fn supervise(
                         run.drain.stop();
                         // A command has no gentler stop than SIGTERM's default (terminate)
                         // until it exports wk's lifecycle hook: draining it means stopping it.
-                        if !is_http {
+                        if !gentle {
                             run.kill.stop();
                         }
                         outer.kill.wait().await;
@@ -1067,7 +1219,8 @@ async fn watch_probes(
         spec.get("livenessProbe").filter(|v| v.is_object()),
         spec.get("readinessProbe").filter(|v| v.is_object()),
     );
-    if startup.is_none() && liveness.is_none() && readiness.is_none() {
+    let health = liveness.is_none() && p.loaded.has_hook(wasm::Hook::Health);
+    if startup.is_none() && liveness.is_none() && readiness.is_none() && !health {
         return;
     }
     let name = spec["name"].as_str().unwrap_or_default().to_owned();
@@ -1082,17 +1235,7 @@ async fn watch_probes(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let ports: Vec<(String, u16)> = spec["ports"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|x| {
-            Some((
-                x["name"].as_str().unwrap_or_default().to_owned(),
-                u16::try_from(x["containerPort"].as_u64()?).ok()?,
-            ))
-        })
-        .collect();
+    let ports = container_ports(spec);
     let exec = probes::ExecTarget {
         loaded: p.loaded.clone(),
         engine: ctx.shared.runtime.engine().clone(),
@@ -1136,6 +1279,9 @@ async fn watch_probes(
     }
     let live = async {
         let Some(probe) = liveness else {
+            if health {
+                return health_checks(&ctx, &handle, &p, &name, kill).await;
+            }
             return std::future::pending::<()>().await;
         };
         let timing = probes::Timing::of(probe);

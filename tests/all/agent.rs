@@ -861,3 +861,26 @@ fn configmap_and_secret_volumes_follow_their_objects() {
         "the configMap volume was not updated"
     );
 }
+
+#[test]
+fn a_pre_stop_exec_hook_runs_before_the_container_stops() {
+    let c = Cluster::with_agent();
+    import_all(&c);
+    let host = tempfile::tempdir().unwrap();
+    apply(
+        &c,
+        &pod(
+            "hooked",
+            &format!(
+                "  volumes: [{{name: out, hostPath: {{path: {}, type: Directory}}}}]\n  containers:\n  - name: main\n    image: cmd:v1\n    args: [sleep, \"600000\"]\n    volumeMounts: [{{name: out, mountPath: /out}}]\n    lifecycle:\n      preStop:\n        exec: {{command: [hook, write, /out/stopped, bye]}}\n",
+                host.path().display()
+            ),
+        ),
+    );
+    wait_for(&c, "hooked", "{.status.phase}", "Running");
+    c.kubectl_ok(&["delete", "pod", "hooked", "--timeout=60s"]);
+    assert_eq!(
+        std::fs::read_to_string(host.path().join("stopped")).unwrap(),
+        "bye"
+    );
+}

@@ -73,7 +73,53 @@ pub enum Loaded {
     Http(ProxyPre<P2State>),
 }
 
+/// A hook of wk's WIT package (`wit/wk.wit`) that a component may export.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// `wk:pod/lifecycle.pre-stop`.
+    PreStop,
+    /// `wk:pod/health.check`.
+    Health,
+}
+
+impl Hook {
+    fn names(self) -> (&'static str, &'static str) {
+        match self {
+            Self::PreStop => ("wk:pod/lifecycle@0.1.0", "pre-stop"),
+            Self::Health => ("wk:pod/health@0.1.0", "check"),
+        }
+    }
+
+    /// How events name it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::PreStop => "wk:pod/lifecycle.pre-stop",
+            Self::Health => "wk:pod/health.check",
+        }
+    }
+}
+
 impl Loaded {
+    fn component_pre(&self) -> Option<&wasmtime::component::InstancePre<P2State>> {
+        match self {
+            Self::Command(p) => Some(p.instance_pre()),
+            Self::Http(p) => Some(p.instance_pre()),
+            Self::Module(_) => None,
+        }
+    }
+
+    /// Whether the component exports `hook`.
+    pub fn has_hook(&self, hook: Hook) -> bool {
+        let Some(pre) = self.component_pre() else {
+            return false;
+        };
+        let c = pre.component();
+        let (iface, func) = hook.names();
+        c.get_export_index(None, iface)
+            .and_then(|i| c.get_export_index(Some(&i), func))
+            .is_some()
+    }
+
     /// `command` or `http`, for logs and events.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -722,5 +768,67 @@ fn p2_state(ctx: WasiCtx, limiter: Limiter) -> P2State {
         table,
         http: WasiHttpCtx::new(),
         limiter,
+    }
+}
+
+/// Calls a hook in a fresh instance of the container's component (sharing its mounts, env and
+/// network), within `timeout`. The guest's output goes to the container's log.
+///
+/// # Errors
+/// The guest's own error, a trap, a timeout, or a component without the hook.
+pub async fn call_hook(
+    loaded: &Loaded,
+    engine: &Engine,
+    spec: &GuestSpec,
+    stdout: &LogStream,
+    stderr: &LogStream,
+    hook: Hook,
+    timeout: Duration,
+) -> Result<(), String> {
+    let Some(pre) = loaded.component_pre() else {
+        return Err(format!("{} needs a component", hook.describe()));
+    };
+    let mut builder = spec
+        .wasi_builder(Some(stdout), Some(stderr))
+        .map_err(|e| e.to_string())?;
+    let limiter = Limiter::new(spec.memory_limit, spec.memory_usage.clone());
+    let mut store = Store::new(engine, p2_state(builder.build(), limiter));
+    store.limiter(|s| &mut s.limiter);
+    let stop = Stop::default();
+    slice(&mut store, &stop, spec);
+    let (iface, func) = hook.names();
+    let call = async {
+        let instance = pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        let i = instance
+            .get_export_index(&mut store, None, iface)
+            .ok_or_else(|| format!("the component does not export {iface}"))?;
+        let f = instance
+            .get_export_index(&mut store, Some(&i), func)
+            .ok_or_else(|| format!("{iface} has no function {func}"))?;
+        let typed = instance
+            .get_typed_func::<(), (Result<(), String>,)>(&mut store, &f)
+            .map_err(|e| format!("{} has the wrong type: {e:#}", hook.describe()))?;
+        let (result,) = typed
+            .call_async(&mut store, ())
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        result
+    };
+    let result = tokio::time::timeout(timeout, call).await;
+    stdout.finish();
+    stderr.finish();
+    match result {
+        Ok(r) => r,
+        Err(_) => {
+            stop.stop();
+            Err(format!(
+                "{} did not return within {}s",
+                hook.describe(),
+                timeout.as_secs()
+            ))
+        }
     }
 }
