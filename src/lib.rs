@@ -9,6 +9,7 @@ pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod scheduler;
 pub mod server;
 pub mod store;
 

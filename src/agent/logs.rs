@@ -269,10 +269,7 @@ mod tests {
         assert!(text.contains(" stderr F oops\n"), "{text}");
 
         let all = render(&run_files(&path), &LogQuery::default()).unwrap();
-        assert_eq!(
-            String::from_utf8(all).unwrap(),
-            "hello\noops\nworld\nlast\n"
-        );
+        assert_eq!(String::from_utf8(all).unwrap(), "hello\noops\nworld\nlast");
         let tail = LogQuery {
             tail_lines: Some(2),
             ..LogQuery::default()

@@ -23,6 +23,9 @@ pub struct Args {
     /// Run the control plane only, without the built-in node agent.
     #[arg(long, env = "WK_NO_AGENT")]
     no_agent: bool,
+    /// An in-process controller not to run (repeatable): scheduler.
+    #[arg(long, env = "WK_DISABLE", value_delimiter = ',', value_parser = ["scheduler"])]
+    disable: Vec<String>,
     /// Seconds between watch bookmarks.
     #[arg(long, env = "WK_BOOKMARK_INTERVAL", default_value_t = 10, hide = true)]
     bookmark_interval: u64,
@@ -42,6 +45,7 @@ pub async fn execute(args: Args) -> anyhow::Result<()> {
     config.listen = args.listen;
     config.tls_sans = args.tls_san;
     config.bookmark_interval = std::time::Duration::from_secs(args.bookmark_interval.max(1));
+    config.disabled = args.disable;
     let agent = if args.no_agent {
         None
     } else {

@@ -113,6 +113,9 @@ pub struct ServerConfig {
     pub tls_sans: Vec<String>,
     /// How often watches that ask for bookmarks get one.
     pub bookmark_interval: Duration,
+    /// In-process controllers not to run (`scheduler`), as kube-controller-manager's
+    /// `--controllers=-name`.
+    pub disabled: Vec<String>,
 }
 
 impl ServerConfig {
@@ -123,6 +126,7 @@ impl ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 6443)),
             tls_sans: Vec::new(),
             bookmark_interval: Duration::from_secs(10),
+            disabled: Vec::new(),
         }
     }
 }
@@ -177,6 +181,8 @@ pub struct Server {
     pub ca_pem: String,
     /// The node token's secret.
     pub node_secret: String,
+    /// The admin token, for the controllers that run in-process.
+    admin_token: String,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), Error>>,
 }
@@ -289,6 +295,7 @@ impl Server {
             kubeconfig,
             ca_pem: material.ca_pem.clone(),
             node_secret: tokens.node.clone(),
+            admin_token: tokens.admin.clone(),
             shutdown,
             task,
         })
@@ -350,6 +357,7 @@ async fn bootstrap(state: &Arc<ApiState>) -> Result<(), Error> {
 /// # Errors
 /// When the server or the agent cannot start, or the server fails while serving.
 pub async fn run(config: ServerConfig, agent: Option<AgentConfig>) -> Result<(), Error> {
+    let scheduler = !config.disabled.iter().any(|d| d == "scheduler");
     let server = Server::start(config).await?;
     eprintln!(
         "wk server listening on https://{}\nkubeconfig: {}",
@@ -357,12 +365,20 @@ pub async fn run(config: ServerConfig, agent: Option<AgentConfig>) -> Result<(),
         server.kubeconfig.display()
     );
     let token = server.shutdown_token();
+    let url = format!("https://{}", server.addr);
+    let certs =
+        crate::client::kubeconfig::pem_certs(server.ca_pem.as_bytes()).map_err(Error::tls)?;
+    // The scheduler is an API client like any other (DESIGN: nothing but the API server
+    // touches the store).
+    let admin =
+        crate::client::Client::new(&url, Some(server.admin_token.clone()), Some(certs.clone()))
+            .map_err(|e| Error::Agent(e.to_string()))?;
+    if scheduler {
+        tokio::spawn(crate::scheduler::run(admin, token.child_token()));
+    }
     let agent = match agent {
         Some(mut cfg) => {
             cfg.node_token = server.node_secret.clone();
-            let certs = crate::client::kubeconfig::pem_certs(server.ca_pem.as_bytes())
-                .map_err(Error::tls)?;
-            let url = format!("https://{}", server.addr);
             let client =
                 crate::client::Client::new(&url, Some(server.node_secret.clone()), Some(certs))
                     .map_err(|e| Error::Agent(e.to_string()))?;

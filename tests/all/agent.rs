@@ -884,3 +884,48 @@ fn a_pre_stop_exec_hook_runs_before_the_container_stops() {
         "bye"
     );
 }
+
+#[test]
+fn the_scheduler_binds_pods_to_a_node_that_fits_or_says_why_not() {
+    let c = Cluster::with_agent();
+    import_all(&c);
+    apply(
+        &c,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: free}\nspec:\n  restartPolicy: Never\n  containers: [{name: main, image: cmd:v1, args: [exit, \"0\"]}]\n",
+    );
+    wait_for(&c, "free", "{.spec.nodeName}", "wk-test");
+    wait_for(&c, "free", "{.status.phase}", "Succeeded");
+    apply(
+        &c,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: picky}\nspec:\n  nodeSelector: {disk: hdd}\n  containers: [{name: main, image: cmd:v1}]\n",
+    );
+    wait_for(
+        &c,
+        "picky",
+        "{.status.conditions[?(@.type==\"PodScheduled\")].reason}",
+        "Unschedulable",
+    );
+    let events = c.kubectl_ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=picky",
+    ]);
+    assert!(
+        events.contains(
+            "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector."
+        ),
+        "{events}"
+    );
+    // A cordoned node takes no new pods; uncordoned, it takes the waiting one.
+    c.kubectl_ok(&["cordon", "wk-test"]);
+    c.kubectl_ok(&["label", "node", "wk-test", "disk=hdd"]);
+    wait_for(
+        &c,
+        "picky",
+        "{.status.conditions[?(@.type==\"PodScheduled\")].message}",
+        "0/1 nodes are available: 1 node(s) were unschedulable.",
+    );
+    c.kubectl_ok(&["uncordon", "wk-test"]);
+    wait_for(&c, "picky", "{.spec.nodeName}", "wk-test");
+}

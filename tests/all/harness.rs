@@ -77,7 +77,8 @@ impl Cluster {
         if agent {
             cmd.args(["--node-name", "wk-test", "--agent-listen", "127.0.0.1:0"]);
         } else {
-            cmd.arg("--no-agent");
+            // API tests watch exact event sequences: no scheduler writing to their pods.
+            cmd.args(["--no-agent", "--disable", "scheduler"]);
         }
         let mut child = cmd
             .arg("--data-dir")
