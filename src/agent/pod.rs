@@ -73,6 +73,8 @@ struct Prepared {
 struct Reporter {
     state: Mutex<status::Pod>,
     tx: watch::Sender<u64>,
+    /// The last change the status writer has dealt with.
+    written: watch::Sender<u64>,
 }
 
 impl Reporter {
@@ -85,6 +87,14 @@ impl Reporter {
 
     fn snapshot(&self) -> status::Pod {
         self.state.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Waits (briefly) until the writer has written every change so far, so the final
+    /// container states reach the API before the pod object goes.
+    async fn flush(&self) {
+        let target = *self.tx.borrow();
+        let mut written = self.written.subscribe();
+        let _ = tokio::time::timeout(Duration::from_secs(2), written.wait_for(|w| *w >= target)).await;
     }
 }
 
@@ -121,6 +131,7 @@ pub async fn run(shared: Arc<Shared>, pod: watch::Receiver<Arc<Value>>) {
     let reporter = Arc::new(Reporter {
         state: Mutex::new(state),
         tx,
+        written: watch::channel(0u64).0,
     });
     let deleting = CancellationToken::new();
     {
@@ -234,6 +245,7 @@ async fn write_status(
         if changes.changed().await.is_err() {
             return;
         }
+        let generation = *changes.borrow_and_update();
         let object = pod.borrow().clone();
         let mut status = status::pod_status(&reporter.snapshot(), &policy);
         status["qosClass"] = json!(status::qos_class(&object["spec"]));
@@ -248,6 +260,7 @@ async fn write_status(
             s
         };
         if last.as_ref().map(strip) == Some(strip(&status)) {
+            reporter.written.send_replace(generation);
             continue;
         }
         let ns = object["metadata"]["namespace"]
@@ -268,6 +281,7 @@ async fn write_status(
             {
                 Ok(_) => {
                     last = Some(status.clone());
+                    reporter.written.send_replace(generation);
                     break;
                 }
                 Err(e) if e.code() == Some(404) => return,
@@ -446,6 +460,7 @@ impl Worker {
                     let handle = sandbox.as_ref().map(Sandbox::handle);
                     self.terminate(&stops, handle, &mut supervisors, grace)
                         .await;
+                    self.reporter.flush().await;
                     if let Some(sb) = sandbox.take() {
                         volumes::unmount_all(&sb.dir);
                         sb.teardown().await;

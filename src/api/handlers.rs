@@ -387,11 +387,19 @@ impl ApiState {
         }
         let ns = meta_str(&new, "namespace").map(str::to_owned);
         let name = meta_str(&new, "name").unwrap_or_default().to_owned();
+        // An object marked for deletion goes once its last finalizer does; a pod in its
+        // grace period stays (its status updates included) until the kubelet deletes it
+        // with grace 0.
         let finalized = new.pointer("/metadata/deletionTimestamp").is_some()
             && new
                 .pointer("/metadata/finalizers")
                 .and_then(Value::as_array)
-                .is_none_or(Vec::is_empty);
+                .is_none_or(Vec::is_empty)
+            && new
+                .pointer("/metadata/deletionGracePeriodSeconds")
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+                == 0;
         if dry_run {
             return Ok(new);
         }

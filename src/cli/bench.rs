@@ -1,5 +1,7 @@
 //! `wk bench`: benchmarks whose figures go into BENCHMARKS.md.
 
+use std::path::PathBuf;
+
 use anyhow::Context;
 
 use crate::bench;
@@ -32,6 +34,49 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Pod start latency (bound to Running, to the first 200 OK) against `runc run`, density
+    /// of idle HTTP pods, and a standalone agent's idle memory.
+    Pods {
+        /// The wasi:http component the pods run.
+        #[arg(
+            long,
+            default_value = "target/guests/wasm32-wasip2/release/http_hello.wasm"
+        )]
+        wasm: PathBuf,
+        /// Pods started one at a time for the latency figures.
+        #[arg(long, default_value_t = 50)]
+        starts: usize,
+        /// Idle HTTP pods for the density figure.
+        #[arg(long, default_value_t = 1000)]
+        density: usize,
+        /// `runc run` samples.
+        #[arg(long, default_value_t = 20)]
+        runc_runs: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// HTTP throughput of one pod against `wasmtime serve` on the same component, with wrk.
+    Serve {
+        /// The wasi:http component.
+        #[arg(
+            long,
+            default_value = "target/guests/wasm32-wasip2/release/http_hello.wasm"
+        )]
+        wasm: PathBuf,
+        /// The wasmtime CLI to compare with (48.0.8).
+        #[arg(long, default_value = "wasmtime")]
+        wasmtime: PathBuf,
+        /// Alternating runs of each.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Seconds per wrk run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Runs a benchmark and prints its report.
@@ -39,7 +84,74 @@ enum Command {
 /// # Errors
 /// When the benchmark fails.
 pub async fn execute(args: Args) -> anyhow::Result<()> {
+    let wk = std::env::current_exe().context("finding the wk binary")?;
     match args.command {
+        Command::Pods {
+            wasm,
+            starts,
+            density,
+            runc_runs,
+            json,
+        } => {
+            let r = bench::pods::pods(&wk, &wasm, starts, density, runc_runs).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                return Ok(());
+            }
+            let row = |name: &str, l: &bench::Latencies| {
+                println!(
+                    "{name:<40} p50 {:>8.2} ms  p99 {:>8.2} ms",
+                    l.p50_ms, l.p99_ms
+                )
+            };
+            row("wk: bound to Running", &r.to_running);
+            row("wk: bound to first 200 OK", &r.to_first_ok);
+            row("runc run -d busybox (peer)", &r.runc_start);
+            println!(
+                "{:<40} {:>8.1}x",
+                "runc p50 / wk p50 to Running", r.speedup_p50
+            );
+            println!(
+                "{:<40} {:>8.1} s for {} pods",
+                "density: all Running", r.density_seconds, r.density_pods
+            );
+            println!(
+                "{:<40} {:>8.1} KB ({:.1} MB -> {:.1} MB)",
+                "density: RSS per idle pod", r.rss_per_pod_kb, r.rss_before_mb, r.rss_after_mb
+            );
+            println!(
+                "{:<40} {:>8.1} MB",
+                "wk agent idle RSS", r.agent_idle_rss_mb
+            );
+            Ok(())
+        }
+        Command::Serve {
+            wasm,
+            wasmtime,
+            runs,
+            seconds,
+            json,
+        } => {
+            let r = bench::pods::serve(&wk, &wasm, &wasmtime, runs, seconds).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                return Ok(());
+            }
+            for (i, (a, b)) in r.wk.iter().zip(&r.wasmtime_serve).enumerate() {
+                println!(
+                    "run {}: wk {:>9.0} req/s (p50 {:.2} ms, p99 {:.2} ms)   wasmtime serve {:>9.0} req/s (p50 {:.2} ms, p99 {:.2} ms)",
+                    i + 1,
+                    a.requests_per_second,
+                    a.p50_ms,
+                    a.p99_ms,
+                    b.requests_per_second,
+                    b.p50_ms,
+                    b.p99_ms
+                );
+            }
+            println!("median wk / median wasmtime serve: {:.2}", r.ratio);
+            Ok(())
+        }
         Command::Api {
             sequential,
             clients,
@@ -47,7 +159,6 @@ pub async fn execute(args: Args) -> anyhow::Result<()> {
             watchers,
             json,
         } => {
-            let wk = std::env::current_exe().context("finding the wk binary")?;
             let opts = bench::Options {
                 sequential,
                 clients,

@@ -929,3 +929,69 @@ fn the_scheduler_binds_pods_to_a_node_that_fits_or_says_why_not() {
     c.kubectl_ok(&["uncordon", "wk-test"]);
     wait_for(&c, "picky", "{.spec.nodeName}", "wk-test");
 }
+
+#[test]
+fn a_component_s_wit_hooks_stop_it_gracefully_and_check_its_health() {
+    let c = Cluster::with_agent();
+    import_all(&c);
+    guests::import(&c, &guests::hooks(), "hooks:v1");
+    let state = tempfile::tempdir().unwrap();
+    apply(
+        &c,
+        &pod(
+            "hooked",
+            &format!(
+                "  terminationGracePeriodSeconds: 60\n  volumes: [{{name: state, hostPath: {{path: {}, type: Directory}}}}]\n  containers:\n  - name: main\n    image: hooks:v1\n    volumeMounts: [{{name: state, mountPath: /state}}]\n",
+                state.path().display()
+            ),
+        ),
+    );
+    wait_for(&c, "hooked", "{.status.phase}", "Running");
+    assert!(eventually(LONG, || c
+        .kubectl_ok(&["logs", "hooked"])
+        .contains("started")));
+    // No livenessProbe: the agent calls wk:pod/health.check every 10 s.
+    std::fs::write(state.path().join("unhealthy"), "").unwrap();
+    assert!(
+        eventually(LONG, || c
+            .kubectl_ok(&[
+                "get",
+                "events",
+                "--field-selector",
+                "involvedObject.name=hooked"
+            ])
+            .contains(
+                "Liveness check wk:pod/health.check failed: unhealthy flag set"
+            )),
+        "no Unhealthy event from the health export"
+    );
+    std::fs::remove_file(state.path().join("unhealthy")).unwrap();
+    // Deleting calls pre-stop in a fresh instance; it tells the running one to stop through
+    // the shared directory, and the running one exits by itself (code 0, not a kill's 137).
+    let mut watch = c.kubectl_spawn(&[
+        "get",
+        "pod",
+        "hooked",
+        "-w",
+        "-o",
+        "jsonpath={.status.containerStatuses[0].state.terminated.exitCode}{\"\\n\"}",
+    ]);
+    c.kubectl_ok(&["delete", "pod", "hooked", "--timeout=90s"]);
+    assert_eq!(
+        std::fs::read_to_string(state.path().join("stop")).unwrap(),
+        "requested"
+    );
+    let codes = crate::harness::read_lines(&mut watch, 50, Duration::from_secs(3));
+    let _ = watch.kill();
+    assert!(
+        codes.iter().any(|l| l == "0"),
+        "the command did not exit by itself: {codes:?}"
+    );
+    let events = c.kubectl_ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=hooked",
+    ]);
+    assert!(!events.contains("FailedPreStopHook"), "{events}");
+}

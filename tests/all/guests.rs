@@ -16,6 +16,17 @@ pub fn command_p2() -> &'static Path {
     &built().1
 }
 
+/// A command component exporting wk:pod/lifecycle and wk:pod/health.
+pub fn hooks() -> PathBuf {
+    root()
+        .join("target/guests/wasm32-wasip2/release/hooks.wasm")
+        .canonicalize()
+        .unwrap_or_else(|_| {
+            let _ = built();
+            root().join("target/guests/wasm32-wasip2/release/hooks.wasm")
+        })
+}
+
 /// The wasi:http hello component.
 pub fn http_hello() -> &'static Path {
     &built().2

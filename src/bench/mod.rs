@@ -14,6 +14,8 @@ use serde_json::{Value, json};
 
 use crate::client::Client;
 
+pub mod pods;
+
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -140,6 +142,8 @@ fn start_server(wk: &Path) -> anyhow::Result<ServerProcess> {
         .args([
             "server",
             "--no-agent",
+            "--disable",
+            "scheduler",
             "--listen",
             "127.0.0.1:0",
             "--data-dir",

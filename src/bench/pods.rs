@@ -1,0 +1,603 @@
+//! `wk bench pods` and `wk bench serve`: pod start latency against `runc run`, density of idle
+//! HTTP pods, the agent's idle memory, and serving throughput against `wasmtime serve`, all
+//! measured against real child processes on this machine.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use http::Method;
+use serde_json::{Value, json};
+
+use super::{Latencies, latencies, rss_mb};
+use crate::client::Client;
+
+/// A `wk server` (with or without its agent) as a child process.
+pub struct Node {
+    child: Child,
+    /// Its data directory.
+    pub dir: tempfile::TempDir,
+    /// An admin client.
+    pub client: Client,
+    /// `https://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // SIGTERM first, so the agent stops its pods' threads; then make sure.
+        // SAFETY: kill with a valid pid and signal number has no memory effects.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // The agent leaves its namespaces mounted for a later agent to adopt; a bench has none.
+        for entry in std::fs::read_dir(self.dir.path().join("agent/netns"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            crate::agent::sandbox::netns::destroy(&entry.path());
+        }
+    }
+}
+
+impl Node {
+    /// The server process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Starts `wk server` with its agent (node `bench`) unless `agent` is false.
+    ///
+    /// # Errors
+    /// When the server does not start.
+    pub fn start(wk: &Path, agent: bool, max_pods: usize) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("wk-bench").tempdir()?;
+        let mut cmd = Command::new(wk);
+        cmd.args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path());
+        if agent {
+            cmd.args([
+                "--node-name",
+                "bench",
+                "--agent-listen",
+                "127.0.0.1:0",
+                "--max-pods",
+            ])
+            .arg(max_pods.to_string());
+        } else {
+            cmd.args(["--no-agent", "--disable", "scheduler"]);
+        }
+        let mut child = cmd
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stderr = child.stderr.take().context("no stderr")?;
+        let mut lines = BufReader::new(stderr).lines();
+        let mut url = String::new();
+        let want = if agent {
+            "wk agent running as node"
+        } else {
+            "wk server listening on"
+        };
+        loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(u) = line.strip_prefix("wk server listening on ") {
+                        url = u.trim().to_owned();
+                    }
+                    if line.starts_with(want) {
+                        break;
+                    }
+                }
+                _ => bail!("wk server did not start"),
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        let client = Client::from_kubeconfig(&dir.path().join("kubeconfig.yaml"), None)?;
+        Ok(Self {
+            child,
+            dir,
+            client,
+            url,
+        })
+    }
+
+    /// Loads a module into the node's image store.
+    ///
+    /// # Errors
+    /// When `wk image import` fails.
+    pub fn import(&self, wk: &Path, file: &Path, name: &str) -> anyhow::Result<()> {
+        let out = Command::new(wk)
+            .args(["image", "import"])
+            .arg(file)
+            .args(["--name", name, "--data-dir"])
+            .arg(self.dir.path().join("agent"))
+            .output()?;
+        if !out.status.success() {
+            bail!("wk image import: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+}
+
+fn hello_pod(name: &str, host_port: Option<u16>) -> Vec<u8> {
+    let mut port = json!({"containerPort": 8000});
+    if let Some(h) = host_port {
+        port["hostPort"] = json!(h);
+    }
+    serde_json::to_vec(&json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": "bench"}},
+        "spec": {"nodeName": "bench", "terminationGracePeriodSeconds": 0, "containers": [{
+            "name": "hello", "image": "hello:v1", "imagePullPolicy": "IfNotPresent", "ports": [port]}]}
+    }))
+    .unwrap_or_default()
+}
+
+/// GET / on 127.0.0.1:8000 from inside a network namespace until it answers 200.
+fn first_ok(netns: PathBuf, deadline: Instant) -> Option<Instant> {
+    while !netns.exists() {
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    // Joining can race the bind mount; retry briefly.
+    while crate::agent::sandbox::netns::enter(&netns).is_err() {
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    while Instant::now() < deadline {
+        if let Ok(mut s) = std::net::TcpStream::connect("127.0.0.1:8000") {
+            let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n");
+            let mut head = [0u8; 16];
+            if s.read(&mut head).is_ok_and(|n| n >= 12) && &head[9..12] == b"200" {
+                return Some(Instant::now());
+            }
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    None
+}
+
+/// Start latency: one pod at a time, bound at creation; the time until a watch shows it
+/// Running, and until it answers 200 inside its namespace.
+async fn start_latency(node: &Node, runs: usize) -> anyhow::Result<(Latencies, Latencies)> {
+    let mut running = Vec::new();
+    let mut ok = Vec::new();
+    let began = Instant::now();
+    // The first pod compiles the module and fills the cache; it is not counted.
+    for i in 0..=runs {
+        let name = format!("start-{i}");
+        let list = node
+            .client
+            .get("/api/v1/namespaces/default/pods?limit=1")
+            .await?;
+        let rv = list["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or("0")
+            .to_owned();
+        let mut watch = node
+            .client
+            .watch(
+                &format!("/api/v1/namespaces/default/pods?watch=true&resourceVersion={rv}&fieldSelector=metadata.name%3D{name}"),
+                None,
+            )
+            .await?;
+        let created = node
+            .client
+            .request(
+                Method::POST,
+                "/api/v1/namespaces/default/pods",
+                Some("application/json"),
+                Some(hello_pod(&name, None)),
+            )
+            .await?;
+        let t0 = Instant::now();
+        let uid = created["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let netns = node.dir.path().join("agent/netns").join(&uid);
+        let deadline = t0 + Duration::from_secs(30);
+        let prober = std::thread::spawn(move || first_ok(netns, deadline));
+        let t_running = loop {
+            let Some(event) = tokio::time::timeout(Duration::from_secs(30), watch.next())
+                .await
+                .ok()
+                .transpose()?
+                .flatten()
+            else {
+                bail!("pod {name} did not start");
+            };
+            if event["object"]["status"]["phase"] == "Running" {
+                break Instant::now();
+            }
+        };
+        let t_ok = prober
+            .join()
+            .ok()
+            .flatten()
+            .context("the pod never answered 200")?;
+        if i > 0 {
+            running.push((t_running - t0).as_secs_f64() * 1000.0);
+            ok.push((t_ok - t0).as_secs_f64() * 1000.0);
+        }
+    }
+    let elapsed = began.elapsed();
+    Ok((latencies(running, elapsed), latencies(ok, elapsed)))
+}
+
+/// The peer: `runc run -d` of a busybox container (create and start, detached), timed to its
+/// return, on the same machine.
+fn runc_latency(runs: usize) -> anyhow::Result<Latencies> {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .context("busybox is not installed (Debian: busybox-static)")?;
+    let bundle = tempfile::Builder::new().prefix("wk-bench-runc").tempdir()?;
+    let rootfs = bundle.path().join("rootfs/bin");
+    std::fs::create_dir_all(&rootfs)?;
+    std::fs::copy(busybox, rootfs.join("busybox"))?;
+    let spec = Command::new("runc")
+        .arg("spec")
+        .current_dir(bundle.path())
+        .output()
+        .context("running runc spec (is runc installed?)")?;
+    if !spec.status.success() {
+        bail!("runc spec: {}", String::from_utf8_lossy(&spec.stderr));
+    }
+    let path = bundle.path().join("config.json");
+    let mut config: Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    config["process"]["terminal"] = json!(false);
+    config["process"]["args"] = json!(["/bin/busybox", "sleep", "600"]);
+    std::fs::write(&path, serde_json::to_vec(&config)?)?;
+    let mut samples = Vec::new();
+    let began = Instant::now();
+    for i in 0..=runs {
+        let id = format!("wk-bench-{}-{i}", std::process::id());
+        // The detached container inherits runc's stdio: a pipe would never reach EOF.
+        let errors = bundle.path().join("runc.err");
+        let t0 = Instant::now();
+        let status = Command::new("runc")
+            .args(["run", "-d", "--bundle"])
+            .arg(bundle.path())
+            .arg(&id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&errors)?)
+            .status()?;
+        let t = t0.elapsed();
+        let _ = Command::new("runc").args(["delete", "-f", &id]).output();
+        if !status.success() {
+            bail!(
+                "runc run: {}",
+                std::fs::read_to_string(&errors).unwrap_or_default()
+            );
+        }
+        if i > 0 {
+            samples.push(t.as_secs_f64() * 1000.0);
+        }
+    }
+    Ok(latencies(samples, began.elapsed()))
+}
+
+/// Figures of `wk bench pods`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PodsReport {
+    /// Bound to Running (seen through a watch), cached module.
+    pub to_running: Latencies,
+    /// Bound to the first 200 OK inside the pod's namespace.
+    pub to_first_ok: Latencies,
+    /// `runc run -d` of busybox, same machine.
+    pub runc_start: Latencies,
+    /// runc p50 / wk p50 to Running.
+    pub speedup_p50: f64,
+    /// Idle HTTP pods started for the density figure.
+    pub density_pods: usize,
+    /// Seconds from the first create to all of them Running.
+    pub density_seconds: f64,
+    /// Server-with-agent RSS before the density pods, MB.
+    pub rss_before_mb: f64,
+    /// ... and with all of them running, MB.
+    pub rss_after_mb: f64,
+    /// (after - before) / pods, KB.
+    pub rss_per_pod_kb: f64,
+    /// A standalone `wk agent`'s RSS, idle, MB.
+    pub agent_idle_rss_mb: f64,
+}
+
+/// Runs `wk bench pods`.
+///
+/// # Errors
+/// When a child process or a pod fails.
+pub async fn pods(
+    wk: &Path,
+    http_wasm: &Path,
+    starts: usize,
+    density: usize,
+    runc_runs: usize,
+) -> anyhow::Result<PodsReport> {
+    let node = Node::start(wk, true, density + starts + 100)?;
+    node.import(wk, http_wasm, "hello:v1")?;
+    eprintln!("start latency: {starts} pods, one at a time");
+    let (to_running, to_first_ok) = start_latency(&node, starts).await?;
+    eprintln!("runc: {runc_runs} containers");
+    let runc_start = runc_latency(runc_runs)?;
+    eprintln!("density: {density} idle HTTP pods");
+
+    let rss_before_mb = rss_mb(node.pid(), "VmRSS:");
+    let began = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    let per = density.div_ceil(16);
+    for w in 0..16 {
+        let client = node.client.clone();
+        tasks.spawn(async move {
+            for i in (w * per)..((w + 1) * per).min(density) {
+                client
+                    .request(
+                        Method::POST,
+                        "/api/v1/namespaces/default/pods",
+                        Some("application/json"),
+                        Some(hello_pod(&format!("idle-{i}"), None)),
+                    )
+                    .await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    loop {
+        let list = node
+            .client
+            .get("/api/v1/namespaces/default/pods?labelSelector=app%3Dbench")
+            .await?;
+        let running = list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| {
+                p["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("idle-"))
+                    && p["status"]["phase"] == "Running"
+            })
+            .count();
+        if running == density {
+            break;
+        }
+        if began.elapsed() > Duration::from_secs(600) {
+            bail!("only {running} of {density} pods are running after 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let density_seconds = began.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_after_mb = rss_mb(node.pid(), "VmRSS:");
+    drop(node);
+
+    eprintln!("agent idle RSS");
+    let agent_idle_rss_mb = agent_idle_rss(wk).await?;
+    Ok(PodsReport {
+        speedup_p50: runc_start.p50_ms / to_running.p50_ms.max(1e-9),
+        to_running,
+        to_first_ok,
+        runc_start,
+        density_pods: density,
+        density_seconds,
+        rss_before_mb,
+        rss_after_mb,
+        rss_per_pod_kb: (rss_after_mb - rss_before_mb) * 1024.0 / density.max(1) as f64,
+        agent_idle_rss_mb,
+    })
+}
+
+/// A standalone `wk agent` joined to a control-plane-only server, idle for 3 s.
+async fn agent_idle_rss(wk: &Path) -> anyhow::Result<f64> {
+    let server = Node::start(wk, false, 0)?;
+    let token = std::fs::read_to_string(server.dir.path().join("node-token"))?;
+    let dir = tempfile::Builder::new()
+        .prefix("wk-bench-agent")
+        .tempdir()?;
+    let mut agent = Command::new(wk)
+        .args([
+            "agent",
+            "--server",
+            &server.url,
+            "--token",
+            token.trim(),
+            "--node-name",
+            "solo",
+            "--agent-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stderr = agent.stderr.take().context("no stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    let started = loop {
+        match lines.next() {
+            Some(Ok(line)) if line.starts_with("wk agent running as node") => break true,
+            Some(Ok(_)) => {}
+            _ => break false,
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss = rss_mb(agent.id(), "VmRSS:");
+    // SAFETY: kill with a valid pid and signal number has no memory effects.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let _ = agent.wait();
+    if !started {
+        bail!("wk agent did not start");
+    }
+    Ok(rss)
+}
+
+/// One wrk run's figures.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Wrk {
+    /// Requests per second.
+    pub requests_per_second: f64,
+    /// Median latency, ms.
+    pub p50_ms: f64,
+    /// 99th percentile latency, ms.
+    pub p99_ms: f64,
+}
+
+fn parse_ms(text: &str) -> f64 {
+    let t = text.trim();
+    let (num, unit) = t.split_at(t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len()));
+    let n: f64 = num.parse().unwrap_or(0.0);
+    match unit {
+        "us" => n / 1000.0,
+        "s" => n * 1000.0,
+        _ => n,
+    }
+}
+
+/// Runs `wrk -t2 -c32 -d<secs>s --latency` against a URL.
+///
+/// # Errors
+/// When wrk is missing or fails.
+pub fn wrk(url: &str, secs: u64) -> anyhow::Result<Wrk> {
+    let out = Command::new("wrk")
+        .args(["-t2", "-c32", &format!("-d{secs}s"), "--latency", url])
+        .output()
+        .context("running wrk (Debian: wrk)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |prefix: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(prefix))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("0")
+            .to_owned()
+    };
+    let rps: f64 = text
+        .lines()
+        .find(|l| l.starts_with("Requests/sec:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0.0);
+    if rps == 0.0 || text.contains("Non-2xx") {
+        bail!("wrk against {url} failed:\n{text}");
+    }
+    Ok(Wrk {
+        requests_per_second: rps,
+        p50_ms: parse_ms(&field("50%")),
+        p99_ms: parse_ms(&field("99%")),
+    })
+}
+
+/// Figures of `wk bench serve`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ServeReport {
+    /// One HTTP pod, through its hostPort, per run.
+    pub wk: Vec<Wrk>,
+    /// `wasmtime serve -Scli` on the same component, per run.
+    pub wasmtime_serve: Vec<Wrk>,
+    /// Median wk req/s over median wasmtime serve req/s.
+    pub ratio: f64,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Runs `wk bench serve`: alternating wrk runs against one wk pod and `wasmtime serve`.
+///
+/// # Errors
+/// When a child process or wrk fails.
+pub async fn serve(
+    wk: &Path,
+    http_wasm: &Path,
+    wasmtime: &Path,
+    runs: usize,
+    secs: u64,
+) -> anyhow::Result<ServeReport> {
+    let node = Node::start(wk, true, 10)?;
+    node.import(wk, http_wasm, "hello:v1")?;
+    let port = free_port()?;
+    node.client
+        .request(
+            Method::POST,
+            "/api/v1/namespaces/default/pods",
+            Some("application/json"),
+            Some(hello_pod("serve", Some(port))),
+        )
+        .await?;
+    let url = format!("http://127.0.0.1:{port}/");
+    let began = Instant::now();
+    while Command::new("curl")
+        .args(["-sf", "-o", "/dev/null", &url])
+        .status()
+        .map(|s| !s.success())
+        .unwrap_or(true)
+    {
+        if began.elapsed() > Duration::from_secs(60) {
+            bail!("the wk pod did not serve");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let peer_port = free_port()?;
+    let mut peer = Command::new(wasmtime)
+        .args([
+            "serve",
+            "-Scli",
+            "--addr",
+            &format!("127.0.0.1:{peer_port}"),
+        ])
+        .arg(http_wasm)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", wasmtime.display()))?;
+    let peer_url = format!("http://127.0.0.1:{peer_port}/");
+    let began = Instant::now();
+    while Command::new("curl")
+        .args(["-sf", "-o", "/dev/null", &peer_url])
+        .status()
+        .map(|s| !s.success())
+        .unwrap_or(true)
+    {
+        if began.elapsed() > Duration::from_secs(120) {
+            let _ = peer.kill();
+            bail!("wasmtime serve did not serve");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        ours.push(wrk(&url, secs)?);
+        theirs.push(wrk(&peer_url, secs)?);
+    }
+    let _ = peer.kill();
+    let _ = peer.wait();
+    let ratio = median(ours.iter().map(|w| w.requests_per_second).collect())
+        / median(theirs.iter().map(|w| w.requests_per_second).collect()).max(1e-9);
+    Ok(ServeReport {
+        wk: ours,
+        wasmtime_serve: theirs,
+        ratio,
+    })
+}
