@@ -320,17 +320,21 @@ pub async fn event(
         "lastTimestamp": t,
         "count": 1,
     });
-    if let Err(err) = client
-        .request(
-            Method::POST,
-            &format!("/api/v1/namespaces/{ns}/events"),
-            Some("application/json"),
-            Some(e.to_string().into_bytes()),
-        )
-        .await
-    {
-        tracing::debug!(pod = %name, %reason, error = %err, "could not post an event");
-    }
+    // Events are best effort and off the pod's critical path, as the kubelet's recorder is.
+    let (client, path, name, reason) = (
+        client.clone(),
+        format!("/api/v1/namespaces/{ns}/events"),
+        name.to_owned(),
+        reason.to_owned(),
+    );
+    tokio::spawn(async move {
+        if let Err(err) = client
+            .request(Method::POST, &path, Some("application/json"), Some(e.to_string().into_bytes()))
+            .await
+        {
+            tracing::debug!(pod = %name, %reason, error = %err, "could not post an event");
+        }
+    });
 }
 
 #[cfg(test)]

@@ -304,7 +304,7 @@ pub struct PodsReport {
     pub density_pods: usize,
     /// Seconds from the first create to all of them Running.
     pub density_seconds: f64,
-    /// Server-with-agent RSS before the density pods, MB.
+    /// A standalone agent's RSS before the density pods, MB.
     pub rss_before_mb: f64,
     /// ... and with all of them running, MB.
     pub rss_after_mb: f64,
@@ -333,21 +333,39 @@ pub async fn pods(
     let runc_start = runc_latency(runc_runs)?;
     eprintln!("density: {density} idle HTTP pods");
 
-    let rss_before_mb = rss_mb(node.pid(), "VmRSS:");
+    drop(node);
+
+    // Density runs against a standalone agent, so its RSS is the agent's alone (the
+    // control plane's copies of the pods and their events live in the server process).
+    let server = Node::start(wk, false, 0)?;
+    let (mut agent, agent_dir) = start_agent(wk, &server, "bench", density + 100)?;
+    let store = crate::agent::images::Store::new(agent_dir.path());
+    let image = store.add(std::fs::File::open(http_wasm)?)?;
+    store.tag("hello:v1", &image.digest)?;
+    // One warm-up pod compiles the module (Cranelift's memory is the process's from then on)
+    // and caches it; the pods measured start from the cache, as every later pod does.
+    server
+        .client
+        .request(Method::POST, "/api/v1/namespaces/default/pods", Some("application/json"), Some(hello_pod("warm-up", None)))
+        .await?;
+    let warm = Instant::now();
+    while server.client.get("/api/v1/namespaces/default/pods/warm-up").await?["status"]["phase"] != "Running" {
+        if warm.elapsed() > Duration::from_secs(120) {
+            bail!("the warm-up pod did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_before_mb = rss_mb(agent.id(), "VmRSS:");
     let began = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     let per = density.div_ceil(16);
     for w in 0..16 {
-        let client = node.client.clone();
+        let client = server.client.clone();
         tasks.spawn(async move {
             for i in (w * per)..((w + 1) * per).min(density) {
                 client
-                    .request(
-                        Method::POST,
-                        "/api/v1/namespaces/default/pods",
-                        Some("application/json"),
-                        Some(hello_pod(&format!("idle-{i}"), None)),
-                    )
+                    .request(Method::POST, "/api/v1/namespaces/default/pods", Some("application/json"), Some(hello_pod(&format!("idle-{i}"), None)))
                     .await?;
             }
             anyhow::Ok(())
@@ -357,20 +375,12 @@ pub async fn pods(
         r??;
     }
     loop {
-        let list = node
-            .client
-            .get("/api/v1/namespaces/default/pods?labelSelector=app%3Dbench")
-            .await?;
+        let list = server.client.get("/api/v1/namespaces/default/pods?labelSelector=app%3Dbench").await?;
         let running = list["items"]
             .as_array()
             .into_iter()
             .flatten()
-            .filter(|p| {
-                p["metadata"]["name"]
-                    .as_str()
-                    .is_some_and(|n| n.starts_with("idle-"))
-                    && p["status"]["phase"] == "Running"
-            })
+            .filter(|p| p["metadata"]["name"].as_str().is_some_and(|n| n.starts_with("idle-")) && p["status"]["phase"] == "Running")
             .count();
         if running == density {
             break;
@@ -381,9 +391,10 @@ pub async fn pods(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let density_seconds = began.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss_after_mb = rss_mb(node.pid(), "VmRSS:");
-    drop(node);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss_after_mb = rss_mb(agent.id(), "VmRSS:");
+    stop_agent(&mut agent, &agent_dir);
+    drop(server);
 
     eprintln!("agent idle RSS");
     let agent_idle_rss_mb = agent_idle_rss(wk).await?;
@@ -401,26 +412,14 @@ pub async fn pods(
     })
 }
 
-/// A standalone `wk agent` joined to a control-plane-only server, idle for 3 s.
-async fn agent_idle_rss(wk: &Path) -> anyhow::Result<f64> {
-    let server = Node::start(wk, false, 0)?;
+/// Starts `wk agent` joined to `server` as node `name`; returns it and its data directory.
+fn start_agent(wk: &Path, server: &Node, name: &str, max_pods: usize) -> anyhow::Result<(Child, tempfile::TempDir)> {
     let token = std::fs::read_to_string(server.dir.path().join("node-token"))?;
-    let dir = tempfile::Builder::new()
-        .prefix("wk-bench-agent")
-        .tempdir()?;
+    let dir = tempfile::Builder::new().prefix("wk-bench-agent").tempdir()?;
     let mut agent = Command::new(wk)
-        .args([
-            "agent",
-            "--server",
-            &server.url,
-            "--token",
-            token.trim(),
-            "--node-name",
-            "solo",
-            "--agent-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
+        .args(["agent", "--server", &server.url, "--token", token.trim(), "--node-name", name, "--agent-listen", "127.0.0.1:0", "--max-pods"])
+        .arg(max_pods.to_string())
+        .arg("--data-dir")
         .arg(dir.path())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -436,14 +435,31 @@ async fn agent_idle_rss(wk: &Path) -> anyhow::Result<f64> {
         }
     };
     std::thread::spawn(move || for _ in lines {});
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let rss = rss_mb(agent.id(), "VmRSS:");
-    // SAFETY: kill with a valid pid and signal number has no memory effects.
-    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
-    let _ = agent.wait();
     if !started {
+        let _ = agent.kill();
         bail!("wk agent did not start");
     }
+    Ok((agent, dir))
+}
+
+fn stop_agent(agent: &mut Child, dir: &tempfile::TempDir) {
+    // SAFETY: kill with a valid pid and signal number has no memory effects.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = agent.kill();
+    let _ = agent.wait();
+    for entry in std::fs::read_dir(dir.path().join("netns")).into_iter().flatten().flatten() {
+        crate::agent::sandbox::netns::destroy(&entry.path());
+    }
+}
+
+/// A standalone `wk agent` joined to a control-plane-only server, idle for 3 s.
+async fn agent_idle_rss(wk: &Path) -> anyhow::Result<f64> {
+    let server = Node::start(wk, false, 0)?;
+    let (mut agent, dir) = start_agent(wk, &server, "solo", 1000)?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss = rss_mb(agent.id(), "VmRSS:");
+    stop_agent(&mut agent, &dir);
     Ok(rss)
 }
 
