@@ -94,7 +94,8 @@ impl Reporter {
     async fn flush(&self) {
         let target = *self.tx.borrow();
         let mut written = self.written.subscribe();
-        let _ = tokio::time::timeout(Duration::from_secs(2), written.wait_for(|w| *w >= target)).await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(2), written.wait_for(|w| *w >= target)).await;
     }
 }
 
@@ -904,6 +905,16 @@ struct TaskCtx {
 }
 
 impl TaskCtx {
+    /// The kubelet's Created (first run only) and Started events.
+    async fn started_events(&self, name: &str, restart: u32) {
+        if restart == 0 {
+            self.event(name, false, "Created", &format!("Created container {name}"))
+                .await;
+        }
+        self.event(name, false, "Started", &format!("Started container {name}"))
+            .await;
+    }
+
     async fn event(&self, container: &str, warning: bool, reason: &str, message: &str) {
         let pod = self.pod.borrow().clone();
         status::event(
@@ -1083,22 +1094,7 @@ async fn run_command_once(
         c.container_id = container_id.clone();
         c.ready = !init && !gated;
     });
-    if restart == 0 {
-        ctx.event(
-            &name,
-            false,
-            "Created",
-            &format!("Created container {name}"),
-        )
-        .await;
-    }
-    ctx.event(
-        &name,
-        false,
-        "Started",
-        &format!("Started container {name}"),
-    )
-    .await;
+    ctx.started_events(&name, restart).await;
     ctx.shared.live_logs(&path, true);
     let (loaded, engine, guest, stop2) = (
         p.loaded.clone(),
@@ -1270,82 +1266,104 @@ async fn watch_probes(
             run.kill.stop();
         }
     };
-    if let Some(probe) = startup {
-        let timing = probes::Timing::of(probe);
-        tokio::time::sleep(timing.initial_delay).await;
-        let mut tracker = probes::Tracker::default();
-        loop {
-            let result = probes::check(probe, &ports, &handle, &exec).await;
-            if let Err(m) = &result {
-                ctx.event(
-                    &name,
-                    true,
-                    "Unhealthy",
-                    &format!("Startup probe failed: {m}"),
-                )
-                .await;
-            }
-            match tracker.record(result.is_ok(), &timing) {
-                Some(true) => break,
-                Some(false) => return kill("failed startup probe".into()).await,
-                None => tokio::time::sleep(timing.period).await,
-            }
-        }
+    if let Some(probe) = startup
+        && !run_probe(
+            &ctx,
+            &name,
+            "Startup",
+            probe,
+            &ports,
+            &handle,
+            &exec,
+            |_| true,
+        )
+        .await
+    {
+        return kill("failed startup probe".into()).await;
     }
     let live = async {
-        let Some(probe) = liveness else {
-            if health {
-                return health_checks(&ctx, &handle, &p, &name, kill).await;
-            }
-            return std::future::pending::<()>().await;
-        };
-        let timing = probes::Timing::of(probe);
-        tokio::time::sleep(timing.initial_delay).await;
-        let mut tracker = probes::Tracker::default();
-        loop {
-            let result = probes::check(probe, &ports, &handle, &exec).await;
-            if let Err(m) = &result {
-                ctx.event(
+        match liveness {
+            Some(probe) => {
+                run_probe(
+                    &ctx,
                     &name,
-                    true,
-                    "Unhealthy",
-                    &format!("Liveness probe failed: {m}"),
+                    "Liveness",
+                    probe,
+                    &ports,
+                    &handle,
+                    &exec,
+                    |healthy| !healthy,
                 )
                 .await;
+                kill("failed liveness probe".into()).await;
             }
-            if tracker.record(result.is_ok(), &timing) == Some(false) {
-                return kill("failed liveness probe".into()).await;
-            }
-            tokio::time::sleep(timing.period).await;
+            None if health => health_checks(&ctx, &handle, &p, &name, kill).await,
+            None => std::future::pending::<()>().await,
         }
     };
     let ready = async {
-        let Some(probe) = readiness else {
-            return std::future::pending::<()>().await;
-        };
-        let timing = probes::Timing::of(probe);
-        tokio::time::sleep(timing.initial_delay).await;
-        let mut tracker = probes::Tracker::default();
-        loop {
-            let result = probes::check(probe, &ports, &handle, &exec).await;
-            if let Err(m) = &result {
-                ctx.event(
+        match readiness {
+            Some(probe) => {
+                run_probe(
+                    &ctx,
                     &name,
-                    true,
-                    "Unhealthy",
-                    &format!("Readiness probe failed: {m}"),
+                    "Readiness",
+                    probe,
+                    &ports,
+                    &handle,
+                    &exec,
+                    |ready| {
+                        ctx.set(false, i, |c| c.ready = ready);
+                        false
+                    },
                 )
                 .await;
             }
-            if let Some(now_ready) = tracker.record(result.is_ok(), &timing) {
-                ctx.set(false, i, |c| c.ready = now_ready);
-            }
-            tokio::time::sleep(timing.period).await;
+            None => std::future::pending::<()>().await,
         }
     };
     tokio::select! {
         () = live => {}
         () = ready => {}
+    }
+}
+
+/// Runs one probe on its timing, with an `Unhealthy` event for each failed check, until
+/// `settle` accepts a change of its healthy state; returns that state.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the probe's context, spelled out once"
+)]
+async fn run_probe(
+    ctx: &TaskCtx,
+    name: &str,
+    what: &str,
+    probe: &Value,
+    ports: &[(String, u16)],
+    handle: &tokio::runtime::Handle,
+    exec: &probes::ExecTarget,
+    mut settle: impl FnMut(bool) -> bool,
+) -> bool {
+    let timing = probes::Timing::of(probe);
+    tokio::time::sleep(timing.initial_delay).await;
+    let mut tracker = probes::Tracker::default();
+    loop {
+        let result = probes::check(probe, ports, handle, exec).await;
+        if let Err(m) = &result {
+            ctx.event(
+                name,
+                true,
+                "Unhealthy",
+                &format!("{what} probe failed: {m}"),
+            )
+            .await;
+        }
+        if let Some(state) = tracker.record(result.is_ok(), &timing)
+            && settle(state)
+        {
+            return state;
+        }
+        tokio::time::sleep(timing.period).await;
     }
 }
 
@@ -1425,22 +1443,7 @@ async fn serve_http(
         c.container_id = format!("wasm://{}/{name}/{restart}", ctx.uid);
         c.ready = !gated;
     });
-    if restart == 0 {
-        ctx.event(
-            &name,
-            false,
-            "Created",
-            &format!("Created container {name}"),
-        )
-        .await;
-    }
-    ctx.event(
-        &name,
-        false,
-        "Started",
-        &format!("Started container {name}"),
-    )
-    .await;
+    ctx.started_events(&name, restart).await;
     ctx.shared.live_logs(&path, true);
     let mut serving = Vec::new();
     for (in_pod, listener) in listeners {

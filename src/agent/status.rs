@@ -329,7 +329,12 @@ pub async fn event(
     );
     tokio::spawn(async move {
         if let Err(err) = client
-            .request(Method::POST, &path, Some("application/json"), Some(e.to_string().into_bytes()))
+            .request(
+                Method::POST,
+                &path,
+                Some("application/json"),
+                Some(e.to_string().into_bytes()),
+            )
             .await
         {
             tracing::debug!(pod = %name, %reason, error = %err, "could not post an event");

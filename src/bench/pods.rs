@@ -346,10 +346,20 @@ pub async fn pods(
     // and caches it; the pods measured start from the cache, as every later pod does.
     server
         .client
-        .request(Method::POST, "/api/v1/namespaces/default/pods", Some("application/json"), Some(hello_pod("warm-up", None)))
+        .request(
+            Method::POST,
+            "/api/v1/namespaces/default/pods",
+            Some("application/json"),
+            Some(hello_pod("warm-up", None)),
+        )
         .await?;
     let warm = Instant::now();
-    while server.client.get("/api/v1/namespaces/default/pods/warm-up").await?["status"]["phase"] != "Running" {
+    while server
+        .client
+        .get("/api/v1/namespaces/default/pods/warm-up")
+        .await?["status"]["phase"]
+        != "Running"
+    {
         if warm.elapsed() > Duration::from_secs(120) {
             bail!("the warm-up pod did not start");
         }
@@ -365,7 +375,12 @@ pub async fn pods(
         tasks.spawn(async move {
             for i in (w * per)..((w + 1) * per).min(density) {
                 client
-                    .request(Method::POST, "/api/v1/namespaces/default/pods", Some("application/json"), Some(hello_pod(&format!("idle-{i}"), None)))
+                    .request(
+                        Method::POST,
+                        "/api/v1/namespaces/default/pods",
+                        Some("application/json"),
+                        Some(hello_pod(&format!("idle-{i}"), None)),
+                    )
                     .await?;
             }
             anyhow::Ok(())
@@ -375,12 +390,20 @@ pub async fn pods(
         r??;
     }
     loop {
-        let list = server.client.get("/api/v1/namespaces/default/pods?labelSelector=app%3Dbench").await?;
+        let list = server
+            .client
+            .get("/api/v1/namespaces/default/pods?labelSelector=app%3Dbench")
+            .await?;
         let running = list["items"]
             .as_array()
             .into_iter()
             .flatten()
-            .filter(|p| p["metadata"]["name"].as_str().is_some_and(|n| n.starts_with("idle-")) && p["status"]["phase"] == "Running")
+            .filter(|p| {
+                p["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("idle-"))
+                    && p["status"]["phase"] == "Running"
+            })
             .count();
         if running == density {
             break;
@@ -413,11 +436,29 @@ pub async fn pods(
 }
 
 /// Starts `wk agent` joined to `server` as node `name`; returns it and its data directory.
-fn start_agent(wk: &Path, server: &Node, name: &str, max_pods: usize) -> anyhow::Result<(Child, tempfile::TempDir)> {
+fn start_agent(
+    wk: &Path,
+    server: &Node,
+    name: &str,
+    max_pods: usize,
+) -> anyhow::Result<(Child, tempfile::TempDir)> {
     let token = std::fs::read_to_string(server.dir.path().join("node-token"))?;
-    let dir = tempfile::Builder::new().prefix("wk-bench-agent").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("wk-bench-agent")
+        .tempdir()?;
     let mut agent = Command::new(wk)
-        .args(["agent", "--server", &server.url, "--token", token.trim(), "--node-name", name, "--agent-listen", "127.0.0.1:0", "--max-pods"])
+        .args([
+            "agent",
+            "--server",
+            &server.url,
+            "--token",
+            token.trim(),
+            "--node-name",
+            name,
+            "--agent-listen",
+            "127.0.0.1:0",
+            "--max-pods",
+        ])
         .arg(max_pods.to_string())
         .arg("--data-dir")
         .arg(dir.path())
@@ -448,7 +489,11 @@ fn stop_agent(agent: &mut Child, dir: &tempfile::TempDir) {
     std::thread::sleep(Duration::from_millis(500));
     let _ = agent.kill();
     let _ = agent.wait();
-    for entry in std::fs::read_dir(dir.path().join("netns")).into_iter().flatten().flatten() {
+    for entry in std::fs::read_dir(dir.path().join("netns"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         crate::agent::sandbox::netns::destroy(&entry.path());
     }
 }

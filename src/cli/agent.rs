@@ -101,20 +101,7 @@ pub async fn execute(args: Args) -> anyhow::Result<()> {
         "wk agent running as node {} (endpoint {})",
         agent.shared.node_name, agent.endpoint
     );
-    let token = shutdown.clone();
-    tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            return;
-        };
-        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-        token.cancel();
-        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-        std::process::exit(130);
-    });
+    crate::server::drain_on_signals(shutdown.clone());
     agent.wait().await;
     Ok(())
 }

@@ -6,7 +6,6 @@ use tokio::io::AsyncWriteExt;
 use super::Global;
 use super::output::parse_duration;
 use super::target::with_query;
-use crate::client::status_error;
 
 /// Flags of `wk logs`.
 #[derive(Debug, clap::Args)]
@@ -77,20 +76,7 @@ pub async fn execute(args: Args, global: &Global) -> anyhow::Result<()> {
         &format!("/api/v1/namespaces/{}/pods/{name}/log", session.namespace),
         &pairs,
     );
-    let response = session
-        .client
-        .send(http::Method::GET, &path, None, Some("text/plain"), None)
-        .await?;
-    let status = response.status();
-    let mut body = response.into_body();
-    if !status.is_success() {
-        let bytes = body
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        return Err(status_error(status.as_u16(), &bytes).into());
-    }
+    let mut body = session.client.stream(&path, Some("text/plain")).await?;
     let mut out = tokio::io::stdout();
     while let Some(frame) = body.frame().await {
         if let Ok(data) = frame?.into_data() {

@@ -381,11 +381,16 @@ impl Watch {
 }
 
 impl Client {
-    /// Starts a watch on `path` (which must carry `watch=true`), with an Accept header.
+    /// GETs `path` and returns the body still streaming (logs, watches); a failure status
+    /// becomes its error.
     ///
     /// # Errors
     /// Transport failures, or the failure Status the server answered with.
-    pub async fn watch(&self, path: &str, accept: Option<&str>) -> Result<Watch, Error> {
+    pub async fn stream(
+        &self,
+        path: &str,
+        accept: Option<&str>,
+    ) -> Result<hyper::body::Incoming, Error> {
         let response = self.send(Method::GET, path, None, accept, None).await?;
         let status = response.status();
         let body = response.into_body();
@@ -397,6 +402,15 @@ impl Client {
                 .unwrap_or_default();
             return Err(status_error(status.as_u16(), &bytes));
         }
+        Ok(body)
+    }
+
+    /// Starts a watch on `path` (which must carry `watch=true`), with an Accept header.
+    ///
+    /// # Errors
+    /// Transport failures, or the failure Status the server answered with.
+    pub async fn watch(&self, path: &str, accept: Option<&str>) -> Result<Watch, Error> {
+        let body = self.stream(path, accept).await?;
         Ok(Watch {
             body,
             buf: Vec::new(),

@@ -390,6 +390,16 @@ pub async fn run(config: ServerConfig, agent: Option<AgentConfig>) -> Result<(),
         }
         None => None,
     };
+    drain_on_signals(token);
+    let result = server.wait().await;
+    if let Some(agent) = agent {
+        agent.wait().await;
+    }
+    result
+}
+
+/// Cancels `token` on the first SIGTERM or SIGINT (a drain); a second signal exits at once.
+pub fn drain_on_signals(token: CancellationToken) {
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
         let (Ok(mut term), Ok(mut int)) = (
@@ -404,9 +414,4 @@ pub async fn run(config: ServerConfig, agent: Option<AgentConfig>) -> Result<(),
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
         std::process::exit(130);
     });
-    let result = server.wait().await;
-    if let Some(agent) = agent {
-        agent.wait().await;
-    }
-    result
 }
