@@ -280,12 +280,14 @@ async fn summary(State(shared): State<Arc<Shared>>) -> Response {
                 "containers": p.containers.iter().map(|c| json!({
                     "name": c.name,
                     "memory": {"workingSetBytes": c.memory},
-                    "cpu": {"usageCoreNanoSeconds": c.cpu},
+                    "cpu": {"usageCoreNanoSeconds": c.cpu, "usageNanoCores": c.nanocores},
                 })).collect::<Vec<_>>(),
             })
         })
         .collect();
-    let body = json!({"node": {"nodeName": shared.node_name}, "pods": pods});
+    let (cpu, memory) = shared.node_usage();
+    let body = json!({"node": {"nodeName": shared.node_name,
+        "cpu": {"usageNanoCores": cpu}, "memory": {"workingSetBytes": memory}}, "pods": pods});
     (
         [(header::CONTENT_TYPE, "application/json")],
         body.to_string(),

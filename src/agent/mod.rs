@@ -126,6 +126,8 @@ pub struct ContainerUsage {
     pub memory: u64,
     /// CPU time used, nanoseconds.
     pub cpu: u64,
+    /// CPU in use over the last sample window, nanocores.
+    pub nanocores: u64,
 }
 
 /// A snapshot of one pod's usage.
@@ -163,6 +165,49 @@ pub struct Shared {
     live: Mutex<HashSet<PathBuf>>,
     /// Per-pod usage gauges, by uid.
     metrics: Mutex<HashMap<String, PodMetrics>>,
+    /// CPU rates from the last samples.
+    rates: Mutex<Rates>,
+}
+
+/// CPU usage rates, sampled every [`SAMPLE`].
+#[derive(Default)]
+struct Rates {
+    /// `uid/container` → (cumulative CPU ns, when, nanocores).
+    containers: HashMap<String, (u64, std::time::Instant, u64)>,
+    /// The node: (busy ticks, total ticks, nanocores).
+    node: (u64, u64, u64),
+}
+
+/// How often CPU rates are sampled (metrics-server's window).
+pub const SAMPLE: Duration = Duration::from_secs(10);
+
+/// The node's busy and total CPU ticks, from /proc/stat.
+fn cpu_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().sum();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (total.saturating_sub(idle), total)
+}
+
+/// The node's memory in use (MemTotal − MemAvailable), bytes.
+fn memory_in_use() -> u64 {
+    let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field("MemTotal:").saturating_sub(field("MemAvailable:")) * 1024
 }
 
 impl Shared {
@@ -218,13 +263,64 @@ impl Shared {
         self.pods.lock().ok()?.get(&format!("{ns}/{name}")).cloned()
     }
 
+    /// Takes a CPU sample of every container and of the node, updating the rates.
+    fn sample(&self) {
+        let now = std::time::Instant::now();
+        let Ok(mut rates) = self.rates.lock() else {
+            return;
+        };
+        if let Ok(m) = self.metrics.lock() {
+            let mut seen = HashSet::new();
+            for (uid, pod) in m.iter() {
+                for c in &pod.containers {
+                    let key = format!("{uid}/{}", c.name);
+                    let cpu = c.cpu.load(Ordering::Relaxed);
+                    let rate = match rates.containers.get(&key) {
+                        Some((last, at, _)) => {
+                            let dt = now.duration_since(*at).as_nanos().max(1) as u64;
+                            cpu.saturating_sub(*last).saturating_mul(1_000_000_000) / dt
+                        }
+                        None => 0,
+                    };
+                    rates.containers.insert(key.clone(), (cpu, now, rate));
+                    seen.insert(key);
+                }
+            }
+            rates.containers.retain(|k, _| seen.contains(k));
+        }
+        let (busy, total) = cpu_ticks();
+        let (last_busy, last_total, _) = rates.node;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+        let rate = if total > last_total && last_total > 0 {
+            (busy - last_busy).saturating_mul(cores * 1_000_000_000) / (total - last_total)
+        } else {
+            0
+        };
+        rates.node = (busy, total, rate);
+    }
+
+    /// The node's usage: (CPU nanocores, memory bytes in use).
+    pub fn node_usage(&self) -> (u64, u64) {
+        let cpu = self.rates.lock().map_or(0, |r| r.node.2);
+        (cpu, memory_in_use())
+    }
+
+    /// A container's CPU rate in nanocores, from the last samples.
+    pub fn cpu_rate(&self, uid: &str, container: &str) -> u64 {
+        self.rates
+            .lock()
+            .ok()
+            .and_then(|r| r.containers.get(&format!("{uid}/{container}")).map(|c| c.2))
+            .unwrap_or(0)
+    }
+
     /// The usage of every pod.
     pub fn usage(&self) -> Vec<PodUsage> {
         let Ok(m) = self.metrics.lock() else {
             return Vec::new();
         };
-        m.values()
-            .map(|p| PodUsage {
+        m.iter()
+            .map(|(uid, p)| PodUsage {
                 namespace: p.namespace.clone(),
                 name: p.name.clone(),
                 containers: p
@@ -234,6 +330,7 @@ impl Shared {
                         name: c.name.clone(),
                         memory: c.memory.load(Ordering::Relaxed),
                         cpu: c.cpu.load(Ordering::Relaxed),
+                        nanocores: self.cpu_rate(uid, &c.name),
                     })
                     .collect(),
             })
@@ -308,6 +405,7 @@ impl Agent {
             pods: Mutex::new(HashMap::new()),
             live: Mutex::new(HashSet::new()),
             metrics: Mutex::new(HashMap::new()),
+            rates: Mutex::new(Rates::default()),
         });
         let (endpoint, serve) = endpoint::bind(&config, shared.clone()).await?;
         config.port = endpoint.port();
@@ -355,6 +453,7 @@ impl Agent {
                 shutdown.clone(),
             )),
             tokio::spawn(watch_pods(shared.clone())),
+            tokio::spawn(sample_usage(shared.clone())),
         ];
         Ok(Self {
             shared,
@@ -368,6 +467,17 @@ impl Agent {
         self.shared.shutdown.cancelled().await;
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+    }
+}
+
+/// Samples CPU usage until shutdown, for the rates metrics report.
+async fn sample_usage(shared: Arc<Shared>) {
+    loop {
+        shared.sample();
+        tokio::select! {
+            () = tokio::time::sleep(SAMPLE) => {}
+            () = shared.shutdown.cancelled() => return,
         }
     }
 }

@@ -117,9 +117,12 @@ fn legacy_group(group: &str) -> Value {
 /// `GET /apis`.
 pub async fn group_list(headers: HeaderMap) -> Response {
     if wants_aggregated(&headers) {
-        return aggregated_response(GROUPS.iter().map(|g| aggregated_group(g)).collect());
+        let mut items: Vec<Value> = GROUPS.iter().map(|g| aggregated_group(g)).collect();
+        items.push(super::metrics::aggregated_group());
+        return aggregated_response(items);
     }
-    let groups: Vec<Value> = GROUPS.iter().map(|g| legacy_group(g)).collect();
+    let mut groups: Vec<Value> = GROUPS.iter().map(|g| legacy_group(g)).collect();
+    groups.push(super::metrics::legacy_group());
     json_response(
         StatusCode::OK,
         &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}),

@@ -1177,6 +1177,30 @@ async fn evict(state: &Arc<ApiState>, ctx: &Ctx, body: &[u8]) -> ApiResult<Respo
     Ok(json_response(StatusCode::CREATED, &success(201), &[]))
 }
 
+/// A client for a node's agent endpoint (its InternalIP and kubelet port), authenticated with
+/// the node token. The agent's certificate is self-signed, so it is not verified; the agent
+/// checks the token.
+pub(super) fn agent_client(state: &ApiState, node: &Value) -> Option<crate::client::Client> {
+    let address = node["status"]["addresses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["type"] == "InternalIP")
+        .and_then(|a| a["address"].as_str())?;
+    let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"].as_u64()?;
+    let host = if address.contains(':') {
+        format!("[{address}]")
+    } else {
+        address.to_owned()
+    };
+    crate::client::Client::new(
+        &format!("https://{host}:{port}"),
+        Some(state.tokens.node.clone()),
+        None,
+    )
+    .ok()
+}
+
 async fn pod_log(state: &Arc<ApiState>, ctx: &Ctx) -> ApiResult<Response> {
     let t = &ctx.target;
     let pod = state.read(t).await?;
@@ -1224,29 +1248,11 @@ async fn pod_log(state: &Arc<ApiState>, ctx: &Ctx) -> ApiResult<Response> {
                 "node {node_name} of pod {ns}/{name} is not registered"
             ))
         })?;
-    let address = node["status"]["addresses"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|a| a["type"] == "InternalIP")
-        .and_then(|a| a["address"].as_str())
-        .unwrap_or("127.0.0.1");
-    let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
-        .as_u64()
-        .unwrap_or(10250);
-    let host = if address.contains(':') {
-        format!("[{address}]")
-    } else {
-        address.to_owned()
-    };
-    // The agent's serving certificate is self-signed; the request carries the node token,
-    // which the agent checks.
-    let client = crate::client::Client::new(
-        &format!("https://{host}:{port}"),
-        Some(state.tokens.node.clone()),
-        None,
-    )
-    .map_err(ApiError::internal)?;
+    let client = agent_client(state, &node).ok_or_else(|| {
+        ApiError::unavailable(format!(
+            "node {node_name} of pod {ns}/{name} has no reachable agent"
+        ))
+    })?;
     let mut query: Vec<(String, String)> = Vec::new();
     for key in [
         "follow",

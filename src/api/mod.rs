@@ -8,6 +8,7 @@ pub mod apply;
 pub mod discovery;
 pub mod error;
 pub mod handlers;
+pub mod metrics;
 pub mod objects;
 pub mod patch;
 pub mod protobuf;
@@ -193,6 +194,8 @@ pub enum Route {
     Resources(&'static str),
     /// A resource, collection or subresource.
     Object(Target),
+    /// `metrics.k8s.io`, answered from the agents.
+    Metrics(metrics::Query),
 }
 
 /// A resource path: the type, and optionally namespace, name and subresource.
@@ -226,6 +229,11 @@ pub fn parse_route(path: &str) -> ApiResult<Route> {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (group, rest) = match segments.as_slice() {
         ["api", "v1", rest @ ..] => ("", rest),
+        ["apis", metrics::GROUP, rest @ ..] => {
+            return metrics::parse(rest)
+                .map(Route::Metrics)
+                .ok_or_else(|| ApiError::no_route(path));
+        }
         ["apis", group, rest @ ..] => {
             let Some(group) = resources::GROUPS.iter().find(|g| *g == group) else {
                 return Err(ApiError::no_route(path));
@@ -377,6 +385,7 @@ async fn dispatch(
             Route::Group(g) => return discovery::group(g, &headers),
             Route::Resources(g) => return discovery::resource_list(g),
             Route::Object(t) => t,
+            Route::Metrics(q) => return metrics::handle(&state, &method, q).await,
         };
         if identity == Identity::Node && !node_may(&method, &target) {
             return Err(ApiError::forbidden(format!(

@@ -22,6 +22,7 @@ mod output;
 mod scale;
 mod server;
 mod target;
+mod top;
 mod version;
 
 use std::path::PathBuf;
@@ -59,6 +60,8 @@ enum Command {
     Apply(Verb<apply::Args>),
     /// Display one or many resources.
     Get(Verb<get::Args>),
+    /// Display resource (CPU/memory) usage of nodes or pods.
+    Top(Verb<top::Args>),
     /// Print the logs for a container in a pod.
     Logs(Verb<logs::Args>),
     /// Show details of a specific resource.
@@ -196,6 +199,7 @@ pub fn main() -> ExitCode {
             Command::Agent(args) => agent::execute(args).await,
             Command::Image(args) => image::execute(args),
             Command::Logs(v) => logs::execute(v.args, &v.global.or(&outer)).await,
+            Command::Top(v) => top::execute(v.args, &v.global.or(&outer)).await,
             Command::Debug(args) => debug::execute(args).await,
             Command::Bench(args) => bench::execute(args).await,
             Command::Apply(v) => apply::execute(v.args, &v.global.or(&outer)).await,

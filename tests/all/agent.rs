@@ -995,3 +995,61 @@ fn a_component_s_wit_hooks_stop_it_gracefully_and_check_its_health() {
     ]);
     assert!(!events.contains("FailedPreStopHook"), "{events}");
 }
+
+#[test]
+fn top_reports_pod_and_node_usage_through_the_metrics_api() {
+    let c = Cluster::with_agent();
+    import_all(&c);
+    apply(
+        &c,
+        &pod(
+            "busy",
+            "  containers:\n  - {name: main, image: cmd:v1, args: [spin], resources: {limits: {cpu: 200m}}}\n",
+        ),
+    );
+    wait_for(&c, "busy", "{.status.phase}", "Running");
+    // CPU is a rate: it needs two samples, 10 s apart.
+    let millicores = |text: &str| -> Option<i64> {
+        let line = text.lines().find(|l| l.starts_with("busy"))?;
+        line.split_whitespace()
+            .nth(1)?
+            .strip_suffix('m')?
+            .parse()
+            .ok()
+    };
+    let mut top = String::new();
+    assert!(
+        eventually(LONG, || {
+            top = stdout(&c.kubectl(&["top", "pod", "busy"]));
+            millicores(&top).is_some_and(|m| m > 0)
+        }),
+        "kubectl top pod: {top}"
+    );
+    let used = millicores(&top).unwrap();
+    assert!(
+        used <= 400,
+        "a 200m limit keeps the spinning guest near 200m, not a core: {top}"
+    );
+    let mem = top
+        .lines()
+        .find(|l| l.starts_with("busy"))
+        .unwrap()
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .to_owned();
+    assert!(mem.ends_with("Mi"), "{top}");
+    let nodes = c.kubectl_ok(&["top", "node"]);
+    assert!(
+        nodes
+            .lines()
+            .any(|l| l.starts_with("wk-test") && l.contains('%')),
+        "{nodes}"
+    );
+    let wk = c.wk_ok(&["top", "pod", "--containers"]);
+    assert!(
+        wk.lines()
+            .any(|l| l.starts_with("busy") && l.contains("main")),
+        "{wk}"
+    );
+}
