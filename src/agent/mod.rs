@@ -347,6 +347,30 @@ pub struct Agent {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// Raises the soft open-file limit to the hard one: each pod holds a few descriptors (its
+/// runtime's epoll and waker, listeners, log files), so thousands of pods need more than the
+/// usual soft limit, as containerd and the kubelet arrange for themselves.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    // Root may go past the hard limit, up to the kernel's nr_open.
+    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .unwrap_or(hard)
+        .min(1 << 20);
+    if soft >= ceiling {
+        return;
+    }
+    if setrlimit(Resource::RLIMIT_NOFILE, ceiling, ceiling).is_err()
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!(error = %e, "could not raise the open-file limit");
+    }
+}
+
 /// Whether this process may make network namespaces (it is root with CAP_SYS_ADMIN).
 fn namespaces_available(data: &Path) -> bool {
     let probe = data.join("netns").join(".probe");
@@ -373,6 +397,7 @@ impl Agent {
         shutdown: CancellationToken,
     ) -> Result<Self, Error> {
         let data = config.data_dir.clone();
+        raise_fd_limit();
         for sub in ["pods", "netns", "content", "images", "cache"] {
             let p = data.join(sub);
             std::fs::create_dir_all(&p).map_err(|source| Error::Io { path: p, source })?;
