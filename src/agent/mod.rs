@@ -507,6 +507,15 @@ async fn sample_usage(shared: Arc<Shared>) {
     }
 }
 
+/// `namespace/name`, as the endpoint looks pods up.
+fn pod_key(pod: &Value) -> String {
+    format!(
+        "{}/{}",
+        pod["metadata"]["namespace"].as_str().unwrap_or_default(),
+        pod["metadata"]["name"].as_str().unwrap_or_default()
+    )
+}
+
 struct Workers {
     shared: Arc<Shared>,
     running: HashMap<String, (watch::Sender<Arc<Value>>, tokio::task::JoinHandle<()>)>,
@@ -518,11 +527,7 @@ impl Workers {
             .as_str()
             .unwrap_or_default()
             .to_owned();
-        let key = format!(
-            "{}/{}",
-            pod["metadata"]["namespace"].as_str().unwrap_or_default(),
-            pod["metadata"]["name"].as_str().unwrap_or_default()
-        );
+        let key = pod_key(&pod);
         if let Ok(mut p) = self.shared.pods.lock() {
             p.insert(key, uid.clone());
         }
@@ -542,11 +547,7 @@ impl Workers {
         let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
         // Dropping the sender tells the worker the pod is gone.
         self.running.remove(uid);
-        let key = format!(
-            "{}/{}",
-            pod["metadata"]["namespace"].as_str().unwrap_or_default(),
-            pod["metadata"]["name"].as_str().unwrap_or_default()
-        );
+        let key = pod_key(pod);
         if let Ok(mut p) = self.shared.pods.lock() {
             p.remove(&key);
         }

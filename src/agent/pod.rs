@@ -62,6 +62,7 @@ impl Backoff {
 }
 
 /// A container ready to run: its spec, resolved image, environment and module.
+#[derive(Clone)]
 struct Prepared {
     spec: Value,
     loaded: Loaded,
@@ -332,7 +333,7 @@ impl Worker {
         let mut sandbox: Option<Sandbox> = None;
         let mut prepared: Vec<Prepared> = Vec::new();
         let mut init_backoff = Backoff::default();
-        let mut stops: Vec<(ContainerStop, PreparedOwned)> = Vec::new();
+        let mut stops: Vec<(ContainerStop, Prepared)> = Vec::new();
         let mut supervisors = tokio::task::JoinSet::new();
         let mut sandbox_backoff = Duration::from_secs(1);
         let mut refresher: Option<tokio::task::JoinHandle<()>> = None;
@@ -416,22 +417,11 @@ impl Worker {
                     let apps: Vec<&Prepared> = prepared.iter().filter(|p| !p.init).collect();
                     for (i, p) in apps.into_iter().enumerate() {
                         let stop = ContainerStop::default();
-                        stops.push((
-                            stop.clone(),
-                            PreparedOwned {
-                                spec: p.spec.clone(),
-                                loaded: p.loaded.clone(),
-                                guest: p.guest.clone(),
-                            },
-                        ));
+                        stops.push((stop.clone(), (*p).clone()));
                         supervisors.spawn(supervise(
                             self.clone_for_task(),
                             sb.handle(),
-                            PreparedOwned {
-                                spec: p.spec.clone(),
-                                loaded: p.loaded.clone(),
-                                guest: p.guest.clone(),
-                            },
+                            (*p).clone(),
                             i,
                             stop,
                         ));
@@ -530,7 +520,7 @@ impl Worker {
     /// is interrupted.
     async fn terminate(
         &self,
-        stops: &[(ContainerStop, PreparedOwned)],
+        stops: &[(ContainerStop, Prepared)],
         handle: Option<tokio::runtime::Handle>,
         supervisors: &mut tokio::task::JoinSet<()>,
         grace: Duration,
@@ -580,7 +570,7 @@ impl Worker {
     /// Runs a container's preStop: the spec's `lifecycle.preStop` (exec or httpGet), else the
     /// component's `wk:pod/lifecycle.pre-stop` export. A failure is an event, not a reason to
     /// keep the container.
-    async fn pre_stop(&self, p: &PreparedOwned, handle: &tokio::runtime::Handle, grace: Duration) {
+    async fn pre_stop(&self, p: &Prepared, handle: &tokio::runtime::Handle, grace: Duration) {
         let name = p.spec["name"].as_str().unwrap_or_default();
         let result = if let Some(hook) = p
             .spec
@@ -881,12 +871,7 @@ impl Worker {
         stop: &Stop,
     ) -> Exit {
         let ctx = self.clone_for_task();
-        let owned = PreparedOwned {
-            spec: p.spec.clone(),
-            loaded: p.loaded.clone(),
-            guest: p.guest.clone(),
-        };
-        run_command_once(&ctx, &sb.handle(), &owned, i, init, stop).await
+        run_command_once(&ctx, &sb.handle(), p, i, init, stop).await
     }
 }
 
@@ -945,13 +930,6 @@ impl TaskCtx {
     }
 }
 
-#[derive(Clone)]
-struct PreparedOwned {
-    spec: Value,
-    loaded: Loaded,
-    guest: GuestSpec,
-}
-
 /// How the worker stops one container: drain (HTTP stops accepting), kill (interrupt the
 /// guest), finished (do not restart).
 #[derive(Clone, Default)]
@@ -993,7 +971,7 @@ async fn refresh_volumes(shared: Arc<Shared>, pod: watch::Receiver<Arc<Value>>, 
 async fn health_checks<F: std::future::Future<Output = ()>>(
     ctx: &TaskCtx,
     handle: &tokio::runtime::Handle,
-    p: &PreparedOwned,
+    p: &Prepared,
     name: &str,
     kill: impl Fn(String) -> F,
 ) {
@@ -1072,7 +1050,7 @@ fn log_path(ctx: &TaskCtx, name: &str, restart: u32) -> PathBuf {
 async fn run_command_once(
     ctx: &TaskCtx,
     handle: &tokio::runtime::Handle,
-    p: &PreparedOwned,
+    p: &Prepared,
     i: usize,
     init: bool,
     stop: &Stop,
@@ -1132,7 +1110,7 @@ async fn run_command_once(
 async fn supervise(
     ctx: TaskCtx,
     handle: tokio::runtime::Handle,
-    p: PreparedOwned,
+    p: Prepared,
     i: usize,
     stop: ContainerStop,
 ) {
@@ -1220,7 +1198,7 @@ async fn supervise(
 async fn watch_probes(
     ctx: TaskCtx,
     handle: tokio::runtime::Handle,
-    p: PreparedOwned,
+    p: Prepared,
     i: usize,
     run: ContainerStop,
 ) {
@@ -1372,7 +1350,7 @@ async fn run_probe(
 async fn serve_http(
     ctx: &TaskCtx,
     handle: &tokio::runtime::Handle,
-    p: &PreparedOwned,
+    p: &Prepared,
     pre: wasmtime_wasi_http::p2::bindings::ProxyPre<wasm::P2State>,
     i: usize,
     stop: &ContainerStop,
