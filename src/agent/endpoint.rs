@@ -196,41 +196,47 @@ async fn container_logs(
     ([(header::CONTENT_TYPE, "text/plain")], body).into_response()
 }
 
-/// Sends what is there, then what is appended, until the container's run ends.
+/// Sends what is there, then what is appended, until the container's run ends. When the file is
+/// rotated, the rest of the rotated file is sent before the fresh one.
 fn follow(
     shared: Arc<Shared>,
     path: PathBuf,
     first: Vec<u8>,
     timestamps: bool,
 ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send {
-    let start = std::fs::metadata(&path).map_or(0, |m| m.len());
+    use std::os::unix::fs::MetadataExt;
+    let identity =
+        |p: &std::path::Path| std::fs::metadata(p).map_or((0, 0), |m| (m.ino(), m.len()));
+    let start = identity(&path);
     futures_util::stream::unfold(
-        (Some(first), start, false),
-        move |(first, mut offset, done)| {
+        (Some(first), start),
+        move |(first, (mut ino, mut offset))| {
             let shared = shared.clone();
             let path = path.clone();
             async move {
                 if let Some(f) = first {
-                    return Some((Ok(Bytes::from(f)), (None, offset, done)));
-                }
-                if done {
-                    return None;
+                    return Some((Ok(Bytes::from(f)), (None, (ino, offset))));
                 }
                 loop {
                     let live = shared.is_live(&path);
-                    let len = std::fs::metadata(&path).map_or(0, |m| m.len());
-                    if len < offset {
-                        offset = 0; // rotated
+                    let (now_ino, len) = identity(&path);
+                    if now_ino != ino {
+                        // Rotated: finish the old file (now `.log.1`), then start the new one.
+                        let rotated = logs::run_files(&path)[0].clone();
+                        let (rest, _) = read_from(&rotated, offset, timestamps);
+                        (ino, offset) = (now_ino, 0);
+                        if !rest.is_empty() {
+                            return Some((Ok(Bytes::from(rest)), (None, (ino, offset))));
+                        }
+                        continue;
                     }
                     if len > offset {
-                        let chunk = read_from(&path, offset, timestamps);
-                        let next = offset + chunk.1;
-                        return Some((Ok(Bytes::from(chunk.0)), (None, next, false)));
+                        let (text, used) = read_from(&path, offset, timestamps);
+                        if used > 0 {
+                            return Some((Ok(Bytes::from(text)), (None, (ino, offset + used))));
+                        }
                     }
-                    if !live {
-                        return None;
-                    }
-                    if shared.shutdown.is_cancelled() {
+                    if !live || shared.shutdown.is_cancelled() {
                         return None;
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;

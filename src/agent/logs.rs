@@ -30,6 +30,7 @@ pub fn run_file(pod_dir: &Path, container: &str, restart: u32) -> PathBuf {
 pub struct ContainerLog {
     path: PathBuf,
     file: Mutex<(File, u64)>,
+    max_bytes: u64,
 }
 
 impl ContainerLog {
@@ -38,6 +39,14 @@ impl ContainerLog {
     /// # Errors
     /// When the file cannot be created.
     pub fn create(path: PathBuf) -> io::Result<Arc<Self>> {
+        Self::with_limit(path, MAX_LOG_BYTES)
+    }
+
+    /// As [`ContainerLog::create`], rotating at `max_bytes` rather than [`MAX_LOG_BYTES`].
+    ///
+    /// # Errors
+    /// When the file cannot be created.
+    pub fn with_limit(path: PathBuf, max_bytes: u64) -> io::Result<Arc<Self>> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -49,6 +58,7 @@ impl ContainerLog {
         Ok(Arc::new(Self {
             path,
             file: Mutex::new((file, 0)),
+            max_bytes,
         }))
     }
 
@@ -76,7 +86,7 @@ impl ContainerLog {
             return;
         };
         let (file, size) = &mut *guard;
-        if *size + line.len() as u64 > MAX_LOG_BYTES {
+        if *size > 0 && *size + line.len() as u64 > self.max_bytes {
             let rotated = self.path.with_extension("log.1");
             if std::fs::rename(&self.path, &rotated).is_ok()
                 && let Ok(fresh) = File::create(&self.path)
@@ -299,5 +309,38 @@ mod tests {
         assert!(text.lines().next().unwrap().contains(" stdout P "));
         let all = render(&run_files(&path), &LogQuery::default()).unwrap();
         assert_eq!(all.len(), MAX_LINE + 11);
+    }
+
+    #[test]
+    fn a_full_log_is_rotated_once_and_read_across_both_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let log = ContainerLog::with_limit(path.clone(), 400).unwrap();
+        let out = log.stream("stdout");
+        for i in 0..30 {
+            out.write_bytes(format!("line {i:02}\n").as_bytes());
+        }
+        let current = std::fs::metadata(&path).unwrap().len();
+        let rotated = std::fs::metadata(path.with_extension("log.1"))
+            .unwrap()
+            .len();
+        assert!(current <= 400 && rotated <= 400, "{current} {rotated}");
+        let all =
+            String::from_utf8(render(&run_files(&path), &LogQuery::default()).unwrap()).unwrap();
+        let lines: Vec<&str> = all.lines().collect();
+        // Only one rotated file is kept: the oldest lines are gone, the rest are in order.
+        assert_eq!(lines.last(), Some(&"line 29"));
+        assert!(!lines.contains(&"line 00"), "{all}");
+        let first: usize = lines[0][5..].parse().unwrap();
+        let expected: Vec<String> = (first..30).map(|i| format!("line {i:02}")).collect();
+        assert_eq!(lines, expected);
+        let tail = LogQuery {
+            tail_lines: Some(3),
+            ..LogQuery::default()
+        };
+        assert_eq!(
+            render(&run_files(&path), &tail).unwrap(),
+            b"line 27\nline 28\nline 29\n"
+        );
     }
 }

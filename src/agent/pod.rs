@@ -1157,6 +1157,22 @@ async fn supervise(
         };
         probes.abort();
         link.abort();
+        if let Exit::Failed(m) = &exit {
+            // It never started (a port in use, say): shown as the kubelet shows a StartError.
+            let now = status::now();
+            ctx.set(false, i, |c| {
+                c.ready = false;
+                c.state = State::Terminated {
+                    exit_code: exit.code(),
+                    reason: exit.reason().to_owned(),
+                    message: exit.message(),
+                    started_at: now.clone(),
+                    finished_at: now.clone(),
+                };
+            });
+            ctx.event(&name, true, "Failed", &format!("Error: {m}"))
+                .await;
+        }
         if stop.finished.stopped() {
             return;
         }
@@ -1174,7 +1190,9 @@ async fn supervise(
             delay.as_secs()
         );
         ctx.set(false, i, |c| {
-            c.last = Some(c.state.clone());
+            if let State::Terminated { .. } = c.state {
+                c.last = Some(c.state.clone());
+            }
             c.state = State::waiting("CrashLoopBackOff", Some(message));
         });
         ctx.event(
@@ -1370,16 +1388,24 @@ async fn serve_http(
             Some((c, h))
         })
         .collect();
-    if ports.is_empty() {
-        let m = "an HTTP component needs a containerPort to listen on".to_owned();
-        ctx.set(false, i, |c| {
-            c.state = State::waiting("CreateContainerConfigError", Some(m.clone()))
-        });
-        ctx.event(&name, true, "Failed", &format!("Error: {m}"))
-            .await;
-        stop.finished.wait().await;
-        return Exit::Killed;
-    }
+    let serving = match wasm::http::Serving::from_pod(&ctx.pod.borrow()) {
+        Ok(_) if ports.is_empty() => {
+            Err("an HTTP component needs a containerPort to listen on".to_owned())
+        }
+        other => other,
+    };
+    let serving = match serving {
+        Ok(s) => s,
+        Err(m) => {
+            ctx.set(false, i, |c| {
+                c.state = State::waiting("CreateContainerConfigError", Some(m.clone()))
+            });
+            ctx.event(&name, true, "Failed", &format!("Error: {m}"))
+                .await;
+            stop.finished.wait().await;
+            return Exit::Killed;
+        }
+    };
     let restart = ctx.restart_count(false, i);
     let path = log_path(ctx, &name, restart);
     let log = match ContainerLog::create(path.clone()) {
@@ -1392,6 +1418,7 @@ async fn serve_http(
         p.guest.clone(),
         log.stream("stdout"),
         log.stream("stderr"),
+        serving,
     );
     // Bind every port first, so a clash is reported before the container counts as started.
     let mut listeners = Vec::new();

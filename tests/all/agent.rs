@@ -1053,3 +1053,161 @@ fn top_reports_pod_and_node_usage_through_the_metrics_api() {
         "{wk}"
     );
 }
+
+#[test]
+fn a_pod_s_concurrency_limit_and_request_timeout_hold() {
+    let c = Cluster::with_agent();
+    import_all(&c);
+    apply(
+        &c,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: one-at-a-time\n  annotations:\n    wk.dev/max-concurrent-requests: \"1\"\n    wk.dev/request-timeout-seconds: \"2\"\nspec:\n  nodeName: wk-test\n  containers:\n  - {name: hello, image: hello:v1, ports: [{containerPort: 8000}]}\n",
+    );
+    wait_for(
+        &c,
+        "one-at-a-time",
+        "{.status.containerStatuses[0].ready}",
+        "true",
+    );
+    // With one slot, a quick request sent while a slow one runs waits for it to finish.
+    let timed = |url: &'static str| {
+        let ns = netns(&c, "one-at-a-time");
+        std::thread::spawn(move || {
+            let out = Command::new("nsenter")
+                .arg(format!("--net={}", ns.display()))
+                .args(["curl", "-s", "-m", "20", "-w", " %{http_code}", url])
+                .output()
+                .unwrap();
+            (stdout(&out), std::time::Instant::now())
+        })
+    };
+    let slow = timed("http://127.0.0.1:8000/slow?ms=1500");
+    std::thread::sleep(Duration::from_millis(300));
+    let quick = timed("http://127.0.0.1:8000/");
+    let (slow, slow_done) = slow.join().unwrap();
+    let (quick, quick_done) = quick.join().unwrap();
+    assert_eq!(slow, "slow 1500\n 200");
+    assert_eq!(quick, "Hello from wk!\n 200");
+    assert!(
+        quick_done > slow_done,
+        "the second request was served while the only slot was taken"
+    );
+    // Past the timeout the client gets 504, and the pod keeps serving.
+    let (body, _) = curl_in(&c, "one-at-a-time", "http://127.0.0.1:8000/slow?ms=6000");
+    assert_eq!(body, "the guest did not answer in time\n 504");
+    let (body, _) = curl_in(&c, "one-at-a-time", "http://127.0.0.1:8000/");
+    assert_eq!(body, "Hello from wk!\n 200");
+
+    // A bad setting is named in the container's status.
+    apply(
+        &c,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: bad-limit\n  annotations:\n    wk.dev/max-concurrent-requests: ten\nspec:\n  nodeName: wk-test\n  containers:\n  - {name: hello, image: hello:v1, ports: [{containerPort: 8000}]}\n",
+    );
+    wait_for(
+        &c,
+        "bad-limit",
+        "{.status.containerStatuses[0].state.waiting.reason}",
+        "CreateContainerConfigError",
+    );
+    let message = get(
+        &c,
+        "bad-limit",
+        "{.status.containerStatuses[0].state.waiting.message}",
+    );
+    assert!(
+        message.contains("wk.dev/max-concurrent-requests") && message.contains("ten"),
+        "{message}"
+    );
+}
+
+/// A TCP port nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn without_privileges_pods_share_the_host_network_and_clashing_ports_are_refused() {
+    let c = Cluster::with_unprivileged_agent();
+    import_all(&c);
+    c.give_data_to_nobody();
+    assert!(
+        c.log().contains("network namespaces are unavailable"),
+        "the agent warns: {}",
+        tail(&c.log())
+    );
+    let annotation = c.jsonpath(
+        "node",
+        "wk-test",
+        "{.metadata.annotations.wk\\.dev/host-network-fallback}",
+    );
+    assert_eq!(annotation, "true");
+    let ready = c.jsonpath(
+        "node",
+        "wk-test",
+        "{.status.conditions[?(@.type==\"Ready\")].message}",
+    );
+    assert!(ready.contains("share the host network"), "{ready}");
+
+    let port = free_port();
+    let web = |name: &str| {
+        pod(
+            name,
+            &format!(
+                "  containers:\n  - {{name: hello, image: hello:v1, ports: [{{containerPort: {port}}}]}}\n"
+            ),
+        )
+    };
+    apply(&c, &web("first"));
+    wait_for(&c, "first", "{.status.containerStatuses[0].ready}", "true");
+    let node_ip = c.jsonpath(
+        "node",
+        "wk-test",
+        "{.status.addresses[?(@.type==\"InternalIP\")].address}",
+    );
+    assert_eq!(get(&c, "first", "{.status.podIP}"), node_ip);
+    assert!(
+        !c.agent_dir()
+            .join("netns")
+            .join(get(&c, "first", "{.metadata.uid}"))
+            .exists(),
+        "no namespace was made"
+    );
+    let out = Command::new("curl")
+        .args(["-s", "-m", "10", &format!("http://127.0.0.1:{port}/")])
+        .output()
+        .unwrap();
+    assert_eq!(
+        stdout(&out),
+        "Hello from wk!\n",
+        "the pod serves on the host"
+    );
+
+    // A second pod on the same port is refused, and says why.
+    apply(&c, &web("second"));
+    let mut last = String::new();
+    let refused = eventually(LONG, || {
+        last = get(
+            &c,
+            "second",
+            "{.status.containerStatuses[0].lastState.terminated.message}{.status.containerStatuses[0].state.terminated.message}",
+        );
+        last.contains(&format!("port {port}"))
+    });
+    assert!(
+        refused,
+        "second pod: {last}\n{}",
+        get(&c, "second", "{.status}")
+    );
+    let out = Command::new("curl")
+        .args(["-s", "-m", "10", &format!("http://127.0.0.1:{port}/")])
+        .output()
+        .unwrap();
+    assert_eq!(
+        stdout(&out),
+        "Hello from wk!\n",
+        "the first pod still serves"
+    );
+}

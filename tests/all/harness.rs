@@ -33,7 +33,7 @@ impl Cluster {
 
     /// Starts a server on an existing data directory (for restart tests).
     pub fn start_in(data: tempfile::TempDir) -> Self {
-        Self::launch(data, false)
+        Self::launch(data, false, false)
     }
 
     /// Starts a server with its built-in node agent (node `wk-test`), and waits until the
@@ -44,7 +44,34 @@ impl Cluster {
 
     /// As [`Cluster::with_agent`], on an existing data directory.
     pub fn with_agent_in(data: tempfile::TempDir) -> Self {
-        let c = Self::launch(data, true);
+        Self::wait_for_agent(Self::launch(data, true, false))
+    }
+
+    /// As [`Cluster::with_agent`], with the server running as the unprivileged user `nobody`,
+    /// which may not make network namespaces.
+    pub fn with_unprivileged_agent() -> Self {
+        Self::wait_for_agent(Self::launch(
+            tempfile::tempdir().expect("temp dir"),
+            true,
+            true,
+        ))
+    }
+
+    /// Gives the data directory to `nobody` again, after root wrote into it.
+    pub fn give_data_to_nobody(&self) {
+        let out = Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(self.data.path())
+            .output()
+            .expect("run chown");
+        assert!(
+            out.status.success(),
+            "chown: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn wait_for_agent(c: Self) -> Self {
         assert!(
             eventually(Duration::from_secs(30), || c
                 .log()
@@ -65,8 +92,15 @@ impl Cluster {
         self.child.id()
     }
 
-    fn launch(data: tempfile::TempDir, agent: bool) -> Self {
-        let mut cmd = Command::new(WK);
+    fn launch(data: tempfile::TempDir, agent: bool, as_nobody: bool) -> Self {
+        let mut cmd = if as_nobody {
+            std::os::unix::fs::chown(data.path(), Some(65534), Some(65534)).expect("chown");
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", WK]);
+            c
+        } else {
+            Command::new(WK)
+        };
         cmd.args([
             "server",
             "--listen",

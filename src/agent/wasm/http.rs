@@ -22,10 +22,53 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use super::{GuestSpec, Limiter, P2State, Stop, p2_state, slice};
 use crate::agent::logs::LogStream;
 
-/// Requests one pod serves at once; more wait for a slot.
+/// Requests one pod serves at once by default; more wait for a slot.
 pub const MAX_CONCURRENT_REQUESTS: usize = 256;
-/// How long one request may take to produce its response headers.
+/// How long one request may take to produce its response headers, by default.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// What a client is told when the guest takes longer than the request timeout.
+const TIMED_OUT: &str = "the guest did not answer in time";
+/// The pod annotation that sets its concurrency limit.
+pub const CONCURRENCY_ANNOTATION: &str = "wk.dev/max-concurrent-requests";
+/// The pod annotation that sets its request timeout, in seconds.
+pub const TIMEOUT_ANNOTATION: &str = "wk.dev/request-timeout-seconds";
+
+/// How a pod's HTTP containers serve: its concurrency limit and request timeout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Serving {
+    /// Requests served at once, per container; more wait for a slot.
+    pub max_concurrent: usize,
+    /// Time allowed to produce the response headers; past it the client gets 504.
+    pub timeout: Duration,
+}
+
+impl Serving {
+    /// The pod's settings, from its annotations (defaults where absent).
+    ///
+    /// # Errors
+    /// When an annotation is not a positive whole number, naming it.
+    pub fn from_pod(pod: &serde_json::Value) -> Result<Self, String> {
+        let number = |key: &str| -> Result<Option<u64>, String> {
+            match pod["metadata"]["annotations"][key].as_str() {
+                None => Ok(None),
+                Some(v) => match v.trim().parse::<u64>() {
+                    Ok(n) if n > 0 => Ok(Some(n)),
+                    _ => Err(format!(
+                        "annotation {key}: {v:?} is not a positive whole number"
+                    )),
+                },
+            }
+        };
+        Ok(Self {
+            max_concurrent: number(CONCURRENCY_ANNOTATION)?.map_or(MAX_CONCURRENT_REQUESTS, |n| {
+                usize::try_from(n)
+                    .unwrap_or(usize::MAX)
+                    .min(Semaphore::MAX_PERMITS)
+            }),
+            timeout: number(TIMEOUT_ANNOTATION)?.map_or(REQUEST_TIMEOUT, Duration::from_secs),
+        })
+    }
+}
 
 /// One HTTP container's serving state.
 pub struct HttpService {
@@ -35,6 +78,7 @@ pub struct HttpService {
     stdout: LogStream,
     stderr: LogStream,
     limit: Semaphore,
+    timeout: Duration,
     /// Interrupts in-flight guests when the grace period is over.
     pub kill: Stop,
 }
@@ -47,6 +91,7 @@ impl HttpService {
         spec: GuestSpec,
         stdout: LogStream,
         stderr: LogStream,
+        serving: Serving,
     ) -> Arc<Self> {
         Arc::new(Self {
             pre,
@@ -54,7 +99,8 @@ impl HttpService {
             spec,
             stdout,
             stderr,
-            limit: Semaphore::new(MAX_CONCURRENT_REQUESTS),
+            limit: Semaphore::new(serving.max_concurrent),
+            timeout: serving.timeout,
             kill: Stop::default(),
         })
     }
@@ -98,8 +144,18 @@ impl HttpService {
                 }
             })
         });
-        match rx.await {
-            Ok(Ok(response)) => Ok(response),
+        // Until the guest has answered, a timeout or a client that goes away ends its instance
+        // (with its task), so that it holds no slot or memory after.
+        let mut guard = AbortOnDrop(Some(task.abort_handle()));
+        let Ok(answer) = tokio::time::timeout(self.timeout, rx).await else {
+            return Err(TIMED_OUT.into());
+        };
+        match answer {
+            Ok(Ok(response)) => {
+                // The guest goes on writing the body.
+                guard.0 = None;
+                Ok(response)
+            }
             Ok(Err(code)) => Err(format!("the guest answered with an error: {code:?}")),
             Err(_) => match task.await {
                 Ok(Ok(())) => Err("the guest returned without setting a response".into()),
@@ -116,24 +172,63 @@ impl HttpService {
         let Ok(_permit) = self.limit.acquire().await else {
             return Ok(plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"));
         };
-        Ok(
-            match tokio::time::timeout(REQUEST_TIMEOUT, self.call(req)).await {
-                Ok(Ok(response)) => response,
-                Ok(Err(message)) => {
-                    tracing::debug!(%message, "request failed");
-                    let status = if message.starts_with("bad request") {
-                        StatusCode::BAD_REQUEST
-                    } else {
-                        StatusCode::INTERNAL_SERVER_ERROR
-                    };
-                    plain(status, &format!("{message}\n"))
-                }
-                Err(_) => plain(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "the guest did not answer in time\n",
-                ),
-            },
-        )
+        Ok(match self.call(req).await {
+            Ok(response) => response,
+            Err(message) => {
+                tracing::debug!(%message, "request failed");
+                let status = if message.starts_with("bad request") {
+                    StatusCode::BAD_REQUEST
+                } else if message == TIMED_OUT {
+                    StatusCode::GATEWAY_TIMEOUT
+                } else {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                };
+                plain(status, &format!("{message}\n"))
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serving_settings_come_from_annotations_and_bad_ones_are_named() {
+        let pod = |a: serde_json::Value| serde_json::json!({"metadata": {"annotations": a}});
+        assert_eq!(
+            Serving::from_pod(&pod(serde_json::json!({}))).unwrap(),
+            Serving {
+                max_concurrent: MAX_CONCURRENT_REQUESTS,
+                timeout: REQUEST_TIMEOUT
+            }
+        );
+        let set = Serving::from_pod(&pod(serde_json::json!({
+            CONCURRENCY_ANNOTATION: "2", TIMEOUT_ANNOTATION: " 5 "})))
+        .unwrap();
+        assert_eq!(
+            set,
+            Serving {
+                max_concurrent: 2,
+                timeout: Duration::from_secs(5)
+            }
+        );
+        for bad in ["0", "-1", "ten", "1.5"] {
+            let e = Serving::from_pod(&pod(serde_json::json!({CONCURRENCY_ANNOTATION: bad})))
+                .unwrap_err();
+            assert!(e.contains(CONCURRENCY_ANNOTATION) && e.contains(bad), "{e}");
+        }
+    }
+}
+
+/// Aborts a task when dropped, unless disarmed.
+struct AbortOnDrop(Option<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
     }
 }
 
