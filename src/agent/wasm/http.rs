@@ -189,38 +189,6 @@ impl HttpService {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn serving_settings_come_from_annotations_and_bad_ones_are_named() {
-        let pod = |a: serde_json::Value| serde_json::json!({"metadata": {"annotations": a}});
-        assert_eq!(
-            Serving::from_pod(&pod(serde_json::json!({}))).unwrap(),
-            Serving {
-                max_concurrent: MAX_CONCURRENT_REQUESTS,
-                timeout: REQUEST_TIMEOUT
-            }
-        );
-        let set = Serving::from_pod(&pod(serde_json::json!({
-            CONCURRENCY_ANNOTATION: "2", TIMEOUT_ANNOTATION: " 5 "})))
-        .unwrap();
-        assert_eq!(
-            set,
-            Serving {
-                max_concurrent: 2,
-                timeout: Duration::from_secs(5)
-            }
-        );
-        for bad in ["0", "-1", "ten", "1.5"] {
-            let e = Serving::from_pod(&pod(serde_json::json!({CONCURRENCY_ANNOTATION: bad})))
-                .unwrap_err();
-            assert!(e.contains(CONCURRENCY_ANNOTATION) && e.contains(bad), "{e}");
-        }
-    }
-}
-
 /// Aborts a task when dropped, unless disarmed.
 struct AbortOnDrop(Option<tokio::task::AbortHandle>);
 
@@ -274,4 +242,36 @@ pub async fn serve(listener: TcpListener, service: Arc<HttpService>, drain: Stop
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serving_settings_come_from_annotations_and_bad_ones_are_named() {
+        let pod = |a: serde_json::Value| serde_json::json!({"metadata": {"annotations": a}});
+        assert_eq!(
+            Serving::from_pod(&pod(serde_json::json!({}))).unwrap(),
+            Serving {
+                max_concurrent: MAX_CONCURRENT_REQUESTS,
+                timeout: REQUEST_TIMEOUT
+            }
+        );
+        let set = Serving::from_pod(&pod(serde_json::json!({
+            CONCURRENCY_ANNOTATION: "2", TIMEOUT_ANNOTATION: " 5 "})))
+        .unwrap();
+        assert_eq!(
+            set,
+            Serving {
+                max_concurrent: 2,
+                timeout: Duration::from_secs(5)
+            }
+        );
+        for bad in ["0", "-1", "ten", "1.5"] {
+            let e = Serving::from_pod(&pod(serde_json::json!({CONCURRENCY_ANNOTATION: bad})))
+                .unwrap_err();
+            assert!(e.contains(CONCURRENCY_ANNOTATION) && e.contains(bad), "{e}");
+        }
+    }
 }
