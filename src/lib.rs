@@ -9,6 +9,8 @@ pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod controllers;
+pub mod net;
 pub mod scheduler;
 pub mod server;
 pub mod store;

@@ -79,6 +79,10 @@ pub struct AgentConfig {
     pub port: u16,
     /// The token the API server presents to the endpoint (the node token).
     pub node_token: String,
+    /// Whether pods get an address on the node's bridge (else only their own loopback).
+    pub pod_network: bool,
+    /// The bridge pods are connected to.
+    pub bridge: String,
 }
 
 impl AgentConfig {
@@ -96,6 +100,8 @@ impl AgentConfig {
             address: IpAddr::from([127, 0, 0, 1]),
             port: 0,
             node_token: node_token.into(),
+            pod_network: true,
+            bridge: crate::net::BRIDGE.to_owned(),
         }
     }
 }
@@ -157,6 +163,8 @@ pub struct Shared {
     pub node_ip: String,
     /// Whether pods share the host network (no namespaces could be made).
     pub host_network: bool,
+    /// The pod network, once the Node has its podCIDR (absent without one, or when off).
+    pub net: std::sync::OnceLock<Arc<crate::net::PodNetwork>>,
     /// Stops every worker without deleting anything (agent shutdown).
     pub shutdown: CancellationToken,
     /// `namespace/name` → uid of the pods bound here.
@@ -386,6 +394,49 @@ fn namespaces_available(data: &Path) -> bool {
     }
 }
 
+/// Waits for the Node's podCIDR (given by the server's node IPAM controller), then sets up the
+/// bridge for it.
+async fn pod_network(
+    client: &Client,
+    config: &AgentConfig,
+    data: &Path,
+    shutdown: &CancellationToken,
+) -> Option<crate::net::PodNetwork> {
+    let path = format!("/api/v1/nodes/{}", config.node_name);
+    let deadline = std::time::Instant::now() + POD_CIDR_WAIT;
+    let range = loop {
+        let node = client.get(&path).await.ok();
+        let cidr = node.as_ref().and_then(|n| n["spec"]["podCIDR"].as_str());
+        if let Some(c) = cidr {
+            match c.parse::<crate::net::cidr::Cidr>() {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the Node's podCIDR is not usable");
+                    return None;
+                }
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            tracing::warn!("the Node got no podCIDR (is the server's nodeipam controller off?)");
+            return None;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            () = shutdown.cancelled() => return None,
+        }
+    };
+    match crate::net::PodNetwork::setup(&config.bridge, range, &data.join("net")).await {
+        Ok(net) => Some(net),
+        Err(e) => {
+            tracing::warn!(error = %e, bridge = %config.bridge, %range, "setting up the pod network failed");
+            None
+        }
+    }
+}
+
+/// How long a new agent waits for its Node's podCIDR.
+const POD_CIDR_WAIT: Duration = Duration::from_secs(20);
+
 impl Agent {
     /// Starts the agent: runtime, endpoint, Node registration, heartbeat and pod watch.
     ///
@@ -426,6 +477,7 @@ impl Agent {
             node_name: config.node_name.clone(),
             node_ip: config.address.to_string(),
             host_network,
+            net: std::sync::OnceLock::new(),
             shutdown: shutdown.clone(),
             pods: Mutex::new(HashMap::new()),
             live: Mutex::new(HashSet::new()),
@@ -467,6 +519,22 @@ impl Agent {
             .ok()
             .and_then(|n| n["metadata"]["uid"].as_str().map(str::to_owned));
         let _ = node::renew_lease(&client, &config.node_name, uid.as_deref()).await;
+        if config.pod_network && !host_network {
+            match pod_network(&client, &config, &data, &shutdown).await {
+                Some(net) => {
+                    // A pod needs an address: no more pods than the podCIDR holds.
+                    let room = u32::try_from(net.capacity()).unwrap_or(u32::MAX);
+                    if room < config.max_pods {
+                        config.max_pods = room;
+                        let node = node::node_object(&config, &images, host_network);
+                        let _ = node::update_status(&client, &node).await;
+                    }
+                    tracing::info!(range = %net.range(), bridge = net.bridge(), "pod network ready");
+                    let _ = shared.net.set(Arc::new(net));
+                }
+                None => tracing::warn!("pods get no address: only their own loopback"),
+            }
+        }
         tracing::info!(node = %config.node_name, %endpoint, host_network, pooling = shared.runtime.pooling, "node agent registered");
         let tasks = vec![
             tokio::spawn(serve),
@@ -604,6 +672,12 @@ async fn watch_pods(shared: Arc<Shared>) {
                 .unwrap_or(0);
             if removed > 0 {
                 tracing::info!(removed, "cleaned sandboxes of pods no longer bound here");
+            }
+            if let Some(net) = shared.net.get() {
+                let removed = net.prune(&seen).await;
+                if removed > 0 {
+                    tracing::info!(removed, "removed veths of pods no longer bound here");
+                }
             }
             first = false;
         }

@@ -310,8 +310,7 @@ impl Worker {
             warning,
             reason,
             message,
-        )
-        .await;
+        );
     }
 
     /// Sleeps, or returns early (false) when the pod is being deleted.
@@ -453,11 +452,13 @@ impl Worker {
                         .await;
                     self.reporter.flush().await;
                     if let Some(sb) = sandbox.take() {
-                        volumes::unmount_all(&sb.dir);
-                        sb.teardown().await;
+                        self.teardown(sb).await;
                     } else {
                         let (dir, ns) = sandbox::paths(&self.shared.data_dir, &self.uid);
                         volumes::unmount_all(&dir);
+                        if let Some(net) = self.shared.net.get() {
+                            net.detach(&self.uid).await;
+                        }
                         sandbox::netns::destroy(&ns);
                         let _ = std::fs::remove_dir_all(dir);
                     }
@@ -652,6 +653,29 @@ impl Worker {
         }
     }
 
+    /// Connects the sandbox's namespace to the node's pod network, if there is one, and
+    /// returns the pod as its containers should see it (with its podIP).
+    async fn connect(&self, sb: &Sandbox, pod: Arc<Value>) -> std::io::Result<Arc<Value>> {
+        let (Some(ns), Some(net)) = (&sb.netns, self.shared.net.get()) else {
+            return Ok(pod);
+        };
+        let ip = net.attach(&self.uid, ns).await?.to_string();
+        self.reporter.update(|s| s.pod_ip = Some(ip.clone()));
+        let mut pod = (*pod).clone();
+        pod["status"]["podIP"] = json!(ip);
+        pod["status"]["podIPs"] = json!([{ "ip": ip }]);
+        Ok(Arc::new(pod))
+    }
+
+    /// Removes the sandbox: volumes, network, namespace and directory.
+    async fn teardown(&self, sb: Sandbox) {
+        volumes::unmount_all(&sb.dir);
+        if let Some(net) = self.shared.net.get() {
+            net.detach(&self.uid).await;
+        }
+        sb.teardown().await;
+    }
+
     /// Makes the sandbox, mounts the volumes and loads every container's module.
     async fn prepare(&self) -> Result<(Sandbox, Vec<Prepared>), PrepareError> {
         let pod = self.current();
@@ -680,6 +704,20 @@ impl Worker {
                 return Err(PrepareError::Retry);
             }
         };
+        let pod = match self.connect(&sb, pod).await {
+            Ok(pod) => pod,
+            Err(e) => {
+                self.event(
+                    None,
+                    true,
+                    "FailedCreatePodSandBox",
+                    &format!("Failed to create pod sandbox: setting up the pod's network: {e}"),
+                )
+                .await;
+                self.teardown(sb).await;
+                return Err(PrepareError::Retry);
+            }
+        };
         let ready = match volumes::prepare(&self.shared.client, &pod, &sb.dir).await {
             Ok(r) => r,
             Err(e) => {
@@ -690,7 +728,7 @@ impl Worker {
                     &format!("MountVolume.SetUp failed for {e}"),
                 )
                 .await;
-                sb.teardown().await;
+                self.teardown(sb).await;
                 return Err(PrepareError::Retry);
             }
         };
@@ -728,7 +766,7 @@ impl Worker {
             }
         }
         if failed {
-            sb.teardown().await;
+            self.teardown(sb).await;
             return Err(PrepareError::Retry);
         }
         self.shared.track(
@@ -910,8 +948,7 @@ impl TaskCtx {
             warning,
             reason,
             message,
-        )
-        .await;
+        );
     }
 
     fn set(&self, init: bool, i: usize, f: impl FnOnce(&mut Container)) {

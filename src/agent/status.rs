@@ -1,7 +1,6 @@
 //! Pod status as the kubelet reports it: the phase, the conditions and the container statuses,
 //! computed from the worker's view of its containers; plus the Events it posts.
 
-use http::Method;
 use serde_json::{Value, json};
 
 use crate::client::Client;
@@ -279,8 +278,8 @@ pub fn qos_class(spec: &Value) -> &'static str {
     }
 }
 
-/// Posts an Event about a pod, as the kubelet does.
-pub async fn event(
+/// Posts a kubelet Event about `pod` (and its `container`), in the background.
+pub fn event(
     client: &Client,
     pod: &Value,
     node: &str,
@@ -289,11 +288,9 @@ pub async fn event(
     reason: &str,
     message: &str,
 ) {
-    let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
-    let name = pod["metadata"]["name"].as_str().unwrap_or_default();
-    let t = now();
-    let mut involved = json!({"kind": "Pod", "apiVersion": "v1", "namespace": ns, "name": name,
-        "uid": pod["metadata"]["uid"], "resourceVersion": pod["metadata"]["resourceVersion"]});
+    let mut involved = crate::client::events::reference(pod);
+    involved["kind"] = json!("Pod");
+    involved["apiVersion"] = json!("v1");
     if let Some(c) = container {
         let list = if pod["spec"]["initContainers"]
             .as_array()
@@ -305,41 +302,11 @@ pub async fn event(
         };
         involved["fieldPath"] = json!(format!("spec.{list}{{{c}}}"));
     }
-    let suffix: u64 = rand::random::<u64>() & 0xffff_ffff_ffff;
-    let e = json!({
-        "apiVersion": "v1", "kind": "Event",
-        "metadata": {"name": format!("{name}.{suffix:x}"), "namespace": ns},
-        "involvedObject": involved,
-        "reason": reason,
-        "message": message,
-        "type": if warning { "Warning" } else { "Normal" },
-        "source": {"component": "kubelet", "host": node},
-        "reportingComponent": "kubelet",
-        "reportingInstance": node,
-        "firstTimestamp": t,
-        "lastTimestamp": t,
-        "count": 1,
-    });
-    // Events are best effort and off the pod's critical path, as the kubelet's recorder is.
-    let (client, path, name, reason) = (
-        client.clone(),
-        format!("/api/v1/namespaces/{ns}/events"),
-        name.to_owned(),
-        reason.to_owned(),
-    );
-    tokio::spawn(async move {
-        if let Err(err) = client
-            .request(
-                Method::POST,
-                &path,
-                Some("application/json"),
-                Some(e.to_string().into_bytes()),
-            )
-            .await
-        {
-            tracing::debug!(pod = %name, %reason, error = %err, "could not post an event");
-        }
-    });
+    let source = crate::client::events::Source {
+        component: "kubelet",
+        host: Some(node),
+    };
+    crate::client::events::record(client, involved, source, warning, reason, message);
 }
 
 #[cfg(test)]

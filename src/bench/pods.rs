@@ -25,6 +25,47 @@ pub struct Node {
     pub url: String,
 }
 
+/// The range bench clusters take pod addresses from (shared address space).
+const BENCH_CIDR: &str = "100.127.0.0/16";
+/// A bridge holds at most 1,024 ports (the kernel's BR_MAX_PORTS).
+const BRIDGE_PORTS: usize = 1023;
+
+/// The node CIDR prefix length that gives `pods` pods an address each, from [`BENCH_CIDR`].
+fn node_mask(pods: usize) -> u8 {
+    (16..=24)
+        .rev()
+        .find(|len| (1usize << (32 - len)) - 3 >= pods)
+        .unwrap_or(16)
+}
+
+/// The agent's pod-network flags for `pods` pods: bridge `bridge`, or no pod network where
+/// one bridge cannot hold them all.
+fn network_flags(bridge: &str, pods: usize) -> Vec<String> {
+    let mode = if pods > BRIDGE_PORTS {
+        "none"
+    } else {
+        "bridge"
+    };
+    ["--bridge", bridge, "--pod-network", mode]
+        .map(str::to_owned)
+        .to_vec()
+}
+
+/// Removes a bench bridge (its pods' veths went with their namespaces).
+fn delete_bridge(name: &str) {
+    let name = name.to_owned();
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let h = crate::net::link::host_handle()?;
+            crate::net::link::delete(&h, &name).await
+        })
+    })
+    .join();
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
         // SIGTERM first, so the agent stops its pods' threads; then make sure.
@@ -41,8 +82,14 @@ impl Drop for Node {
         {
             crate::agent::sandbox::netns::destroy(&entry.path());
         }
+        delete_bridge(NODE_BRIDGE);
     }
 }
+
+/// The bridge of a bench server's built-in agent.
+const NODE_BRIDGE: &str = "wkbench0";
+/// The bridge of a bench's standalone agent.
+const AGENT_BRIDGE: &str = "wkbench1";
 
 impl Node {
     /// The server process's id.
@@ -58,8 +105,11 @@ impl Node {
         let dir = tempfile::Builder::new().prefix("wk-bench").tempdir()?;
         let mut cmd = Command::new(wk);
         cmd.args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path());
+            .arg(dir.path())
+            .args(["--cluster-cidr", BENCH_CIDR, "--node-cidr-mask-size"])
+            .arg(node_mask(max_pods).to_string());
         if agent {
+            cmd.args(network_flags(NODE_BRIDGE, max_pods));
             cmd.args([
                 "--node-name",
                 "bench",
@@ -301,6 +351,8 @@ pub struct PodsReport {
     /// runc p50 / wk p50 to Running.
     pub speedup_p50: f64,
     /// Idle HTTP pods started for the density figure.
+    /// The density agent's pod network: `bridge`, or `none` past one bridge's ports.
+    pub density_network: &'static str,
     pub density_pods: usize,
     /// Seconds from the first create to all of them Running.
     pub density_seconds: f64,
@@ -325,7 +377,7 @@ pub async fn pods(
     density: usize,
     runc_runs: usize,
 ) -> anyhow::Result<PodsReport> {
-    let node = Node::start(wk, true, density + starts + 100)?;
+    let node = Node::start(wk, true, starts + 10)?;
     node.import(wk, http_wasm, "hello:v1")?;
     eprintln!("start latency: {starts} pods, one at a time");
     let (to_running, to_first_ok) = start_latency(&node, starts).await?;
@@ -337,7 +389,7 @@ pub async fn pods(
 
     // Density runs against a standalone agent, so its RSS is the agent's alone (the
     // control plane's copies of the pods and their events live in the server process).
-    let server = Node::start(wk, false, 0)?;
+    let server = Node::start(wk, false, density + 100)?;
     let (mut agent, agent_dir) = start_agent(wk, &server, "bench", density + 100)?;
     let store = crate::agent::images::Store::new(agent_dir.path());
     let image = store.add(std::fs::File::open(http_wasm)?)?;
@@ -427,6 +479,11 @@ pub async fn pods(
         to_first_ok,
         runc_start,
         density_pods: density,
+        density_network: if density + 100 > BRIDGE_PORTS {
+            "none"
+        } else {
+            "bridge"
+        },
         density_seconds,
         rss_before_mb,
         rss_after_mb,
@@ -460,6 +517,7 @@ fn start_agent(
             "--max-pods",
         ])
         .arg(max_pods.to_string())
+        .args(network_flags(AGENT_BRIDGE, max_pods))
         .arg("--data-dir")
         .arg(dir.path())
         .env("RUST_LOG", "warn")
@@ -496,11 +554,12 @@ fn stop_agent(agent: &mut Child, dir: &tempfile::TempDir) {
     {
         crate::agent::sandbox::netns::destroy(&entry.path());
     }
+    delete_bridge(AGENT_BRIDGE);
 }
 
 /// A standalone `wk agent` joined to a control-plane-only server, idle for 3 s.
 async fn agent_idle_rss(wk: &Path) -> anyhow::Result<f64> {
-    let server = Node::start(wk, false, 0)?;
+    let server = Node::start(wk, false, 1000)?;
     let (mut agent, dir) = start_agent(wk, &server, "solo", 1000)?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss = rss_mb(agent.id(), "VmRSS:");

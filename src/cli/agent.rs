@@ -28,6 +28,13 @@ pub struct NodeFlags {
     /// The most pods this node runs.
     #[arg(long, env = "WK_MAX_PODS", default_value_t = 1000)]
     max_pods: u32,
+    /// How pods are networked: `bridge` gives each an address from the node's podCIDR on a
+    /// bridge; `none` leaves each with only its own loopback.
+    #[arg(long, env = "WK_POD_NETWORK", default_value = "bridge", value_parser = ["bridge", "none"])]
+    pod_network: String,
+    /// The bridge pods are connected to.
+    #[arg(long, env = "WK_BRIDGE", default_value = crate::net::BRIDGE)]
+    bridge: String,
 }
 
 impl NodeFlags {
@@ -50,6 +57,11 @@ impl NodeFlags {
         config.labels = labels;
         config.address = self.node_ip;
         config.max_pods = self.max_pods.max(1);
+        config.pod_network = self.pod_network == "bridge";
+        if self.bridge.is_empty() || self.bridge.len() > crate::net::link::MAX_NAME {
+            bail!("--bridge {:?}: a name of 1 to 15 characters", self.bridge);
+        }
+        config.bridge = self.bridge.clone();
         // A taken default port falls back to a free one: the API server learns the port from
         // the Node's daemonEndpoints.
         config.listen = if std::net::TcpListener::bind(self.agent_listen).is_ok() {

@@ -112,8 +112,8 @@ pub async fn execute(args: Args) -> anyhow::Result<()> {
                 "runc p50 / wk p50 to Running", r.speedup_p50
             );
             println!(
-                "{:<40} {:>8.1} s for {} pods",
-                "density: all Running", r.density_seconds, r.density_pods
+                "{:<40} {:>8.1} s for {} pods (pod network: {})",
+                "density: all Running", r.density_seconds, r.density_pods, r.density_network
             );
             println!(
                 "{:<40} {:>8.1} KB ({:.1} MB -> {:.1} MB)",

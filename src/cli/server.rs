@@ -23,9 +23,15 @@ pub struct Args {
     /// Run the control plane only, without the built-in node agent.
     #[arg(long, env = "WK_NO_AGENT")]
     no_agent: bool,
-    /// An in-process controller not to run (repeatable): scheduler.
-    #[arg(long, env = "WK_DISABLE", value_delimiter = ',', value_parser = ["scheduler"])]
+    /// An in-process controller not to run (repeatable): scheduler, nodeipam.
+    #[arg(long, env = "WK_DISABLE", value_delimiter = ',', value_parser = ["scheduler", "nodeipam"])]
     disable: Vec<String>,
+    /// The range pod addresses come from; each node gets a share of it as its podCIDR.
+    #[arg(long, env = "WK_CLUSTER_CIDR", default_value_t = crate::net::CLUSTER_CIDR)]
+    cluster_cidr: crate::net::cidr::Cidr,
+    /// The prefix length of each node's podCIDR.
+    #[arg(long, env = "WK_NODE_CIDR_MASK_SIZE", default_value_t = crate::net::NODE_CIDR_MASK)]
+    node_cidr_mask_size: u8,
     /// Seconds between watch bookmarks.
     #[arg(long, env = "WK_BOOKMARK_INTERVAL", default_value_t = 10, hide = true)]
     bookmark_interval: u64,
@@ -46,6 +52,15 @@ pub async fn execute(args: Args) -> anyhow::Result<()> {
     config.tls_sans = args.tls_san;
     config.bookmark_interval = std::time::Duration::from_secs(args.bookmark_interval.max(1));
     config.disabled = args.disable;
+    if args.node_cidr_mask_size < args.cluster_cidr.prefix() || args.node_cidr_mask_size > 29 {
+        anyhow::bail!(
+            "--node-cidr-mask-size {} must be between the cluster CIDR's /{} and /29",
+            args.node_cidr_mask_size,
+            args.cluster_cidr.prefix()
+        );
+    }
+    config.cluster_cidr = args.cluster_cidr;
+    config.node_cidr_mask = args.node_cidr_mask_size;
     let agent = if args.no_agent {
         None
     } else {

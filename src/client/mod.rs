@@ -1,5 +1,6 @@
 //! The HTTPS client for the API, used by the CLI (and, later, by agents and controllers).
 
+pub mod events;
 pub mod kubeconfig;
 
 use std::path::PathBuf;

@@ -299,8 +299,7 @@ async fn pass(
                             false,
                             "Scheduled",
                             &format!("Successfully assigned {key} to {node}"),
-                        )
-                        .await;
+                        );
                     }
                     Err(e) => tracing::debug!(pod = %key, error = %e, "binding failed; retrying"),
                 }
@@ -318,7 +317,7 @@ async fn pass(
                             Some(status.to_string().into_bytes()),
                         )
                         .await;
-                    event(client, &pod, true, "FailedScheduling", &why).await;
+                    event(client, &pod, true, "FailedScheduling", &why);
                     reported.insert(key, why);
                 }
             }
@@ -327,28 +326,16 @@ async fn pass(
     Ok(())
 }
 
-async fn event(client: &Client, pod: &Value, warning: bool, reason: &str, message: &str) {
-    let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
-    let name = pod["metadata"]["name"].as_str().unwrap_or_default();
-    let t = crate::agent::status::now();
-    let e = json!({
-        "apiVersion": "v1", "kind": "Event",
-        "metadata": {"name": format!("{name}.{:x}", rand::random::<u64>() & 0xffff_ffff_ffff), "namespace": ns},
-        "involvedObject": {"kind": "Pod", "apiVersion": "v1", "namespace": ns, "name": name, "uid": pod["metadata"]["uid"]},
-        "reason": reason, "message": message,
-        "type": if warning { "Warning" } else { "Normal" },
-        "source": {"component": "default-scheduler"},
-        "reportingComponent": "default-scheduler",
-        "firstTimestamp": t, "lastTimestamp": t, "count": 1,
-    });
-    let _ = client
-        .request(
-            Method::POST,
-            &format!("/api/v1/namespaces/{ns}/events"),
-            Some("application/json"),
-            Some(e.to_string().into_bytes()),
-        )
-        .await;
+/// Posts a scheduler Event about `pod`, in the background.
+fn event(client: &Client, pod: &Value, warning: bool, reason: &str, message: &str) {
+    let mut involved = crate::client::events::reference(pod);
+    involved["kind"] = json!("Pod");
+    involved["apiVersion"] = json!("v1");
+    let source = crate::client::events::Source {
+        component: "default-scheduler",
+        host: None,
+    };
+    crate::client::events::record(client, involved, source, warning, reason, message);
 }
 
 #[cfg(test)]

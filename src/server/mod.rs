@@ -116,6 +116,10 @@ pub struct ServerConfig {
     /// In-process controllers not to run (`scheduler`), as kube-controller-manager's
     /// `--controllers=-name`.
     pub disabled: Vec<String>,
+    /// The range pods take their addresses from; each Node gets a share of it.
+    pub cluster_cidr: crate::net::cidr::Cidr,
+    /// The prefix length of each Node's share (its podCIDR).
+    pub node_cidr_mask: u8,
 }
 
 impl ServerConfig {
@@ -127,6 +131,8 @@ impl ServerConfig {
             tls_sans: Vec::new(),
             bookmark_interval: Duration::from_secs(10),
             disabled: Vec::new(),
+            cluster_cidr: crate::net::CLUSTER_CIDR,
+            node_cidr_mask: crate::net::NODE_CIDR_MASK,
         }
     }
 }
@@ -357,7 +363,9 @@ async fn bootstrap(state: &Arc<ApiState>) -> Result<(), Error> {
 /// # Errors
 /// When the server or the agent cannot start, or the server fails while serving.
 pub async fn run(config: ServerConfig, agent: Option<AgentConfig>) -> Result<(), Error> {
-    let scheduler = !config.disabled.iter().any(|d| d == "scheduler");
+    let enabled = |name: &str| !config.disabled.iter().any(|d| d == name);
+    let (scheduler, nodeipam) = (enabled("scheduler"), enabled("nodeipam"));
+    let (cluster_cidr, node_cidr_mask) = (config.cluster_cidr, config.node_cidr_mask);
     let server = Server::start(config).await?;
     eprintln!(
         "wk server listening on https://{}\nkubeconfig: {}",
@@ -373,6 +381,14 @@ pub async fn run(config: ServerConfig, agent: Option<AgentConfig>) -> Result<(),
     let admin =
         crate::client::Client::new(&url, Some(server.admin_token.clone()), Some(certs.clone()))
             .map_err(|e| Error::Agent(e.to_string()))?;
+    if nodeipam {
+        tokio::spawn(crate::controllers::nodeipam::run(
+            admin.clone(),
+            cluster_cidr,
+            node_cidr_mask,
+            token.child_token(),
+        ));
+    }
     if scheduler {
         tokio::spawn(crate::scheduler::run(admin, token.child_token()));
     }

@@ -76,7 +76,8 @@ fn the_node_registers_with_capacity_labels_and_a_lease() {
         node("{.status.conditions[?(@.type==\"Ready\")].status}"),
         "True"
     );
-    assert_eq!(node("{.status.capacity.pods}"), "1000");
+    // 1000 by default, capped by the addresses of the node's /24 podCIDR.
+    assert_eq!(node("{.status.capacity.pods}"), "253");
     assert!(!node("{.status.allocatable.memory}").is_empty());
     assert_eq!(node("{.metadata.labels.kubernetes\\.io/arch}"), wk_arch());
     assert_eq!(
@@ -616,6 +617,8 @@ fn an_agent_restart_adopts_running_pods_without_leaks_or_duplicates() {
     );
     wait_for(&c, "done", "{.status.phase}", "Succeeded");
     let web_uid = get(&c, "web", "{.metadata.uid}");
+    let web_ip = get(&c, "web", "{.status.podIP}");
+    assert!(!web_ip.is_empty());
     let (status, data) = c.stop();
     assert!(status.success(), "{status}");
     // A sandbox of a pod that vanished while the agent was down.
@@ -629,6 +632,13 @@ fn an_agent_restart_adopts_running_pods_without_leaks_or_duplicates() {
     let (body, _) = curl_in(&c, "web", "http://127.0.0.1:8000/");
     assert!(body.starts_with("Hello from wk!"), "{body}");
     assert_eq!(get(&c, "web", "{.metadata.uid}"), web_uid);
+    // It keeps its address, and is reachable at it through the bridge made again.
+    assert_eq!(get(&c, "web", "{.status.podIP}"), web_ip);
+    let out = Command::new("curl")
+        .args(["-s", "-m", "10", &format!("http://{web_ip}:8000/")])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&out), "Hello from wk!\n");
     // Restart counts survive; the finished pod is not run again.
     let restarts: u32 = get(&c, "crash", "{.status.containerStatuses[0].restartCount}")
         .parse()
@@ -704,6 +714,11 @@ fn create_delete_cycles_leave_no_thread_fd_or_namespace_behind() {
     );
     assert_eq!(count_dir(c.agent_dir().join("netns")), 0);
     assert_eq!(count_dir(c.agent_dir().join("pods")), 0);
+    let bridge = c.bridge.clone().unwrap();
+    assert_eq!(bridge.ports(), Vec::<String>::new(), "no veth is left");
+    let range = c.jsonpath("node", "wk-test", "{.spec.podCIDR}");
+    let records = c.agent_dir().join("net").join(range.replace('/', "_"));
+    assert_eq!(count_dir(records), 0, "every address was released");
 }
 
 #[test]
@@ -1209,5 +1224,75 @@ fn without_privileges_pods_share_the_host_network_and_clashing_ports_are_refused
         stdout(&out),
         "Hello from wk!\n",
         "the first pod still serves"
+    );
+}
+
+#[test]
+fn pods_get_addresses_on_the_node_bridge_and_reach_each_other() {
+    let c = Cluster::with_agent();
+    import_all(&c);
+    let bridge = c.bridge.clone().unwrap();
+    let range = c.jsonpath("node", "wk-test", "{.spec.podCIDR}");
+    let prefix = bridge.cluster_cidr.trim_end_matches("0.0/16");
+    assert_eq!(
+        range,
+        format!("{prefix}0.0/24"),
+        "the node's share of the cluster CIDR"
+    );
+    assert_eq!(
+        c.jsonpath("node", "wk-test", "{.status.allocatable.pods}"),
+        "253",
+        "no more pods than the podCIDR has addresses"
+    );
+    for name in ["net-a", "net-b"] {
+        apply(
+            &c,
+            &pod(
+                name,
+                "  containers:\n  - name: hello\n    image: hello:v1\n    ports: [{containerPort: 8000}]\n    env:\n    - name: MY_IP\n      valueFrom: {fieldRef: {fieldPath: status.podIP}}\n",
+            ),
+        );
+    }
+    let mut ips = Vec::new();
+    for name in ["net-a", "net-b"] {
+        wait_for(&c, name, "{.status.containerStatuses[0].ready}", "true");
+        let ip = get(&c, name, "{.status.podIP}");
+        assert!(ip.starts_with(&format!("{prefix}0.")), "{name}: {ip}");
+        assert_eq!(get(&c, name, "{.status.podIPs[0].ip}"), ip);
+        // The guest sees its own address through the downward API.
+        let (body, _) = curl_in(&c, name, "http://127.0.0.1:8000/env/MY_IP");
+        assert!(body.starts_with(&ip), "{name}: {body}");
+        ips.push(ip);
+    }
+    assert_ne!(ips[0], ips[1]);
+    let wide = c.kubectl_ok(&["get", "pods", "-o", "wide"]);
+    assert!(wide.contains(&ips[0]) && wide.contains(&ips[1]), "{wide}");
+    // The host reaches a pod through the bridge, and a pod reaches the other.
+    let out = Command::new("curl")
+        .args(["-s", "-m", "10", &format!("http://{}:8000/", ips[0])])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&out), "Hello from wk!\n");
+    let (body, ok) = curl_in(&c, "net-a", &format!("http://{}:8000/env/MY_IP", ips[1]));
+    assert!(ok && body.starts_with(&ips[1]), "net-a to net-b: {body}");
+    assert_eq!(bridge.ports().len(), 2, "{:?}", bridge.ports());
+
+    // Deleting a pod removes its veth and frees its address.
+    c.kubectl_ok(&["delete", "pod", "net-a", "--timeout=30s"]);
+    assert!(
+        eventually(LONG, || bridge.ports().len() == 1),
+        "{:?}",
+        bridge.ports()
+    );
+    let records = c.agent_dir().join("net").join(range.replace('/', "_"));
+    assert!(!records.join(&ips[0]).exists(), "the address was released");
+    assert!(records.join(&ips[1]).exists());
+    let out = Command::new("curl")
+        .args(["-s", "-m", "3", &format!("http://{}:8000/", ips[0])])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "nothing answers at a deleted pod's address"
     );
 }

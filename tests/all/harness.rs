@@ -22,6 +22,49 @@ pub struct Cluster {
     /// `https://127.0.0.1:PORT`.
     pub url: String,
     log: Arc<Mutex<String>>,
+    /// The pod bridge of this cluster's agent.
+    pub bridge: Option<Bridge>,
+}
+
+/// A test cluster's own pod bridge and cluster CIDR, so that clusters running side by side on
+/// this host's network never share a bridge or a route. A data directory keeps its bridge
+/// across a restart.
+#[derive(Clone, Debug)]
+pub struct Bridge {
+    /// The bridge's name (`wkt<N>`).
+    pub name: String,
+    /// `100.<64+N>.0.0/16`.
+    pub cluster_cidr: String,
+}
+
+impl Bridge {
+    fn of(data: &std::path::Path) -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let file = data.join(".test-bridge");
+        let n: u32 = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or_else(|| {
+                let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 64;
+                std::fs::write(&file, n.to_string()).expect("write the bridge number");
+                n
+            });
+        Self {
+            name: format!("wkt{n}"),
+            cluster_cidr: format!("100.{}.0.0/16", 64 + n),
+        }
+    }
+
+    /// The names of the links on this bridge.
+    pub fn ports(&self) -> Vec<String> {
+        std::fs::read_dir(format!("/sys/class/net/{}/brif", self.name))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
 }
 
 impl Cluster {
@@ -108,8 +151,10 @@ impl Cluster {
             "--bookmark-interval",
             "1",
         ]);
-        if agent {
-            cmd.args(["--node-name", "wk-test", "--agent-listen", "127.0.0.1:0"]);
+        let bridge = agent.then(|| Bridge::of(data.path()));
+        if let Some(b) = &bridge {
+            cmd.args(["--node-name", "wk-test", "--agent-listen", "127.0.0.1:0"])
+                .args(["--bridge", &b.name, "--cluster-cidr", &b.cluster_cidr]);
         } else {
             // API tests watch exact event sequences: no scheduler writing to their pods.
             cmd.args(["--no-agent", "--disable", "scheduler"]);
@@ -156,6 +201,7 @@ impl Cluster {
             kubeconfig,
             url,
             log,
+            bridge,
         }
     }
 
@@ -262,6 +308,15 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Pods' namespaces outlive a killed agent (for adoption): release them, and with them
+        // their veths, then the bridge.
+        let netns = self.data.path().join("agent/netns");
+        for entry in std::fs::read_dir(&netns).into_iter().flatten().flatten() {
+            let _ = Command::new("umount").arg("-l").arg(entry.path()).output();
+        }
+        if let Some(b) = &self.bridge {
+            let _ = Command::new("ip").args(["link", "del", &b.name]).output();
+        }
     }
 }
 

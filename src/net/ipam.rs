@@ -1,0 +1,177 @@
+//! Pod addresses from the node's podCIDR, in the manner of CNI's host-local plugin: one file
+//! per address taken, named by the address and holding the pod's uid, so an agent restart
+//! finds every pod's address again and never hands one out twice.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{self, Write};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use super::cidr::Cidr;
+
+/// The addresses of one podCIDR.
+pub struct Ipam {
+    dir: PathBuf,
+    range: Cidr,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    by_uid: HashMap<String, Ipv4Addr>,
+    taken: BTreeMap<Ipv4Addr, String>,
+    /// The offset handed out last: the next search starts after it, so a freed address is not
+    /// reused at once.
+    last: u64,
+}
+
+impl Ipam {
+    /// Opens (or makes) the address records of `range` under `dir`.
+    ///
+    /// # Errors
+    /// When the directory cannot be made or read.
+    pub fn open(dir: PathBuf, range: Cidr) -> io::Result<Self> {
+        std::fs::create_dir_all(&dir)?;
+        let mut state = State::default();
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let Ok(ip) = entry.file_name().to_string_lossy().parse::<Ipv4Addr>() else {
+                continue;
+            };
+            let uid = std::fs::read_to_string(entry.path())?.trim().to_owned();
+            if !range.contains(ip) || uid.is_empty() {
+                let _ = std::fs::remove_file(entry.path());
+                continue;
+            }
+            state.by_uid.insert(uid.clone(), ip);
+            state.taken.insert(ip, uid);
+        }
+        Ok(Self {
+            dir,
+            range,
+            state: Mutex::new(state),
+        })
+    }
+
+    /// The range's gateway: its first host address, kept for the node's bridge.
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.range.host(1).unwrap_or(Ipv4Addr::UNSPECIFIED)
+    }
+
+    /// How many pods can have an address.
+    pub fn capacity(&self) -> u64 {
+        self.range.pod_addresses()
+    }
+
+    /// The address of pod `uid`, taken now if it has none.
+    ///
+    /// # Errors
+    /// When the range is full, or the record cannot be written.
+    pub fn assign(&self, uid: &str) -> io::Result<Ipv4Addr> {
+        let mut state = self
+            .state
+            .lock()
+            .map_err(|_| io::Error::other("poisoned"))?;
+        if let Some(ip) = state.by_uid.get(uid) {
+            return Ok(*ip);
+        }
+        // Offsets 2 ..= size-2: not the network, the gateway or the broadcast address.
+        let (first, last) = (2, self.range.size().saturating_sub(2));
+        let count = last.saturating_sub(first) + 1;
+        // Where the last search stopped (just before the first address on a fresh start).
+        let from = state.last.checked_sub(first).unwrap_or(count - 1);
+        for step in 1..=count {
+            let offset = first + (from + step) % count;
+            let Some(ip) = self.range.host(offset) else {
+                continue;
+            };
+            if state.taken.contains_key(&ip) {
+                continue;
+            }
+            let path = self.dir.join(ip.to_string());
+            let mut file = match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            };
+            file.write_all(uid.as_bytes())?;
+            state.last = offset;
+            state.by_uid.insert(uid.to_owned(), ip);
+            state.taken.insert(ip, uid.to_owned());
+            return Ok(ip);
+        }
+        Err(io::Error::new(
+            io::ErrorKind::AddrNotAvailable,
+            format!("no free address left in the node's podCIDR {}", self.range),
+        ))
+    }
+
+    /// Gives back pod `uid`'s address, if it had one.
+    pub fn release(&self, uid: &str) -> Option<Ipv4Addr> {
+        let mut state = self.state.lock().ok()?;
+        let ip = state.by_uid.remove(uid)?;
+        state.taken.remove(&ip);
+        let _ = std::fs::remove_file(self.dir.join(ip.to_string()));
+        Some(ip)
+    }
+
+    /// The uids that hold an address.
+    pub fn holders(&self) -> Vec<String> {
+        self.state
+            .lock()
+            .map(|s| s.by_uid.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_unique_persistent_and_not_reused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let range: Cidr = "100.64.7.0/29".parse().unwrap();
+        let ipam = Ipam::open(dir.path().into(), range).unwrap();
+        assert_eq!(ipam.gateway(), Ipv4Addr::new(100, 64, 7, 1));
+        assert_eq!(ipam.capacity(), 5);
+        let a = ipam.assign("a").unwrap();
+        assert_eq!(a, Ipv4Addr::new(100, 64, 7, 2));
+        assert_eq!(
+            ipam.assign("a").unwrap(),
+            a,
+            "the same pod keeps its address"
+        );
+        let b = ipam.assign("b").unwrap();
+        assert_eq!(b, Ipv4Addr::new(100, 64, 7, 3));
+        assert_eq!(ipam.release("a"), Some(a));
+        let c = ipam.assign("c").unwrap();
+        assert_eq!(
+            c,
+            Ipv4Addr::new(100, 64, 7, 4),
+            "a freed address waits its turn"
+        );
+
+        // A restart finds every holder again.
+        drop(ipam);
+        let ipam = Ipam::open(dir.path().into(), range).unwrap();
+        let mut holders = ipam.holders();
+        holders.sort();
+        assert_eq!(holders, ["b", "c"]);
+        assert_eq!(ipam.assign("b").unwrap(), b);
+        for uid in ["d", "e", "f"] {
+            let ip = ipam.assign(uid).unwrap();
+            assert!(
+                range.contains(ip) && ip != ipam.gateway() && ip.octets()[3] < 7,
+                "{ip}"
+            );
+        }
+        let full = ipam.assign("g").unwrap_err();
+        assert!(full.to_string().contains("100.64.7.0/29"), "{full}");
+    }
+}

@@ -1,0 +1,243 @@
+//! Links, addresses and routes through rtnetlink: the node's bridge, each pod's veth pair, and
+//! the pod side's eth0 with its address and default route. A netlink socket works in the
+//! namespace of the thread that made it, so the pod side gets a socket made on a short-lived
+//! thread that joined the pod's namespace.
+
+use std::fs::File;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use std::path::Path;
+
+use futures_util::TryStreamExt;
+use nix::sched::{CloneFlags, setns};
+use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute};
+use rtnetlink::sys::{Socket, TokioSocket, protocols::NETLINK_ROUTE};
+use rtnetlink::{
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+};
+
+/// The kernel's limit on interface names (IFNAMSIZ less the NUL).
+pub const MAX_NAME: usize = 15;
+
+/// The kernel's errno in a netlink error, if it is one.
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| c.get().abs()),
+        _ => None,
+    }
+}
+
+fn io_error(e: rtnetlink::Error) -> io::Error {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.to_io(),
+        other => io::Error::other(other),
+    }
+}
+
+fn check_name(name: &str) -> io::Result<()> {
+    if name.is_empty() || name.len() > MAX_NAME || name.contains(['/', ' ', '\0']) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{name:?} is not a valid interface name (1 to {MAX_NAME} characters)"),
+        ));
+    }
+    Ok(())
+}
+
+/// A handle in the calling process's namespace. Needs a tokio runtime.
+///
+/// # Errors
+/// When the netlink socket cannot be made.
+pub fn host_handle() -> io::Result<Handle> {
+    let (conn, handle, _) = rtnetlink::new_connection()?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+/// A handle working inside the namespace bind-mounted at `netns`. Needs a tokio runtime; the
+/// connection ends when the handle is dropped.
+///
+/// # Errors
+/// When the namespace cannot be joined or the socket made.
+pub fn netns_handle(netns: &Path) -> io::Result<Handle> {
+    let ns = File::open(netns)?;
+    // setns() changes the calling thread for good, so a throw-away thread makes the socket.
+    let socket = std::thread::scope(|s| {
+        s.spawn(|| -> io::Result<Socket> {
+            setns(&ns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+            Socket::new(NETLINK_ROUTE)
+        })
+        .join()
+        .map_err(|_| io::Error::other("the namespace thread panicked"))?
+    })?;
+    socket.set_non_blocking(true)?;
+    // SAFETY: the fd comes from a socket we own and give up here; TokioSocket takes it over.
+    let socket = unsafe { TokioSocket::from_raw_fd(socket.into_raw_fd()) };
+    let (conn, handle, _) = rtnetlink::from_socket(socket);
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+/// The index of the link called `name`, if there is one.
+///
+/// # Errors
+/// When netlink fails.
+pub async fn index(h: &Handle, name: &str) -> io::Result<Option<u32>> {
+    check_name(name)?;
+    match h
+        .link()
+        .get()
+        .match_name(name.to_owned())
+        .execute()
+        .try_next()
+        .await
+    {
+        Ok(m) => Ok(m.map(|m| m.header.index)),
+        Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+        Err(e) => Err(io_error(e)),
+    }
+}
+
+/// The names of the links enslaved to the bridge with index `bridge`.
+///
+/// # Errors
+/// When netlink fails.
+pub async fn ports(h: &Handle, bridge: u32) -> io::Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut links = h.link().get().execute();
+    while let Some(m) = links.try_next().await.map_err(io_error)? {
+        let master = m
+            .attributes
+            .iter()
+            .any(|a| matches!(a, LinkAttribute::Controller(i) if *i == bridge));
+        let name = m.attributes.iter().find_map(|a| match a {
+            LinkAttribute::IfName(n) => Some(n.clone()),
+            _ => None,
+        });
+        if let (true, Some(name)) = (master, name) {
+            out.push(name);
+        }
+    }
+    Ok(out)
+}
+
+async fn add_address(h: &Handle, index: u32, ip: Ipv4Addr, len: u8) -> io::Result<()> {
+    match h.address().add(index, IpAddr::V4(ip), len).execute().await {
+        Err(e) if errno(&e) != Some(libc::EEXIST) => Err(io_error(e)),
+        _ => Ok(()),
+    }
+}
+
+async fn set_up(h: &Handle, index: u32) -> io::Result<()> {
+    h.link()
+        .set(LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+        .map_err(io_error)
+}
+
+/// Makes the bridge `name` (or takes the one there), gives it `gateway/len` and sets it up.
+/// Returns its index.
+///
+/// # Errors
+/// When netlink fails.
+pub async fn ensure_bridge(h: &Handle, name: &str, gateway: Ipv4Addr, len: u8) -> io::Result<u32> {
+    let index = match index(h, name).await? {
+        Some(i) => i,
+        None => {
+            match h.link().add(LinkBridge::new(name).build()).execute().await {
+                Err(e) if errno(&e) != Some(libc::EEXIST) => return Err(io_error(e)),
+                _ => {}
+            }
+            index(h, name)
+                .await?
+                .ok_or_else(|| io::Error::other(format!("the bridge {name} vanished")))?
+        }
+    };
+    add_address(h, index, gateway, len).await?;
+    set_up(h, index).await?;
+    Ok(index)
+}
+
+/// Makes a veth pair: `host` on the bridge with index `bridge`, and its peer as `eth0` in the
+/// namespace at `netns`.
+///
+/// # Errors
+/// When netlink fails (EEXIST when `host` is taken).
+pub async fn add_veth(h: &Handle, host: &str, bridge: u32, netns: &Path) -> io::Result<()> {
+    check_name(host)?;
+    let ns = File::open(netns)?;
+    let peer = LinkMessageBuilder::<LinkUnspec>::new()
+        .name("eth0".to_owned())
+        .setns_by_fd(ns.as_raw_fd())
+        .build();
+    let veth = LinkVeth::new(host, "eth0")
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+        .build();
+    h.link().add(veth).execute().await.map_err(io_error)?;
+    drop(ns);
+    let index = index(h, host)
+        .await?
+        .ok_or_else(|| io::Error::other(format!("the veth {host} vanished")))?;
+    enslave(h, index, bridge).await
+}
+
+/// Puts the link with index `index` on the bridge with index `bridge`, and sets it up.
+///
+/// # Errors
+/// When netlink fails.
+pub async fn enslave(h: &Handle, index: u32, bridge: u32) -> io::Result<()> {
+    h.link()
+        .set(
+            LinkUnspec::new_with_index(index)
+                .controller(bridge)
+                .up()
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(io_error)
+}
+
+/// Inside a pod's namespace (a handle from [`netns_handle`]): gives `eth0` the address
+/// `ip/len`, sets it and `lo` up, and routes everything through `gateway`.
+///
+/// # Errors
+/// When netlink fails.
+pub async fn configure_pod(h: &Handle, ip: Ipv4Addr, len: u8, gateway: Ipv4Addr) -> io::Result<()> {
+    let eth0 = index(h, "eth0")
+        .await?
+        .ok_or_else(|| io::Error::other("the pod has no eth0"))?;
+    add_address(h, eth0, ip, len).await?;
+    set_up(h, eth0).await?;
+    if let Some(lo) = index(h, "lo").await? {
+        set_up(h, lo).await?;
+    }
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .gateway(gateway)
+        .output_interface(eth0)
+        .build();
+    match h.route().add(route).execute().await {
+        Err(e) if errno(&e) != Some(libc::EEXIST) => Err(io_error(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Deletes the link `name`; `false` when there was none.
+///
+/// # Errors
+/// When netlink fails otherwise.
+pub async fn delete(h: &Handle, name: &str) -> io::Result<bool> {
+    check_name(name)?;
+    match h
+        .link()
+        .del_with_message(LinkUnspec::new_with_name(name).build())
+        .execute()
+        .await
+    {
+        Ok(()) => Ok(true),
+        Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(false),
+        Err(e) => Err(io_error(e)),
+    }
+}
