@@ -83,6 +83,8 @@ pub struct AgentConfig {
     pub pod_network: bool,
     /// The bridge pods are connected to.
     pub bridge: String,
+    /// The largest module or component the node compiles.
+    pub max_module_bytes: u64,
 }
 
 impl AgentConfig {
@@ -102,6 +104,7 @@ impl AgentConfig {
             node_token: node_token.into(),
             pod_network: true,
             bridge: crate::net::BRIDGE.to_owned(),
+            max_module_bytes: wasm::MAX_MODULE_BYTES,
         }
     }
 }
@@ -460,8 +463,12 @@ impl Agent {
                 .unwrap_or(true)
         };
         let runtime = {
-            let (cache, max) = (data.join("cache").join("wasm"), config.max_pods);
-            tokio::task::spawn_blocking(move || wasm::Runtime::new(&cache, max))
+            let (cache, max, module) = (
+                data.join("cache").join("wasm"),
+                config.max_pods,
+                config.max_module_bytes,
+            );
+            tokio::task::spawn_blocking(move || wasm::Runtime::new(&cache, max, module))
                 .await
                 .map_err(|e| Error::Endpoint {
                     addr: config.listen,

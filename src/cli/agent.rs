@@ -35,6 +35,9 @@ pub struct NodeFlags {
     /// The bridge pods are connected to.
     #[arg(long, env = "WK_BRIDGE", default_value = crate::net::BRIDGE)]
     bridge: String,
+    /// The largest Wasm module or component this node compiles, in MiB.
+    #[arg(long, env = "WK_MAX_MODULE_SIZE", default_value_t = crate::agent::wasm::MAX_MODULE_BYTES >> 20)]
+    max_module_size: u64,
 }
 
 impl NodeFlags {
@@ -62,6 +65,7 @@ impl NodeFlags {
             bail!("--bridge {:?}: a name of 1 to 15 characters", self.bridge);
         }
         config.bridge = self.bridge.clone();
+        config.max_module_bytes = self.max_module_size.max(1) << 20;
         // A taken default port falls back to a free one: the API server learns the port from
         // the Node's daemonEndpoints.
         config.listen = if std::net::TcpListener::bind(self.agent_listen).is_ok() {

@@ -1296,3 +1296,84 @@ fn pods_get_addresses_on_the_node_bridge_and_reach_each_other() {
         "nothing answers at a deleted pod's address"
     );
 }
+
+#[test]
+fn huge_modules_and_trap_storms_hurt_only_their_own_pod() {
+    let c = Cluster::with_agent_args(&["--max-module-size", "1"]);
+    import_all(&c);
+    // A module over the node's limit is refused before Cranelift sees it.
+    let huge = tempfile::Builder::new().suffix(".wat").tempfile().unwrap();
+    let data = "a".repeat(2 << 20);
+    std::fs::write(
+        huge.path(),
+        format!("(module (memory (export \"memory\") 64) (data (i32.const 0) \"{data}\") (func (export \"_start\")))"),
+    )
+    .unwrap();
+    guests::import(&c, huge.path(), "huge:v1");
+    apply(
+        &c,
+        &pod(
+            "huge",
+            "  restartPolicy: Never\n  containers:\n  - {name: main, image: huge:v1}\n",
+        ),
+    );
+    apply(
+        &c,
+        &pod(
+            "web",
+            "  containers:\n  - {name: hello, image: hello:v1, ports: [{containerPort: 8000}]}\n",
+        ),
+    );
+    wait_for(
+        &c,
+        "huge",
+        "{.status.containerStatuses[0].state.waiting.reason}",
+        "CreateContainerError",
+    );
+    let message = get(
+        &c,
+        "huge",
+        "{.status.containerStatuses[0].state.waiting.message}",
+    );
+    assert!(
+        message.contains("over this node's limit of 1 MiB"),
+        "{message}"
+    );
+
+    // A storm of requests that trap the guest: each gets a 500, the pod keeps serving, and the
+    // agent holds no more threads or files after than before.
+    wait_for(&c, "web", "{.status.containerStatuses[0].ready}", "true");
+    let (body, _) = curl_in(&c, "web", "http://127.0.0.1:8000/");
+    assert_eq!(body, "Hello from wk!\n 200");
+    let pid = c.pid();
+    let (threads, fds) = (proc_count(pid, "task"), proc_count(pid, "fd"));
+    let urls: Vec<String> = (0..300)
+        .map(|_| "http://127.0.0.1:8000/trap".to_owned())
+        .collect();
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", netns(&c, "web").display()))
+        .args(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}\n"])
+        .args(&urls)
+        .output()
+        .unwrap();
+    let codes = stdout(&out);
+    assert_eq!(
+        codes.lines().filter(|l| *l == "500").count(),
+        300,
+        "{codes}"
+    );
+    let (body, _) = curl_in(&c, "web", "http://127.0.0.1:8000/");
+    assert_eq!(body, "Hello from wk!\n 200");
+    assert_eq!(
+        get(&c, "web", "{.status.containerStatuses[0].restartCount}"),
+        "0"
+    );
+    assert!(eventually(Duration::from_secs(10), || proc_count(
+        pid, "task"
+    ) <= threads + 2));
+    assert!(
+        proc_count(pid, "fd") <= fds + 2,
+        "fds grew from {fds} to {}",
+        proc_count(pid, "fd")
+    );
+}

@@ -76,7 +76,7 @@ impl Cluster {
 
     /// Starts a server on an existing data directory (for restart tests).
     pub fn start_in(data: tempfile::TempDir) -> Self {
-        Self::launch(data, false, false)
+        Self::launch(data, false, false, &[])
     }
 
     /// Starts a server with its built-in node agent (node `wk-test`), and waits until the
@@ -87,7 +87,13 @@ impl Cluster {
 
     /// As [`Cluster::with_agent`], on an existing data directory.
     pub fn with_agent_in(data: tempfile::TempDir) -> Self {
-        Self::wait_for_agent(Self::launch(data, true, false))
+        Self::wait_for_agent(Self::launch(data, true, false, &[]))
+    }
+
+    /// As [`Cluster::with_agent`], with extra `wk server` flags.
+    pub fn with_agent_args(args: &[&str]) -> Self {
+        let data = tempfile::tempdir().expect("temp dir");
+        Self::wait_for_agent(Self::launch(data, true, false, args))
     }
 
     /// As [`Cluster::with_agent`], with the server running as the unprivileged user `nobody`,
@@ -97,6 +103,7 @@ impl Cluster {
             tempfile::tempdir().expect("temp dir"),
             true,
             true,
+            &[],
         ))
     }
 
@@ -135,7 +142,7 @@ impl Cluster {
         self.child.id()
     }
 
-    fn launch(data: tempfile::TempDir, agent: bool, as_nobody: bool) -> Self {
+    fn launch(data: tempfile::TempDir, agent: bool, as_nobody: bool, extra: &[&str]) -> Self {
         let mut cmd = if as_nobody {
             std::os::unix::fs::chown(data.path(), Some(65534), Some(65534)).expect("chown");
             let mut c = Command::new("setpriv");
@@ -160,6 +167,7 @@ impl Cluster {
             cmd.args(["--no-agent", "--disable", "scheduler"]);
         }
         let mut child = cmd
+            .args(extra)
             .arg("--data-dir")
             .arg(data.path())
             .env("RUST_LOG", "wk=debug,info")

@@ -31,6 +31,10 @@ pub const DEFAULT_MEMORY_LIMIT: u64 = 1 << 30;
 /// Wasm stack per instance; deep recursion traps with a stack overflow at this depth.
 const MAX_WASM_STACK: usize = 512 << 10;
 
+/// The largest module or component a node compiles by default: far above real services
+/// (a JS engine component is about 14 MB), far below what Cranelift needs gigabytes for.
+pub const MAX_MODULE_BYTES: u64 = 128 << 20;
+
 /// Why loading or running a module failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -136,6 +140,13 @@ pub struct Runtime {
     p2: wasmtime::component::Linker<P2State>,
     cache_dir: PathBuf,
     loaded: Mutex<HashMap<String, Loaded>>,
+    /// Digests that failed to compile, with why: the same bytes fail the same way, so a pod
+    /// retrying them costs no compile.
+    failed: Mutex<HashMap<String, String>>,
+    /// One compile at a time: Cranelift's memory for a big module is bounded by one.
+    compiling: Mutex<()>,
+    /// The largest module or component this node compiles.
+    max_module_bytes: u64,
     /// Whether the pooling allocator could be set up (else instances are allocated on demand).
     pub pooling: bool,
 }
@@ -159,7 +170,11 @@ impl Runtime {
     ///
     /// # Errors
     /// When neither a pooled nor an on-demand engine can be built.
-    pub fn new(cache_root: &Path, max_pods: u32) -> Result<Arc<Self>, Error> {
+    pub fn new(
+        cache_root: &Path,
+        max_pods: u32,
+        max_module_bytes: u64,
+    ) -> Result<Arc<Self>, Error> {
         let mut pool = PoolingAllocationConfig::new();
         let slots = max_pods.clamp(16, 1000);
         pool.total_memories(slots * 2)
@@ -217,6 +232,9 @@ impl Runtime {
             p2,
             cache_dir,
             loaded: Mutex::new(HashMap::new()),
+            failed: Mutex::new(HashMap::new()),
+            compiling: Mutex::new(()),
+            max_module_bytes,
             pooling,
         }))
     }
@@ -235,11 +253,24 @@ impl Runtime {
         if let Some(l) = self.loaded.lock().ok().and_then(|m| m.get(digest).cloned()) {
             return Ok(l);
         }
+        if let Some(e) = self.failed.lock().ok().and_then(|m| m.get(digest).cloned()) {
+            return Err(Error::Kind(e));
+        }
         let this = self.clone();
         let (digest_owned, path) = (digest.to_owned(), path.to_owned());
         let loaded = tokio::task::spawn_blocking(move || this.load_blocking(&digest_owned, &path))
             .await
-            .map_err(|e| Error::Setup(e.to_string()))??;
+            .map_err(|e| Error::Setup(e.to_string()))?;
+        let loaded = match loaded {
+            Ok(l) => l,
+            Err(e @ (Error::Compile { .. } | Error::Kind(_))) => {
+                if let Ok(mut m) = self.failed.lock() {
+                    m.insert(digest.to_owned(), e.to_string());
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         if let Ok(mut m) = self.loaded.lock() {
             m.insert(digest.to_owned(), loaded.clone());
         }
@@ -269,10 +300,24 @@ impl Runtime {
                 return self.prepare(artifact);
             }
         }
+        let size = std::fs::metadata(path)
+            .map_err(|source| Error::Io {
+                path: path.to_owned(),
+                source,
+            })?
+            .len();
+        if size > self.max_module_bytes {
+            return Err(compile_err(format!(
+                "the module is {} MiB, over this node's limit of {} MiB (wk agent --max-module-size)",
+                size.div_ceil(1 << 20),
+                self.max_module_bytes >> 20
+            )));
+        }
         let bytes = std::fs::read(path).map_err(|source| Error::Io {
             path: path.to_owned(),
             source,
         })?;
+        let _one_at_a_time = self.compiling.lock();
         let (artifact, blob) = if is_component(&bytes)
             || first_form(&bytes).starts_with("(component")
         {

@@ -4,6 +4,7 @@
 //!   GET /env/NAME     -> 200 value of env var NAME, 404 if unset
 //!   GET /slow?ms=N    -> sleeps N ms (monotonic-clock pollable), 200 "slow N\n"
 //!   GET /fail         -> 500 "fail\n"
+//!   GET /trap         -> traps (`unreachable`), leaving no response
 //!   anything else     -> 404 "not found\n"
 //!
 //! Note: `/env/NAME` uses `std::env::var`, which makes the component import
@@ -38,6 +39,7 @@ fn route(path: &str, query: &str) -> (u16, String) {
     match path {
         "/" => (200, "Hello from wk!\n".into()),
         "/fail" => (500, "fail\n".into()),
+        "/trap" => core::arch::wasm32::unreachable(),
         "/slow" => {
             let ms: u64 = query
                 .split('&')
