@@ -2,9 +2,11 @@
 //! written and when read) and an index of image names (`DATA/images/index.json`). `wk image
 //! import` fills it without a registry; pulling from OCI registries plugs in at [`resolve`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 
@@ -56,6 +58,7 @@ pub struct Image {
 #[derive(Clone, Debug)]
 pub struct Store {
     root: PathBuf,
+    memo: Arc<Mutex<Memo>>,
 }
 
 /// `hello` is `hello:latest`; a digest reference stays as it is.
@@ -82,6 +85,7 @@ impl Store {
     pub fn new(data: &Path) -> Self {
         Self {
             root: data.to_owned(),
+            memo: Arc::default(),
         }
     }
 
@@ -96,12 +100,38 @@ impl Store {
             .join(digest.trim_start_matches("sha256:"))
     }
 
-    /// The name → digest index.
+    /// The name → digest index (empty when it cannot be read; see [`Store::try_index`]).
     pub fn index(&self) -> BTreeMap<String, String> {
-        std::fs::read(self.index_path())
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default()
+        self.try_index().unwrap_or_default()
+    }
+
+    /// The name → digest index, read again only when the file changed.
+    ///
+    /// # Errors
+    /// When the index exists but cannot be read or parsed.
+    pub fn try_index(&self) -> Result<BTreeMap<String, String>, Error> {
+        let path = self.index_path();
+        let stamp = match std::fs::metadata(&path) {
+            Ok(m) => Stamp::of(&m),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+            Err(e) => return Err(io(&path)(e)),
+        };
+        if let Ok(memo) = self.memo.lock()
+            && let Some((s, index)) = &memo.index
+            && *s == stamp
+        {
+            return Ok(index.clone());
+        }
+        let bytes = std::fs::read(&path).map_err(io(&path))?;
+        let index: BTreeMap<String, String> =
+            serde_json::from_slice(&bytes).map_err(|e| Error::Io {
+                path: path.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            })?;
+        if let Ok(mut memo) = self.memo.lock() {
+            memo.index = Some((stamp, index.clone()));
+        }
+        Ok(index)
     }
 
     /// Adds content, verifying its digest as it streams, written atomically.
@@ -166,32 +196,53 @@ impl Store {
     }
 
     /// Finds a local image by name or by `@sha256:` digest.
-    pub fn find(&self, name: &str) -> Option<Image> {
+    ///
+    /// # Errors
+    /// When the index or the content cannot be read (not when they are absent).
+    pub fn find(&self, name: &str) -> Result<Option<Image>, Error> {
         let digest = match name.split_once('@') {
             Some((_, d)) => d.to_owned(),
-            None => self.index().get(&normalize(name))?.clone(),
+            None => match self.try_index()?.get(&normalize(name)) {
+                Some(d) => d.clone(),
+                None => return Ok(None),
+            },
         };
         let path = self.content_path(&digest);
-        path.exists().then_some(Image { digest, path })
+        match std::fs::metadata(&path) {
+            Ok(_) => Ok(Some(Image { digest, path })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&path)(e)),
+        }
     }
 
-    /// Checks that stored content still hashes to its digest.
+    /// Checks that stored content still hashes to its digest. Content checked before and not
+    /// changed since (same size, modification time and inode) is not hashed again.
     ///
     /// # Errors
     /// [`Error::Corrupt`] when it does not.
     pub fn verify(&self, image: &Image) -> Result<(), Error> {
         let mut file = std::fs::File::open(&image.path).map_err(io(&image.path))?;
+        let stamp = Stamp::of(&file.metadata().map_err(io(&image.path))?);
+        if self
+            .memo
+            .lock()
+            .is_ok_and(|m| m.verified.get(&image.digest) == Some(&stamp))
+        {
+            return Ok(());
+        }
         let mut hasher = Sha256::new();
         std::io::copy(&mut file, &mut hasher).map_err(io(&image.path))?;
         let actual = format!("sha256:{}", hex(&hasher.finalize()));
-        if actual == image.digest {
-            Ok(())
-        } else {
-            Err(Error::Corrupt {
+        if actual != image.digest {
+            return Err(Error::Corrupt {
                 expected: image.digest.clone(),
                 actual,
-            })
+            });
         }
+        if let Ok(mut m) = self.memo.lock() {
+            m.verified.insert(image.digest.clone(), stamp);
+        }
+        Ok(())
     }
 
     /// The images for the Node's `status.images`.
@@ -214,6 +265,33 @@ impl Store {
     }
 }
 
+/// What a file looked like when last read: enough to tell that it changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    inode: u64,
+}
+
+impl Stamp {
+    fn of(m: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            len: m.len(),
+            modified: m.modified().ok(),
+            inode: m.ino(),
+        }
+    }
+}
+
+/// What the store remembers between reads.
+#[derive(Debug, Default)]
+struct Memo {
+    index: Option<(Stamp, BTreeMap<String, String>)>,
+    /// Digest → the content file's stamp when it last hashed right.
+    verified: HashMap<String, Stamp>,
+}
+
 /// Why a container's image is not available.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unavailable {
@@ -221,12 +299,16 @@ pub enum Unavailable {
     NeverPull(String),
     /// The image would have to be pulled.
     Pull(String),
+    /// The node's own store could not be read.
+    Inspect(String),
 }
 
 /// Resolves a container's image under its pull policy. Registry pulls are not built yet: an
 /// image that must be pulled is reported as ErrImagePull with the reason.
 pub fn resolve(store: &Store, image: &str, policy: &str) -> Result<Image, Unavailable> {
-    let local = store.find(image);
+    let local = store
+        .find(image)
+        .map_err(|e| Unavailable::Inspect(format!("Failed to inspect image \"{image}\": {e}")))?;
     match (policy, local) {
         ("Never" | "IfNotPresent", Some(found)) => Ok(found),
         ("Never", None) => Err(Unavailable::NeverPull(format!(
@@ -250,9 +332,9 @@ mod tests {
         let image = store.add(&wasm[..]).unwrap();
         assert!(image.digest.starts_with("sha256:"));
         store.tag("hello", &image.digest).unwrap();
-        assert_eq!(store.find("hello:latest"), Some(image.clone()));
+        assert_eq!(store.find("hello:latest").unwrap(), Some(image.clone()));
         assert_eq!(
-            store.find(&format!("x@{}", image.digest)),
+            store.find(&format!("x@{}", image.digest)).unwrap(),
             Some(image.clone())
         );
         store.verify(&image).unwrap();

@@ -29,7 +29,8 @@ pub fn run_file(pod_dir: &Path, container: &str, restart: u32) -> PathBuf {
 /// One container run's log file, shared by its stdout and stderr.
 pub struct ContainerLog {
     path: PathBuf,
-    file: Mutex<(File, u64)>,
+    /// Opened at the first record, so a container that writes nothing holds no descriptor.
+    file: Mutex<(Option<File>, u64)>,
     max_bytes: u64,
 }
 
@@ -50,14 +51,10 @@ impl ContainerLog {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .open(&path)?;
+        File::create(&path)?;
         Ok(Arc::new(Self {
             path,
-            file: Mutex::new((file, 0)),
+            file: Mutex::new((None, 0)),
             max_bytes,
         }))
     }
@@ -91,11 +88,16 @@ impl ContainerLog {
             if std::fs::rename(&self.path, &rotated).is_ok()
                 && let Ok(fresh) = File::create(&self.path)
             {
-                *file = fresh;
+                *file = Some(fresh);
                 *size = 0;
             }
         }
-        if file.write_all(&line).is_ok() {
+        if file.is_none() {
+            *file = OpenOptions::new().append(true).open(&self.path).ok();
+        }
+        if let Some(f) = file
+            && f.write_all(&line).is_ok()
+        {
             *size += line.len() as u64;
         }
     }

@@ -168,6 +168,8 @@ pub struct Shared {
     pub host_network: bool,
     /// The pod network, once the Node has its podCIDR (absent without one, or when off).
     pub net: std::sync::OnceLock<Arc<crate::net::PodNetwork>>,
+    /// The most pods this node admits (its allocatable pods).
+    pub max_pods: std::sync::atomic::AtomicU32,
     /// Stops every worker without deleting anything (agent shutdown).
     pub shutdown: CancellationToken,
     /// `namespace/name` → uid of the pods bound here.
@@ -361,10 +363,10 @@ pub struct Agent {
 /// Raises the soft open-file limit to the hard one: each pod holds a few descriptors (its
 /// runtime's epoll and waker, listeners, log files), so thousands of pods need more than the
 /// usual soft limit, as containerd and the kubelet arrange for themselves.
-fn raise_fd_limit() {
+fn raise_fd_limit() -> u64 {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
-        return;
+        return 1024;
     };
     // Root may go past the hard limit, up to the kernel's nr_open.
     let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
@@ -373,13 +375,25 @@ fn raise_fd_limit() {
         .unwrap_or(hard)
         .min(1 << 20);
     if soft >= ceiling {
-        return;
+        return soft;
     }
     if setrlimit(Resource::RLIMIT_NOFILE, ceiling, ceiling).is_err()
         && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
     {
         tracing::warn!(error = %e, "could not raise the open-file limit");
     }
+    getrlimit(Resource::RLIMIT_NOFILE).map_or(soft, |(now, _)| now)
+}
+
+/// Descriptors an idle pod holds: its runtime's epoll, the epoll's clone and the waker, and
+/// an HTTP listener (a log file is opened only once the guest writes).
+const FDS_PER_POD: u64 = 4;
+/// Descriptors kept for the agent itself: API connections, log readers, compiles.
+const FD_RESERVE: u64 = 1024;
+
+/// How many pods an open-file limit of `limit` leaves room for.
+fn fd_room(limit: u64) -> u32 {
+    u32::try_from(limit.saturating_sub(FD_RESERVE) / FDS_PER_POD).unwrap_or(u32::MAX)
 }
 
 /// Whether this process may make network namespaces (it is root with CAP_SYS_ADMIN).
@@ -451,7 +465,15 @@ impl Agent {
         shutdown: CancellationToken,
     ) -> Result<Self, Error> {
         let data = config.data_dir.clone();
-        raise_fd_limit();
+        let fd_limit = raise_fd_limit();
+        if fd_room(fd_limit) < config.max_pods {
+            config.max_pods = fd_room(fd_limit).max(1);
+            tracing::warn!(
+                fd_limit,
+                pods = config.max_pods,
+                "the open-file limit caps the pods this node runs (raise it, or run as root with CAP_SYS_RESOURCE)"
+            );
+        }
         for sub in ["pods", "netns", "content", "images", "cache"] {
             let p = data.join(sub);
             std::fs::create_dir_all(&p).map_err(|source| Error::Io { path: p, source })?;
@@ -485,6 +507,7 @@ impl Agent {
             node_ip: config.address.to_string(),
             host_network,
             net: std::sync::OnceLock::new(),
+            max_pods: std::sync::atomic::AtomicU32::new(config.max_pods),
             shutdown: shutdown.clone(),
             pods: Mutex::new(HashMap::new()),
             live: Mutex::new(HashSet::new()),
@@ -533,6 +556,9 @@ impl Agent {
                     let room = u32::try_from(net.capacity()).unwrap_or(u32::MAX);
                     if room < config.max_pods {
                         config.max_pods = room;
+                        shared
+                            .max_pods
+                            .store(room, std::sync::atomic::Ordering::Relaxed);
                         let node = node::node_object(&config, &images, host_network);
                         let _ = node::update_status(&client, &node).await;
                     }
@@ -594,6 +620,8 @@ fn pod_key(pod: &Value) -> String {
 struct Workers {
     shared: Arc<Shared>,
     running: HashMap<String, (watch::Sender<Arc<Value>>, tokio::task::JoinHandle<()>)>,
+    /// Pods refused at admission (not run here).
+    rejected: HashSet<String>,
 }
 
 impl Workers {
@@ -613,13 +641,56 @@ impl Workers {
             let _ = tx.send(pod);
             return;
         }
+        if self.rejected.contains(&uid) || !self.admit(&pod) {
+            if pod.pointer("/metadata/deletionTimestamp").is_some() {
+                // Nothing of it ever ran here: the object can go at once.
+                let (client, pod) = (self.shared.client.clone(), pod.clone());
+                tokio::spawn(async move { pod::delete_now(&client, &pod).await });
+            }
+            return;
+        }
         let (tx, rx) = watch::channel(pod);
         let task = tokio::spawn(pod::run(self.shared.clone(), rx));
         self.running.insert(uid, (tx, task));
     }
 
+    /// The kubelet's admission check on pod count: a new pod past the node's allocatable pods
+    /// is rejected (phase Failed, reason OutOfpods) instead of run.
+    fn admit(&mut self, pod: &Value) -> bool {
+        let terminal =
+            |p: &Value| matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed"));
+        if terminal(pod) || pod.pointer("/metadata/deletionTimestamp").is_some() {
+            return true;
+        }
+        let capacity = self
+            .shared
+            .max_pods
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let used = self
+            .running
+            .values()
+            .filter(|(tx, task)| !task.is_finished() && !terminal(&tx.borrow()))
+            .count();
+        if used < capacity as usize {
+            return true;
+        }
+        let uid = pod["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        self.rejected.insert(uid);
+        let message = format!(
+            "Pod was rejected: Node didn't have enough resource: pods, requested: 1, used: {used}, capacity: {capacity}"
+        );
+        tracing::warn!(pod = %pod_key(pod), %message);
+        let (shared, pod) = (self.shared.clone(), pod.clone());
+        tokio::spawn(async move { pod::reject(&shared, &pod, "OutOfpods", &message).await });
+        false
+    }
+
     fn remove(&mut self, pod: &Value) {
         let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
+        self.rejected.remove(uid);
         // Dropping the sender tells the worker the pod is gone.
         self.running.remove(uid);
         let key = pod_key(pod);
@@ -636,6 +707,7 @@ async fn watch_pods(shared: Arc<Shared>) {
     let mut workers = Workers {
         shared: shared.clone(),
         running: HashMap::new(),
+        rejected: HashSet::new(),
     };
     let mut first = true;
     while !shared.shutdown.is_cancelled() {
@@ -723,5 +795,21 @@ async fn watch_pods(shared: Arc<Shared>) {
             }
         }
         let _ = rv;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_open_file_limit_bounds_the_pods() {
+        assert_eq!(fd_room(20_000), 4_744);
+        assert_eq!(fd_room(1 << 20), 261_888);
+        assert_eq!(
+            fd_room(100),
+            0,
+            "a tiny limit leaves no room (the agent still offers one)"
+        );
     }
 }

@@ -629,28 +629,7 @@ impl Worker {
 
     /// Deletes the pod object with grace 0 once nothing of it is left, as the kubelet does.
     async fn delete_object(&self) {
-        let body = json!({"gracePeriodSeconds": 0, "preconditions": {"uid": self.uid}});
-        let path = format!("/api/v1/namespaces/{}/pods/{}", self.ns, self.name);
-        for attempt in 0..5u32 {
-            match self
-                .shared
-                .client
-                .request(
-                    Method::DELETE,
-                    &path,
-                    Some("application/json"),
-                    Some(body.to_string().into_bytes()),
-                )
-                .await
-            {
-                Ok(_) => return,
-                Err(e) if matches!(e.code(), Some(404 | 409)) => return,
-                Err(e) => {
-                    tracing::debug!(pod = %self.name, error = %e, "deleting the pod object failed");
-                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-                }
-            }
-        }
+        delete_now(&self.shared.client, &self.current()).await;
     }
 
     /// Connects the sandbox's namespace to the node's pod network, if there is one, and
@@ -811,6 +790,11 @@ impl Worker {
             Err(images::Unavailable::NeverPull(m)) => {
                 self.set_waiting(init, i, "ErrImageNeverPull", &m);
                 self.event(Some(cname), true, "ErrImageNeverPull", &m).await;
+                return Err(());
+            }
+            Err(images::Unavailable::Inspect(m)) => {
+                self.set_waiting(init, i, "ImageInspectError", &m);
+                self.event(Some(cname), true, "InspectFailed", &m).await;
                 return Err(());
             }
             Err(images::Unavailable::Pull(m)) => {
@@ -1523,4 +1507,67 @@ async fn serve_http(
         };
     });
     Exit::Code(0)
+}
+
+/// Deletes a pod object with grace 0 (its uid as precondition), as the kubelet does once
+/// nothing of the pod is left on the node.
+pub async fn delete_now(client: &crate::client::Client, pod: &Value) {
+    let meta = &pod["metadata"];
+    let body = json!({"gracePeriodSeconds": 0, "preconditions": {"uid": meta["uid"]}});
+    let path = format!(
+        "/api/v1/namespaces/{}/pods/{}",
+        meta["namespace"].as_str().unwrap_or("default"),
+        meta["name"].as_str().unwrap_or_default()
+    );
+    for attempt in 0..5u32 {
+        match client
+            .request(
+                Method::DELETE,
+                &path,
+                Some("application/json"),
+                Some(body.to_string().into_bytes()),
+            )
+            .await
+        {
+            Ok(_) => return,
+            Err(e) if matches!(e.code(), Some(404 | 409)) => return,
+            Err(e) => {
+                tracing::debug!(%path, error = %e, "deleting the pod object failed");
+                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+            }
+        }
+    }
+}
+
+/// Fails a pod the node will not run (the kubelet's admission rejection), with an event.
+pub async fn reject(shared: &Shared, pod: &Value, reason: &str, message: &str) {
+    let meta = &pod["metadata"];
+    let path = format!(
+        "/api/v1/namespaces/{}/pods/{}/status",
+        meta["namespace"].as_str().unwrap_or("default"),
+        meta["name"].as_str().unwrap_or_default()
+    );
+    let patch = json!({"status": {"phase": "Failed", "reason": reason, "message": message,
+        "startTime": pod["status"]["startTime"].as_str().map_or_else(status::now, str::to_owned)}});
+    if let Err(e) = shared
+        .client
+        .request(
+            Method::PATCH,
+            &path,
+            Some("application/merge-patch+json"),
+            Some(patch.to_string().into_bytes()),
+        )
+        .await
+    {
+        tracing::warn!(%path, error = %e, "could not mark the pod rejected");
+    }
+    status::event(
+        &shared.client,
+        pod,
+        &shared.node_name,
+        None,
+        true,
+        reason,
+        message,
+    );
 }

@@ -389,8 +389,8 @@ pub async fn pods(
 
     // Density runs against a standalone agent, so its RSS is the agent's alone (the
     // control plane's copies of the pods and their events live in the server process).
-    let server = Node::start(wk, false, density + 100)?;
-    let (mut agent, agent_dir) = start_agent(wk, &server, "bench", density + 100)?;
+    let server = Node::start(wk, false, density + 10)?;
+    let (mut agent, agent_dir) = start_agent(wk, &server, "bench", density + 10)?;
     let store = crate::agent::images::Store::new(agent_dir.path());
     let image = store.add(std::fs::File::open(http_wasm)?)?;
     store.tag("hello:v1", &image.digest)?;
@@ -479,7 +479,7 @@ pub async fn pods(
         to_first_ok,
         runc_start,
         density_pods: density,
-        density_network: if density + 100 > BRIDGE_PORTS {
+        density_network: if density + 10 > BRIDGE_PORTS {
             "none"
         } else {
             "bridge"

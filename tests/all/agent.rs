@@ -1377,3 +1377,47 @@ fn huge_modules_and_trap_storms_hurt_only_their_own_pod() {
         proc_count(pid, "fd")
     );
 }
+
+#[test]
+fn a_full_node_rejects_pods_past_its_allocatable_count() {
+    let c = Cluster::with_agent_args(&["--max-pods", "2"]);
+    import_all(&c);
+    assert_eq!(
+        c.jsonpath("node", "wk-test", "{.status.allocatable.pods}"),
+        "2"
+    );
+    for name in ["fits-1", "fits-2", "extra"] {
+        apply(
+            &c,
+            &pod(
+                name,
+                "  containers:\n  - {name: main, image: cmd:v1, args: [sleep, \"600000\"]}\n",
+            ),
+        );
+        if name != "extra" {
+            wait_for(&c, name, "{.status.phase}", "Running");
+        }
+    }
+    wait_for(&c, "extra", "{.status.reason}", "OutOfpods");
+    assert_eq!(get(&c, "extra", "{.status.phase}"), "Failed");
+    let message = get(&c, "extra", "{.status.message}");
+    assert!(message.contains("used: 2, capacity: 2"), "{message}");
+    // Nothing of it runs, and deleting it needs no agent work.
+    assert!(
+        !c.agent_dir()
+            .join("pods")
+            .join(get(&c, "extra", "{.metadata.uid}"))
+            .exists()
+    );
+    c.kubectl_ok(&["delete", "pod", "extra", "--timeout=30s"]);
+    // Room made by a deletion is used again.
+    c.kubectl_ok(&["delete", "pod", "fits-1", "--timeout=30s"]);
+    apply(
+        &c,
+        &pod(
+            "later",
+            "  containers:\n  - {name: main, image: cmd:v1, args: [sleep, \"600000\"]}\n",
+        ),
+    );
+    wait_for(&c, "later", "{.status.phase}", "Running");
+}
