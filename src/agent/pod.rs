@@ -330,9 +330,9 @@ impl Worker {
             Stage::Sandbox
         };
         let mut sandbox: Option<Sandbox> = None;
-        let mut prepared: Vec<Prepared> = Vec::new();
+        let mut prepared: Vec<Arc<Prepared>> = Vec::new();
         let mut init_backoff = Backoff::default();
-        let mut stops: Vec<(ContainerStop, Prepared)> = Vec::new();
+        let mut stops: Vec<(ContainerStop, Arc<Prepared>)> = Vec::new();
         let mut supervisors = tokio::task::JoinSet::new();
         let mut sandbox_backoff = Duration::from_secs(1);
         let mut refresher: Option<tokio::task::JoinHandle<()>> = None;
@@ -344,7 +344,7 @@ impl Worker {
                 Stage::Sandbox => match self.prepare().await {
                     Ok((sb, ready)) => {
                         sandbox = Some(sb);
-                        prepared = ready;
+                        prepared = ready.into_iter().map(Arc::new).collect();
                         self.reporter.update(|s| s.sandbox_ready = true);
                         let skip = first["status"]["initContainerStatuses"]
                             .as_array()
@@ -367,7 +367,7 @@ impl Worker {
                     }
                 },
                 Stage::Init(i) => {
-                    let inits: Vec<&Prepared> = prepared.iter().filter(|p| p.init).collect();
+                    let inits: Vec<&Arc<Prepared>> = prepared.iter().filter(|p| p.init).collect();
                     let Some(p) = inits.get(i) else {
                         self.reporter.update(|s| {
                             s.initialized = true;
@@ -413,10 +413,10 @@ impl Worker {
                         self.pod.clone(),
                         sb.dir.clone(),
                     )));
-                    let apps: Vec<&Prepared> = prepared.iter().filter(|p| !p.init).collect();
+                    let apps: Vec<&Arc<Prepared>> = prepared.iter().filter(|p| !p.init).collect();
                     for (i, p) in apps.into_iter().enumerate() {
                         let stop = ContainerStop::default();
-                        stops.push((stop.clone(), (*p).clone()));
+                        stops.push((stop.clone(), Arc::clone(p)));
                         supervisors.spawn(supervise(
                             self.clone_for_task(),
                             sb.handle(),
@@ -521,7 +521,7 @@ impl Worker {
     /// is interrupted.
     async fn terminate(
         &self,
-        stops: &[(ContainerStop, Prepared)],
+        stops: &[(ContainerStop, Arc<Prepared>)],
         handle: Option<tokio::runtime::Handle>,
         supervisors: &mut tokio::task::JoinSet<()>,
         grace: Duration,
@@ -1131,7 +1131,7 @@ async fn run_command_once(
 async fn supervise(
     ctx: TaskCtx,
     handle: tokio::runtime::Handle,
-    p: Prepared,
+    p: Arc<Prepared>,
     i: usize,
     stop: ContainerStop,
 ) {
@@ -1237,7 +1237,7 @@ async fn supervise(
 async fn watch_probes(
     ctx: TaskCtx,
     handle: tokio::runtime::Handle,
-    p: Prepared,
+    p: Arc<Prepared>,
     i: usize,
     run: ContainerStop,
 ) {

@@ -145,6 +145,8 @@ pub struct Runtime {
     failed: Mutex<HashMap<String, String>>,
     /// One compile at a time: Cranelift's memory for a big module is bounded by one.
     compiling: Mutex<()>,
+    /// A lock per digest being loaded, so pods starting together load it once and share it.
+    loading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The largest module or component this node compiles.
     max_module_bytes: u64,
     /// Whether the pooling allocator could be set up (else instances are allocated on demand).
@@ -234,6 +236,7 @@ impl Runtime {
             loaded: Mutex::new(HashMap::new()),
             failed: Mutex::new(HashMap::new()),
             compiling: Mutex::new(()),
+            loading: Mutex::new(HashMap::new()),
             max_module_bytes,
             pooling,
         }))
@@ -250,11 +253,26 @@ impl Runtime {
     /// # Errors
     /// When the bytes do not compile, or are neither a command nor an HTTP component.
     pub async fn load(self: &Arc<Self>, digest: &str, path: &Path) -> Result<Loaded, Error> {
-        if let Some(l) = self.loaded.lock().ok().and_then(|m| m.get(digest).cloned()) {
-            return Ok(l);
+        let known = || -> Option<Result<Loaded, Error>> {
+            if let Some(l) = self.loaded.lock().ok()?.get(digest) {
+                return Some(Ok(l.clone()));
+            }
+            let failed = self.failed.lock().ok()?.get(digest).cloned();
+            failed.map(|e| Err(Error::Kind(e)))
+        };
+        if let Some(r) = known() {
+            return r;
         }
-        if let Some(e) = self.failed.lock().ok().and_then(|m| m.get(digest).cloned()) {
-            return Err(Error::Kind(e));
+        let gate = self
+            .loading
+            .lock()
+            .map_err(|_| Error::Setup("the loader's lock is poisoned".into()))?
+            .entry(digest.to_owned())
+            .or_default()
+            .clone();
+        let _turn = gate.lock().await;
+        if let Some(r) = known() {
+            return r;
         }
         let this = self.clone();
         let (digest_owned, path) = (digest.to_owned(), path.to_owned());
@@ -273,6 +291,9 @@ impl Runtime {
         };
         if let Ok(mut m) = self.loaded.lock() {
             m.insert(digest.to_owned(), loaded.clone());
+        }
+        if let Ok(mut m) = self.loading.lock() {
+            m.remove(digest);
         }
         Ok(loaded)
     }
@@ -875,5 +896,57 @@ pub async fn call_hook(
                 timeout.as_secs()
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pods_starting_together_share_one_load_and_a_bad_module_fails_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = Runtime::new(&dir.path().join("cache"), 16, MAX_MODULE_BYTES).unwrap();
+        let module = dir.path().join("m.wat");
+        std::fs::write(
+            &module,
+            "(module (memory (export \"memory\") 1) (func (export \"_start\")))",
+        )
+        .unwrap();
+        let mut loads = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let (rt, path) = (runtime.clone(), module.clone());
+            loads.spawn(async move { rt.load("sha256:m", &path).await });
+        }
+        let mut modules = Vec::new();
+        while let Some(r) = loads.join_next().await {
+            match r.unwrap().unwrap() {
+                Loaded::Module(pre) => modules.push(pre.module().clone()),
+                _ => panic!("a core module loads as a module"),
+            }
+        }
+        assert!(
+            modules.iter().all(|m| Module::same(m, &modules[0])),
+            "one compiled module, shared"
+        );
+
+        let bad = dir.path().join("bad.wasm");
+        std::fs::write(&bad, b"\0asm\x01\0\0\0\x99garbage").unwrap();
+        let first = runtime
+            .load("sha256:bad", &bad)
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        std::fs::remove_file(&bad).unwrap();
+        // The same digest fails the same way without being read or compiled again.
+        let again = runtime
+            .load("sha256:bad", &bad)
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(first, again);
+        assert!(first.contains("sha256:bad"), "{first}");
     }
 }
