@@ -166,6 +166,8 @@ pub struct Shared {
     pub node_ip: String,
     /// Whether pods share the host network (no namespaces could be made).
     pub host_network: bool,
+    /// Network namespaces made ahead for the next pods (none on the host network).
+    pub spare_netns: Option<sandbox::netns::Pool>,
     /// The pod network, once the Node has its podCIDR (absent without one, or when off).
     pub net: std::sync::OnceLock<Arc<crate::net::PodNetwork>>,
     /// The most pods this node admits (its allocatable pods).
@@ -224,6 +226,15 @@ fn memory_in_use() -> u64 {
 }
 
 impl Shared {
+    /// Tops up the spare network namespaces (blocking; call off the async executor).
+    pub fn refill_spare_netns(&self) {
+        if let Some(pool) = &self.spare_netns
+            && !self.shutdown.is_cancelled()
+        {
+            pool.fill();
+        }
+    }
+
     /// Records a pod's containers' gauges for metrics.
     pub fn track(
         &self,
@@ -451,6 +462,10 @@ async fn pod_network(
     }
 }
 
+/// Network namespaces kept ready for the next pods: enough for pods started one after
+/// another; a burst past them makes its own.
+const SPARE_NETNS: usize = 2;
+
 /// How long a new agent waits for its Node's podCIDR.
 const POD_CIDR_WAIT: Duration = Duration::from_secs(20);
 
@@ -506,6 +521,8 @@ impl Agent {
             node_name: config.node_name.clone(),
             node_ip: config.address.to_string(),
             host_network,
+            spare_netns: (!host_network)
+                .then(|| sandbox::netns::Pool::new(data.join("netns-spare"), SPARE_NETNS)),
             net: std::sync::OnceLock::new(),
             max_pods: std::sync::atomic::AtomicU32::new(config.max_pods),
             shutdown: shutdown.clone(),
@@ -579,6 +596,10 @@ impl Agent {
                 shutdown.clone(),
             )),
             tokio::spawn(watch_pods(shared.clone())),
+            tokio::task::spawn_blocking({
+                let shared = shared.clone();
+                move || shared.refill_spare_netns()
+            }),
             tokio::spawn(sample_usage(shared.clone())),
         ];
         Ok(Self {
@@ -593,6 +614,9 @@ impl Agent {
         self.shared.shutdown.cancelled().await;
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+        if let Some(pool) = &self.shared.spare_netns {
+            pool.drain();
         }
     }
 }

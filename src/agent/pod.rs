@@ -662,12 +662,23 @@ impl Worker {
             pod["spec"]["hostNetwork"].as_bool().unwrap_or(false) || self.shared.host_network;
         let data = self.shared.data_dir.clone();
         let (uid, name) = (self.uid.clone(), self.name.clone());
+        let shared = self.shared.clone();
         let sb = match tokio::task::spawn_blocking(move || {
-            Sandbox::create(&data, &uid, &name, host_network)
+            Sandbox::create(
+                &data,
+                &uid,
+                &name,
+                host_network,
+                shared.spare_netns.as_ref(),
+            )
         })
         .await
         {
-            Ok(Ok(sb)) => sb,
+            Ok(Ok(sb)) => {
+                let shared = self.shared.clone();
+                tokio::task::spawn_blocking(move || shared.refill_spare_netns());
+                sb
+            }
             Ok(Err(e)) => {
                 self.event(
                     None,

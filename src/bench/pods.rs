@@ -74,15 +74,7 @@ impl Drop for Node {
         std::thread::sleep(Duration::from_millis(300));
         let _ = self.child.kill();
         let _ = self.child.wait();
-        // The agent leaves its namespaces mounted for a later agent to adopt; a bench has none.
-        for entry in std::fs::read_dir(self.dir.path().join("agent/netns"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            crate::agent::sandbox::netns::destroy(&entry.path());
-        }
-        delete_bridge(NODE_BRIDGE);
+        release_node(&self.dir.path().join("agent"), NODE_BRIDGE);
     }
 }
 
@@ -547,14 +539,22 @@ fn stop_agent(agent: &mut Child, dir: &tempfile::TempDir) {
     std::thread::sleep(Duration::from_millis(500));
     let _ = agent.kill();
     let _ = agent.wait();
-    for entry in std::fs::read_dir(dir.path().join("netns"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        crate::agent::sandbox::netns::destroy(&entry.path());
+    release_node(dir.path(), AGENT_BRIDGE);
+}
+
+/// Removes what a stopped bench agent leaves for a later agent to adopt (its pods' and spare
+/// namespaces, its bridge): a bench has no later agent.
+fn release_node(agent_dir: &Path, bridge: &str) {
+    for sub in ["netns", "netns-spare"] {
+        for entry in std::fs::read_dir(agent_dir.join(sub))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            crate::agent::sandbox::netns::destroy(&entry.path());
+        }
     }
-    delete_bridge(AGENT_BRIDGE);
+    delete_bridge(bridge);
 }
 
 /// A standalone `wk agent` joined to a control-plane-only server, idle for 3 s.

@@ -619,8 +619,13 @@ fn an_agent_restart_adopts_running_pods_without_leaks_or_duplicates() {
     let web_uid = get(&c, "web", "{.metadata.uid}");
     let web_ip = get(&c, "web", "{.status.podIP}");
     assert!(!web_ip.is_empty());
+    // Namespaces are kept ready for the next pods, and given back when the agent stops.
+    assert!(eventually(LONG, || count_dir(
+        c.agent_dir().join("netns-spare")
+    ) == 2));
     let (status, data) = c.stop();
     assert!(status.success(), "{status}");
+    assert_eq!(count_dir(data.path().join("agent/netns-spare")), 0);
     // A sandbox of a pod that vanished while the agent was down.
     let stale = data
         .path()

@@ -318,9 +318,11 @@ impl Drop for Cluster {
         let _ = self.child.wait();
         // Pods' namespaces outlive a killed agent (for adoption): release them, and with them
         // their veths, then the bridge.
-        let netns = self.data.path().join("agent/netns");
-        for entry in std::fs::read_dir(&netns).into_iter().flatten().flatten() {
-            let _ = Command::new("umount").arg("-l").arg(entry.path()).output();
+        for dir in ["agent/netns", "agent/netns-spare"] {
+            let netns = self.data.path().join(dir);
+            for entry in std::fs::read_dir(&netns).into_iter().flatten().flatten() {
+                let _ = Command::new("umount").arg("-l").arg(entry.path()).output();
+            }
         }
         if let Some(b) = &self.bridge {
             let _ = Command::new("ip").args(["link", "del", &b.name]).output();

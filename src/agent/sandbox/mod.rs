@@ -48,7 +48,13 @@ impl Sandbox {
     ///
     /// # Errors
     /// When the namespace, directory or thread cannot be made.
-    pub fn create(data: &Path, uid: &str, name: &str, host_network: bool) -> Result<Self, Error> {
+    pub fn create(
+        data: &Path,
+        uid: &str,
+        name: &str,
+        host_network: bool,
+        spare: Option<&netns::Pool>,
+    ) -> Result<Self, Error> {
         let (dir, ns) = paths(data, uid);
         std::fs::create_dir_all(&dir)?;
         let netns = if host_network {
@@ -56,10 +62,13 @@ impl Sandbox {
         } else {
             if !netns::is_mounted(&ns) {
                 let _ = std::fs::remove_file(&ns);
-                netns::create(&ns).map_err(|source| Error::Netns {
-                    path: ns.clone(),
-                    source,
-                })?;
+                let from_pool = spare.is_some_and(|p| p.take_into(&ns).unwrap_or(false));
+                if !from_pool {
+                    netns::create(&ns).map_err(|source| Error::Netns {
+                        path: ns.clone(),
+                        source,
+                    })?;
+                }
             }
             Some(ns)
         };

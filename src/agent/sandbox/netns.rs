@@ -6,6 +6,8 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, setns, unshare};
@@ -66,6 +68,91 @@ pub fn enter(path: &Path) -> io::Result<()> {
 pub fn destroy(path: &Path) {
     let _ = umount2(path, MntFlags::MNT_DETACH);
     let _ = std::fs::remove_file(path);
+}
+
+/// Moves the namespace mounted at `from` to `to` (a fresh file there), then unmounts `from`.
+fn move_to(from: &Path, to: &Path) -> io::Result<()> {
+    File::create(to)?;
+    if let Err(e) = mount(Some(from), to, None::<&str>, MsFlags::MS_BIND, None::<&str>) {
+        let _ = std::fs::remove_file(to);
+        return Err(e.into());
+    }
+    destroy(from);
+    Ok(())
+}
+
+/// Namespaces made ahead of need (with `lo` up), so that a pod's sandbox is a bind mount away
+/// rather than a kernel namespace creation (a millisecond or more) away.
+pub struct Pool {
+    dir: PathBuf,
+    target: usize,
+    ready: Mutex<Vec<PathBuf>>,
+    next: AtomicU64,
+    filling: AtomicBool,
+}
+
+impl Pool {
+    /// A pool keeping `target` namespaces under `dir`; namespaces left there by an earlier
+    /// agent are removed.
+    pub fn new(dir: PathBuf, target: usize) -> Self {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            destroy(&entry.path());
+        }
+        Self {
+            dir,
+            target,
+            ready: Mutex::new(Vec::new()),
+            next: AtomicU64::new(0),
+            filling: AtomicBool::new(false),
+        }
+    }
+
+    /// Mounts a ready namespace at `path`; `Ok(false)` when none is ready.
+    ///
+    /// # Errors
+    /// When the mount fails (the namespace is then dropped).
+    pub fn take_into(&self, path: &Path) -> io::Result<bool> {
+        let Some(warm) = self.ready.lock().ok().and_then(|mut r| r.pop()) else {
+            return Ok(false);
+        };
+        if let Err(e) = move_to(&warm, path) {
+            destroy(&warm);
+            return Err(e);
+        }
+        Ok(true)
+    }
+
+    /// Makes namespaces until the pool is full (blocking). Only one caller fills at a time.
+    pub fn fill(&self) {
+        if self.filling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        while self.ready.lock().map_or(usize::MAX, |r| r.len()) < self.target {
+            let path = self
+                .dir
+                .join(self.next.fetch_add(1, Ordering::Relaxed).to_string());
+            match create(&path) {
+                Ok(()) => {
+                    if let Ok(mut r) = self.ready.lock() {
+                        r.push(path);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "making a spare network namespace failed");
+                    break;
+                }
+            }
+        }
+        self.filling.store(false, Ordering::Release);
+    }
+
+    /// Removes every ready namespace (agent shutdown).
+    pub fn drain(&self) {
+        let ready = self.ready.lock().map(|mut r| std::mem::take(&mut *r));
+        for path in ready.unwrap_or_default() {
+            destroy(&path);
+        }
+    }
 }
 
 /// Sets IFF_UP on `lo` in the calling thread's namespace.
