@@ -70,6 +70,26 @@ struct Prepared {
     init: bool,
 }
 
+/// How long the first status report waits for the pod's containers to start.
+const FIRST_STATUS_WINDOW: Duration = Duration::from_millis(50);
+
+/// Whether every container has started or finished (or the pod failed as a whole).
+fn settled(pod: &status::Pod) -> bool {
+    pod.failed.is_some()
+        || pod
+            .containers
+            .iter()
+            .chain(&pod.init)
+            .any(|c| matches!(&c.state, State::Waiting { reason, .. } if reason != "ContainerCreating" && reason != "PodInitializing"))
+        || pod
+            .containers
+            .iter()
+            .all(|c| !matches!(c.state, State::Waiting { .. }))
+}
+
+/// How long after a pod's sandbox is made its spare namespace is replaced.
+const SPARE_REFILL_DELAY: Duration = Duration::from_millis(100);
+
 /// The worker's shared view of its pod, written to the API by the status task.
 struct Reporter {
     state: Mutex<status::Pod>,
@@ -246,6 +266,18 @@ async fn write_status(
     loop {
         if changes.changed().await.is_err() {
             return;
+        }
+        if last.is_none() {
+            // Like the kubelet's status manager, batch the first report: a pod that starts at
+            // once is written once, as Running, rather than Pending and then Running.
+            let until = tokio::time::Instant::now() + FIRST_STATUS_WINDOW;
+            while !settled(&reporter.snapshot()) {
+                match tokio::time::timeout_at(until, changes.changed()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return,
+                    Err(_) => break,
+                }
+            }
         }
         let generation = *changes.borrow_and_update();
         let object = pod.borrow().clone();
@@ -674,11 +706,7 @@ impl Worker {
         })
         .await
         {
-            Ok(Ok(sb)) => {
-                let shared = self.shared.clone();
-                tokio::task::spawn_blocking(move || shared.refill_spare_netns());
-                sb
-            }
+            Ok(Ok(sb)) => sb,
             Ok(Err(e)) => {
                 self.event(
                     None,
@@ -759,6 +787,13 @@ impl Worker {
             self.teardown(sb).await;
             return Err(PrepareError::Retry);
         }
+        // Make the next pod's namespace once this one is up and reported, not while it is set
+        // up: namespace and veth creation take the same kernel lock, and CPUs are few.
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(SPARE_REFILL_DELAY).await;
+            let _ = tokio::task::spawn_blocking(move || shared.refill_spare_netns()).await;
+        });
         self.shared.track(
             &self.uid,
             &self.ns,

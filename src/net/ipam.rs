@@ -64,17 +64,17 @@ impl Ipam {
         self.range.pod_addresses()
     }
 
-    /// The address of pod `uid`, taken now if it has none.
+    /// The address of pod `uid`, taken now if it has none; `true` when it was taken now.
     ///
     /// # Errors
     /// When the range is full, or the record cannot be written.
-    pub fn assign(&self, uid: &str) -> io::Result<Ipv4Addr> {
+    pub fn assign(&self, uid: &str) -> io::Result<(Ipv4Addr, bool)> {
         let mut state = self
             .state
             .lock()
             .map_err(|_| io::Error::other("poisoned"))?;
         if let Some(ip) = state.by_uid.get(uid) {
-            return Ok(*ip);
+            return Ok((*ip, false));
         }
         // Offsets 2 ..= size-2: not the network, the gateway or the broadcast address.
         let (first, last) = (2, self.range.size().saturating_sub(2));
@@ -103,7 +103,7 @@ impl Ipam {
             state.last = offset;
             state.by_uid.insert(uid.to_owned(), ip);
             state.taken.insert(ip, uid.to_owned());
-            return Ok(ip);
+            return Ok((ip, true));
         }
         Err(io::Error::new(
             io::ErrorKind::AddrNotAvailable,
@@ -140,17 +140,18 @@ mod tests {
         let ipam = Ipam::open(dir.path().into(), range).unwrap();
         assert_eq!(ipam.gateway(), Ipv4Addr::new(100, 64, 7, 1));
         assert_eq!(ipam.capacity(), 5);
-        let a = ipam.assign("a").unwrap();
+        let (a, fresh) = ipam.assign("a").unwrap();
+        assert!(fresh);
         assert_eq!(a, Ipv4Addr::new(100, 64, 7, 2));
         assert_eq!(
             ipam.assign("a").unwrap(),
-            a,
+            (a, false),
             "the same pod keeps its address"
         );
-        let b = ipam.assign("b").unwrap();
+        let (b, _) = ipam.assign("b").unwrap();
         assert_eq!(b, Ipv4Addr::new(100, 64, 7, 3));
         assert_eq!(ipam.release("a"), Some(a));
-        let c = ipam.assign("c").unwrap();
+        let (c, _) = ipam.assign("c").unwrap();
         assert_eq!(
             c,
             Ipv4Addr::new(100, 64, 7, 4),
@@ -163,9 +164,9 @@ mod tests {
         let mut holders = ipam.holders();
         holders.sort();
         assert_eq!(holders, ["b", "c"]);
-        assert_eq!(ipam.assign("b").unwrap(), b);
+        assert_eq!(ipam.assign("b").unwrap(), (b, false));
         for uid in ["d", "e", "f"] {
-            let ip = ipam.assign(uid).unwrap();
+            let (ip, _) = ipam.assign(uid).unwrap();
             assert!(
                 range.contains(ip) && ip != ipam.gateway() && ip.octets()[3] < 7,
                 "{ip}"

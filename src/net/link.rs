@@ -160,8 +160,8 @@ pub async fn ensure_bridge(h: &Handle, name: &str, gateway: Ipv4Addr, len: u8) -
     Ok(index)
 }
 
-/// Makes a veth pair: `host` on the bridge with index `bridge`, and its peer as `eth0` in the
-/// namespace at `netns`.
+/// Makes a veth pair in one request: `host` up on the bridge with index `bridge`, and its peer
+/// as `eth0` in the namespace at `netns`.
 ///
 /// # Errors
 /// When netlink fails (EEXIST when `host` is taken).
@@ -173,14 +173,13 @@ pub async fn add_veth(h: &Handle, host: &str, bridge: u32, netns: &Path) -> io::
         .setns_by_fd(ns.as_raw_fd())
         .build();
     let veth = LinkVeth::new(host, "eth0")
+        .controller(bridge)
+        .up()
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
         .build();
-    h.link().add(veth).execute().await.map_err(io_error)?;
+    let made = h.link().add(veth).execute().await.map_err(io_error);
     drop(ns);
-    let index = index(h, host)
-        .await?
-        .ok_or_else(|| io::Error::other(format!("the veth {host} vanished")))?;
-    enslave(h, index, bridge).await
+    made
 }
 
 /// Puts the link with index `index` on the bridge with index `bridge`, and sets it up.
@@ -201,7 +200,8 @@ pub async fn enslave(h: &Handle, index: u32, bridge: u32) -> io::Result<()> {
 }
 
 /// Inside a pod's namespace (a handle from [`netns_handle`]): gives `eth0` the address
-/// `ip/len`, sets it and `lo` up, and routes everything through `gateway`.
+/// `ip/len`, sets it up (`lo` is up from the namespace's making), and routes everything
+/// through `gateway`.
 ///
 /// # Errors
 /// When netlink fails.
@@ -211,9 +211,6 @@ pub async fn configure_pod(h: &Handle, ip: Ipv4Addr, len: u8, gateway: Ipv4Addr)
         .ok_or_else(|| io::Error::other("the pod has no eth0"))?;
     add_address(h, eth0, ip, len).await?;
     set_up(h, eth0).await?;
-    if let Some(lo) = index(h, "lo").await? {
-        set_up(h, lo).await?;
-    }
     let route = RouteMessageBuilder::<Ipv4Addr>::new()
         .gateway(gateway)
         .output_interface(eth0)

@@ -94,9 +94,9 @@ impl PodNetwork {
     /// # Errors
     /// When the range is full or netlink fails; nothing is left half made.
     pub async fn attach(&self, uid: &str, netns: &Path) -> io::Result<Ipv4Addr> {
-        let ip = self.ipam.assign(uid)?;
+        let (ip, fresh) = self.ipam.assign(uid)?;
         let veth = veth_name(uid);
-        if let Some(index) = link::index(&self.host, &veth).await? {
+        if !fresh && let Some(index) = link::index(&self.host, &veth).await? {
             // Adopted: its bridge may have been made again since.
             link::enslave(&self.host, index, self.bridge_index).await?;
             return Ok(ip);
