@@ -396,9 +396,10 @@ fn raise_fd_limit() -> u64 {
     getrlimit(Resource::RLIMIT_NOFILE).map_or(soft, |(now, _)| now)
 }
 
-/// Descriptors an idle pod holds: its runtime's epoll, the epoll's clone and the waker, and
-/// an HTTP listener (a log file is opened only once the guest writes).
-const FDS_PER_POD: u64 = 4;
+/// Descriptors an idle HTTP pod holds: its runtime's epoll, the epoll's clone, the waker and
+/// the signal driver's stream (tokio builds one into every runtime with I/O when its `signal`
+/// feature is on), and the listener; a log file is opened only once the guest writes.
+const FDS_PER_POD: u64 = 5;
 /// Descriptors kept for the agent itself: API connections, log readers, compiles.
 const FD_RESERVE: u64 = 1024;
 
@@ -828,8 +829,8 @@ mod tests {
 
     #[test]
     fn the_open_file_limit_bounds_the_pods() {
-        assert_eq!(fd_room(20_000), 4_744);
-        assert_eq!(fd_room(1 << 20), 261_888);
+        assert_eq!(fd_room(20_000), 3_795);
+        assert_eq!(fd_room(1 << 20), 209_510);
         assert_eq!(
             fd_room(100),
             0,

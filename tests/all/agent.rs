@@ -63,6 +63,15 @@ fn curl_in(c: &Cluster, name: &str, url: &str) -> (String, bool) {
     (stdout(&out), out.status.success())
 }
 
+/// curl from the host.
+fn curl(url: &str) -> (String, bool) {
+    let out = Command::new("curl")
+        .args(["-s", "-m", "10", url])
+        .output()
+        .expect("run curl");
+    (stdout(&out), out.status.success())
+}
+
 fn apply(c: &Cluster, manifest: &str) {
     let out = c.kubectl_stdin(&["apply", "-f", "-"], manifest);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -639,11 +648,8 @@ fn an_agent_restart_adopts_running_pods_without_leaks_or_duplicates() {
     assert_eq!(get(&c, "web", "{.metadata.uid}"), web_uid);
     // It keeps its address, and is reachable at it through the bridge made again.
     assert_eq!(get(&c, "web", "{.status.podIP}"), web_ip);
-    let out = Command::new("curl")
-        .args(["-s", "-m", "10", &format!("http://{web_ip}:8000/")])
-        .output()
-        .unwrap();
-    assert_eq!(stdout(&out), "Hello from wk!\n");
+    let (body, _) = curl(&format!("http://{web_ip}:8000/"));
+    assert_eq!(body, "Hello from wk!\n");
     // Restart counts survive; the finished pod is not run again.
     let restarts: u32 = get(&c, "crash", "{.status.containerStatuses[0].restartCount}")
         .parse()
@@ -1195,15 +1201,8 @@ fn without_privileges_pods_share_the_host_network_and_clashing_ports_are_refused
             .exists(),
         "no namespace was made"
     );
-    let out = Command::new("curl")
-        .args(["-s", "-m", "10", &format!("http://127.0.0.1:{port}/")])
-        .output()
-        .unwrap();
-    assert_eq!(
-        stdout(&out),
-        "Hello from wk!\n",
-        "the pod serves on the host"
-    );
+    let (body, _) = curl(&format!("http://127.0.0.1:{port}/"));
+    assert_eq!(body, "Hello from wk!\n", "the pod serves on the host");
 
     // A second pod on the same port is refused, and says why.
     apply(&c, &web("second"));
@@ -1221,15 +1220,8 @@ fn without_privileges_pods_share_the_host_network_and_clashing_ports_are_refused
         "second pod: {last}\n{}",
         get(&c, "second", "{.status}")
     );
-    let out = Command::new("curl")
-        .args(["-s", "-m", "10", &format!("http://127.0.0.1:{port}/")])
-        .output()
-        .unwrap();
-    assert_eq!(
-        stdout(&out),
-        "Hello from wk!\n",
-        "the first pod still serves"
-    );
+    let (body, _) = curl(&format!("http://127.0.0.1:{port}/"));
+    assert_eq!(body, "Hello from wk!\n", "the first pod still serves");
 }
 
 #[test]
@@ -1273,11 +1265,8 @@ fn pods_get_addresses_on_the_node_bridge_and_reach_each_other() {
     let wide = c.kubectl_ok(&["get", "pods", "-o", "wide"]);
     assert!(wide.contains(&ips[0]) && wide.contains(&ips[1]), "{wide}");
     // The host reaches a pod through the bridge, and a pod reaches the other.
-    let out = Command::new("curl")
-        .args(["-s", "-m", "10", &format!("http://{}:8000/", ips[0])])
-        .output()
-        .unwrap();
-    assert_eq!(stdout(&out), "Hello from wk!\n");
+    let (body, _) = curl(&format!("http://{}:8000/", ips[0]));
+    assert_eq!(body, "Hello from wk!\n");
     let (body, ok) = curl_in(&c, "net-a", &format!("http://{}:8000/env/MY_IP", ips[1]));
     assert!(ok && body.starts_with(&ips[1]), "net-a to net-b: {body}");
     assert_eq!(bridge.ports().len(), 2, "{:?}", bridge.ports());

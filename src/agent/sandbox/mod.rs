@@ -84,8 +84,7 @@ impl Sandbox {
                         netns::enter(ns)?;
                     }
                     // A pod's runtime serves few sockets: a small event buffer keeps an
-                    // idle pod's memory down. No signal driver: it would cost each pod a
-                    // descriptor, and guests get no signals.
+                    // idle pod's memory down.
                     tokio::runtime::Builder::new_current_thread()
                         .enable_io()
                         .enable_time()
