@@ -11,6 +11,7 @@ use std::path::Path;
 
 use futures_util::TryStreamExt;
 use nix::sched::{CloneFlags, setns};
+use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute};
 use rtnetlink::sys::{Socket, TokioSocket, protocols::NETLINK_ROUTE};
 use rtnetlink::{
@@ -122,6 +123,23 @@ pub async fn ports(h: &Handle, bridge: u32) -> io::Result<Vec<String>> {
     Ok(out)
 }
 
+/// The IPv4 addresses on the link with index `index`.
+async fn addresses(h: &Handle, index: u32) -> io::Result<Vec<(Ipv4Addr, u8)>> {
+    let mut out = Vec::new();
+    let mut dump = h.address().get().set_link_index_filter(index).execute();
+    while let Some(m) = dump.try_next().await.map_err(io_error)? {
+        for a in &m.attributes {
+            if let AddressAttribute::Local(IpAddr::V4(ip))
+            | AddressAttribute::Address(IpAddr::V4(ip)) = a
+                && !out.contains(&(*ip, m.header.prefix_len))
+            {
+                out.push((*ip, m.header.prefix_len));
+            }
+        }
+    }
+    Ok(out)
+}
+
 async fn add_address(h: &Handle, index: u32, ip: Ipv4Addr, len: u8) -> io::Result<()> {
     match h.address().add(index, IpAddr::V4(ip), len).execute().await {
         Err(e) if errno(&e) != Some(libc::EEXIST) => Err(io_error(e)),
@@ -144,7 +162,22 @@ async fn set_up(h: &Handle, index: u32) -> io::Result<()> {
 /// When netlink fails.
 pub async fn ensure_bridge(h: &Handle, name: &str, gateway: Ipv4Addr, len: u8) -> io::Result<u32> {
     let index = match index(h, name).await? {
-        Some(i) => i,
+        Some(i) => {
+            // Another agent's bridge (another podCIDR) must not be shared: pruning would take
+            // its pods' veths for leftovers.
+            let held = addresses(h, i).await?;
+            if let Some((other, other_len)) =
+                held.iter().find(|(ip, l)| (*ip, *l) != (gateway, len))
+            {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!(
+                        "the bridge {name} already holds {other}/{other_len}, not this node's {gateway}/{len}: another agent uses it (give this one its own with --bridge)"
+                    ),
+                ));
+            }
+            i
+        }
         None => {
             match h.link().add(LinkBridge::new(name).build()).execute().await {
                 Err(e) if errno(&e) != Some(libc::EEXIST) => return Err(io_error(e)),

@@ -1416,3 +1416,49 @@ fn a_full_node_rejects_pods_past_its_allocatable_count() {
     );
     wait_for(&c, "later", "{.status.phase}", "Running");
 }
+
+#[test]
+fn a_second_agent_does_not_take_over_another_node_s_bridge() {
+    let c = Cluster::with_agent();
+    let bridge = c.bridge.clone().unwrap();
+    let token = std::fs::read_to_string(c.data.path().join("node-token")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = Command::new(crate::harness::WK)
+        .args(["agent", "--server", &c.url, "--token", token.trim()])
+        .args(["--node-name", "second", "--agent-listen", "127.0.0.1:0"])
+        .args(["--bridge", &bridge.name, "--data-dir"])
+        .arg(dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = agent.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut log = String::new();
+    let refused = eventually(LONG, || {
+        while let Ok(line) = rx.try_recv() {
+            log.push_str(&line);
+            log.push('\n');
+        }
+        log.contains("wk agent running as node second")
+    });
+    // The second node runs, without pod addresses, and says why; the first keeps its bridge.
+    assert!(refused, "{log}");
+    assert!(
+        log.contains("another agent uses it") && log.contains("--bridge"),
+        "{log}"
+    );
+    let range = c.jsonpath("node", "second", "{.spec.podCIDR}");
+    assert!(!range.is_empty());
+    assert_ne!(range, c.jsonpath("node", "wk-test", "{.spec.podCIDR}"));
+    // SAFETY: kill with a valid pid and signal number has no memory effects.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let _ = agent.wait();
+}
