@@ -678,6 +678,13 @@ impl Worker {
         Ok(Arc::new(pod))
     }
 
+    /// Reports why the sandbox could not be set up, removes it, and asks for a retry.
+    async fn give_up(&self, sb: Sandbox, reason: &str, message: &str) -> PrepareError {
+        self.event(None, true, reason, message).await;
+        self.teardown(sb).await;
+        PrepareError::Retry
+    }
+
     /// Removes the sandbox: volumes, network, namespace and directory.
     async fn teardown(&self, sb: Sandbox) {
         volumes::unmount_all(&sb.dir);
@@ -725,29 +732,15 @@ impl Worker {
         let pod = match self.connect(&sb, pod).await {
             Ok(pod) => pod,
             Err(e) => {
-                self.event(
-                    None,
-                    true,
-                    "FailedCreatePodSandBox",
-                    &format!("Failed to create pod sandbox: setting up the pod's network: {e}"),
-                )
-                .await;
-                self.teardown(sb).await;
-                return Err(PrepareError::Retry);
+                let m = format!("Failed to create pod sandbox: setting up the pod's network: {e}");
+                return Err(self.give_up(sb, "FailedCreatePodSandBox", &m).await);
             }
         };
         let ready = match volumes::prepare(&self.shared.client, &pod, &sb.dir).await {
             Ok(r) => r,
             Err(e) => {
-                self.event(
-                    None,
-                    true,
-                    "FailedMount",
-                    &format!("MountVolume.SetUp failed for {e}"),
-                )
-                .await;
-                self.teardown(sb).await;
-                return Err(PrepareError::Retry);
+                let m = format!("MountVolume.SetUp failed for {e}");
+                return Err(self.give_up(sb, "FailedMount", &m).await);
             }
         };
         let mut out = Vec::new();
