@@ -364,4 +364,17 @@ mod tests {
         ));
         assert!(is_latest("app") && is_latest("reg:5000/app") && !is_latest("reg:5000/app:v1"));
     }
+
+    #[test]
+    fn an_unreadable_store_is_an_inspect_error_not_a_pull() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let image = store.add(&b"\0asm\x01\0\0\0"[..]).unwrap();
+        store.tag("app:v1", &image.digest).unwrap();
+        std::fs::write(dir.path().join("images/index.json"), b"{ not json").unwrap();
+        match resolve(&store, "app:v1", "IfNotPresent") {
+            Err(Unavailable::Inspect(m)) => assert!(m.contains("index.json"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
 }

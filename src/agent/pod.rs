@@ -452,7 +452,7 @@ impl Worker {
                         supervisors.spawn(supervise(
                             self.clone_for_task(),
                             sb.handle(),
-                            (*p).clone(),
+                            Arc::clone(p),
                             i,
                             stop,
                         ));
@@ -1155,15 +1155,20 @@ async fn run_command_once(
     let finished_at = status::now();
     ctx.set(init, i, |c| {
         c.ready = false;
-        c.state = State::Terminated {
-            exit_code: exit.code(),
-            reason: exit.reason().to_owned(),
-            message: exit.message(),
-            started_at,
-            finished_at,
-        };
+        c.state = ended(&exit, started_at, finished_at);
     });
     exit
+}
+
+/// The terminated state the kubelet shows for a run that ended with `exit`.
+fn ended(exit: &Exit, started_at: String, finished_at: String) -> State {
+    State::Terminated {
+        exit_code: exit.code(),
+        reason: exit.reason().to_owned(),
+        message: exit.message(),
+        started_at,
+        finished_at,
+    }
 }
 
 /// Runs one app container under the restart policy until it finishes for good or is stopped.
@@ -1222,13 +1227,7 @@ async fn supervise(
             let now = status::now();
             ctx.set(false, i, |c| {
                 c.ready = false;
-                c.state = State::Terminated {
-                    exit_code: exit.code(),
-                    reason: exit.reason().to_owned(),
-                    message: exit.message(),
-                    started_at: now.clone(),
-                    finished_at: now.clone(),
-                };
+                c.state = ended(&exit, now.clone(), now.clone());
             });
             ctx.event(&name, true, "Failed", &format!("Error: {m}"))
                 .await;
@@ -1537,13 +1536,7 @@ async fn serve_http(
     ctx.shared.live_logs(&path, false);
     ctx.set(false, i, |c| {
         c.ready = false;
-        c.state = State::Terminated {
-            exit_code: 0,
-            reason: "Completed".into(),
-            message: None,
-            started_at,
-            finished_at: status::now(),
-        };
+        c.state = ended(&Exit::Code(0), started_at, status::now());
     });
     Exit::Code(0)
 }

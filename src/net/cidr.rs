@@ -60,12 +60,6 @@ impl Cidr {
         (n < self.size()).then(|| Ipv4Addr::from(self.base + n as u32))
     }
 
-    /// The position of `ip` in the range.
-    pub fn offset(self, ip: Ipv4Addr) -> Option<u64> {
-        self.contains(ip)
-            .then(|| u64::from(u32::from(ip) - self.base))
-    }
-
     /// The `n`th sub-range of prefix length `len` (0 is the first), if it is inside.
     pub fn subnet(self, len: u8, n: u64) -> Option<Self> {
         if len < self.len || len > 32 {
@@ -141,7 +135,6 @@ mod tests {
         assert!(c.covers(node) && !node.covers(c));
         assert_eq!(node.host(1), Some("100.64.3.1".parse().unwrap()));
         assert_eq!(node.host(256), None);
-        assert_eq!(node.offset("100.64.3.9".parse().unwrap()), Some(9));
         assert_eq!(node.pod_addresses(), 253);
         assert!(
             "0.0.0.0/0"
