@@ -85,6 +85,8 @@ pub struct AgentConfig {
     pub bridge: String,
     /// The largest module or component the node compiles.
     pub max_module_bytes: u64,
+    /// How many network namespaces are kept made ahead of need.
+    pub spare_netns: usize,
 }
 
 impl AgentConfig {
@@ -105,6 +107,7 @@ impl AgentConfig {
             pod_network: true,
             bridge: crate::net::BRIDGE.to_owned(),
             max_module_bytes: wasm::MAX_MODULE_BYTES,
+            spare_netns: SPARE_NETNS,
         }
     }
 }
@@ -226,13 +229,22 @@ fn memory_in_use() -> u64 {
 }
 
 impl Shared {
-    /// Tops up the spare network namespaces (blocking; call off the async executor).
-    pub fn refill_spare_netns(&self) {
+    /// Tops up the spare network namespaces, connected to the pod network where there is one
+    /// (blocking, on a runtime thread's `spawn_blocking`).
+    pub fn refill_spare_netns(&self, runtime: &tokio::runtime::Handle) {
         if let Some(pool) = &self.spare_netns
             && !self.shutdown.is_cancelled()
         {
-            pool.fill();
+            let net = self.net.get();
+            pool.fill(&|path| runtime.block_on(net?.wire_spare(path)));
         }
+    }
+
+    /// Tops up the spare network namespaces in the background.
+    fn spawn_refill(self: &Arc<Self>) {
+        let shared = self.clone();
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || shared.refill_spare_netns(&runtime));
     }
 
     /// Records a pod's containers' gauges for metrics.
@@ -465,7 +477,7 @@ async fn pod_network(
 
 /// Network namespaces kept ready for the next pods: enough for pods started one after
 /// another; a burst past them makes its own.
-const SPARE_NETNS: usize = 2;
+pub const SPARE_NETNS: usize = 2;
 
 /// How long a new agent waits for its Node's podCIDR.
 const POD_CIDR_WAIT: Duration = Duration::from_secs(20);
@@ -523,7 +535,7 @@ impl Agent {
             node_ip: config.address.to_string(),
             host_network,
             spare_netns: (!host_network)
-                .then(|| sandbox::netns::Pool::new(data.join("netns-spare"), SPARE_NETNS)),
+                .then(|| sandbox::netns::Pool::new(data.join("netns-spare"), config.spare_netns)),
             net: std::sync::OnceLock::new(),
             max_pods: std::sync::atomic::AtomicU32::new(config.max_pods),
             shutdown: shutdown.clone(),
@@ -597,10 +609,6 @@ impl Agent {
                 shutdown.clone(),
             )),
             tokio::spawn(watch_pods(shared.clone())),
-            tokio::task::spawn_blocking({
-                let shared = shared.clone();
-                move || shared.refill_spare_netns()
-            }),
             tokio::spawn(sample_usage(shared.clone())),
         ];
         Ok(Self {
@@ -617,7 +625,11 @@ impl Agent {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
         if let Some(pool) = &self.shared.spare_netns {
-            pool.drain();
+            for holder in pool.drain() {
+                if let Some(net) = self.shared.net.get() {
+                    net.forget(&holder);
+                }
+            }
         }
     }
 }
@@ -783,6 +795,8 @@ async fn watch_pods(shared: Arc<Shared>) {
                     tracing::info!(removed, "removed veths of pods no longer bound here");
                 }
             }
+            // Only now: the prune above would take a spare's veth for a leftover.
+            shared.spawn_refill();
             first = false;
         }
         for item in items {

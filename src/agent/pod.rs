@@ -90,15 +90,96 @@ fn settled(pod: &status::Pod) -> bool {
 /// How long after a pod's sandbox is made its spare namespace is replaced.
 const SPARE_REFILL_DELAY: Duration = Duration::from_millis(100);
 
+/// How long a starting pod's events wait for its first status write.
+const EVENT_HOLD: Duration = Duration::from_millis(100);
+
+/// An event kept back until the pod's first status is written.
+struct HeldEvent {
+    pod: Arc<Value>,
+    container: Option<String>,
+    warning: bool,
+    reason: &'static str,
+    message: String,
+}
+
 /// The worker's shared view of its pod, written to the API by the status task.
 struct Reporter {
+    shared: Arc<Shared>,
     state: Mutex<status::Pod>,
     tx: watch::Sender<u64>,
     /// The last change the status writer has dealt with.
     written: watch::Sender<u64>,
+    /// Events of a starting pod, sent once its first status is written (or [`EVENT_HOLD`]
+    /// after the first of them): the status is what a client waits for, and each event is a
+    /// store commit of its own that the status would queue behind. `None` once released.
+    held: Mutex<Option<Vec<HeldEvent>>>,
 }
 
 impl Reporter {
+    fn new(shared: Arc<Shared>, state: status::Pod) -> Self {
+        Self {
+            shared,
+            state: Mutex::new(state),
+            tx: watch::channel(0u64).0,
+            written: watch::channel(0u64).0,
+            held: Mutex::new(Some(Vec::new())),
+        }
+    }
+
+    /// Records a kubelet event about the pod (and one of its containers), or holds it while
+    /// the pod's first status is on its way.
+    fn event(
+        self: &Arc<Self>,
+        pod: Arc<Value>,
+        container: Option<&str>,
+        warning: bool,
+        reason: &'static str,
+        message: &str,
+    ) {
+        let event = HeldEvent {
+            pod,
+            container: container.map(str::to_owned),
+            warning,
+            reason,
+            message: message.to_owned(),
+        };
+        let event = match self.held.lock().as_deref_mut() {
+            Ok(Some(held)) => {
+                held.push(event);
+                if held.len() == 1 {
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(EVENT_HOLD).await;
+                        me.release_events();
+                    });
+                }
+                return;
+            }
+            _ => event,
+        };
+        self.send(&event);
+    }
+
+    /// Sends the held events, in order, and every later one at once.
+    fn release_events(&self) {
+        let held = self.held.lock().ok().and_then(|mut h| h.take());
+        for e in held.into_iter().flatten() {
+            self.send(&e);
+        }
+    }
+
+    fn send(&self, e: &HeldEvent) {
+        status::event(
+            &self.shared.client,
+            &e.pod,
+            &self.shared.node_name,
+            e.container.as_deref(),
+            e.warning,
+            e.reason,
+            &e.message,
+        );
+    }
+
     fn update(&self, f: impl FnOnce(&mut status::Pod)) {
         if let Ok(mut s) = self.state.lock() {
             f(&mut s);
@@ -148,13 +229,11 @@ pub async fn run(shared: Arc<Shared>, pod: watch::Receiver<Arc<Value>>) {
     let _enter = span.enter();
     drop(_enter);
 
-    let state = initial_state(&first, &shared);
-    let (tx, rx) = watch::channel(0u64);
-    let reporter = Arc::new(Reporter {
-        state: Mutex::new(state),
-        tx,
-        written: watch::channel(0u64).0,
-    });
+    let reporter = Arc::new(Reporter::new(
+        shared.clone(),
+        initial_state(&first, &shared),
+    ));
+    let rx = reporter.tx.subscribe();
     let deleting = CancellationToken::new();
     {
         let mut pod = pod.clone();
@@ -325,6 +404,7 @@ async fn write_status(
                 }
             }
         }
+        reporter.release_events();
     }
 }
 
@@ -333,16 +413,15 @@ impl Worker {
         self.pod.borrow().clone()
     }
 
-    async fn event(&self, container: Option<&str>, warning: bool, reason: &str, message: &str) {
-        status::event(
-            &self.shared.client,
-            &self.current(),
-            &self.shared.node_name,
-            container,
-            warning,
-            reason,
-            message,
-        );
+    async fn event(
+        &self,
+        container: Option<&str>,
+        warning: bool,
+        reason: &'static str,
+        message: &str,
+    ) {
+        self.reporter
+            .event(self.current(), container, warning, reason, message);
     }
 
     /// Sleeps, or returns early (false) when the pod is being deleted.
@@ -670,7 +749,13 @@ impl Worker {
         let (Some(ns), Some(net)) = (&sb.netns, self.shared.net.get()) else {
             return Ok(pod);
         };
-        let ip = net.attach(&self.uid, ns).await?.to_string();
+        let ip = match &sb.wired {
+            Some(holder) => net
+                .hand_over(holder, &self.uid)
+                .inspect_err(|_| net.forget(holder))?,
+            None => net.attach(&self.uid, ns).await?,
+        }
+        .to_string();
         self.reporter.update(|s| s.pod_ip = Some(ip.clone()));
         let mut pod = (*pod).clone();
         pod["status"]["podIP"] = json!(ip);
@@ -679,7 +764,7 @@ impl Worker {
     }
 
     /// Reports why the sandbox could not be set up, removes it, and asks for a retry.
-    async fn give_up(&self, sb: Sandbox, reason: &str, message: &str) -> PrepareError {
+    async fn give_up(&self, sb: Sandbox, reason: &'static str, message: &str) -> PrepareError {
         self.event(None, true, reason, message).await;
         self.teardown(sb).await;
         PrepareError::Retry
@@ -703,12 +788,14 @@ impl Worker {
         let (uid, name) = (self.uid.clone(), self.name.clone());
         let shared = self.shared.clone();
         let sb = match tokio::task::spawn_blocking(move || {
+            let net = shared.net.get();
             Sandbox::create(
                 &data,
                 &uid,
                 &name,
                 host_network,
                 shared.spare_netns.as_ref(),
+                &|holder| net.iter().for_each(|n| n.forget(holder)),
             )
         })
         .await
@@ -785,7 +872,7 @@ impl Worker {
         let shared = self.shared.clone();
         tokio::spawn(async move {
             tokio::time::sleep(SPARE_REFILL_DELAY).await;
-            let _ = tokio::task::spawn_blocking(move || shared.refill_spare_netns()).await;
+            shared.spawn_refill();
         });
         self.shared.track(
             &self.uid,
@@ -961,17 +1048,10 @@ impl TaskCtx {
             .await;
     }
 
-    async fn event(&self, container: &str, warning: bool, reason: &str, message: &str) {
+    async fn event(&self, container: &str, warning: bool, reason: &'static str, message: &str) {
         let pod = self.pod.borrow().clone();
-        status::event(
-            &self.shared.client,
-            &pod,
-            &self.shared.node_name,
-            Some(container),
-            warning,
-            reason,
-            message,
-        );
+        self.reporter
+            .event(pod, Some(container), warning, reason, message);
     }
 
     fn set(&self, init: bool, i: usize, f: impl FnOnce(&mut Container)) {

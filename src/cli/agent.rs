@@ -38,6 +38,10 @@ pub struct NodeFlags {
     /// The largest Wasm module or component this node compiles, in MiB.
     #[arg(long, env = "WK_MAX_MODULE_SIZE", default_value_t = crate::agent::wasm::MAX_MODULE_BYTES >> 20)]
     max_module_size: u64,
+    /// Network namespaces the node keeps made and connected ahead of need, so that a pod
+    /// starts without waiting for the kernel to make them (each holds one pod address).
+    #[arg(long, env = "WK_SPARE_SANDBOXES", default_value_t = crate::agent::SPARE_NETNS)]
+    spare_sandboxes: usize,
 }
 
 impl NodeFlags {
@@ -66,6 +70,7 @@ impl NodeFlags {
         }
         config.bridge = self.bridge.clone();
         config.max_module_bytes = self.max_module_size.max(1) << 20;
+        config.spare_netns = self.spare_sandboxes;
         // A taken default port falls back to a free one: the API server learns the port from
         // the Node's daemonEndpoints.
         config.listen = if std::net::TcpListener::bind(self.agent_listen).is_ok() {

@@ -1,6 +1,7 @@
 //! Pod addresses from the node's podCIDR, in the manner of CNI's host-local plugin: one file
-//! per address taken, named by the address and holding the pod's uid, so an agent restart
-//! finds every pod's address again and never hands one out twice.
+//! per address taken, named by the address and holding the pod's uid and, on a second line,
+//! its veth, so an agent restart finds every pod's address again and never hands one out
+//! twice.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Write};
@@ -21,6 +22,8 @@ pub struct Ipam {
 struct State {
     by_uid: HashMap<String, Ipv4Addr>,
     taken: BTreeMap<Ipv4Addr, String>,
+    /// The veth of each holder whose record names one.
+    links: HashMap<String, String>,
     /// The offset handed out last: the next search starts after it, so a freed address is not
     /// reused at once.
     last: u64,
@@ -37,12 +40,21 @@ impl Ipam {
         for entry in std::fs::read_dir(&dir)? {
             let entry = entry?;
             let Ok(ip) = entry.file_name().to_string_lossy().parse::<Ipv4Addr>() else {
+                if entry.file_name().to_string_lossy().starts_with('.') {
+                    // A hand-over cut short by a crash.
+                    let _ = std::fs::remove_file(entry.path());
+                }
                 continue;
             };
-            let uid = std::fs::read_to_string(entry.path())?.trim().to_owned();
+            let record = std::fs::read_to_string(entry.path())?;
+            let mut lines = record.lines().map(str::trim);
+            let uid = lines.next().unwrap_or_default().to_owned();
             if !range.contains(ip) || uid.is_empty() {
                 let _ = std::fs::remove_file(entry.path());
                 continue;
+            }
+            if let Some(link) = lines.next().filter(|l| !l.is_empty()) {
+                state.links.insert(uid.clone(), link.to_owned());
             }
             state.by_uid.insert(uid.clone(), ip);
             state.taken.insert(ip, uid);
@@ -99,7 +111,7 @@ impl Ipam {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e),
             };
-            file.write_all(uid.as_bytes())?;
+            file.write_all(format!("{uid}\n{}\n", super::veth_name(uid)).as_bytes())?;
             state.last = offset;
             state.by_uid.insert(uid.to_owned(), ip);
             state.taken.insert(ip, uid.to_owned());
@@ -111,10 +123,56 @@ impl Ipam {
         ))
     }
 
+    /// Gives `from`'s address (and its veth) to `to`.
+    ///
+    /// # Errors
+    /// When `from` holds no address, `to` holds one already, or the record cannot be written.
+    pub fn hand_over(&self, from: &str, to: &str) -> io::Result<Ipv4Addr> {
+        let mut state = self
+            .state
+            .lock()
+            .map_err(|_| io::Error::other("poisoned"))?;
+        if state.by_uid.contains_key(to) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{to} holds an address already"),
+            ));
+        }
+        let ip = *state.by_uid.get(from).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, format!("{from} holds no address"))
+        })?;
+        let link = state
+            .links
+            .get(from)
+            .cloned()
+            .unwrap_or_else(|| super::veth_name(from));
+        // Written aside and renamed over, so a crash leaves one holder or the other.
+        let path = self.dir.join(ip.to_string());
+        let aside = self.dir.join(format!(".{ip}"));
+        std::fs::write(&aside, format!("{to}\n{link}\n"))?;
+        std::fs::rename(&aside, &path)?;
+        state.by_uid.remove(from);
+        state.links.remove(from);
+        state.by_uid.insert(to.to_owned(), ip);
+        state.taken.insert(ip, to.to_owned());
+        state.links.insert(to.to_owned(), link);
+        Ok(ip)
+    }
+
+    /// The name of `uid`'s host-side veth.
+    pub fn link(&self, uid: &str) -> String {
+        self.state
+            .lock()
+            .ok()
+            .and_then(|s| s.links.get(uid).cloned())
+            .unwrap_or_else(|| super::veth_name(uid))
+    }
+
     /// Gives back pod `uid`'s address, if it had one.
     pub fn release(&self, uid: &str) -> Option<Ipv4Addr> {
         let mut state = self.state.lock().ok()?;
         let ip = state.by_uid.remove(uid)?;
+        state.links.remove(uid);
         state.taken.remove(&ip);
         let _ = std::fs::remove_file(self.dir.join(ip.to_string()));
         Some(ip)
@@ -174,5 +232,35 @@ mod tests {
         }
         let full = ipam.assign("g").unwrap_err();
         assert!(full.to_string().contains("100.64.7.0/29"), "{full}");
+    }
+
+    #[test]
+    fn a_handed_over_address_keeps_its_veth_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let range: Cidr = "100.64.8.0/29".parse().unwrap();
+        let ipam = Ipam::open(dir.path().into(), range).unwrap();
+        let (ip, _) = ipam.assign("spare-1").unwrap();
+        let veth = super::super::veth_name("spare-1");
+        assert_eq!(ipam.link("spare-1"), veth);
+        assert_eq!(ipam.hand_over("spare-1", "pod-a").unwrap(), ip);
+        assert_eq!(ipam.link("pod-a"), veth, "the pod keeps the spare's veth");
+        assert_eq!(ipam.assign("pod-a").unwrap(), (ip, false));
+        assert!(ipam.hand_over("spare-1", "pod-b").is_err(), "given once");
+        let (other, _) = ipam.assign("spare-2").unwrap();
+        let taken = ipam.hand_over("spare-2", "pod-a").unwrap_err();
+        assert_eq!(taken.kind(), io::ErrorKind::AlreadyExists);
+
+        drop(ipam);
+        let ipam = Ipam::open(dir.path().into(), range).unwrap();
+        assert_eq!(ipam.assign("pod-a").unwrap(), (ip, false));
+        assert_eq!(ipam.link("pod-a"), veth);
+        assert_eq!(ipam.assign("spare-2").unwrap(), (other, false));
+        assert_eq!(ipam.release("pod-a"), Some(ip));
+        assert_eq!(ipam.link("pod-a"), super::super::veth_name("pod-a"));
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "only spare-2's record is left"
+        );
     }
 }

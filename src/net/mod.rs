@@ -25,9 +25,15 @@ pub const CLUSTER_CIDR: Cidr = match Cidr::new(Ipv4Addr::new(100, 64, 0, 0), 16)
 /// The default size of each node's share of it.
 pub const NODE_CIDR_MASK: u8 = 24;
 
-/// The name of pod `uid`'s host-side veth: `wkv` and 12 hex digits of the uid.
+/// The prefix of the holders of spare namespaces' addresses.
+pub const SPARE: &str = "spare-";
+
+/// The name of pod `uid`'s host-side veth: `wkv` and 12 hex digits of the uid (or of a spare
+/// namespace's holder).
 pub fn veth_name(uid: &str) -> String {
     let hex: String = uid
+        .strip_prefix(SPARE)
+        .unwrap_or(uid)
         .chars()
         .filter(char::is_ascii_hexdigit)
         .take(12)
@@ -95,7 +101,7 @@ impl PodNetwork {
     /// When the range is full or netlink fails; nothing is left half made.
     pub async fn attach(&self, uid: &str, netns: &Path) -> io::Result<Ipv4Addr> {
         let (ip, fresh) = self.ipam.assign(uid)?;
-        let veth = veth_name(uid);
+        let veth = self.ipam.link(uid);
         if !fresh && let Some(index) = link::index(&self.host, &veth).await? {
             // Adopted: its bridge may have been made again since.
             link::enslave(&self.host, index, self.bridge_index).await?;
@@ -115,9 +121,37 @@ impl PodNetwork {
         Ok(ip)
     }
 
+    /// Connects a spare namespace at `netns` ahead of need, under a holder of its own; the
+    /// holder, or `None` when that failed.
+    pub async fn wire_spare(&self, netns: &Path) -> Option<String> {
+        let holder = format!("{SPARE}{}", uuid::Uuid::new_v4().simple());
+        match self.attach(&holder, netns).await {
+            Ok(_) => Some(holder),
+            Err(e) => {
+                tracing::debug!(error = %e, "connecting a spare network namespace failed");
+                None
+            }
+        }
+    }
+
+    /// Gives pod `uid` the address (and veth) of the spare namespace it took, held by
+    /// `holder` until now.
+    ///
+    /// # Errors
+    /// When the spare's record is gone or cannot be rewritten.
+    pub fn hand_over(&self, holder: &str, uid: &str) -> io::Result<Ipv4Addr> {
+        self.ipam.hand_over(holder, uid)
+    }
+
+    /// Frees the address of `holder` without touching any link (its namespace is gone, and
+    /// its veth with it).
+    pub fn forget(&self, holder: &str) {
+        self.ipam.release(holder);
+    }
+
     /// Disconnects pod `uid` and frees its address.
     pub async fn detach(&self, uid: &str) {
-        if let Err(e) = link::delete(&self.host, &veth_name(uid)).await {
+        if let Err(e) = link::delete(&self.host, &self.ipam.link(uid)).await {
             tracing::warn!(error = %e, uid, "deleting the pod's veth failed");
         }
         self.ipam.release(uid);
@@ -126,7 +160,7 @@ impl PodNetwork {
     /// Removes the veths and addresses of pods other than `keep` (left by an earlier agent).
     /// Returns how many pods it disconnected.
     pub async fn prune(&self, keep: &HashSet<String>) -> usize {
-        let wanted: HashSet<String> = keep.iter().map(|u| veth_name(u)).collect();
+        let wanted: HashSet<String> = keep.iter().map(|u| self.ipam.link(u)).collect();
         let mut removed = 0;
         match link::ports(&self.host, self.bridge_index).await {
             Ok(ports) => {

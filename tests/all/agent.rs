@@ -725,11 +725,20 @@ fn create_delete_cycles_leave_no_thread_fd_or_namespace_behind() {
     );
     assert_eq!(count_dir(c.agent_dir().join("netns")), 0);
     assert_eq!(count_dir(c.agent_dir().join("pods")), 0);
+    assert_eq!(c.pod_ports(), Vec::<String>::new(), "no pod's veth is left");
+    // What is left is the spare namespaces' (made ahead for the next pods): each with its
+    // address and its veth on the bridge, no more of them than the pool keeps.
     let bridge = c.bridge.clone().unwrap();
-    assert_eq!(bridge.ports(), Vec::<String>::new(), "no veth is left");
-    let range = c.jsonpath("node", "wk-test", "{.spec.podCIDR}");
-    let records = c.agent_dir().join("net").join(range.replace('/', "_"));
-    assert_eq!(count_dir(records), 0, "every address was released");
+    let records = c.address_records();
+    assert!(records.len() <= 2, "{records:?}");
+    for (ip, holder, link) in &records {
+        assert!(
+            holder.starts_with("spare-"),
+            "{ip} is still held by {holder}"
+        );
+        assert!(bridge.ports().contains(link), "{link} of {holder}");
+    }
+    assert_eq!(bridge.ports().len(), records.len(), "{:?}", bridge.ports());
 }
 
 #[test]
@@ -1226,6 +1235,60 @@ fn without_privileges_pods_share_the_host_network_and_clashing_ports_are_refused
     assert_eq!(body, "Hello from wk!\n", "the first pod still serves");
 }
 
+/// How many of the pods `uids` hold an address with a veth named after themselves (rather
+/// than one that came with a spare namespace); each must hold one.
+fn pods_with_own_veth(c: &Cluster, uids: &[String]) -> usize {
+    let records = c.address_records();
+    let held: Vec<&String> = records.iter().map(|(_, h, _)| h).collect();
+    assert!(uids.iter().all(|u| held.contains(&u)), "{records:?}");
+    records
+        .iter()
+        .filter(|(_, holder, link)| {
+            uids.contains(holder)
+                && *link
+                    == format!(
+                        "wkv{}",
+                        holder.replace('-', "").get(..12).unwrap_or_default()
+                    )
+        })
+        .count()
+}
+
+#[test]
+fn without_spare_sandboxes_pods_are_connected_when_they_come() {
+    let c = Cluster::with_agent_args(&["--spare-sandboxes", "0"]);
+    import_all(&c);
+    let names = ["own-a", "own-b"];
+    for name in names {
+        apply(
+            &c,
+            &pod(
+                name,
+                "  containers:\n  - name: hello\n    image: hello:v1\n    ports: [{containerPort: 8000}]\n",
+            ),
+        );
+    }
+    let mut ips = Vec::new();
+    for name in names {
+        wait_for(&c, name, "{.status.containerStatuses[0].ready}", "true");
+        ips.push(get(&c, name, "{.status.podIP}"));
+    }
+    let uids: Vec<String> = names
+        .iter()
+        .map(|n| get(&c, n, "{.metadata.uid}"))
+        .collect();
+    assert_eq!(pods_with_own_veth(&c, &uids), 2);
+    assert_eq!(c.address_records().len(), 2, "no spare holds an address");
+    assert_eq!(count_dir(c.agent_dir().join("netns-spare")), 0);
+    let (body, _) = curl(&format!("http://{}:8000/", ips[1]));
+    assert_eq!(body, "Hello from wk!\n");
+    let (body, ok) = curl_in(&c, "own-b", &format!("http://{}:8000/", ips[0]));
+    assert!(
+        ok && body.starts_with("Hello from wk!"),
+        "own-b to own-a: {body}"
+    );
+}
+
 #[test]
 fn pods_get_addresses_on_the_node_bridge_and_reach_each_other() {
     let c = Cluster::with_agent();
@@ -1243,17 +1306,19 @@ fn pods_get_addresses_on_the_node_bridge_and_reach_each_other() {
         "253",
         "no more pods than the podCIDR has addresses"
     );
-    for name in ["net-a", "net-b"] {
-        apply(
-            &c,
-            &pod(
-                name,
-                "  containers:\n  - name: hello\n    image: hello:v1\n    ports: [{containerPort: 8000}]\n    env:\n    - name: MY_IP\n      valueFrom: {fieldRef: {fieldPath: status.podIP}}\n",
-            ),
-        );
-    }
+    // Four pods at once: the first take the namespaces the agent keeps connected ahead of
+    // need (two), the others are connected when they come.
+    let names = ["net-a", "net-b", "net-c", "net-d"];
+    let manifests: Vec<String> = names
+        .iter()
+        .map(|name| pod(
+            name,
+            "  containers:\n  - name: hello\n    image: hello:v1\n    ports: [{containerPort: 8000}]\n    env:\n    - name: MY_IP\n      valueFrom: {fieldRef: {fieldPath: status.podIP}}\n",
+        ))
+        .collect();
+    apply(&c, &manifests.join("---\n"));
     let mut ips = Vec::new();
-    for name in ["net-a", "net-b"] {
+    for name in names {
         wait_for(&c, name, "{.status.containerStatuses[0].ready}", "true");
         let ip = get(&c, name, "{.status.podIP}");
         assert!(ip.starts_with(&format!("{prefix}0.")), "{name}: {ip}");
@@ -1263,20 +1328,39 @@ fn pods_get_addresses_on_the_node_bridge_and_reach_each_other() {
         assert!(body.starts_with(&ip), "{name}: {body}");
         ips.push(ip);
     }
-    assert_ne!(ips[0], ips[1]);
+    let unique: std::collections::HashSet<&String> = ips.iter().collect();
+    assert_eq!(unique.len(), 4, "{ips:?}");
     let wide = c.kubectl_ok(&["get", "pods", "-o", "wide"]);
-    assert!(wide.contains(&ips[0]) && wide.contains(&ips[1]), "{wide}");
-    // The host reaches a pod through the bridge, and a pod reaches the other.
-    let (body, _) = curl(&format!("http://{}:8000/", ips[0]));
-    assert_eq!(body, "Hello from wk!\n");
-    let (body, ok) = curl_in(&c, "net-a", &format!("http://{}:8000/env/MY_IP", ips[1]));
-    assert!(ok && body.starts_with(&ips[1]), "net-a to net-b: {body}");
-    assert_eq!(bridge.ports().len(), 2, "{:?}", bridge.ports());
+    assert!(ips.iter().all(|ip| wide.contains(ip)), "{wide}");
+    // The host reaches every pod through the bridge, and each pod reaches the next.
+    for (i, name) in names.iter().enumerate() {
+        let (body, _) = curl(&format!("http://{}:8000/", ips[i]));
+        assert_eq!(body, "Hello from wk!\n", "{name}");
+        let next = &ips[(i + 1) % 4];
+        let (body, ok) = curl_in(&c, name, &format!("http://{next}:8000/env/MY_IP"));
+        assert!(
+            ok && body.starts_with(next.as_str()),
+            "{name} to {next}: {body}"
+        );
+    }
+    assert_eq!(c.pod_ports().len(), 4, "{:?}", bridge.ports());
+    // A veth named after its pod was made when the pod came; one named after a spare came
+    // with the namespace, made ahead.
+    let uids: Vec<String> = names
+        .iter()
+        .map(|n| get(&c, n, "{.metadata.uid}"))
+        .collect();
+    let made_for_pod = pods_with_own_veth(&c, &uids);
+    assert!(
+        made_for_pod < 4,
+        "no pod took a spare: {:?}",
+        c.address_records()
+    );
 
     // Deleting a pod removes its veth and frees its address.
     c.kubectl_ok(&["delete", "pod", "net-a", "--timeout=30s"]);
     assert!(
-        eventually(LONG, || bridge.ports().len() == 1),
+        eventually(LONG, || c.pod_ports().len() == 3),
         "{:?}",
         bridge.ports()
     );

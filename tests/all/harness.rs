@@ -137,6 +137,46 @@ impl Cluster {
         self.data.path().join("agent")
     }
 
+    /// The agent's address records: (address, holder, veth). A holder is a pod's uid, or
+    /// `spare-…` for a namespace the agent made ahead of need.
+    pub fn address_records(&self) -> Vec<(String, String, String)> {
+        let mut out = Vec::new();
+        let ranges = std::fs::read_dir(self.agent_dir().join("net"))
+            .into_iter()
+            .flatten();
+        for file in ranges
+            .flatten()
+            .flat_map(|r| std::fs::read_dir(r.path()))
+            .flatten()
+        {
+            let Ok(file) = file else { continue };
+            let text = std::fs::read_to_string(file.path()).unwrap_or_default();
+            let mut lines = text.lines();
+            out.push((
+                file.file_name().to_string_lossy().into_owned(),
+                lines.next().unwrap_or_default().to_owned(),
+                lines.next().unwrap_or_default().to_owned(),
+            ));
+        }
+        out
+    }
+
+    /// The ports of the cluster's bridge that are not a spare namespace's.
+    pub fn pod_ports(&self) -> Vec<String> {
+        let spares: Vec<String> = self
+            .address_records()
+            .into_iter()
+            .filter(|(_, holder, _)| holder.starts_with("spare-"))
+            .map(|(_, _, link)| link)
+            .collect();
+        let bridge = self.bridge.as_ref().expect("a cluster with a bridge");
+        bridge
+            .ports()
+            .into_iter()
+            .filter(|p| !spares.contains(p))
+            .collect()
+    }
+
     /// The server process's id.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -33,6 +33,9 @@ pub struct Sandbox {
     pub dir: PathBuf,
     /// DATA/netns/<uid>, or `None` when the pod shares the host's network.
     pub netns: Option<PathBuf>,
+    /// The holder of the pod-network address its namespace came with (a spare made ahead and
+    /// already connected), to be handed to the pod.
+    pub wired: Option<String>,
     handle: tokio::runtime::Handle,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -54,6 +57,28 @@ impl Sandbox {
         name: &str,
         host_network: bool,
         spare: Option<&netns::Pool>,
+        unwire: &dyn Fn(&str),
+    ) -> Result<Self, Error> {
+        let mut wired = None;
+        let made = Self::make(data, uid, name, host_network, spare, unwire, &mut wired);
+        if made.is_err()
+            && let Some(holder) = wired
+        {
+            // The spare's namespace goes (and its veth with it); its address is freed.
+            netns::destroy(&paths(data, uid).1);
+            unwire(&holder);
+        }
+        made
+    }
+
+    fn make(
+        data: &Path,
+        uid: &str,
+        name: &str,
+        host_network: bool,
+        spare: Option<&netns::Pool>,
+        unwire: &dyn Fn(&str),
+        wired: &mut Option<String>,
     ) -> Result<Self, Error> {
         let (dir, ns) = paths(data, uid);
         std::fs::create_dir_all(&dir)?;
@@ -62,8 +87,21 @@ impl Sandbox {
         } else {
             if !netns::is_mounted(&ns) {
                 let _ = std::fs::remove_file(&ns);
-                let from_pool = spare.is_some_and(|p| p.take_into(&ns).unwrap_or(false));
-                if !from_pool {
+                let taken = match spare.map(|p| p.take_into(&ns)) {
+                    Some(Ok(taken)) => taken,
+                    Some(Err((e, holder))) => {
+                        tracing::debug!(error = %e, "taking a spare network namespace failed");
+                        if let Some(h) = holder {
+                            unwire(&h);
+                        }
+                        netns::Taken::Nothing
+                    }
+                    None => netns::Taken::Nothing,
+                };
+                if let netns::Taken::Wired(holder) = &taken {
+                    *wired = Some(holder.clone());
+                }
+                if taken == netns::Taken::Nothing {
                     netns::create(&ns).map_err(|source| Error::Netns {
                         path: ns.clone(),
                         source,
@@ -126,6 +164,7 @@ impl Sandbox {
         Ok(Self {
             dir,
             netns,
+            wired: wired.clone(),
             handle,
             stop: Some(stop_tx),
             thread: Some(thread),

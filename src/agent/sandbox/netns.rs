@@ -70,23 +70,44 @@ pub fn destroy(path: &Path) {
     let _ = std::fs::remove_file(path);
 }
 
-/// Moves the namespace mounted at `from` to `to` (a fresh file there), then unmounts `from`.
-fn move_to(from: &Path, to: &Path) -> io::Result<()> {
+/// Mounts the namespace mounted at `from` at `to` as well (a fresh file there).
+fn bind_to(from: &Path, to: &Path) -> io::Result<()> {
     File::create(to)?;
     if let Err(e) = mount(Some(from), to, None::<&str>, MsFlags::MS_BIND, None::<&str>) {
         let _ = std::fs::remove_file(to);
         return Err(e.into());
     }
-    destroy(from);
     Ok(())
 }
 
-/// Namespaces made ahead of need (with `lo` up), so that a pod's sandbox is a bind mount away
-/// rather than a kernel namespace creation (a millisecond or more) away.
+/// A namespace made ahead of need.
+struct Spare {
+    path: PathBuf,
+    /// The pod-network holder of the address it was wired with, if it was.
+    wired: Option<String>,
+}
+
+/// What [`Pool::take_into`] gave.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Taken {
+    /// No namespace was ready.
+    Nothing,
+    /// A namespace with `lo` up only.
+    Bare,
+    /// A namespace already on the pod network, its address held by this holder.
+    Wired(String),
+}
+
+/// Namespaces made ahead of need (with `lo` up, and connected to the pod network where there
+/// is one), so that a pod's sandbox is a bind mount away rather than a kernel namespace and a
+/// veth (a millisecond or more each) away.
 pub struct Pool {
     dir: PathBuf,
     target: usize,
-    ready: Mutex<Vec<PathBuf>>,
+    ready: Mutex<Vec<Spare>>,
+    /// Spare mounts handed out, unmounted on the next fill: an unmount waits for an RCU grace
+    /// period, which is no business of a starting pod.
+    retired: Mutex<Vec<PathBuf>>,
     next: AtomicU64,
     filling: AtomicBool,
 }
@@ -102,30 +123,41 @@ impl Pool {
             dir,
             target,
             ready: Mutex::new(Vec::new()),
+            retired: Mutex::new(Vec::new()),
             next: AtomicU64::new(0),
             filling: AtomicBool::new(false),
         }
     }
 
-    /// Mounts a ready namespace at `path`; `Ok(false)` when none is ready.
+    /// Mounts a ready namespace at `path`.
     ///
     /// # Errors
-    /// When the mount fails (the namespace is then dropped).
-    pub fn take_into(&self, path: &Path) -> io::Result<bool> {
-        let Some(warm) = self.ready.lock().ok().and_then(|mut r| r.pop()) else {
-            return Ok(false);
+    /// When the mount fails (the namespace is then dropped, and a wired one's holder is
+    /// returned with the error for its address to be freed).
+    pub fn take_into(&self, path: &Path) -> Result<Taken, (io::Error, Option<String>)> {
+        let Some(spare) = self.ready.lock().ok().and_then(|mut r| r.pop()) else {
+            return Ok(Taken::Nothing);
         };
-        if let Err(e) = move_to(&warm, path) {
-            destroy(&warm);
-            return Err(e);
+        if let Err(e) = bind_to(&spare.path, path) {
+            destroy(&spare.path);
+            return Err((e, spare.wired));
         }
-        Ok(true)
+        if let Ok(mut r) = self.retired.lock() {
+            r.push(spare.path);
+        }
+        Ok(spare.wired.map_or(Taken::Bare, Taken::Wired))
     }
 
-    /// Makes namespaces until the pool is full (blocking). Only one caller fills at a time.
-    pub fn fill(&self) {
+    /// Makes namespaces until the pool is full (blocking), each handed to `wire` (which
+    /// connects it to the pod network and returns its address's holder, or `None`). Only one
+    /// caller fills at a time.
+    pub fn fill(&self, wire: &dyn Fn(&Path) -> Option<String>) {
         if self.filling.swap(true, Ordering::AcqRel) {
             return;
+        }
+        let retired = self.retired.lock().map(|mut r| std::mem::take(&mut *r));
+        for path in retired.unwrap_or_default() {
+            destroy(&path);
         }
         while self.ready.lock().map_or(usize::MAX, |r| r.len()) < self.target {
             let path = self
@@ -133,8 +165,9 @@ impl Pool {
                 .join(self.next.fetch_add(1, Ordering::Relaxed).to_string());
             match create(&path) {
                 Ok(()) => {
+                    let wired = wire(&path);
                     if let Ok(mut r) = self.ready.lock() {
-                        r.push(path);
+                        r.push(Spare { path, wired });
                     }
                 }
                 Err(e) => {
@@ -146,12 +179,20 @@ impl Pool {
         self.filling.store(false, Ordering::Release);
     }
 
-    /// Removes every ready namespace (agent shutdown).
-    pub fn drain(&self) {
+    /// Removes every namespace (agent shutdown); returns the holders of the wired ones'
+    /// addresses.
+    pub fn drain(&self) -> Vec<String> {
         let ready = self.ready.lock().map(|mut r| std::mem::take(&mut *r));
-        for path in ready.unwrap_or_default() {
+        let retired = self.retired.lock().map(|mut r| std::mem::take(&mut *r));
+        for path in retired.unwrap_or_default() {
             destroy(&path);
         }
+        let mut holders = Vec::new();
+        for spare in ready.unwrap_or_default() {
+            destroy(&spare.path);
+            holders.extend(spare.wired);
+        }
+        holders
     }
 }
 
