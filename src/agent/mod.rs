@@ -11,6 +11,7 @@ pub mod pod;
 pub mod probes;
 pub mod sandbox;
 pub mod status;
+pub mod trim;
 pub mod wasm;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

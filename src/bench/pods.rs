@@ -360,8 +360,13 @@ pub struct PodsReport {
     pub rss_after_mb: f64,
     /// (after - before) / pods, KB.
     pub rss_per_pod_kb: f64,
-    /// A standalone `wk agent`'s RSS, idle, MB.
+    /// The same for anonymous memory alone (what the pods themselves hold: heap, stacks,
+    /// guest memory), without pages of the binary's code that their work mapped, KB.
+    pub anon_per_pod_kb: f64,
+    /// A standalone `wk agent`'s RSS, idle for 30 s, MB.
     pub agent_idle_rss_mb: f64,
+    /// ... of which anonymous memory (heap, stacks, relocated data), MB.
+    pub agent_idle_anon_mb: f64,
 }
 
 /// Runs `wk bench pods`.
@@ -389,6 +394,9 @@ pub async fn pods(
     // control plane's copies of the pods and their events live in the server process).
     let server = Node::start(wk, false, density + 10)?;
     let (mut agent, agent_dir) = start_agent(wk, &server, "bench", density + 10)?;
+    // Past the agent's release of its start-up pages (a second after start), so that the
+    // memory before and after the pods is measured the same way.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let store = crate::agent::images::Store::new(agent_dir.path());
     let image = store.add(std::fs::File::open(http_wasm)?)?;
     store.tag("hello:v1", &image.digest)?;
@@ -417,6 +425,7 @@ pub async fn pods(
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_before_mb = rss_mb(agent.id(), "VmRSS:");
+    let anon_before_mb = rss_mb(agent.id(), "RssAnon:");
     let began = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     let per = density.div_ceil(16);
@@ -464,13 +473,15 @@ pub async fn pods(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let density_seconds = began.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Idle: the burst's helper threads (tokio keeps an idle blocking thread 10 s) are gone.
+    tokio::time::sleep(Duration::from_secs(12)).await;
     let rss_after_mb = rss_mb(agent.id(), "VmRSS:");
+    let anon_after_mb = rss_mb(agent.id(), "RssAnon:");
     stop_agent(&mut agent, &agent_dir);
     drop(server);
 
     eprintln!("agent idle RSS");
-    let agent_idle_rss_mb = agent_idle_rss(wk).await?;
+    let (agent_idle_rss_mb, agent_idle_anon_mb) = agent_idle_rss(wk).await?;
     Ok(PodsReport {
         speedup_p50: runc_start.p50_ms / to_running.p50_ms.max(1e-9),
         to_running,
@@ -486,7 +497,9 @@ pub async fn pods(
         rss_before_mb,
         rss_after_mb,
         rss_per_pod_kb: (rss_after_mb - rss_before_mb) * 1024.0 / density.max(1) as f64,
+        anon_per_pod_kb: (anon_after_mb - anon_before_mb) * 1024.0 / density.max(1) as f64,
         agent_idle_rss_mb,
+        agent_idle_anon_mb,
     })
 }
 
@@ -564,13 +577,19 @@ fn release_node(agent_dir: &Path, bridge: &str) {
 }
 
 /// A standalone `wk agent` joined to a control-plane-only server, idle for 3 s.
-async fn agent_idle_rss(wk: &Path) -> anyhow::Result<f64> {
+/// How long the idle agent runs before its memory is read: three node-status heartbeats and
+/// lease renewals, so the figure holds the code that idle work runs.
+const IDLE: Duration = Duration::from_secs(30);
+
+/// A standalone agent's RSS and anonymous RSS, MB, after [`IDLE`] with no pods.
+async fn agent_idle_rss(wk: &Path) -> anyhow::Result<(f64, f64)> {
     let server = Node::start(wk, false, 1000)?;
     let (mut agent, dir) = start_agent(wk, &server, "solo", 1000)?;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(IDLE).await;
     let rss = rss_mb(agent.id(), "VmRSS:");
+    let anon = rss_mb(agent.id(), "RssAnon:");
     stop_agent(&mut agent, &dir);
-    Ok(rss)
+    Ok((rss, anon))
 }
 
 /// One wrk run's figures.

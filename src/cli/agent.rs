@@ -123,6 +123,14 @@ pub async fn execute(args: Args) -> anyhow::Result<()> {
         agent.shared.node_name, agent.endpoint
     );
     crate::server::drain_on_signals(shutdown.clone());
+    // Once started, the binary's start-up code need not stay mapped.
+    tokio::spawn(async {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let bytes = tokio::task::spawn_blocking(crate::agent::trim::release_executable_pages)
+            .await
+            .unwrap_or(0);
+        tracing::debug!(bytes, "released the start-up pages of the binary");
+    });
     agent.wait().await;
     Ok(())
 }

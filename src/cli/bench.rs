@@ -120,8 +120,12 @@ pub async fn execute(args: Args) -> anyhow::Result<()> {
                 "density: RSS per idle pod", r.rss_per_pod_kb, r.rss_before_mb, r.rss_after_mb
             );
             println!(
-                "{:<40} {:>8.1} MB",
-                "wk agent idle RSS", r.agent_idle_rss_mb
+                "{:<40} {:>8.1} KB",
+                "density: anonymous RSS per idle pod", r.anon_per_pod_kb
+            );
+            println!(
+                "{:<40} {:>8.1} MB ({:.1} MB anonymous)",
+                "wk agent idle RSS (30 s)", r.agent_idle_rss_mb, r.agent_idle_anon_mb
             );
             Ok(())
         }

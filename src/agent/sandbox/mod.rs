@@ -117,6 +117,8 @@ impl Sandbox {
             .name(format!("pod-{}", name.chars().take(11).collect::<String>()))
             .stack_size(512 << 10)
             .spawn(move || {
+                // The stack may be one glibc kept from an exited thread, pages and all.
+                crate::agent::trim::release_unused_stack();
                 let ready = (|| -> std::io::Result<tokio::runtime::Runtime> {
                     if let Some(ns) = &enter {
                         netns::enter(ns)?;
