@@ -230,22 +230,19 @@ fn memory_in_use() -> u64 {
 }
 
 impl Shared {
-    /// Tops up the spare network namespaces, connected to the pod network where there is one
-    /// (blocking, on a runtime thread's `spawn_blocking`).
-    pub fn refill_spare_netns(&self, runtime: &tokio::runtime::Handle) {
-        if let Some(pool) = &self.spare_netns
-            && !self.shutdown.is_cancelled()
-        {
-            let net = self.net.get();
-            pool.fill(&|path| runtime.block_on(net?.wire_spare(path)));
-        }
-    }
-
-    /// Tops up the spare network namespaces in the background.
+    /// Tops up the spare network namespaces in the background, connected to the pod network
+    /// where there is one.
     fn spawn_refill(self: &Arc<Self>) {
         let shared = self.clone();
         let runtime = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || shared.refill_spare_netns(&runtime));
+        tokio::task::spawn_blocking(move || {
+            if let Some(pool) = &shared.spare_netns
+                && !shared.shutdown.is_cancelled()
+            {
+                let net = shared.net.get();
+                pool.fill(&|path| runtime.block_on(net?.wire_spare(path)));
+            }
+        });
     }
 
     /// Records a pod's containers' gauges for metrics.

@@ -59,120 +59,36 @@ impl Sandbox {
         spare: Option<&netns::Pool>,
         unwire: &dyn Fn(&str),
     ) -> Result<Self, Error> {
-        let mut wired = None;
-        let made = Self::make(data, uid, name, host_network, spare, unwire, &mut wired);
-        if made.is_err()
-            && let Some(holder) = wired
-        {
-            // The spare's namespace goes (and its veth with it); its address is freed.
-            netns::destroy(&paths(data, uid).1);
-            unwire(&holder);
-        }
-        made
-    }
-
-    fn make(
-        data: &Path,
-        uid: &str,
-        name: &str,
-        host_network: bool,
-        spare: Option<&netns::Pool>,
-        unwire: &dyn Fn(&str),
-        wired: &mut Option<String>,
-    ) -> Result<Self, Error> {
         let (dir, ns) = paths(data, uid);
         std::fs::create_dir_all(&dir)?;
+        let mut wired = None;
         let netns = if host_network {
             None
         } else {
             if !netns::is_mounted(&ns) {
-                let _ = std::fs::remove_file(&ns);
-                let taken = match spare.map(|p| p.take_into(&ns)) {
-                    Some(Ok(taken)) => taken,
-                    Some(Err((e, holder))) => {
-                        tracing::debug!(error = %e, "taking a spare network namespace failed");
-                        if let Some(h) = holder {
-                            unwire(&h);
-                        }
-                        netns::Taken::Nothing
-                    }
-                    None => netns::Taken::Nothing,
-                };
-                if let netns::Taken::Wired(holder) = &taken {
-                    *wired = Some(holder.clone());
-                }
-                if taken == netns::Taken::Nothing {
-                    netns::create(&ns).map_err(|source| Error::Netns {
-                        path: ns.clone(),
-                        source,
-                    })?;
-                }
+                wired = mount_namespace(&ns, spare, unwire)?;
             }
             Some(ns)
         };
-        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let enter = netns.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("pod-{}", name.chars().take(11).collect::<String>()))
-            .stack_size(512 << 10)
-            .spawn(move || {
-                // The stack may be one glibc kept from an exited thread, pages and all.
-                crate::agent::trim::release_unused_stack();
-                let ready = (|| -> std::io::Result<tokio::runtime::Runtime> {
-                    if let Some(ns) = &enter {
-                        netns::enter(ns)?;
-                    }
-                    // A pod's runtime serves few sockets: a small event buffer keeps an
-                    // idle pod's memory down.
-                    tokio::runtime::Builder::new_current_thread()
-                        .enable_io()
-                        .enable_time()
-                        .max_io_events_per_tick(64)
-                        .thread_stack_size(512 << 10)
-                        .build()
-                })();
-                match ready {
-                    Ok(rt) => {
-                        let _ = handle_tx.send(Ok(rt.handle().clone()));
-                        rt.block_on(async {
-                            let _ = stop_rx.await;
-                        });
-                        // Dropping the runtime drops every task still on it: instances,
-                        // listeners, connections.
-                        rt.shutdown_timeout(std::time::Duration::from_secs(1));
-                    }
-                    Err(e) => {
-                        let _ = handle_tx.send(Err(e));
-                    }
+        match start_thread(name, netns.clone()) {
+            Ok((handle, stop, thread)) => Ok(Self {
+                dir,
+                netns,
+                wired,
+                handle,
+                stop: Some(stop),
+                thread: Some(thread),
+            }),
+            Err(e) => {
+                if let (Some(holder), Some(ns)) = (wired, &netns) {
+                    // The spare's namespace goes (and its veth with it); its address is freed.
+                    netns::destroy(ns);
+                    unwire(&holder);
                 }
-            })?;
-        let handle = match handle_rx.recv() {
-            Ok(Ok(h)) => h,
-            Ok(Err(source)) => {
-                let _ = thread.join();
-                return Err(Error::Netns {
-                    path: netns.unwrap_or_default(),
-                    source,
-                });
+                Err(e)
             }
-            Err(_) => {
-                let _ = thread.join();
-                return Err(Error::Io(std::io::Error::other(
-                    "the pod thread died at start",
-                )));
-            }
-        };
-        Ok(Self {
-            dir,
-            netns,
-            wired: wired.clone(),
-            handle,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        })
+        }
     }
-
     /// The pod thread's runtime, to run futures inside the pod's network namespace.
     pub fn handle(&self) -> tokio::runtime::Handle {
         self.handle.clone()
@@ -234,4 +150,100 @@ pub fn clean_orphans(data: &Path, keep: &std::collections::HashSet<String>) -> u
         }
     }
     removed
+}
+
+/// Mounts a network namespace at `ns`: a spare from the pool if one is ready, else a new one.
+/// Returns the holder of the address a spare came connected with.
+fn mount_namespace(
+    ns: &Path,
+    spare: Option<&netns::Pool>,
+    unwire: &dyn Fn(&str),
+) -> Result<Option<String>, Error> {
+    let _ = std::fs::remove_file(ns);
+    let taken = match spare.map(|p| p.take_into(ns)) {
+        Some(Ok(taken)) => taken,
+        Some(Err((e, holder))) => {
+            tracing::debug!(error = %e, "taking a spare network namespace failed");
+            if let Some(h) = holder {
+                unwire(&h);
+            }
+            netns::Taken::Nothing
+        }
+        None => netns::Taken::Nothing,
+    };
+    match taken {
+        netns::Taken::Wired(holder) => Ok(Some(holder)),
+        netns::Taken::Bare => Ok(None),
+        netns::Taken::Nothing => netns::create(ns)
+            .map(|()| None)
+            .map_err(|source| Error::Netns {
+                path: ns.to_owned(),
+                source,
+            }),
+    }
+}
+
+/// A started pod thread: its runtime's handle, the sender that stops it, and the thread.
+type PodThread = (
+    tokio::runtime::Handle,
+    tokio::sync::oneshot::Sender<()>,
+    std::thread::JoinHandle<()>,
+);
+
+/// Starts the pod's thread, inside `netns` when there is one, with its runtime.
+fn start_thread(name: &str, netns: Option<PathBuf>) -> Result<PodThread, Error> {
+    let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let enter = netns.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("pod-{}", name.chars().take(11).collect::<String>()))
+        .stack_size(512 << 10)
+        .spawn(move || {
+            // The stack may be one glibc kept from an exited thread, pages and all.
+            crate::agent::trim::release_unused_stack();
+            let ready = (|| -> std::io::Result<tokio::runtime::Runtime> {
+                if let Some(ns) = &enter {
+                    netns::enter(ns)?;
+                }
+                // A pod's runtime serves few sockets: a small event buffer keeps an
+                // idle pod's memory down.
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_io()
+                    .enable_time()
+                    .max_io_events_per_tick(64)
+                    .thread_stack_size(512 << 10)
+                    .build()
+            })();
+            match ready {
+                Ok(rt) => {
+                    let _ = handle_tx.send(Ok(rt.handle().clone()));
+                    rt.block_on(async {
+                        let _ = stop_rx.await;
+                    });
+                    // Dropping the runtime drops every task still on it: instances,
+                    // listeners, connections.
+                    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+                }
+                Err(e) => {
+                    let _ = handle_tx.send(Err(e));
+                }
+            }
+        })?;
+    let handle = match handle_rx.recv() {
+        Ok(Ok(h)) => h,
+        Ok(Err(source)) => {
+            let _ = thread.join();
+            return Err(Error::Netns {
+                path: netns.clone().unwrap_or_default(),
+                source,
+            });
+        }
+        Err(_) => {
+            let _ = thread.join();
+            return Err(Error::Io(std::io::Error::other(
+                "the pod thread died at start",
+            )));
+        }
+    };
+    Ok((handle, stop_tx, thread))
 }
