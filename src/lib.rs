@@ -11,6 +11,7 @@ pub mod cli;
 pub mod client;
 pub mod controllers;
 pub mod net;
+pub mod oci;
 pub mod scheduler;
 pub mod server;
 pub mod store;

@@ -1,6 +1,10 @@
 //! The node's images: a content-addressed store (`DATA/content/sha256/<hex>`, verified when
-//! written and when read) and an index of image names (`DATA/images/index.json`). `wk image
-//! import` fills it without a registry; pulling from OCI registries plugs in at [`resolve`].
+//! written and when read) and an index (`DATA/images/index.json`) of image names and of what each
+//! image is made of. `wk image import` fills it without a registry; [`crate::oci`] pulls into it.
+//!
+//! An image's id is the digest a reference resolves to: the manifest's (or the image index's) for
+//! a pulled image, the Wasm file's own for an imported one. Every image has exactly one Wasm
+//! content blob, the one pods run.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
@@ -8,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Why an image could not be stored or found.
@@ -30,12 +35,26 @@ pub enum Error {
         /// What the bytes hash to now.
         actual: String,
     },
+    /// Bytes written for a digest hash to another one.
+    #[error("digest mismatch: expected {expected}, got {actual}")]
+    Mismatch {
+        /// The digest the bytes were fetched for.
+        expected: String,
+        /// What they hash to.
+        actual: String,
+    },
     /// The file is not Wasm.
     #[error("{0} is not a WebAssembly module or component (no \\0asm header)")]
     NotWasm(String),
     /// An image name that cannot be used.
     #[error("invalid image name {0:?}")]
     Name(String),
+    /// A digest that is not `sha256:` and 64 hex digits.
+    #[error("invalid digest {0:?}: wk stores sha256 content only")]
+    Digest(String),
+    /// `wk image rm` of an image a pod uses, or of one that is not there.
+    #[error("{0}")]
+    Remove(String),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -45,13 +64,78 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     }
 }
 
-/// A resolved image: its digest and where its bytes are.
+/// A resolved image: its id, and its Wasm content's digest and file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Image {
-    /// `sha256:<hex>`.
+    /// The image's id, `sha256:<hex>`: what `status.containerStatuses[].imageID` names.
+    pub id: String,
+    /// The Wasm content's digest, `sha256:<hex>`.
     pub digest: String,
-    /// The content file.
+    /// The Wasm content file.
     pub path: PathBuf,
+}
+
+/// What one image is made of.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Record {
+    /// The Wasm content's digest.
+    pub wasm: String,
+    /// Every blob of the image in the content store (manifests, config, layers, the Wasm).
+    #[serde(default)]
+    pub blobs: Vec<String>,
+    /// The repositories it was pulled from (`127.0.0.1:5000/hello`), for `repo@digest` names.
+    #[serde(default)]
+    pub repos: Vec<String>,
+    /// How it was packaged, e.g. "CNCF Wasm artifact".
+    #[serde(default)]
+    pub format: String,
+    /// When it was pulled or imported, in Unix seconds.
+    #[serde(default)]
+    pub created: u64,
+}
+
+/// The index file: names and image records.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Index {
+    /// `name:tag` → image id.
+    pub names: BTreeMap<String, String>,
+    /// Image id → its record.
+    pub images: BTreeMap<String, Record>,
+}
+
+impl<'de> Deserialize<'de> for Index {
+    /// Reads the index, and also the first format (a flat `name → Wasm digest` map).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Any {
+            Now {
+                names: BTreeMap<String, String>,
+                #[serde(default)]
+                images: BTreeMap<String, Record>,
+            },
+            Flat(BTreeMap<String, String>),
+        }
+        Ok(match Any::deserialize(d)? {
+            Any::Now { names, images } => Index { names, images },
+            Any::Flat(names) => {
+                let images = names
+                    .values()
+                    .map(|d| {
+                        let record = Record {
+                            wasm: d.clone(),
+                            blobs: vec![d.clone()],
+                            format: "imported Wasm file".into(),
+                            ..Record::default()
+                        };
+                        (d.clone(), record)
+                    })
+                    .collect();
+                Index { names, images }
+            }
+        })
+    }
 }
 
 /// The node's image store.
@@ -71,13 +155,123 @@ pub fn normalize(name: &str) -> String {
     }
 }
 
+/// The repository part of an image name: `reg:5000/app:v1` → `reg:5000/app`.
+pub fn repository(name: &str) -> String {
+    let name = name.split('@').next().unwrap_or(name);
+    let normal = normalize(name);
+    normal
+        .rsplit_once(':')
+        .map_or(normal.clone(), |(r, _)| r.to_owned())
+}
+
 /// Whether a name's tag is `latest` (or missing): the kubelet's rule for `Always`.
 pub fn is_latest(name: &str) -> bool {
     !name.contains('@') && normalize(name).ends_with(":latest")
 }
 
+/// Checks that a digest is `sha256:` and 64 lowercase hex digits (it becomes a file name).
+///
+/// # Errors
+/// [`Error::Digest`] when it is not.
+pub fn check_digest(digest: &str) -> Result<&str, Error> {
+    match digest.strip_prefix("sha256:") {
+        Some(hex)
+            if hex.len() == 64
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
+        {
+            Ok(hex)
+        }
+        _ => Err(Error::Digest(digest.to_owned())),
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The sha256 digest of bytes, `sha256:<hex>`.
+pub fn digest_of(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex(&Sha256::digest(bytes)))
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Content being written into the store: hashed as it streams, in a temporary file until
+/// [`BlobWriter::commit`] checks its digest and renames it into place.
+pub struct BlobWriter {
+    tmp: tempfile::NamedTempFile,
+    hasher: Sha256,
+    len: u64,
+    head: Vec<u8>,
+    root: PathBuf,
+}
+
+impl BlobWriter {
+    /// Appends bytes.
+    ///
+    /// # Errors
+    /// When the temporary file cannot be written.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        if self.head.len() < 8 {
+            let take = bytes.len().min(8 - self.head.len());
+            self.head.extend_from_slice(&bytes[..take]);
+        }
+        self.hasher.update(bytes);
+        self.len += bytes.len() as u64;
+        let path = self.tmp.path().to_owned();
+        self.tmp.write_all(bytes).map_err(io(&path))
+    }
+
+    /// How many bytes were written.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing was written.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The first bytes written (up to 8): enough to tell Wasm.
+    pub fn head(&self) -> &[u8] {
+        &self.head
+    }
+
+    /// Syncs the content and moves it to its digest's place. With `expected`, content that
+    /// hashes otherwise is dropped and [`Error::Mismatch`] names both digests.
+    ///
+    /// # Errors
+    /// On a mismatch, or when the file cannot be synced or renamed.
+    pub fn commit(self, expected: Option<&str>) -> Result<(String, PathBuf), Error> {
+        let digest = format!("sha256:{}", hex(&self.hasher.finalize()));
+        if let Some(expected) = expected
+            && expected != digest
+        {
+            return Err(Error::Mismatch {
+                expected: expected.to_owned(),
+                actual: digest,
+            });
+        }
+        let path = content_path(&self.root, &digest);
+        self.tmp.as_file().sync_all().map_err(io(&path))?;
+        self.tmp.persist(&path).map_err(|e| Error::Io {
+            path: path.clone(),
+            source: e.error,
+        })?;
+        Ok((digest, path))
+    }
+}
+
+fn content_path(root: &Path, digest: &str) -> PathBuf {
+    root.join("content")
+        .join("sha256")
+        .join(digest.trim_start_matches("sha256:"))
 }
 
 impl Store {
@@ -93,27 +287,25 @@ impl Store {
         self.root.join("images").join("index.json")
     }
 
-    fn content_path(&self, digest: &str) -> PathBuf {
-        self.root
-            .join("content")
-            .join("sha256")
-            .join(digest.trim_start_matches("sha256:"))
+    /// Where a blob's content lives (whether or not it is there).
+    pub fn content_path(&self, digest: &str) -> PathBuf {
+        content_path(&self.root, digest)
     }
 
-    /// The name → digest index (empty when it cannot be read; see [`Store::try_index`]).
-    pub fn index(&self) -> BTreeMap<String, String> {
+    /// The index (empty when it cannot be read; see [`Store::try_index`]).
+    pub fn index(&self) -> Index {
         self.try_index().unwrap_or_default()
     }
 
-    /// The name → digest index, read again only when the file changed.
+    /// The index, read again only when the file changed.
     ///
     /// # Errors
     /// When the index exists but cannot be read or parsed.
-    pub fn try_index(&self) -> Result<BTreeMap<String, String>, Error> {
+    pub fn try_index(&self) -> Result<Index, Error> {
         let path = self.index_path();
         let stamp = match std::fs::metadata(&path) {
             Ok(m) => Stamp::of(&m),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Index::default()),
             Err(e) => return Err(io(&path)(e)),
         };
         if let Ok(memo) = self.memo.lock()
@@ -123,66 +315,122 @@ impl Store {
             return Ok(index.clone());
         }
         let bytes = std::fs::read(&path).map_err(io(&path))?;
-        let index: BTreeMap<String, String> =
-            serde_json::from_slice(&bytes).map_err(|e| Error::Io {
-                path: path.clone(),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-            })?;
+        let index: Index = serde_json::from_slice(&bytes).map_err(|e| Error::Io {
+            path: path.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        })?;
         if let Ok(mut memo) = self.memo.lock() {
             memo.index = Some((stamp, index.clone()));
         }
         Ok(index)
     }
 
-    /// Adds content, verifying its digest as it streams, written atomically.
+    /// Starts writing a blob into the content store.
     ///
     /// # Errors
-    /// When the source cannot be read or the store written.
-    pub fn add(&self, mut source: impl Read) -> Result<Image, Error> {
+    /// When the content directory cannot be made.
+    pub fn writer(&self) -> Result<BlobWriter, Error> {
         let dir = self.root.join("content").join("sha256");
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io(&dir))?;
-        let mut hasher = Sha256::new();
+        Ok(BlobWriter {
+            tmp: tempfile::NamedTempFile::new_in(&dir).map_err(io(&dir))?,
+            hasher: Sha256::new(),
+            len: 0,
+            head: Vec::new(),
+            root: self.root.clone(),
+        })
+    }
+
+    /// Adds a Wasm file, verifying its digest as it streams, written atomically.
+    ///
+    /// # Errors
+    /// When the source cannot be read, is not Wasm, or the store cannot be written.
+    pub fn add(&self, mut source: impl Read) -> Result<(String, PathBuf), Error> {
+        let mut w = self.writer()?;
         let mut buf = vec![0u8; 64 * 1024];
-        let mut first = Vec::new();
         loop {
-            let n = source.read(&mut buf).map_err(io(&dir))?;
+            let n = source.read(&mut buf).map_err(io(&self.root))?;
             if n == 0 {
                 break;
             }
-            if first.len() < 4096 {
-                let take = n.min(4096 - first.len());
-                first.extend_from_slice(&buf[..take]);
-            }
-            hasher.update(&buf[..n]);
-            tmp.write_all(&buf[..n]).map_err(io(&dir))?;
+            w.write(&buf[..n])?;
         }
-        if !crate::agent::wasm::looks_like_wasm(&first) {
+        if !crate::agent::wasm::looks_like_wasm(w.head()) {
             return Err(Error::NotWasm("the file".into()));
         }
-        tmp.as_file().sync_all().map_err(io(&dir))?;
-        let digest = format!("sha256:{}", hex(&hasher.finalize()));
-        let path = self.content_path(&digest);
-        tmp.persist(&path).map_err(|e| Error::Io {
-            path: path.clone(),
-            source: e.error,
-        })?;
-        Ok(Image { digest, path })
+        w.commit(None)
     }
 
-    /// Names an image (`name:tag` → digest), replacing an earlier one of that name.
+    /// A stored blob's path when the store holds it and it still hashes right.
+    pub fn blob(&self, digest: &str) -> Option<PathBuf> {
+        check_digest(digest).ok()?;
+        let path = self.content_path(digest);
+        self.verify_file(digest, &path).ok().map(|()| path)
+    }
+
+    /// Records an image and names it, under the index's lock, replacing an earlier image of
+    /// each name. Names that resolve to a digest (`repo@sha256:…`) are not kept as names.
     ///
     /// # Errors
-    /// When the index cannot be written.
-    pub fn tag(&self, name: &str, digest: &str) -> Result<(), Error> {
-        if name.is_empty() || name.contains(char::is_whitespace) {
-            return Err(Error::Name(name.to_owned()));
+    /// When a name is unusable or the index cannot be written.
+    pub fn record(&self, id: &str, record: Record, names: &[&str]) -> Result<(), Error> {
+        check_digest(id)?;
+        for name in names {
+            if name.is_empty() || name.contains(char::is_whitespace) {
+                return Err(Error::Name((*name).to_owned()));
+            }
         }
-        let mut index = self.index();
-        index.insert(normalize(name), digest.to_owned());
+        self.update(|index| {
+            let entry = index.images.entry(id.to_owned()).or_insert_with(|| Record {
+                created: now(),
+                ..Record::default()
+            });
+            let repos = std::mem::take(&mut entry.repos);
+            *entry = Record {
+                created: if record.created == 0 {
+                    entry.created
+                } else {
+                    record.created
+                },
+                ..record.clone()
+            };
+            for r in repos {
+                if !entry.repos.contains(&r) {
+                    entry.repos.push(r);
+                }
+            }
+            for name in names.iter().filter(|n| !n.contains('@')) {
+                index.names.insert(normalize(name), id.to_owned());
+            }
+        })
+    }
+
+    /// Names an imported Wasm file (whose id is its own digest).
+    ///
+    /// # Errors
+    /// When the name is unusable or the index cannot be written.
+    pub fn tag(&self, name: &str, digest: &str) -> Result<(), Error> {
+        let record = Record {
+            wasm: digest.to_owned(),
+            blobs: vec![digest.to_owned()],
+            format: "imported Wasm file".into(),
+            ..Record::default()
+        };
+        self.record(digest, record, &[name])
+    }
+
+    /// Changes the index under an exclusive lock (between processes too: `wk image import`
+    /// may run next to the agent), and writes it atomically.
+    fn update(&self, change: impl FnOnce(&mut Index)) -> Result<(), Error> {
         let path = self.index_path();
         let dir = path.parent().expect("index has a parent").to_owned();
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let lock_path = dir.join(".lock");
+        let lock = std::fs::File::create(&lock_path).map_err(io(&lock_path))?;
+        let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| io(&lock_path)(e.into()))?;
+        let mut index = self.try_index()?;
+        change(&mut index);
         let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io(&dir))?;
         serde_json::to_writer_pretty(&mut tmp, &index).map_err(|e| Error::Io {
             path: path.clone(),
@@ -200,66 +448,172 @@ impl Store {
     /// # Errors
     /// When the index or the content cannot be read (not when they are absent).
     pub fn find(&self, name: &str) -> Result<Option<Image>, Error> {
-        let digest = match name.split_once('@') {
+        let index = self.try_index()?;
+        let id = match name.split_once('@') {
             Some((_, d)) => d.to_owned(),
-            None => match self.try_index()?.get(&normalize(name)) {
+            None => match index.names.get(&normalize(name)) {
                 Some(d) => d.clone(),
                 None => return Ok(None),
             },
         };
-        let path = self.content_path(&digest);
+        let wasm = match index.images.get(&id) {
+            Some(r) => r.wasm.clone(),
+            None if name.contains('@') => id.clone(),
+            None => return Ok(None),
+        };
+        if check_digest(&wasm).is_err() {
+            return Ok(None);
+        }
+        let path = self.content_path(&wasm);
         match std::fs::metadata(&path) {
-            Ok(_) => Ok(Some(Image { digest, path })),
+            Ok(_) => Ok(Some(Image {
+                id,
+                digest: wasm,
+                path,
+            })),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io(&path)(e)),
         }
     }
 
-    /// Checks that stored content still hashes to its digest. Content checked before and not
-    /// changed since (same size, modification time and inode) is not hashed again.
+    /// Checks that an image's Wasm content still hashes to its digest. Content checked before
+    /// and not changed since (same size, modification time and inode) is not hashed again.
     ///
     /// # Errors
     /// [`Error::Corrupt`] when it does not.
     pub fn verify(&self, image: &Image) -> Result<(), Error> {
-        let mut file = std::fs::File::open(&image.path).map_err(io(&image.path))?;
-        let stamp = Stamp::of(&file.metadata().map_err(io(&image.path))?);
+        self.verify_file(&image.digest, &image.path)
+    }
+
+    fn verify_file(&self, digest: &str, path: &Path) -> Result<(), Error> {
+        let mut file = std::fs::File::open(path).map_err(io(path))?;
+        let stamp = Stamp::of(&file.metadata().map_err(io(path))?);
         if self
             .memo
             .lock()
-            .is_ok_and(|m| m.verified.get(&image.digest) == Some(&stamp))
+            .is_ok_and(|m| m.verified.get(digest) == Some(&stamp))
         {
             return Ok(());
         }
         let mut hasher = Sha256::new();
-        std::io::copy(&mut file, &mut hasher).map_err(io(&image.path))?;
+        std::io::copy(&mut file, &mut hasher).map_err(io(path))?;
         let actual = format!("sha256:{}", hex(&hasher.finalize()));
-        if actual != image.digest {
+        if actual != digest {
             return Err(Error::Corrupt {
-                expected: image.digest.clone(),
+                expected: digest.to_owned(),
                 actual,
             });
         }
         if let Ok(mut m) = self.memo.lock() {
-            m.verified.insert(image.digest.clone(), stamp);
+            m.verified.insert(digest.to_owned(), stamp);
         }
         Ok(())
     }
 
+    /// Notes that a pod started from an image, for image garbage collection's LRU order.
+    pub fn touch(&self, id: &str) {
+        if let Ok(mut m) = self.memo.lock() {
+            m.used.insert(id.to_owned(), SystemTime::now());
+        }
+    }
+
+    /// When an image was last used by a pod this process started, else when it was stored.
+    fn last_used(&self, id: &str, record: &Record) -> SystemTime {
+        self.memo
+            .lock()
+            .ok()
+            .and_then(|m| m.used.get(id).copied())
+            .unwrap_or(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(record.created))
+    }
+
+    /// Removes an image: its names, its record, and its blobs no other image shares. Compiled
+    /// artifacts stay in the runtime's cache, which is keyed by the Wasm digest.
+    ///
+    /// # Errors
+    /// When the index cannot be written; missing blobs are not an error.
+    pub fn remove(&self, id: &str) -> Result<u64, Error> {
+        let mut freed = 0;
+        let mut orphans = Vec::new();
+        self.update(|index| {
+            let Some(record) = index.images.remove(id) else {
+                return;
+            };
+            index.names.retain(|_, v| v != id);
+            let kept: std::collections::HashSet<&String> = index
+                .images
+                .values()
+                .flat_map(|r| r.blobs.iter().chain([&r.wasm]))
+                .collect();
+            orphans = record
+                .blobs
+                .iter()
+                .chain([&record.wasm])
+                .filter(|b| !kept.contains(b))
+                .cloned()
+                .collect();
+        })?;
+        orphans.sort();
+        orphans.dedup();
+        for blob in orphans {
+            if check_digest(&blob).is_err() {
+                continue;
+            }
+            let path = self.content_path(&blob);
+            if let Ok(m) = std::fs::metadata(&path) {
+                freed += m.len();
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+        Ok(freed)
+    }
+
+    /// The bytes an image's blobs take.
+    pub fn size(&self, record: &Record) -> u64 {
+        let mut blobs: Vec<&String> = record.blobs.iter().chain([&record.wasm]).collect();
+        blobs.sort();
+        blobs.dedup();
+        blobs
+            .into_iter()
+            .filter(|b| check_digest(b).is_ok())
+            .filter_map(|b| std::fs::metadata(self.content_path(b)).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
+    /// Image ids, least recently used first.
+    pub fn by_last_use(&self) -> Vec<String> {
+        let index = self.index();
+        let mut ids: Vec<(SystemTime, String)> = index
+            .images
+            .iter()
+            .map(|(id, r)| (self.last_used(id, r), id.clone()))
+            .collect();
+        ids.sort();
+        ids.into_iter().map(|(_, id)| id).collect()
+    }
+
     /// The images for the Node's `status.images`.
     pub fn node_images(&self) -> Vec<serde_json::Value> {
-        let mut by_digest: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (name, digest) in self.index() {
-            by_digest.entry(digest).or_default().push(name);
+        let index = self.index();
+        let mut by_id: BTreeMap<&String, Vec<String>> = BTreeMap::new();
+        for (name, id) in &index.names {
+            by_id.entry(id).or_default().push(name.clone());
         }
-        by_digest
-            .into_iter()
-            .map(|(digest, mut names)| {
-                let size = std::fs::metadata(self.content_path(&digest)).map_or(0, |m| m.len());
-                let repo = names[0]
-                    .rsplit_once(':')
-                    .map_or(names[0].clone(), |(r, _)| r.to_owned());
-                names.insert(0, format!("{repo}@{digest}"));
-                serde_json::json!({"names": names, "sizeBytes": size})
+        index
+            .images
+            .iter()
+            .map(|(id, record)| {
+                let tags = by_id.remove(id).unwrap_or_default();
+                let mut repos: Vec<String> = record.repos.clone();
+                for t in &tags {
+                    let r = repository(t);
+                    if !repos.contains(&r) {
+                        repos.push(r);
+                    }
+                }
+                let mut names: Vec<String> = repos.iter().map(|r| format!("{r}@{id}")).collect();
+                names.extend(tags);
+                serde_json::json!({"names": names, "sizeBytes": self.size(record)})
             })
             .collect()
     }
@@ -287,37 +641,11 @@ impl Stamp {
 /// What the store remembers between reads.
 #[derive(Debug, Default)]
 struct Memo {
-    index: Option<(Stamp, BTreeMap<String, String>)>,
+    index: Option<(Stamp, Index)>,
     /// Digest → the content file's stamp when it last hashed right.
     verified: HashMap<String, Stamp>,
-}
-
-/// Why a container's image is not available.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Unavailable {
-    /// `imagePullPolicy: Never` and the image is not on the node.
-    NeverPull(String),
-    /// The image would have to be pulled.
-    Pull(String),
-    /// The node's own store could not be read.
-    Inspect(String),
-}
-
-/// Resolves a container's image under its pull policy. Registry pulls are not built yet: an
-/// image that must be pulled is reported as ErrImagePull with the reason.
-pub fn resolve(store: &Store, image: &str, policy: &str) -> Result<Image, Unavailable> {
-    let local = store
-        .find(image)
-        .map_err(|e| Unavailable::Inspect(format!("Failed to inspect image \"{image}\": {e}")))?;
-    match (policy, local) {
-        ("Never" | "IfNotPresent", Some(found)) => Ok(found),
-        ("Never", None) => Err(Unavailable::NeverPull(format!(
-            "Container image \"{image}\" is not present with pull policy of Never"
-        ))),
-        _ => Err(Unavailable::Pull(format!(
-            "Failed to pull image \"{image}\": this node cannot pull from registries yet; load it with `wk image import FILE --name {image}` and set imagePullPolicy: IfNotPresent or Never"
-        ))),
-    }
+    /// Image id → when a pod last started from it.
+    used: HashMap<String, SystemTime>,
 }
 
 #[cfg(test)]
@@ -329,17 +657,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::new(dir.path());
         let wasm = b"\0asm\x01\0\0\0";
-        let image = store.add(&wasm[..]).unwrap();
-        assert!(image.digest.starts_with("sha256:"));
-        store.tag("hello", &image.digest).unwrap();
+        let (digest, path) = store.add(&wasm[..]).unwrap();
+        assert_eq!(digest, digest_of(wasm));
+        store.tag("hello", &digest).unwrap();
+        let image = Image {
+            id: digest.clone(),
+            digest: digest.clone(),
+            path,
+        };
         assert_eq!(store.find("hello:latest").unwrap(), Some(image.clone()));
         assert_eq!(
-            store.find(&format!("x@{}", image.digest)).unwrap(),
+            store.find(&format!("x@{digest}")).unwrap(),
             Some(image.clone())
         );
         store.verify(&image).unwrap();
         std::fs::write(&image.path, b"\0asm tampered").unwrap();
         assert!(matches!(store.verify(&image), Err(Error::Corrupt { .. })));
+        assert!(store.blob(&digest).is_none());
         assert!(matches!(
             store.add(&b"not wasm"[..]),
             Err(Error::NotWasm(_))
@@ -347,34 +681,107 @@ mod tests {
     }
 
     #[test]
-    fn pull_policies_follow_the_kubelet() {
+    fn a_blob_that_hashes_otherwise_is_not_kept() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::new(dir.path());
-        let image = store.add(&b"\0asm\x01\0\0\0"[..]).unwrap();
-        store.tag("app:v1", &image.digest).unwrap();
-        assert!(resolve(&store, "app:v1", "IfNotPresent").is_ok());
-        assert!(resolve(&store, "app:v1", "Never").is_ok());
-        assert!(matches!(
-            resolve(&store, "app:v2", "Never"),
-            Err(Unavailable::NeverPull(_))
-        ));
-        assert!(matches!(
-            resolve(&store, "app:v1", "Always"),
-            Err(Unavailable::Pull(_))
-        ));
-        assert!(is_latest("app") && is_latest("reg:5000/app") && !is_latest("reg:5000/app:v1"));
+        let mut w = store.writer().unwrap();
+        w.write(b"some bytes").unwrap();
+        let wrong = digest_of(b"other bytes");
+        match w.commit(Some(&wrong)) {
+            Err(Error::Mismatch { expected, actual }) => {
+                assert_eq!(expected, wrong);
+                assert_eq!(actual, digest_of(b"some bytes"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("content/sha256"))
+            .unwrap()
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     #[test]
-    fn an_unreadable_store_is_an_inspect_error_not_a_pull() {
+    fn removing_an_image_keeps_blobs_another_image_shares() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::new(dir.path());
-        let image = store.add(&b"\0asm\x01\0\0\0"[..]).unwrap();
-        store.tag("app:v1", &image.digest).unwrap();
-        std::fs::write(dir.path().join("images/index.json"), b"{ not json").unwrap();
-        match resolve(&store, "app:v1", "IfNotPresent") {
-            Err(Unavailable::Inspect(m)) => assert!(m.contains("index.json"), "{m}"),
-            other => panic!("{other:?}"),
+        let (wasm, _) = store.add(&b"\0asm\x01\0\0\0"[..]).unwrap();
+        let blob = |bytes: &[u8]| {
+            let mut w = store.writer().unwrap();
+            w.write(bytes).unwrap();
+            w.commit(None).unwrap().0
+        };
+        let (m1, m2) = (blob(b"manifest one"), blob(b"manifest two"));
+        let record = |m: &str| Record {
+            wasm: wasm.clone(),
+            blobs: vec![m.to_owned(), wasm.clone()],
+            repos: vec!["reg/app".into()],
+            format: "test".into(),
+            created: 0,
+        };
+        store.record(&m1, record(&m1), &["reg/app:v1"]).unwrap();
+        store
+            .record(&m2, record(&m2), &["reg/app:v2", "reg/app@sha256:x"])
+            .unwrap();
+        assert_eq!(store.index().names.len(), 2);
+        assert_eq!(store.find("reg/app:v1").unwrap().unwrap().id, m1);
+        let images = store.node_images();
+        assert_eq!(images.len(), 2);
+        assert!(
+            images
+                .iter()
+                .any(|i| i["names"][0] == format!("reg/app@{m1}"))
+        );
+        store.remove(&m1).unwrap();
+        assert!(store.content_path(&wasm).exists(), "the Wasm is shared");
+        assert!(!store.content_path(&m1).exists());
+        assert!(store.find("reg/app:v1").unwrap().is_none());
+        store.remove(&m2).unwrap();
+        assert!(!store.content_path(&wasm).exists());
+        assert!(store.index().images.is_empty());
+    }
+
+    #[test]
+    fn the_first_index_format_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let (digest, _) = store.add(&b"\0asm\x01\0\0\0"[..]).unwrap();
+        std::fs::create_dir_all(dir.path().join("images")).unwrap();
+        std::fs::write(
+            dir.path().join("images/index.json"),
+            format!("{{\"hello:v1\": \"{digest}\"}}"),
+        )
+        .unwrap();
+        let image = store.find("hello:v1").unwrap().unwrap();
+        assert_eq!(
+            (image.id.as_str(), image.digest.as_str()),
+            (digest.as_str(), digest.as_str())
+        );
+    }
+
+    #[test]
+    fn digests_that_are_not_sha256_hex_are_refused() {
+        assert!(check_digest(&digest_of(b"x")).is_ok());
+        for bad in ["sha256:../../etc/passwd", "sha512:00", "sha256:ABC", ""] {
+            assert!(check_digest(bad).is_err(), "{bad}");
         }
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        assert!(
+            store
+                .find("x@sha256:../../../etc/passwd")
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn an_unreadable_index_is_an_error_not_an_absence() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let (digest, _) = store.add(&b"\0asm\x01\0\0\0"[..]).unwrap();
+        store.tag("app:v1", &digest).unwrap();
+        std::fs::write(dir.path().join("images/index.json"), b"{ not json").unwrap();
+        let e = store.find("app:v1").unwrap_err().to_string();
+        assert!(e.contains("index.json"), "{e}");
     }
 }

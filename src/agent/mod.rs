@@ -162,6 +162,8 @@ pub struct Shared {
     pub runtime: Arc<wasm::Runtime>,
     /// The node's images.
     pub images: images::Store,
+    /// Pulls images into [`Shared::images`].
+    pub puller: crate::oci::Puller,
     /// The agent's data directory.
     pub data_dir: PathBuf,
     /// The Node's name.
@@ -184,6 +186,8 @@ pub struct Shared {
     live: Mutex<HashSet<PathBuf>>,
     /// Per-pod usage gauges, by uid.
     metrics: Mutex<HashMap<String, PodMetrics>>,
+    /// The image ids each running pod's containers use, by uid (image GC spares them).
+    images_in_use: Mutex<HashMap<String, Vec<String>>>,
     /// CPU rates from the last samples.
     rates: Mutex<Rates>,
 }
@@ -252,7 +256,11 @@ impl Shared {
         ns: &str,
         name: &str,
         containers: Vec<(String, Arc<AtomicU64>, Arc<AtomicU64>)>,
+        image_ids: Vec<String>,
     ) {
+        if let Ok(mut m) = self.images_in_use.lock() {
+            m.insert(uid.to_owned(), image_ids);
+        }
         if let Ok(mut m) = self.metrics.lock() {
             let list = containers
                 .into_iter()
@@ -274,6 +282,17 @@ impl Shared {
         if let Ok(mut m) = self.metrics.lock() {
             m.remove(uid);
         }
+        if let Ok(mut m) = self.images_in_use.lock() {
+            m.remove(uid);
+        }
+    }
+
+    /// The ids of the images running pods use.
+    pub fn images_in_use(&self) -> HashSet<String> {
+        self.images_in_use
+            .lock()
+            .map(|m| m.values().flatten().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Marks a log file as being written (or not any more).
@@ -528,6 +547,7 @@ impl Agent {
             client: client.clone(),
             runtime,
             images: images.clone(),
+            puller: crate::oci::Puller::new(images.clone(), &data, config.max_module_bytes),
             data_dir: data.clone(),
             node_name: config.node_name.clone(),
             node_ip: config.address.to_string(),
@@ -540,6 +560,7 @@ impl Agent {
             pods: Mutex::new(HashMap::new()),
             live: Mutex::new(HashSet::new()),
             metrics: Mutex::new(HashMap::new()),
+            images_in_use: Mutex::new(HashMap::new()),
             rates: Mutex::new(Rates::default()),
         });
         let (endpoint, serve) = endpoint::bind(&config, shared.clone()).await?;

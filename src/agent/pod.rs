@@ -68,7 +68,25 @@ struct Prepared {
     loaded: Loaded,
     guest: GuestSpec,
     init: bool,
+    /// The image's id.
+    image_id: String,
 }
+
+/// Why a container could not be prepared.
+enum Unprepared {
+    /// Its image could not be pulled: the pod backs off pulling it.
+    Pull {
+        init: bool,
+        index: usize,
+        image: String,
+        error: String,
+    },
+    /// Anything else (reported already): the sandbox is retried.
+    Other,
+}
+
+/// The kubelet's image pull back-off: 10 s, doubling to 5 min.
+const IMAGE_BACKOFF: (Duration, Duration) = (Duration::from_secs(10), Duration::from_secs(300));
 
 /// How long the first status report waits for the pod's containers to start.
 const FIRST_STATUS_WINDOW: Duration = Duration::from_millis(50);
@@ -446,6 +464,7 @@ impl Worker {
         let mut stops: Vec<(ContainerStop, Arc<Prepared>)> = Vec::new();
         let mut supervisors = tokio::task::JoinSet::new();
         let mut sandbox_backoff = Duration::from_secs(1);
+        let mut image_backoff = IMAGE_BACKOFF.0;
         let mut refresher: Option<tokio::task::JoinHandle<()>> = None;
         loop {
             if self.deleting.is_cancelled() && stage != Stage::Terminating {
@@ -475,6 +494,33 @@ impl Worker {
                             continue;
                         }
                         sandbox_backoff = (sandbox_backoff * 2).min(Duration::from_secs(30));
+                    }
+                    Err(PrepareError::ImagePull(failed)) => {
+                        for f in &failed {
+                            if let Unprepared::Pull {
+                                init,
+                                index,
+                                image,
+                                error,
+                            } = f
+                            {
+                                let cname = self.container_name(*init, *index);
+                                let m = format!("Back-off pulling image \"{image}\"");
+                                self.set_waiting(
+                                    *init,
+                                    *index,
+                                    "ImagePullBackOff",
+                                    &format!("{m}: ErrImagePull: {error}"),
+                                );
+                                self.event(Some(&cname), false, "BackOff", &m).await;
+                                self.event(Some(&cname), true, "Failed", "Error: ImagePullBackOff")
+                                    .await;
+                            }
+                        }
+                        if !self.pause(image_backoff).await {
+                            continue;
+                        }
+                        image_backoff = (image_backoff * 2).min(IMAGE_BACKOFF.1);
                     }
                 },
                 Stage::Init(i) => {
@@ -831,6 +877,7 @@ impl Worker {
             }
         };
         let mut out = Vec::new();
+        let secrets = self.pull_secrets(&pod).await;
         let specs: Vec<(bool, Value)> = pod["spec"]["initContainers"]
             .as_array()
             .into_iter()
@@ -846,6 +893,7 @@ impl Worker {
             .collect();
         let mut index = (0usize, 0usize);
         let mut failed = false;
+        let mut pulls = Vec::new();
         for (init, spec) in specs {
             let i = if init { index.0 } else { index.1 };
             if init {
@@ -853,19 +901,28 @@ impl Worker {
             } else {
                 index.1 += 1;
             }
-            match self.prepare_container(&pod, &spec, &ready, init, i).await {
-                Ok((loaded, guest)) => out.push(Prepared {
+            match self
+                .prepare_container(&pod, &spec, &ready, &secrets, init, i)
+                .await
+            {
+                Ok((loaded, guest, image_id)) => out.push(Prepared {
                     spec,
                     loaded,
                     guest,
                     init,
+                    image_id,
                 }),
-                Err(()) => failed = true,
+                Err(Unprepared::Other) => failed = true,
+                Err(p @ Unprepared::Pull { .. }) => pulls.push(p),
             }
         }
-        if failed {
+        if failed || !pulls.is_empty() {
             self.teardown(sb).await;
-            return Err(PrepareError::Retry);
+            return Err(if pulls.is_empty() {
+                PrepareError::Retry
+            } else {
+                PrepareError::ImagePull(pulls)
+            });
         }
         // Make the next pod's namespace once this one is up and reported, not while it is set
         // up: namespace and veth creation take the same kernel lock, and CPUs are few.
@@ -887,6 +944,7 @@ impl Worker {
                     )
                 })
                 .collect(),
+            out.iter().map(|p| p.image_id.clone()).collect(),
         );
         Ok((sb, out))
     }
@@ -900,57 +958,145 @@ impl Worker {
         });
     }
 
+    /// The name of a container by its place in the spec.
+    fn container_name(&self, init: bool, index: usize) -> String {
+        let pod = self.current();
+        let list = if init { "initContainers" } else { "containers" };
+        pod["spec"][list][index]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// The credentials of the pod's `imagePullSecrets`. Secrets that cannot be read are
+    /// reported, and the pull goes on without them, as the kubelet does.
+    async fn pull_secrets(&self, pod: &Value) -> Vec<crate::oci::registry::DockerConfig> {
+        let mut out = Vec::new();
+        let mut missing = Vec::new();
+        for r in pod["spec"]["imagePullSecrets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let Some(name) = r["name"].as_str().filter(|n| !n.is_empty()) else {
+                continue;
+            };
+            let path = format!("/api/v1/namespaces/{}/secrets/{name}", self.ns);
+            let secret = match self.shared.client.get(&path).await {
+                Ok(s) => s,
+                Err(e) => {
+                    missing.push(format!("{name} ({e})"));
+                    continue;
+                }
+            };
+            let key = match secret["type"].as_str() {
+                Some("kubernetes.io/dockerconfigjson") => ".dockerconfigjson",
+                Some("kubernetes.io/dockercfg") => ".dockercfg",
+                other => {
+                    missing.push(format!(
+                        "{name} (type {:?}, not kubernetes.io/dockerconfigjson)",
+                        other.unwrap_or_default()
+                    ));
+                    continue;
+                }
+            };
+            use base64::Engine as _;
+            let parsed = secret["data"][key]
+                .as_str()
+                .ok_or_else(|| format!("no {key} key"))
+                .and_then(|b| {
+                    base64::engine::general_purpose::STANDARD
+                        .decode(b)
+                        .map_err(|e| e.to_string())
+                })
+                .and_then(|raw| crate::oci::registry::DockerConfig::parse(&raw));
+            match parsed {
+                Ok(c) => out.push(c),
+                Err(e) => missing.push(format!("{name} ({e})")),
+            }
+        }
+        if !missing.is_empty() {
+            let m = format!(
+                "Unable to retrieve some image pull secrets ({}); attempting to pull the image may not succeed.",
+                missing.join(", ")
+            );
+            self.event(None, true, "FailedToRetrieveImagePullSecret", &m)
+                .await;
+        }
+        out
+    }
+
     async fn prepare_container(
         &self,
         pod: &Value,
         spec: &Value,
         ready: &HashMap<String, volumes::Ready>,
+        secrets: &[crate::oci::registry::DockerConfig],
         init: bool,
         i: usize,
-    ) -> Result<(Loaded, GuestSpec), ()> {
+    ) -> Result<(Loaded, GuestSpec, String), Unprepared> {
         let cname = spec["name"].as_str().unwrap_or_default();
         let image_name = spec["image"].as_str().unwrap_or_default();
-        let policy = spec["imagePullPolicy"].as_str().unwrap_or("IfNotPresent");
-        let image = match images::resolve(&self.shared.images, image_name, policy) {
-            Ok(i) => i,
-            Err(images::Unavailable::NeverPull(m)) => {
+        let policy = crate::oci::Policy::of(spec["imagePullPolicy"].as_str(), image_name);
+        let puller = &self.shared.puller;
+        let local = policy != crate::oci::Policy::Always
+            && puller.store().find(image_name).ok().flatten().is_some();
+        if !local && policy != crate::oci::Policy::Never {
+            self.event(
+                Some(cname),
+                false,
+                "Pulling",
+                &format!("Pulling image \"{image_name}\""),
+            )
+            .await;
+        }
+        let started = std::time::Instant::now();
+        let image = match puller.ensure(image_name, policy, secrets).await {
+            Ok((image, pulled)) => {
+                let m = match pulled {
+                    Some(p) => format!(
+                        "Successfully pulled image \"{image_name}\" in {:.3}s. Image size: {} bytes.",
+                        started.elapsed().as_secs_f64(),
+                        p.size
+                    ),
+                    None => format!("Container image \"{image_name}\" already present on machine"),
+                };
+                self.event(Some(cname), false, "Pulled", &m).await;
+                image
+            }
+            Err(crate::oci::Unavailable::NeverPull(m)) => {
                 self.set_waiting(init, i, "ErrImageNeverPull", &m);
                 self.event(Some(cname), true, "ErrImageNeverPull", &m).await;
-                return Err(());
+                return Err(Unprepared::Other);
             }
-            Err(images::Unavailable::Inspect(m)) => {
+            Err(crate::oci::Unavailable::Inspect(m)) => {
                 self.set_waiting(init, i, "ImageInspectError", &m);
                 self.event(Some(cname), true, "InspectFailed", &m).await;
-                return Err(());
+                return Err(Unprepared::Other);
             }
-            Err(images::Unavailable::Pull(m)) => {
-                let reason = if self.reporter.snapshot().containers.iter().chain(self.reporter.snapshot().init.iter())
-                    .any(|c| matches!(&c.state, State::Waiting { reason, .. } if reason == "ErrImagePull" || reason == "ImagePullBackOff"))
-                {
-                    "ImagePullBackOff"
-                } else {
-                    "ErrImagePull"
-                };
-                self.set_waiting(init, i, reason, &m);
+            Err(crate::oci::Unavailable::Pull(e)) => {
+                let m = format!("Failed to pull image \"{image_name}\": {e}");
+                self.set_waiting(init, i, "ErrImagePull", &m);
                 self.event(Some(cname), true, "Failed", &m).await;
-                return Err(());
+                self.event(Some(cname), true, "Failed", "Error: ErrImagePull")
+                    .await;
+                return Err(Unprepared::Pull {
+                    init,
+                    index: i,
+                    image: image_name.to_owned(),
+                    error: e.to_string(),
+                });
             }
         };
+        self.shared.images.touch(&image.id);
         let store = self.shared.images.clone();
         let check = image.clone();
         if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.verify(&check)).await {
             self.set_waiting(init, i, "ErrImagePull", &e.to_string());
             self.event(Some(cname), true, "Failed", &e.to_string())
                 .await;
-            return Err(());
+            return Err(Unprepared::Other);
         }
-        self.event(
-            Some(cname),
-            false,
-            "Pulled",
-            &format!("Container image \"{image_name}\" already present on machine"),
-        )
-        .await;
         let loaded = match self.shared.runtime.load(&image.digest, &image.path).await {
             Ok(l) => l,
             Err(e) => {
@@ -958,7 +1104,7 @@ impl Worker {
                 self.set_waiting(init, i, "CreateContainerError", &m);
                 self.event(Some(cname), true, "Failed", &format!("Error: {m}"))
                     .await;
-                return Err(());
+                return Err(Unprepared::Other);
             }
         };
         let env = match env::environment(&self.shared.client, pod, spec).await {
@@ -967,7 +1113,7 @@ impl Worker {
                 self.set_waiting(init, i, "CreateContainerConfigError", &e.0);
                 self.event(Some(cname), true, "Failed", &format!("Error: {}", e.0))
                     .await;
-                return Err(());
+                return Err(Unprepared::Other);
             }
         };
         let mounts = match volumes::mounts(spec, ready) {
@@ -976,7 +1122,7 @@ impl Worker {
                 self.set_waiting(init, i, "CreateContainerConfigError", &e.to_string());
                 self.event(Some(cname), true, "Failed", &format!("Error: {e}"))
                     .await;
-                return Err(());
+                return Err(Unprepared::Other);
             }
         };
         let limit = |r: &str| {
@@ -984,15 +1130,11 @@ impl Worker {
                 .as_str()
                 .and_then(|q| Quantity::parse(q).ok())
         };
-        let repo = images::normalize(image_name);
-        let repo = repo
-            .rsplit_once(':')
-            .map_or(repo.as_str(), |(r, _)| r)
-            .to_owned();
+        let repo = images::repository(image_name);
         self.reporter.update(|s| {
             let list = if init { &mut s.init } else { &mut s.containers };
             if let Some(c) = list.get_mut(i) {
-                c.image_id = format!("{repo}@{}", image.digest);
+                c.image_id = format!("{repo}@{}", image.id);
             }
         });
         let guest = GuestSpec {
@@ -1007,7 +1149,7 @@ impl Worker {
             memory_usage: Arc::new(AtomicU64::new(0)),
             cpu_nanos: Arc::new(AtomicU64::new(0)),
         };
-        Ok((loaded, guest))
+        Ok((loaded, guest, image.id))
     }
 
     async fn run_once(
@@ -1025,6 +1167,7 @@ impl Worker {
 
 enum PrepareError {
     Retry,
+    ImagePull(Vec<Unprepared>),
 }
 
 /// What a container task needs of its worker.

@@ -398,8 +398,8 @@ pub async fn pods(
     // memory before and after the pods is measured the same way.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let store = crate::agent::images::Store::new(agent_dir.path());
-    let image = store.add(std::fs::File::open(http_wasm)?)?;
-    store.tag("hello:v1", &image.digest)?;
+    let (digest, _) = store.add(std::fs::File::open(http_wasm)?)?;
+    store.tag("hello:v1", &digest)?;
     // One warm-up pod compiles the module (Cranelift's memory is the process's from then on)
     // and caches it; the pods measured start from the cache, as every later pod does.
     server

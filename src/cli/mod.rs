@@ -19,6 +19,7 @@ mod label;
 mod logs;
 mod manifest;
 mod output;
+mod registry;
 mod scale;
 mod server;
 mod target;
@@ -51,6 +52,12 @@ enum Command {
     Agent(agent::Args),
     /// Manage the images on this node.
     Image(image::Args),
+    /// Publish a .wasm file to an OCI registry as an artifact.
+    Push(registry::PushArgs),
+    /// Fetch and verify an image from a registry, and show its digest and kind.
+    Pull(registry::PullArgs),
+    /// Log in to (or out of) an OCI registry for `wk push` and `wk pull`.
+    Registry(registry::RegistryArgs),
     /// Internal tools for tests and benchmarks.
     #[command(hide = true)]
     Debug(debug::Args),
@@ -190,6 +197,9 @@ pub fn main() -> ExitCode {
         Command::Server(_)
             | Command::Agent(_)
             | Command::Image(_)
+            | Command::Push(_)
+            | Command::Pull(_)
+            | Command::Registry(_)
             | Command::Debug(_)
             | Command::Bench(_)
     );
@@ -198,6 +208,9 @@ pub fn main() -> ExitCode {
             Command::Server(args) => server::execute(args).await,
             Command::Agent(args) => agent::execute(args).await,
             Command::Image(args) => image::execute(args),
+            Command::Push(args) => registry::push(args).await,
+            Command::Pull(args) => registry::pull(args).await,
+            Command::Registry(args) => registry::registry(args).await,
             Command::Logs(v) => logs::execute(v.args, &v.global.or(&outer)).await,
             Command::Top(v) => top::execute(v.args, &v.global.or(&outer)).await,
             Command::Debug(args) => debug::execute(args).await,

@@ -8,21 +8,21 @@ use std::time::Duration;
 use crate::guests::{self, import_all};
 use crate::harness::{Cluster, eventually, stderr, stdout};
 
-const LONG: Duration = Duration::from_secs(60);
+pub(crate) const LONG: Duration = Duration::from_secs(60);
 
 /// A pod manifest on node wk-test: `spec` is the YAML under `spec:` (indented two spaces).
-fn pod(name: &str, spec: &str) -> String {
+pub(crate) fn pod(name: &str, spec: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  nodeName: wk-test\n{spec}"
     )
 }
 
-fn get(c: &Cluster, name: &str, path: &str) -> String {
+pub(crate) fn get(c: &Cluster, name: &str, path: &str) -> String {
     let out = c.kubectl(&["get", "pod", name, "-o", &format!("jsonpath={path}")]);
     stdout(&out)
 }
 
-fn wait_for(c: &Cluster, name: &str, path: &str, want: &str) {
+pub(crate) fn wait_for(c: &Cluster, name: &str, path: &str, want: &str) {
     let mut last = String::new();
     let ok = eventually(LONG, || {
         last = get(c, name, path);
@@ -42,19 +42,19 @@ fn wait_for(c: &Cluster, name: &str, path: &str, want: &str) {
     );
 }
 
-fn tail(log: &str) -> String {
+pub(crate) fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
-fn netns(c: &Cluster, name: &str) -> PathBuf {
+pub(crate) fn netns(c: &Cluster, name: &str) -> PathBuf {
     c.agent_dir()
         .join("netns")
         .join(get(c, name, "{.metadata.uid}"))
 }
 
 /// curl inside a pod's network namespace.
-fn curl_in(c: &Cluster, name: &str, url: &str) -> (String, bool) {
+pub(crate) fn curl_in(c: &Cluster, name: &str, url: &str) -> (String, bool) {
     let out = Command::new("nsenter")
         .arg(format!("--net={}", netns(c, name).display()))
         .args(["curl", "-s", "-m", "10", "-w", " %{http_code}", url])
@@ -64,7 +64,7 @@ fn curl_in(c: &Cluster, name: &str, url: &str) -> (String, bool) {
 }
 
 /// curl from the host.
-fn curl(url: &str) -> (String, bool) {
+pub(crate) fn curl(url: &str) -> (String, bool) {
     let out = Command::new("curl")
         .args(["-s", "-m", "10", url])
         .output()
@@ -72,7 +72,7 @@ fn curl(url: &str) -> (String, bool) {
     (stdout(&out), out.status.success())
 }
 
-fn apply(c: &Cluster, manifest: &str) {
+pub(crate) fn apply(c: &Cluster, manifest: &str) {
     let out = c.kubectl_stdin(&["apply", "-f", "-"], manifest);
     assert!(out.status.success(), "{}", stderr(&out));
 }

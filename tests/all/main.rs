@@ -3,8 +3,10 @@
 mod agent;
 mod guests;
 mod harness;
+mod images;
 mod kube_client;
 mod kubectl;
+mod registry;
 mod server;
 mod store;
 mod wk_cli;

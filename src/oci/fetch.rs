@@ -1,0 +1,402 @@
+//! Talking to one registry endpoint: oci-client does the token dance and pushes; manifests and
+//! blobs are fetched here, so that every byte is counted against a limit and hashed into the
+//! node's content store as it streams.
+
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use oci_client::{Reference, RegistryOperation};
+
+use super::PullError;
+use super::registry::{Credential, Endpoint};
+use crate::agent::images;
+
+/// How long to wait for a registry to accept a connection, and between bytes.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The manifest types wk asks for.
+pub const ACCEPT: &[&str] = &[
+    super::OCI_MANIFEST,
+    super::OCI_INDEX,
+    super::DOCKER_MANIFEST,
+    super::DOCKER_LIST,
+];
+
+/// An authenticated connection to one endpoint for one repository.
+pub struct Session {
+    http: reqwest::Client,
+    /// The oci-client side, authenticated (pushes use it).
+    pub oci: oci_client::Client,
+    /// The reference, with the mirror set when the endpoint is one.
+    pub reference: Reference,
+    endpoint: Endpoint,
+    registry: String,
+    credential: Credential,
+    token: Option<String>,
+}
+
+/// A fetched manifest.
+#[derive(Clone)]
+pub struct Manifest {
+    /// Its bytes, exactly as served.
+    pub bytes: bytes::Bytes,
+    /// Their digest.
+    pub digest: String,
+    /// The Content-Type the registry gave.
+    pub media_type: String,
+}
+
+impl Session {
+    /// Connects to an endpoint and authenticates for an operation.
+    ///
+    /// # Errors
+    /// When the registry cannot be reached or refuses the credential.
+    pub async fn open(
+        reference: &Reference,
+        endpoint: &Endpoint,
+        credential: Credential,
+        op: RegistryOperation,
+    ) -> Result<Self, PullError> {
+        let mut certs = Vec::new();
+        if let Some(pem) = &endpoint.ca_pem {
+            certs.push(oci_client::client::Certificate {
+                encoding: oci_client::client::CertificateEncoding::Pem,
+                data: pem.clone(),
+            });
+        }
+        let config = oci_client::client::ClientConfig {
+            protocol: if endpoint.plain_http {
+                oci_client::client::ClientProtocol::Http
+            } else {
+                oci_client::client::ClientProtocol::Https
+            },
+            accept_invalid_certificates: endpoint.insecure,
+            extra_root_certificates: certs,
+            platform_resolver: None,
+            connect_timeout: Some(CONNECT_TIMEOUT),
+            read_timeout: Some(READ_TIMEOUT),
+            user_agent: concat!("wk/", env!("CARGO_PKG_VERSION")),
+            ..Default::default()
+        };
+        let oci =
+            oci_client::Client::try_from(config).map_err(|e| PullError::Setup(e.to_string()))?;
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            .user_agent(concat!("wk/", env!("CARGO_PKG_VERSION")))
+            .danger_accept_invalid_certs(endpoint.insecure);
+        if let Some(pem) = &endpoint.ca_pem {
+            for cert in reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| PullError::Setup(format!("the CA file for {}: {e}", endpoint.host)))?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
+            .build()
+            .map_err(|e| PullError::Setup(e.to_string()))?;
+        let mut reference = reference.clone();
+        if endpoint.mirror {
+            reference.set_mirror_registry(endpoint.host.clone());
+        }
+        let registry = reference.registry().to_owned();
+        let token = oci
+            .auth(&reference, &credential.to_oci(), op)
+            .await
+            .map_err(|e| match e {
+                oci_client::errors::OciDistributionError::AuthenticationFailure(reason) => {
+                    PullError::Unauthorized {
+                        registry: endpoint.host.clone(),
+                        detail: format!(
+                            "the token service refused the credentials: {}",
+                            reason.trim()
+                        ),
+                    }
+                }
+                e => PullError::Unreachable {
+                    registry: endpoint.host.clone(),
+                    detail: error_chain(&e),
+                },
+            })?;
+        Ok(Self {
+            http,
+            oci,
+            reference,
+            endpoint: endpoint.clone(),
+            registry,
+            credential,
+            token,
+        })
+    }
+
+    /// The endpoint's host.
+    pub fn host(&self) -> &str {
+        &self.endpoint.host
+    }
+
+    fn url(&self, kind: &str, what: &str) -> String {
+        let scheme = if self.endpoint.plain_http {
+            "http"
+        } else {
+            "https"
+        };
+        let ns = if self.endpoint.mirror {
+            format!("?ns={}", self.registry)
+        } else {
+            String::new()
+        };
+        format!(
+            "{scheme}://{}/v2/{}/{kind}/{what}{ns}",
+            self.endpoint.host,
+            self.reference.repository()
+        )
+    }
+
+    fn authorize(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match (&self.token, &self.credential) {
+            (Some(t), _) => rb.bearer_auth(t),
+            (None, Credential::Basic(u, p)) => rb.basic_auth(u, Some(p)),
+            (None, Credential::Bearer(t)) => rb.bearer_auth(t),
+            (None, Credential::Anonymous) => rb,
+        }
+    }
+
+    async fn get(&self, url: &str, accept: Option<String>) -> Result<reqwest::Response, PullError> {
+        let mut rb = self.authorize(self.http.get(url));
+        if let Some(a) = accept {
+            rb = rb.header(reqwest::header::ACCEPT, a);
+        }
+        let res = rb.send().await.map_err(|e| PullError::Unreachable {
+            registry: self.endpoint.host.clone(),
+            detail: error_chain(&e),
+        })?;
+        let status = res.status();
+        if status.is_success() {
+            return Ok(res);
+        }
+        let body = res.bytes().await.unwrap_or_default();
+        let detail = registry_message(&body).unwrap_or_else(|| status.to_string());
+        Err(match status.as_u16() {
+            401 => PullError::Unauthorized {
+                registry: self.endpoint.host.clone(),
+                detail,
+            },
+            403 => PullError::Denied {
+                registry: self.endpoint.host.clone(),
+                detail,
+            },
+            404 => PullError::NotFound {
+                what: url.to_owned(),
+                detail,
+            },
+            _ => PullError::Status {
+                url: url.to_owned(),
+                detail,
+            },
+        })
+    }
+
+    /// Checks that the registry accepts the session's credentials (`GET /v2/`).
+    ///
+    /// # Errors
+    /// When it does not.
+    pub async fn ping(&self) -> Result<(), PullError> {
+        let scheme = if self.endpoint.plain_http {
+            "http"
+        } else {
+            "https"
+        };
+        self.get(&format!("{scheme}://{}/v2/", self.endpoint.host), None)
+            .await
+            .map(drop)
+    }
+
+    /// Fetches a manifest by tag or digest, refusing more than `limit` bytes. A manifest asked
+    /// for by digest must hash to it, and one whose `Docker-Content-Digest` header disagrees
+    /// with its bytes is refused.
+    ///
+    /// # Errors
+    /// On HTTP errors, an oversized body or a digest that does not match.
+    pub async fn manifest(&self, what: &str, limit: u64) -> Result<Manifest, PullError> {
+        let url = self.url("manifests", what);
+        let res = self.get(&url, Some(ACCEPT.join(", "))).await?;
+        let media_type = res
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        let header_digest = res
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let too_large = |size: u64| PullError::TooLarge {
+            what: format!("the manifest {}", self.reference.whole()),
+            size,
+            limit,
+            knob: "manifests are limited to 4 MiB",
+        };
+        if let Some(n) = res.content_length()
+            && n > limit
+        {
+            return Err(too_large(n));
+        }
+        let mut body = Vec::new();
+        let mut stream = res.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| PullError::Unreachable {
+                registry: self.endpoint.host.clone(),
+                detail: error_chain(&e),
+            })?;
+            if (body.len() + chunk.len()) as u64 > limit {
+                return Err(too_large((body.len() + chunk.len()) as u64));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let digest = images::digest_of(&body);
+        let expected = if what.starts_with("sha256:") {
+            Some(what.to_owned())
+        } else {
+            header_digest.filter(|h| h.starts_with("sha256:"))
+        };
+        if let Some(expected) = expected
+            && expected != digest
+        {
+            return Err(PullError::Mismatch {
+                what: format!("the manifest {}", self.reference.whole()),
+                expected,
+                actual: digest,
+            });
+        }
+        Ok(Manifest {
+            bytes: body.into(),
+            digest,
+            media_type,
+        })
+    }
+
+    /// Streams a blob into the content store, refusing more bytes than its descriptor
+    /// declares (and descriptors over `limit`), and keeping it only when it hashes to its
+    /// digest. A blob already stored (and still hashing right) is not fetched again.
+    ///
+    /// # Errors
+    /// On HTTP errors, a size over the limits or a digest that does not match.
+    pub async fn blob(
+        &self,
+        store: &images::Store,
+        digest: &str,
+        size: u64,
+        limit: u64,
+        what: &str,
+    ) -> Result<std::path::PathBuf, PullError> {
+        images::check_digest(digest).map_err(|e| PullError::Format(e.to_string()))?;
+        if size > limit {
+            return Err(PullError::TooLarge {
+                what: format!("{what} {digest}"),
+                size,
+                limit,
+                knob: "the node's limit is set with `wk agent --max-module-size`",
+            });
+        }
+        let check = store.clone();
+        let d = digest.to_owned();
+        if let Ok(Some(path)) = tokio::task::spawn_blocking(move || check.blob(&d)).await {
+            return Ok(path);
+        }
+        let url = self.url("blobs", digest);
+        let res = self.get(&url, None).await?;
+        let mut w = store.writer().map_err(PullError::store)?;
+        let mut stream = res.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| PullError::Unreachable {
+                registry: self.endpoint.host.clone(),
+                detail: error_chain(&e),
+            })?;
+            if w.len() + chunk.len() as u64 > size {
+                return Err(PullError::Format(format!(
+                    "the registry sent more than the {size} bytes the manifest declares for {what} {digest}"
+                )));
+            }
+            w.write(&chunk).map_err(PullError::store)?;
+        }
+        if w.len() != size {
+            return Err(PullError::Format(format!(
+                "the registry sent {} bytes where the manifest declares {size} for {what} {digest}",
+                w.len()
+            )));
+        }
+        let expected = digest.to_owned();
+        let what = what.to_owned();
+        tokio::task::spawn_blocking(move || w.commit(Some(&expected)))
+            .await
+            .map_err(|e| PullError::Setup(e.to_string()))?
+            .map(|(_, path)| path)
+            .map_err(|e| match e {
+                images::Error::Mismatch { expected, actual } => PullError::Mismatch {
+                    what,
+                    expected,
+                    actual,
+                },
+                e => PullError::store(e),
+            })
+    }
+
+    /// Reads a small blob (a config) into memory, through the content store.
+    ///
+    /// # Errors
+    /// As [`Session::blob`], and when the stored file cannot be read.
+    pub async fn small_blob(
+        &self,
+        store: &images::Store,
+        digest: &str,
+        size: u64,
+        what: &str,
+    ) -> Result<Vec<u8>, PullError> {
+        let path = self
+            .blob(store, digest, size, super::MAX_MANIFEST_BYTES, what)
+            .await?;
+        tokio::fs::read(&path)
+            .await
+            .map_err(|e| PullError::Setup(format!("{}: {e}", path.display())))
+    }
+}
+
+/// The `message` fields of a registry's error body (`{"errors": [{"code", "message"}]}`).
+fn registry_message(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let list = v["errors"].as_array()?;
+    let parts: Vec<String> = list
+        .iter()
+        .map(|e| {
+            let code = e["code"].as_str().unwrap_or_default();
+            let msg = e["message"].as_str().unwrap_or_default();
+            match (code.is_empty(), msg.is_empty()) {
+                (false, false) => format!("{}: {msg}", code.to_lowercase()),
+                (false, true) => code.to_lowercase(),
+                _ => msg.to_owned(),
+            }
+        })
+        .collect();
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
+/// An error and its causes, joined.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
