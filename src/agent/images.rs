@@ -518,7 +518,7 @@ impl Store {
     }
 
     /// When an image was last used by a pod this process started, else when it was stored.
-    fn last_used(&self, id: &str, record: &Record) -> SystemTime {
+    pub fn last_used(&self, id: &str, record: &Record) -> SystemTime {
         self.memo
             .lock()
             .ok()

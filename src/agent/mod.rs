@@ -4,6 +4,7 @@
 
 pub mod endpoint;
 pub mod env;
+pub mod image_gc;
 pub mod images;
 pub mod logs;
 pub mod node;
@@ -88,6 +89,8 @@ pub struct AgentConfig {
     pub max_module_bytes: u64,
     /// How many network namespaces are kept made ahead of need.
     pub spare_netns: usize,
+    /// When unused images are collected.
+    pub image_gc: image_gc::Policy,
 }
 
 impl AgentConfig {
@@ -109,6 +112,7 @@ impl AgentConfig {
             bridge: crate::net::BRIDGE.to_owned(),
             max_module_bytes: wasm::MAX_MODULE_BYTES,
             spare_netns: SPARE_NETNS,
+            image_gc: image_gc::Policy::default(),
         }
     }
 }
@@ -186,6 +190,8 @@ pub struct Shared {
     live: Mutex<HashSet<PathBuf>>,
     /// Per-pod usage gauges, by uid.
     metrics: Mutex<HashMap<String, PodMetrics>>,
+    /// Wakes image garbage collection (after pulls and pod deletions).
+    pub gc_wake: tokio::sync::Notify,
     /// The image ids each running pod's containers use, by uid (image GC spares them).
     images_in_use: Mutex<HashMap<String, Vec<String>>>,
     /// CPU rates from the last samples.
@@ -256,11 +262,7 @@ impl Shared {
         ns: &str,
         name: &str,
         containers: Vec<(String, Arc<AtomicU64>, Arc<AtomicU64>)>,
-        image_ids: Vec<String>,
     ) {
-        if let Ok(mut m) = self.images_in_use.lock() {
-            m.insert(uid.to_owned(), image_ids);
-        }
         if let Ok(mut m) = self.metrics.lock() {
             let list = containers
                 .into_iter()
@@ -285,9 +287,20 @@ impl Shared {
         if let Ok(mut m) = self.images_in_use.lock() {
             m.remove(uid);
         }
+        self.gc_wake.notify_one();
     }
 
-    /// The ids of the images running pods use.
+    /// Marks an image as used by a pod until the pod is forgotten: image GC keeps it.
+    pub fn use_image(&self, uid: &str, id: &str) {
+        if let Ok(mut m) = self.images_in_use.lock() {
+            let ids = m.entry(uid.to_owned()).or_default();
+            if !ids.iter().any(|i| i == id) {
+                ids.push(id.to_owned());
+            }
+        }
+    }
+
+    /// The ids of the images the pods here use.
     pub fn images_in_use(&self) -> HashSet<String> {
         self.images_in_use
             .lock()
@@ -561,6 +574,7 @@ impl Agent {
             live: Mutex::new(HashSet::new()),
             metrics: Mutex::new(HashMap::new()),
             images_in_use: Mutex::new(HashMap::new()),
+            gc_wake: tokio::sync::Notify::new(),
             rates: Mutex::new(Rates::default()),
         });
         let (endpoint, serve) = endpoint::bind(&config, shared.clone()).await?;
@@ -629,6 +643,7 @@ impl Agent {
             )),
             tokio::spawn(watch_pods(shared.clone())),
             tokio::spawn(sample_usage(shared.clone())),
+            tokio::spawn(image_gc::run(shared.clone(), config.image_gc)),
         ];
         Ok(Self {
             shared,

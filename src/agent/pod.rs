@@ -68,8 +68,6 @@ struct Prepared {
     loaded: Loaded,
     guest: GuestSpec,
     init: bool,
-    /// The image's id.
-    image_id: String,
 }
 
 /// Why a container could not be prepared.
@@ -905,12 +903,11 @@ impl Worker {
                 .prepare_container(&pod, &spec, &ready, &secrets, init, i)
                 .await
             {
-                Ok((loaded, guest, image_id)) => out.push(Prepared {
+                Ok((loaded, guest)) => out.push(Prepared {
                     spec,
                     loaded,
                     guest,
                     init,
-                    image_id,
                 }),
                 Err(Unprepared::Other) => failed = true,
                 Err(p @ Unprepared::Pull { .. }) => pulls.push(p),
@@ -944,7 +941,6 @@ impl Worker {
                     )
                 })
                 .collect(),
-            out.iter().map(|p| p.image_id.clone()).collect(),
         );
         Ok((sb, out))
     }
@@ -1034,7 +1030,7 @@ impl Worker {
         secrets: &[crate::oci::registry::DockerConfig],
         init: bool,
         i: usize,
-    ) -> Result<(Loaded, GuestSpec, String), Unprepared> {
+    ) -> Result<(Loaded, GuestSpec), Unprepared> {
         let cname = spec["name"].as_str().unwrap_or_default();
         let image_name = spec["image"].as_str().unwrap_or_default();
         let policy = crate::oci::Policy::of(spec["imagePullPolicy"].as_str(), image_name);
@@ -1053,7 +1049,8 @@ impl Worker {
         let started = std::time::Instant::now();
         let image = match puller.ensure(image_name, policy, secrets).await {
             Ok((image, pulled)) => {
-                let m = match pulled {
+                self.shared.use_image(&self.uid, &image.id);
+                let m = match &pulled {
                     Some(p) => format!(
                         "Successfully pulled image \"{image_name}\" in {:.3}s. Image size: {} bytes.",
                         started.elapsed().as_secs_f64(),
@@ -1061,6 +1058,9 @@ impl Worker {
                     ),
                     None => format!("Container image \"{image_name}\" already present on machine"),
                 };
+                if pulled.is_some() {
+                    self.shared.gc_wake.notify_one();
+                }
                 self.event(Some(cname), false, "Pulled", &m).await;
                 image
             }
@@ -1149,7 +1149,7 @@ impl Worker {
             memory_usage: Arc::new(AtomicU64::new(0)),
             cpu_nanos: Arc::new(AtomicU64::new(0)),
         };
-        Ok((loaded, guest, image.id))
+        Ok((loaded, guest))
     }
 
     async fn run_once(

@@ -42,6 +42,47 @@ pub struct NodeFlags {
     /// starts without waiting for the kernel to make them (each holds one pod address).
     #[arg(long, env = "WK_SPARE_SANDBOXES", default_value_t = crate::agent::SPARE_NETNS)]
     spare_sandboxes: usize,
+    /// Disk usage (percent of the data directory's filesystem) at which unused images are
+    /// removed, least recently used first.
+    #[arg(long, default_value_t = 85, value_parser = clap::value_parser!(u8).range(0..=100))]
+    image_gc_high_threshold: u8,
+    /// Disk usage (percent) image garbage collection brings the disk down to.
+    #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u8).range(0..=100))]
+    image_gc_low_threshold: u8,
+    /// Images used or pulled more recently than this are never collected (e.g. 2m, 30s, 0s).
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    image_minimum_gc_age: std::time::Duration,
+}
+
+/// `90s`, `2m`, `1h30m`, `0`: a duration as the kubelet's flags take it.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let mut total = 0u64;
+    let mut number = String::new();
+    for ch in text.trim().chars() {
+        if ch.is_ascii_digit() {
+            number.push(ch);
+            continue;
+        }
+        let unit = match ch {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => {
+                return Err(format!(
+                    "{text:?}: expected a duration such as 90s, 2m or 1h"
+                ));
+            }
+        };
+        let n: u64 = number
+            .parse()
+            .map_err(|_| format!("{text:?}: a number must come before {ch:?}"))?;
+        total += n * unit;
+        number.clear();
+    }
+    if !number.is_empty() && (total != 0 || number != "0") {
+        return Err(format!("{text:?}: give a unit (s, m or h)"));
+    }
+    Ok(std::time::Duration::from_secs(total))
 }
 
 impl NodeFlags {
@@ -71,6 +112,18 @@ impl NodeFlags {
         config.bridge = self.bridge.clone();
         config.max_module_bytes = self.max_module_size.max(1) << 20;
         config.spare_netns = self.spare_sandboxes;
+        if self.image_gc_low_threshold > self.image_gc_high_threshold {
+            bail!(
+                "--image-gc-low-threshold ({}) must not be above --image-gc-high-threshold ({})",
+                self.image_gc_low_threshold,
+                self.image_gc_high_threshold
+            );
+        }
+        config.image_gc = crate::agent::image_gc::Policy {
+            high: self.image_gc_high_threshold,
+            low: self.image_gc_low_threshold,
+            min_age: self.image_minimum_gc_age,
+        };
         // A taken default port falls back to a free one: the API server learns the port from
         // the Node's daemonEndpoints.
         config.listen = if std::net::TcpListener::bind(self.agent_listen).is_ok() {
@@ -133,4 +186,21 @@ pub async fn execute(args: Args) -> anyhow::Result<()> {
     });
     agent.wait().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_read_as_the_kubelet_writes_them() {
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h30m5s"), Ok(Duration::from_secs(5405)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert!(parse_duration("90").unwrap_err().contains("unit"));
+        assert!(parse_duration("2d").unwrap_err().contains("duration"));
+        assert!(parse_duration("m").is_err());
+    }
 }

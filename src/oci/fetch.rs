@@ -400,3 +400,152 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    //! A lying registry: a loopback HTTP server that answers with oversized or wrong bodies.
+
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// Serves `answer(path)` (status line and headers, then a body) to every request.
+    async fn liar(answer: fn(&str) -> (String, Vec<u8>)) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 8192];
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                    let path = req.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                    let (head, body) = answer(&path);
+                    let _ = s.write_all(head.as_bytes()).await;
+                    let _ = s.write_all(&body).await;
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+        addr
+    }
+
+    fn answer(path: &str) -> (String, Vec<u8>) {
+        let ok = |body: Vec<u8>, extra: &str| {
+            (
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n",
+                    body.len()
+                ),
+                body,
+            )
+        };
+        if path == "/v2/" {
+            return ok(b"{}".to_vec(), "");
+        }
+        if path.ends_with("/manifests/declared-huge") {
+            return (
+                "HTTP/1.1 200 OK\r\nContent-Length: 5000000\r\nConnection: close\r\n\r\n".into(),
+                vec![b' '; 1024],
+            );
+        }
+        if path.ends_with("/manifests/streamed-huge") {
+            // No length: the body just keeps coming, past 4 MiB.
+            return (
+                "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".into(),
+                vec![b' '; 5 << 20],
+            );
+        }
+        if path.ends_with("/manifests/header-lies") {
+            let claimed = images::digest_of(b"something else");
+            return ok(
+                b"{}".to_vec(),
+                &format!("Docker-Content-Digest: {claimed}\r\n"),
+            );
+        }
+        if path.contains("/manifests/sha256:") {
+            return ok(b"{\"other\": \"bytes\"}".to_vec(), "");
+        }
+        if path.contains("/blobs/") {
+            return ok(vec![7u8; 100], "");
+        }
+        (
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".into(),
+            vec![],
+        )
+    }
+
+    async fn session(addr: &str) -> Session {
+        let reference = super::super::parse_reference(&format!("{addr}/app:v1")).unwrap();
+        let endpoint = super::super::push::client_endpoint(reference.registry(), true);
+        Session::open(
+            &reference,
+            &endpoint,
+            Credential::Anonymous,
+            RegistryOperation::Pull,
+        )
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn oversized_and_lying_answers_are_refused() {
+        let addr = liar(answer).await;
+        let s = session(&addr).await;
+        let limit = super::super::MAX_MANIFEST_BYTES;
+        for tag in ["declared-huge", "streamed-huge"] {
+            match s.manifest(tag, limit).await {
+                Err(PullError::TooLarge { size, .. }) => assert!(size > limit, "{tag}: {size}"),
+                Err(e) => panic!("{tag}: {e}"),
+                Ok(_) => panic!("{tag}: accepted"),
+            }
+        }
+        let e = s.manifest("header-lies", limit).await.err().unwrap();
+        assert!(matches!(e, PullError::Mismatch { .. }), "{e}");
+        let pinned = images::digest_of(b"the pinned manifest");
+        match s.manifest(&pinned, limit).await {
+            Err(PullError::Mismatch {
+                expected, actual, ..
+            }) => {
+                assert_eq!(expected, pinned);
+                assert_eq!(actual, images::digest_of(b"{\"other\": \"bytes\"}"));
+            }
+            other => panic!("{:?}", other.err()),
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = images::Store::new(dir.path());
+        let digest = images::digest_of(&[7u8; 100]);
+        let e = s
+            .blob(&store, &digest, 50, 1 << 20, "the layer")
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("more than the 50 bytes"), "{e}");
+        let e = s
+            .blob(&store, &digest, 200, 1 << 20, "the layer")
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("sent 100 bytes"), "{e}");
+        let e = s
+            .blob(&store, &digest, 100, 10, "the layer")
+            .await
+            .unwrap_err();
+        assert!(matches!(e, PullError::TooLarge { .. }), "{e}");
+        let wrong = images::digest_of(b"not these bytes");
+        let e = s
+            .blob(&store, &wrong, 100, 1 << 20, "the layer")
+            .await
+            .unwrap_err();
+        assert!(matches!(e, PullError::Mismatch { .. }), "{e}");
+        assert!(
+            s.blob(&store, &digest, 100, 1 << 20, "the layer")
+                .await
+                .is_ok()
+        );
+        let files: Vec<_> = std::fs::read_dir(dir.path().join("content/sha256"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(files.len(), 1, "only the good blob is kept: {files:?}");
+    }
+}

@@ -163,6 +163,13 @@ fn pods_run_from_every_wasm_packaging_and_linux_images_are_named() {
     ] {
         assert!(ls.contains(want), "{want} in {ls}");
     }
+    let dir = dir.to_str().unwrap();
+    let rm = c.wk_ok(&["image", "rm", "--data-dir", dir, &format!("{r}/cmd:old")]);
+    assert!(rm.contains(old.rsplit('@').next().unwrap()), "{rm}");
+    let ls = c.wk_ok(&["image", "ls", "--data-dir", dir]);
+    assert!(!ls.contains("wasm-to-oci"), "{ls}");
+    let out = c.wk(&["image", "rm", "--data-dir", dir, "nothing:here"]);
+    assert!(!out.status.success() && stderr(&out).contains("no image nothing:here"));
 }
 
 #[test]
@@ -369,4 +376,109 @@ fn twenty_pods_of_one_image_make_one_pull() {
         reg.log()
     );
     assert_eq!(reg.requests("GET", &format!("/v2/many/blobs/{layer}")), 1);
+}
+
+/// A copy of a Wasm file padded with a custom section to about `size` bytes (still valid).
+pub fn padded(file: &std::path::Path, size: usize, dir: &std::path::Path) -> std::path::PathBuf {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let b = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(b);
+                return;
+            }
+            out.push(b | 0x80);
+        }
+    }
+    let mut wasm = std::fs::read(file).unwrap();
+    let name = b"wk-padding";
+    let payload = size.saturating_sub(wasm.len());
+    let mut content = Vec::new();
+    leb(name.len(), &mut content);
+    content.extend_from_slice(name);
+    content.resize(content.len() + payload, 0);
+    wasm.push(0);
+    leb(content.len(), &mut wasm);
+    wasm.extend_from_slice(&content);
+    let out = dir.join(format!(
+        "padded-{size}-{}",
+        file.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::write(&out, wasm).unwrap();
+    out
+}
+
+#[test]
+fn unused_images_are_collected_and_layers_over_the_limit_refused() {
+    let reg = Registry::start();
+    let c = Cluster::with_agent_args(&[
+        "--image-gc-high-threshold",
+        "0",
+        "--image-gc-low-threshold",
+        "0",
+        "--image-minimum-gc-age",
+        "0s",
+        "--max-module-size",
+        "1",
+    ]);
+    let r = &reg.addr;
+    let scratch = tempfile::tempdir().unwrap();
+    let big = padded(guests::command_p1(), 3 << 20, scratch.path());
+    push(&c, &big, &format!("{r}/big:v1"), &[]);
+    apply(&c, &command_pod("big", &format!("{r}/big:v1"), ""));
+    let ev = wait_for_event(&c, "big", "over the limit of 1048576 bytes");
+    assert!(ev.contains("--max-module-size"), "{ev}");
+
+    let used = push(&c, guests::http_hello(), &format!("{r}/kept:v1"), &[]);
+    let done = push(&c, guests::command_p1(), &format!("{r}/gone:v1"), &[]);
+    apply(
+        &c,
+        &pod(
+            "kept",
+            &format!(
+                "  containers:\n  - name: hello\n    image: {r}/kept:v1\n    ports: [{{containerPort: 8000}}]\n"
+            ),
+        ),
+    );
+    apply(&c, &command_pod("done", &format!("{r}/gone:v1"), ""));
+    wait_for(&c, "kept", "{.status.containerStatuses[0].ready}", "true");
+    wait_for(&c, "done", "{.status.phase}", "Succeeded");
+    let index = c.agent_dir().join("images/index.json");
+    let wasm = digest(&std::fs::read(guests::command_p1()).unwrap());
+    let content = c.agent_dir().join("content/sha256");
+    assert!(content.join(wasm.trim_start_matches("sha256:")).exists());
+    c.kubectl_ok(&["delete", "pod", "done"]);
+    let mut text = String::new();
+    assert!(
+        eventually(LONG, || {
+            text = std::fs::read_to_string(&index).unwrap_or_default();
+            !text.contains(&done) && !text.contains("gone:v1")
+        }),
+        "the unused image stays: {text}"
+    );
+    let done_digest = done.rsplit('@').next().unwrap().to_owned();
+    assert!(!text.contains(&done_digest), "{text}");
+    assert!(
+        text.contains(used.rsplit('@').next().unwrap()),
+        "the running pod's image is kept: {text}"
+    );
+    assert!(
+        !content.join(wasm.trim_start_matches("sha256:")).exists(),
+        "its blobs are gone"
+    );
+    let mut images = String::new();
+    assert!(
+        eventually(LONG, || {
+            images = c.kubectl_ok(&[
+                "get",
+                "node",
+                "wk-test",
+                "-o",
+                "jsonpath={.status.images[*].names}",
+            ]);
+            !images.contains("gone") && images.contains(&used)
+        }),
+        "{images}"
+    );
 }

@@ -298,6 +298,19 @@ impl Runtime {
         Ok(loaded)
     }
 
+    /// Drops what the runtime holds for content that left the node: its loaded artifact and
+    /// its compiled file.
+    pub fn forget(&self, digest: &str) {
+        if let Ok(mut m) = self.loaded.lock() {
+            m.remove(digest);
+        }
+        if let Ok(mut m) = self.failed.lock() {
+            m.remove(digest);
+        }
+        let hex = digest.trim_start_matches("sha256:");
+        let _ = std::fs::remove_file(self.cache_dir.join(format!("{hex}.cwasm")));
+    }
+
     fn load_blocking(&self, digest: &str, path: &Path) -> Result<Loaded, Error> {
         let hex = digest.trim_start_matches("sha256:");
         let cached = self.cache_dir.join(format!("{hex}.cwasm"));
