@@ -293,7 +293,7 @@ impl Store {
     }
 
     /// The index (empty when it cannot be read; see [`Store::try_index`]).
-    pub fn index(&self) -> Index {
+    pub fn index(&self) -> Arc<Index> {
         self.try_index().unwrap_or_default()
     }
 
@@ -301,11 +301,13 @@ impl Store {
     ///
     /// # Errors
     /// When the index exists but cannot be read or parsed.
-    pub fn try_index(&self) -> Result<Index, Error> {
+    pub fn try_index(&self) -> Result<Arc<Index>, Error> {
         let path = self.index_path();
         let stamp = match std::fs::metadata(&path) {
             Ok(m) => Stamp::of(&m),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Index::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Arc::default());
+            }
             Err(e) => return Err(io(&path)(e)),
         };
         if let Ok(memo) = self.memo.lock()
@@ -319,6 +321,7 @@ impl Store {
             path: path.clone(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
         })?;
+        let index = Arc::new(index);
         if let Ok(mut memo) = self.memo.lock() {
             memo.index = Some((stamp, index.clone()));
         }
@@ -429,7 +432,7 @@ impl Store {
         let lock = std::fs::File::create(&lock_path).map_err(io(&lock_path))?;
         let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
             .map_err(|(_, e)| io(&lock_path)(e.into()))?;
-        let mut index = self.try_index()?;
+        let mut index = Index::clone(&*self.try_index()?);
         change(&mut index);
         let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io(&dir))?;
         serde_json::to_writer_pretty(&mut tmp, &index).map_err(|e| Error::Io {
@@ -641,7 +644,7 @@ impl Stamp {
 /// What the store remembers between reads.
 #[derive(Debug, Default)]
 struct Memo {
-    index: Option<(Stamp, Index)>,
+    index: Option<(Stamp, Arc<Index>)>,
     /// Digest → the content file's stamp when it last hashed right.
     verified: HashMap<String, Stamp>,
     /// Image id → when a pod last started from it.

@@ -1035,19 +1035,17 @@ impl Worker {
         let image_name = spec["image"].as_str().unwrap_or_default();
         let policy = crate::oci::Policy::of(spec["imagePullPolicy"].as_str(), image_name);
         let puller = &self.shared.puller;
-        let local = policy != crate::oci::Policy::Always
-            && puller.store().find(image_name).ok().flatten().is_some();
-        if !local && policy != crate::oci::Policy::Never {
-            self.event(
+        let pulling = || {
+            self.reporter.event(
+                self.current(),
                 Some(cname),
                 false,
                 "Pulling",
                 &format!("Pulling image \"{image_name}\""),
-            )
-            .await;
-        }
+            );
+        };
         let started = std::time::Instant::now();
-        let image = match puller.ensure(image_name, policy, secrets).await {
+        let image = match puller.ensure(image_name, policy, secrets, pulling).await {
             Ok((image, pulled)) => {
                 self.shared.use_image(&self.uid, &image.id);
                 let m = match &pulled {

@@ -168,6 +168,11 @@ impl Node {
 }
 
 fn hello_pod(name: &str, host_port: Option<u16>) -> Vec<u8> {
+    http_pod(name, host_port, "hello:v1", "IfNotPresent")
+}
+
+/// An HTTP pod bound to the bench node, serving on 8000.
+pub(crate) fn http_pod(name: &str, host_port: Option<u16>, image: &str, policy: &str) -> Vec<u8> {
     let mut port = json!({"containerPort": 8000});
     if let Some(h) = host_port {
         port["hostPort"] = json!(h);
@@ -176,7 +181,7 @@ fn hello_pod(name: &str, host_port: Option<u16>) -> Vec<u8> {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "labels": {"app": "bench"}},
         "spec": {"nodeName": "bench", "terminationGracePeriodSeconds": 0, "containers": [{
-            "name": "hello", "image": "hello:v1", "imagePullPolicy": "IfNotPresent", "ports": [port]}]}
+            "name": "hello", "image": image, "imagePullPolicy": policy, "ports": [port]}]}
     }))
     .unwrap_or_default()
 }
@@ -215,12 +220,40 @@ const SETTLE: Duration = Duration::from_millis(200);
 /// Start latency: one pod at a time, bound at creation; the time until a watch shows it
 /// Running, and until it answers 200 inside its namespace.
 async fn start_latency(node: &Node, runs: usize) -> anyhow::Result<(Latencies, Latencies)> {
+    let hello = |_| ("hello:v1".to_owned(), "IfNotPresent".to_owned());
+    start_latency_of(node, runs, "start", &hello, SETTLE).await
+}
+
+/// As [`start_latency`], for pods of `prefix-i` whose image and pull policy `image(i)` gives,
+/// `settle` apart.
+pub(crate) async fn start_latency_of(
+    node: &Node,
+    runs: usize,
+    prefix: &str,
+    image: &(dyn Fn(usize) -> (String, String) + Sync),
+    settle: Duration,
+) -> anyhow::Result<(Latencies, Latencies)> {
+    let began = Instant::now();
+    let (running, ok) = start_samples(node, runs, prefix, image, settle).await?;
+    let elapsed = began.elapsed();
+    Ok((latencies(running, elapsed), latencies(ok, elapsed)))
+}
+
+/// The samples of [`start_latency_of`], in ms: to Running, and to the first 200 OK. Sample `k`
+/// is pod `k + 1` (pod 0 is a warm-up, not counted).
+pub(crate) async fn start_samples(
+    node: &Node,
+    runs: usize,
+    prefix: &str,
+    image: &(dyn Fn(usize) -> (String, String) + Sync),
+    settle: Duration,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
     let mut running = Vec::new();
     let mut ok = Vec::new();
-    let began = Instant::now();
     // The first pod compiles the module and fills the cache; it is not counted.
     for i in 0..=runs {
-        let name = format!("start-{i}");
+        let name = format!("{prefix}-{i}");
+        let (image_name, policy) = image(i);
         let list = node
             .client
             .get("/api/v1/namespaces/default/pods?limit=1")
@@ -242,7 +275,7 @@ async fn start_latency(node: &Node, runs: usize) -> anyhow::Result<(Latencies, L
                 Method::POST,
                 "/api/v1/namespaces/default/pods",
                 Some("application/json"),
-                Some(hello_pod(&name, None)),
+                Some(http_pod(&name, None, &image_name, &policy)),
             )
             .await?;
         let t0 = Instant::now();
@@ -277,10 +310,9 @@ async fn start_latency(node: &Node, runs: usize) -> anyhow::Result<(Latencies, L
         }
         // Each start on a settled node: the last pod's events written and the agent's spare
         // namespaces made again, as for a pod created on a node that is not mid-burst.
-        tokio::time::sleep(SETTLE).await;
+        tokio::time::sleep(settle).await;
     }
-    let elapsed = began.elapsed();
-    Ok((latencies(running, elapsed), latencies(ok, elapsed)))
+    Ok((running, ok))
 }
 
 /// The peer: `runc run -d` of a busybox container (create and start, detached), timed to its

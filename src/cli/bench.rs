@@ -56,6 +56,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Pull and first start of a component from a local registry (docker-registry), cold and
+    /// warm, against `skopeo copy`; a precompiled start against compiling on each start.
+    Images {
+        /// The wasi:http component, padded to --size.
+        #[arg(
+            long,
+            default_value = "target/guests/wasm32-wasip2/release/http_hello.wasm"
+        )]
+        wasm: PathBuf,
+        /// The component's size in bytes.
+        #[arg(long, default_value_t = 2 << 20)]
+        size: usize,
+        /// Samples per figure.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// HTTP throughput of one pod against `wasmtime serve` on the same component, with wrk.
     Serve {
         /// The wasi:http component.
@@ -126,6 +145,49 @@ pub async fn execute(args: Args) -> anyhow::Result<()> {
             println!(
                 "{:<40} {:>8.1} MB ({:.1} MB anonymous)",
                 "wk agent idle RSS (30 s)", r.agent_idle_rss_mb, r.agent_idle_anon_mb
+            );
+            Ok(())
+        }
+        Command::Images {
+            wasm,
+            size,
+            runs,
+            json,
+        } => {
+            let r = bench::images::images(&wk, &wasm, size, runs).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                return Ok(());
+            }
+            let row = |name: &str, l: &bench::Latencies| {
+                println!(
+                    "{name:<46} p50 {:>9.2} ms  p99 {:>9.2} ms",
+                    l.p50_ms, l.p99_ms
+                )
+            };
+            println!("component: {} bytes", r.component_bytes);
+            row("pod start, cold (pull+verify+compile+start)", &r.cold_start);
+            row("pod start, pulled before (IfNotPresent)", &r.warm_start);
+            row("pod start, pulled before (Always)", &r.always_start);
+            row(
+                "pod start, imported (no registry; baseline)",
+                &r.imported_start,
+            );
+            println!(
+                "{:<46} {:>9.2} ms",
+                "warm start adds (p50, vs imported)", r.warm_added_ms
+            );
+            println!(
+                "{:<46} {:>9.1} us",
+                "resolving a pulled image (p50)", r.ensure_warm_us
+            );
+            row("wk pull (in process, into an empty store)", &r.pull);
+            row("skopeo copy docker:// -> oci: (peer)", &r.skopeo_pull);
+            row("load by compiling", &r.compile);
+            row("load precompiled", &r.precompiled);
+            println!(
+                "{:<46} {:>9.1}x",
+                "compile / precompiled (p50)", r.precompiled_speedup
             );
             Ok(())
         }

@@ -47,6 +47,73 @@ pub struct Manifest {
     pub media_type: String,
 }
 
+/// Clients by endpoint settings and credential: building one loads TLS roots (tens of
+/// milliseconds), and oci-client's token cache is only safe to share under one credential.
+type Clients = std::collections::HashMap<String, (oci_client::Client, reqwest::Client)>;
+static CLIENTS: std::sync::OnceLock<std::sync::Mutex<Clients>> = std::sync::OnceLock::new();
+
+fn clients(
+    endpoint: &Endpoint,
+    credential: &Credential,
+) -> Result<(oci_client::Client, reqwest::Client), PullError> {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    endpoint.ca_pem.hash(&mut h);
+    credential.hash(&mut h);
+    let key = format!(
+        "{}|{}|{}|{:x}",
+        endpoint.host,
+        endpoint.plain_http,
+        endpoint.insecure,
+        h.finish()
+    );
+    let table = CLIENTS.get_or_init(Default::default);
+    if let Some(c) = table.lock().ok().and_then(|t| t.get(&key).cloned()) {
+        return Ok(c);
+    }
+    let mut certs = Vec::new();
+    if let Some(pem) = &endpoint.ca_pem {
+        certs.push(oci_client::client::Certificate {
+            encoding: oci_client::client::CertificateEncoding::Pem,
+            data: pem.clone(),
+        });
+    }
+    let config = oci_client::client::ClientConfig {
+        protocol: if endpoint.plain_http {
+            oci_client::client::ClientProtocol::Http
+        } else {
+            oci_client::client::ClientProtocol::Https
+        },
+        accept_invalid_certificates: endpoint.insecure,
+        extra_root_certificates: certs,
+        platform_resolver: None,
+        connect_timeout: Some(CONNECT_TIMEOUT),
+        read_timeout: Some(READ_TIMEOUT),
+        user_agent: concat!("wk/", env!("CARGO_PKG_VERSION")),
+        ..Default::default()
+    };
+    let oci = oci_client::Client::try_from(config).map_err(|e| PullError::Setup(e.to_string()))?;
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(READ_TIMEOUT)
+        .user_agent(concat!("wk/", env!("CARGO_PKG_VERSION")))
+        .danger_accept_invalid_certs(endpoint.insecure);
+    if let Some(pem) = &endpoint.ca_pem {
+        for cert in reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| PullError::Setup(format!("the CA file for {}: {e}", endpoint.host)))?
+        {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    let http = builder
+        .build()
+        .map_err(|e| PullError::Setup(e.to_string()))?;
+    if let Ok(mut t) = table.lock() {
+        t.insert(key, (oci.clone(), http.clone()));
+    }
+    Ok((oci, http))
+}
+
 impl Session {
     /// Connects to an endpoint and authenticates for an operation.
     ///
@@ -58,44 +125,7 @@ impl Session {
         credential: Credential,
         op: RegistryOperation,
     ) -> Result<Self, PullError> {
-        let mut certs = Vec::new();
-        if let Some(pem) = &endpoint.ca_pem {
-            certs.push(oci_client::client::Certificate {
-                encoding: oci_client::client::CertificateEncoding::Pem,
-                data: pem.clone(),
-            });
-        }
-        let config = oci_client::client::ClientConfig {
-            protocol: if endpoint.plain_http {
-                oci_client::client::ClientProtocol::Http
-            } else {
-                oci_client::client::ClientProtocol::Https
-            },
-            accept_invalid_certificates: endpoint.insecure,
-            extra_root_certificates: certs,
-            platform_resolver: None,
-            connect_timeout: Some(CONNECT_TIMEOUT),
-            read_timeout: Some(READ_TIMEOUT),
-            user_agent: concat!("wk/", env!("CARGO_PKG_VERSION")),
-            ..Default::default()
-        };
-        let oci =
-            oci_client::Client::try_from(config).map_err(|e| PullError::Setup(e.to_string()))?;
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(READ_TIMEOUT)
-            .user_agent(concat!("wk/", env!("CARGO_PKG_VERSION")))
-            .danger_accept_invalid_certs(endpoint.insecure);
-        if let Some(pem) = &endpoint.ca_pem {
-            for cert in reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| PullError::Setup(format!("the CA file for {}: {e}", endpoint.host)))?
-            {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        let http = builder
-            .build()
-            .map_err(|e| PullError::Setup(e.to_string()))?;
+        let (oci, http) = clients(endpoint, &credential)?;
         let mut reference = reference.clone();
         if endpoint.mirror {
             reference.set_mirror_registry(endpoint.host.clone());

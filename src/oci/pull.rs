@@ -92,7 +92,8 @@ impl Puller {
         &self.store
     }
 
-    /// Makes an image available under a pull policy: the stored one, or a fresh pull.
+    /// Makes an image available under a pull policy: the stored one, or a fresh pull
+    /// (`pulling` is called just before one starts).
     ///
     /// # Errors
     /// [`Unavailable`] says why it is not.
@@ -101,24 +102,24 @@ impl Puller {
         name: &str,
         policy: Policy,
         secrets: &[DockerConfig],
+        pulling: impl FnOnce(),
     ) -> Result<(Image, Option<Pulled>), Unavailable> {
-        let store = self.store.clone();
-        let n = name.to_owned();
-        let local = tokio::task::spawn_blocking(move || store.find(&n))
-            .await
-            .map_err(|e| Unavailable::Inspect(e.to_string()))?
-            .map_err(|e| {
-                Unavailable::Inspect(format!("Failed to inspect image \"{name}\": {e}"))
-            })?;
+        // The index is parsed once per change and memoised: this stays on the executor.
+        let local = self.store.find(name).map_err(|e| {
+            Unavailable::Inspect(format!("Failed to inspect image \"{name}\": {e}"))
+        })?;
         match (policy, local) {
             (Policy::Never | Policy::IfNotPresent, Some(found)) => Ok((found, None)),
             (Policy::Never, None) => Err(Unavailable::NeverPull(format!(
                 "Container image \"{name}\" is not present with pull policy of Never"
             ))),
-            _ => match self.pull(name, secrets).await {
-                Ok(p) => Ok((p.image.clone(), Some(p))),
-                Err(e) => Err(Unavailable::Pull(e)),
-            },
+            _ => {
+                pulling();
+                match self.pull(name, secrets).await {
+                    Ok(p) => Ok((p.image.clone(), Some(p))),
+                    Err(e) => Err(Unavailable::Pull(e)),
+                }
+            }
         }
     }
 
@@ -342,6 +343,9 @@ impl Puller {
             (digest, "wasi/wasm image")
         };
         for (bytes, digest) in stored {
+            if have(&digest) {
+                continue;
+            }
             let store = self.store.clone();
             tokio::task::spawn_blocking(move || {
                 let mut w = store.writer()?;
@@ -364,13 +368,20 @@ impl Puller {
             created: 0,
         };
         let size = self.store.size(&record);
-        let store = self.store.clone();
-        let n = name.to_owned();
-        let rid = id.clone();
-        tokio::task::spawn_blocking(move || store.record(&rid, record, &[&n]))
-            .await
-            .map_err(|e| PullError::Setup(e.to_string()))?
-            .map_err(PullError::store)?;
+        let index = self.store.index();
+        let known = index.images.get(&id).is_some_and(|r| {
+            r.wasm == record.wasm && r.blobs == record.blobs && r.repos.contains(&record.repos[0])
+        }) && (name.contains('@')
+            || index.names.get(&images::normalize(name)) == Some(&id));
+        if !known {
+            let store = self.store.clone();
+            let n = name.to_owned();
+            let rid = id.clone();
+            tokio::task::spawn_blocking(move || store.record(&rid, record, &[&n]))
+                .await
+                .map_err(|e| PullError::Setup(e.to_string()))?
+                .map_err(PullError::store)?;
+        }
         tracing::info!(image = name, id = %id, format, bytes = size, fetched, took = ?started.elapsed(), "pulled");
         Ok(Pulled {
             image: Image {
