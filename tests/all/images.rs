@@ -343,6 +343,22 @@ fn if_not_present_needs_no_registry_and_a_missing_tag_backs_off() {
         "{ev}"
     );
 
+    // A mirror from registries.yaml, over plain HTTP, stands in for a registry that does not
+    // resolve.
+    std::fs::write(
+        c.agent_dir().join("registries.yaml"),
+        format!("mirrors:\n  mirror.invalid:\n    endpoint: [\"http://{r}\"]\n"),
+    )
+    .unwrap();
+    apply(&c, &command_pod("mirrored", "mirror.invalid/cmd:v1", ""));
+    wait_for(&c, "mirrored", "{.status.phase}", "Succeeded");
+    let id = get(&c, "mirrored", "{.status.containerStatuses[0].imageID}");
+    assert!(id.starts_with("mirror.invalid/cmd@sha256:"), "{id}");
+    assert!(
+        reg.log().contains("?ns=mirror.invalid"),
+        "the mirror is asked with ns="
+    );
+
     reg.stop();
     apply(&c, &command_pod("second", &image, ""));
     wait_for(&c, "second", "{.status.phase}", "Succeeded");

@@ -962,4 +962,28 @@ mod tests {
         assert_eq!(first, again);
         assert!(first.contains("sha256:bad"), "{first}");
     }
+
+    #[tokio::test]
+    async fn a_restarted_runtime_loads_the_compiled_artifact_without_compiling() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        let module = dir.path().join("m.wat");
+        std::fs::write(&module, "(module (func (export \"_start\")))").unwrap();
+        let first = Runtime::new(&cache, 4, MAX_MODULE_BYTES).unwrap();
+        first.load("sha256:m", &module).await.unwrap();
+        drop(first);
+        // The source is gone: only the artifact kept under the engine's fingerprint can load.
+        std::fs::remove_file(&module).unwrap();
+        let again = Runtime::new(&cache, 4, MAX_MODULE_BYTES).unwrap();
+        assert!(matches!(
+            again.load("sha256:m", &module).await,
+            Ok(Loaded::Module(_))
+        ));
+        again.forget("sha256:m");
+        let again = Runtime::new(&cache, 4, MAX_MODULE_BYTES).unwrap();
+        assert!(
+            again.load("sha256:m", &module).await.is_err(),
+            "forget drops the artifact"
+        );
+    }
 }
