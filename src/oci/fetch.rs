@@ -192,15 +192,20 @@ impl Session {
         }
     }
 
+    /// A request or a body that broke off.
+    fn broken(&self, e: &reqwest::Error) -> PullError {
+        PullError::Unreachable {
+            registry: self.endpoint.host.clone(),
+            detail: error_chain(e),
+        }
+    }
+
     async fn get(&self, url: &str, accept: Option<String>) -> Result<reqwest::Response, PullError> {
         let mut rb = self.authorize(self.http.get(url));
         if let Some(a) = accept {
             rb = rb.header(reqwest::header::ACCEPT, a);
         }
-        let res = rb.send().await.map_err(|e| PullError::Unreachable {
-            registry: self.endpoint.host.clone(),
-            detail: error_chain(&e),
-        })?;
+        let res = rb.send().await.map_err(|e| self.broken(&e))?;
         let status = res.status();
         if status.is_success() {
             return Ok(res);
@@ -280,10 +285,7 @@ impl Session {
         let mut body = Vec::new();
         let mut stream = res.bytes_stream();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| PullError::Unreachable {
-                registry: self.endpoint.host.clone(),
-                detail: error_chain(&e),
-            })?;
+            let chunk = chunk.map_err(|e| self.broken(&e))?;
             if (body.len() + chunk.len()) as u64 > limit {
                 return Err(too_large((body.len() + chunk.len()) as u64));
             }
@@ -344,10 +346,7 @@ impl Session {
         let mut w = store.writer().map_err(PullError::store)?;
         let mut stream = res.bytes_stream();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| PullError::Unreachable {
-                registry: self.endpoint.host.clone(),
-                detail: error_chain(&e),
-            })?;
+            let chunk = chunk.map_err(|e| self.broken(&e))?;
             if w.len() + chunk.len() as u64 > size {
                 return Err(PullError::Format(format!(
                     "the registry sent more than the {size} bytes the manifest declares for {what} {digest}"

@@ -141,13 +141,7 @@ fn pods_run_from_every_wasm_packaging_and_linux_images_are_named() {
     let mut images = String::new();
     assert!(
         eventually(LONG, || {
-            images = c.kubectl_ok(&[
-                "get",
-                "node",
-                "wk-test",
-                "-o",
-                "jsonpath={.status.images[*].names}",
-            ]);
+            images = node_image_names(&c);
             images.contains(&cncf) && images.contains(&format!("{r}/hello:v1"))
         }),
         "{images}"
@@ -394,35 +388,23 @@ fn twenty_pods_of_one_image_make_one_pull() {
     assert_eq!(reg.requests("GET", &format!("/v2/many/blobs/{layer}")), 1);
 }
 
-/// A copy of a Wasm file padded with a custom section to about `size` bytes (still valid).
-pub fn padded(file: &std::path::Path, size: usize, dir: &std::path::Path) -> std::path::PathBuf {
-    fn leb(mut n: usize, out: &mut Vec<u8>) {
-        loop {
-            let b = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                out.push(b);
-                return;
-            }
-            out.push(b | 0x80);
-        }
-    }
-    let mut wasm = std::fs::read(file).unwrap();
-    let name = b"wk-padding";
-    let payload = size.saturating_sub(wasm.len());
-    let mut content = Vec::new();
-    leb(name.len(), &mut content);
-    content.extend_from_slice(name);
-    content.resize(content.len() + payload, 0);
-    wasm.push(0);
-    leb(content.len(), &mut wasm);
-    wasm.extend_from_slice(&content);
-    let out = dir.join(format!(
-        "padded-{size}-{}",
-        file.file_name().unwrap().to_string_lossy()
-    ));
-    std::fs::write(&out, wasm).unwrap();
+/// A copy of a Wasm file padded with a custom section to `size` bytes (still valid).
+fn padded(file: &std::path::Path, size: usize, dir: &std::path::Path) -> std::path::PathBuf {
+    let out = dir.join(format!("padded-{size}.wasm"));
+    let bytes = std::fs::read(file).unwrap();
+    std::fs::write(&out, wk::bench::images::pad_wasm(&bytes, size, 1)).unwrap();
     out
+}
+
+/// The names in the Node's `status.images`.
+fn node_image_names(c: &Cluster) -> String {
+    c.kubectl_ok(&[
+        "get",
+        "node",
+        "wk-test",
+        "-o",
+        "jsonpath={.status.images[*].names}",
+    ])
 }
 
 #[test]
@@ -486,13 +468,7 @@ fn unused_images_are_collected_and_layers_over_the_limit_refused() {
     let mut images = String::new();
     assert!(
         eventually(LONG, || {
-            images = c.kubectl_ok(&[
-                "get",
-                "node",
-                "wk-test",
-                "-o",
-                "jsonpath={.status.images[*].names}",
-            ]);
+            images = node_image_names(&c);
             !images.contains("gone") && images.contains(&used)
         }),
         "{images}"
