@@ -202,6 +202,9 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// How much of a blob's start is kept to tell Wasm (text modules may open with comments).
+const HEAD: usize = 4096;
+
 /// Content being written into the store: hashed as it streams, in a temporary file until
 /// [`BlobWriter::commit`] checks its digest and renames it into place.
 pub struct BlobWriter {
@@ -218,8 +221,8 @@ impl BlobWriter {
     /// # Errors
     /// When the temporary file cannot be written.
     pub fn write(&mut self, bytes: &[u8]) -> Result<(), Error> {
-        if self.head.len() < 8 {
-            let take = bytes.len().min(8 - self.head.len());
+        if self.head.len() < HEAD {
+            let take = bytes.len().min(HEAD - self.head.len());
             self.head.extend_from_slice(&bytes[..take]);
         }
         self.hasher.update(bytes);
@@ -238,7 +241,7 @@ impl BlobWriter {
         self.len == 0
     }
 
-    /// The first bytes written (up to 8): enough to tell Wasm.
+    /// The first bytes written (up to 4 KiB): enough to tell Wasm, binary or text.
     pub fn head(&self) -> &[u8] {
         &self.head
     }

@@ -100,7 +100,10 @@ impl RedbStore {
                 source,
             })?;
         let revision = {
-            let txn = db.begin_write().map_err(backend)?;
+            // Quick repair here too: a process killed right after opening must not leave a
+            // last commit that makes the next open repair the whole file.
+            let mut txn = db.begin_write().map_err(backend)?;
+            txn.set_quick_repair(true);
             let revision = {
                 txn.open_table(OBJECTS).map_err(backend)?;
                 let meta = txn.open_table(META).map_err(backend)?;

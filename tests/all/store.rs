@@ -213,7 +213,7 @@ fn acknowledged_writes_survive_kill_minus_nine() {
             }
             lines
         });
-        std::thread::sleep(Duration::from_millis(rng.random_range(30..300)));
+        std::thread::sleep(Duration::from_millis(rng.random_range(5..300)));
         child.kill().expect("kill -9");
         child.wait().unwrap();
         let lines = reader.join().unwrap();
