@@ -474,3 +474,45 @@ fn unused_images_are_collected_and_layers_over_the_limit_refused() {
         "{images}"
     );
 }
+
+#[test]
+fn bearer_token_registries_work_with_login_and_pull_secrets() {
+    let (reg, tokens) = Registry::with_token_auth("wkuser", "s3cret");
+    let c = Cluster::with_agent();
+    let r = reg.addr.clone();
+    let image = format!("{r}/tokened:v1");
+    let out = c.wk_stdin(
+        &["registry", "login", &r, "-u", "wkuser", "--password-stdin"],
+        "wrong\n",
+    );
+    assert!(!out.status.success(), "a wrong password is refused");
+    assert!(
+        stderr(&out).contains("token service refused"),
+        "{}",
+        stderr(&out)
+    );
+    let out = c.wk_stdin(
+        &["registry", "login", &r, "-u", "wkuser", "--password-stdin"],
+        "s3cret\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    push(&c, guests::command_p1(), &image, &[]);
+    apply(&c, &command_pod("no-token", &image, ""));
+    let ev = wait_for_event(&c, "no-token", "token service refused");
+    assert!(ev.contains("Error: ErrImagePull"), "{ev}");
+    c.kubectl_ok(&[
+        "create",
+        "secret",
+        "docker-registry",
+        "tokencred",
+        &format!("--docker-server={r}"),
+        "--docker-username=wkuser",
+        "--docker-password=s3cret",
+    ]);
+    apply(
+        &c,
+        &command_pod("token", &image, "  imagePullSecrets: [{name: tokencred}]\n"),
+    );
+    wait_for(&c, "token", "{.status.phase}", "Succeeded");
+    assert!(tokens.issued.load(std::sync::atomic::Ordering::SeqCst) >= 3);
+}

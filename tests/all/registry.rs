@@ -12,6 +12,13 @@ use sha2::{Digest, Sha256};
 
 use crate::harness::eventually;
 
+/// How a test registry authenticates.
+enum Auth<'a> {
+    None,
+    Basic(&'a str, &'a str),
+    Token(&'a TokenService),
+}
+
 /// A running registry.
 pub struct Registry {
     child: Child,
@@ -24,15 +31,15 @@ pub struct Registry {
 impl Registry {
     /// A registry anyone may pull from and push to.
     pub fn start() -> Self {
-        Self::launch(None)
+        Self::launch(Auth::None)
     }
 
     /// A registry that wants HTTP basic credentials (htpasswd, bcrypt).
     pub fn with_auth(user: &str, password: &str) -> Self {
-        Self::launch(Some((user, password)))
+        Self::launch(Auth::Basic(user, password))
     }
 
-    fn launch(auth: Option<(&str, &str)>) -> Self {
+    fn launch(auth: Auth) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -43,7 +50,16 @@ impl Registry {
             "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
             dir.path().join("data").display()
         );
-        if let Some((user, password)) = auth {
+        if let Auth::Token(service) = auth {
+            let bundle = dir.path().join("token-ca.pem");
+            std::fs::write(&bundle, &service.cert_pem).unwrap();
+            config.push_str(&format!(
+                "auth:\n  token:\n    realm: http://{}/token\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
+                service.addr,
+                bundle.display()
+            ));
+        }
+        if let Auth::Basic(user, password) = auth {
             let out = Command::new("htpasswd")
                 .args(["-Bbn", user, password])
                 .output()
@@ -259,5 +275,134 @@ impl Layout {
             "skopeo copy failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+}
+
+/// A token service for the registry's bearer-token auth (what Docker Hub, GHCR and Harbor
+/// use): it checks basic credentials and issues ES256 JWTs that carry the requested access,
+/// signed with a key whose self-signed certificate the registry trusts (`x5c` header).
+pub struct TokenService {
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    /// The certificate (PEM) the registry trusts.
+    pub cert_pem: String,
+    /// How many tokens were issued.
+    pub issued: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// The issuer and service names both sides agree on.
+const ISSUER: &str = "wk-test-issuer";
+const SERVICE: &str = "wk-test-registry";
+
+impl TokenService {
+    fn start(user: &str, password: &str) -> Self {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["wk-token-issuer".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let signer = aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &key.serialize_der(),
+        )
+        .unwrap();
+        let header = serde_json::json!({
+            "typ": "JWT", "alg": "ES256",
+            "x5c": [base64::engine::general_purpose::STANDARD.encode(cert.der())],
+        });
+        let header = b64.encode(header.to_string());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let expected = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        );
+        let issued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = issued.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().map_while(Result::ok) {
+                let mut reader = BufReader::new(&stream);
+                let mut request = String::new();
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    request.push_str(&line);
+                    line.clear();
+                }
+                let path = request.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                let authorized = request.lines().any(|l| {
+                    l.to_ascii_lowercase().starts_with("authorization:")
+                        && l[14..].trim() == expected
+                });
+                let scopes: Vec<String> = path
+                    .split_once('?')
+                    .map(|(_, q)| {
+                        form_urlencoded::parse(q.as_bytes())
+                            .filter(|(k, _)| k == "scope")
+                            .map(|(_, v)| v.into_owned())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let (status, body) = if authorized {
+                    let access: Vec<serde_json::Value> = scopes
+                        .iter()
+                        .filter_map(|s| {
+                            let mut parts = s.splitn(3, ':');
+                            let (kind, name, actions) =
+                                (parts.next()?, parts.next()?, parts.next()?);
+                            Some(serde_json::json!({"type": kind, "name": name,
+                                "actions": actions.split(',').collect::<Vec<_>>()}))
+                        })
+                        .collect();
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_secs();
+                    let claims = serde_json::json!({
+                        "iss": ISSUER, "sub": "wkuser", "aud": SERVICE,
+                        "iat": now, "nbf": now - 10, "exp": now + 300,
+                        "jti": format!("t{}", count.fetch_add(1, std::sync::atomic::Ordering::SeqCst)),
+                        "access": access,
+                    });
+                    let input = format!("{header}.{}", b64.encode(claims.to_string()));
+                    let signature = signer
+                        .sign(&aws_lc_rs::rand::SystemRandom::new(), input.as_bytes())
+                        .unwrap();
+                    let token = format!("{input}.{}", b64.encode(signature.as_ref()));
+                    (
+                        "200 OK",
+                        serde_json::json!({"token": token, "expires_in": 300}).to_string(),
+                    )
+                } else {
+                    (
+                        "401 Unauthorized",
+                        r#"{"details":"bad credentials"}"#.to_owned(),
+                    )
+                };
+                let mut s = &stream;
+                let _ = std::io::Write::write_all(
+                    &mut s,
+                    format!(
+                        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                );
+            }
+        });
+        Self {
+            addr,
+            cert_pem: cert.pem(),
+            issued,
+        }
+    }
+}
+
+impl Registry {
+    /// A registry with bearer-token auth, and the token service that checks `user`/`password`.
+    pub fn with_token_auth(user: &str, password: &str) -> (Self, TokenService) {
+        let service = TokenService::start(user, password);
+        (Self::launch(Auth::Token(&service)), service)
     }
 }
