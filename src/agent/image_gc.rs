@@ -30,6 +30,9 @@ impl Default for Policy {
     }
 }
 
+/// Content no image records (left by a failed pull or a crash) is removed once this old.
+const ORPHAN_AGE: Duration = Duration::from_secs(600);
+
 /// How often the disk is checked besides after pulls and pod deletions (the kubelet's period).
 const PERIOD: Duration = Duration::from_secs(300);
 
@@ -51,11 +54,13 @@ pub fn collect(shared: &Shared, policy: Policy) -> Vec<String> {
         return Vec::new();
     }
     let target = used.saturating_sub(total / 100 * u64::from(policy.low));
+    // No pull runs and no pod resolves an image while this holds.
+    let _collecting = shared.image_lock.blocking_write();
     let store = &shared.images;
+    let mut freed = store.sweep(ORPHAN_AGE);
     let in_use = shared.images_in_use();
     let index = store.index();
     let now = SystemTime::now();
-    let mut freed = 0;
     let mut removed = Vec::new();
     for id in store.by_last_use() {
         if freed >= target && target > 0 {

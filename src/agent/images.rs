@@ -462,9 +462,10 @@ impl Store {
                 None => return Ok(None),
             },
         };
+        // Only recorded images: a digest that names some other stored blob (a config, a
+        // platform manifest) is not an image to run.
         let wasm = match index.images.get(&id) {
             Some(r) => r.wasm.clone(),
-            None if name.contains('@') => id.clone(),
             None => return Ok(None),
         };
         if check_digest(&wasm).is_err() {
@@ -571,6 +572,44 @@ impl Store {
             let _ = std::fs::remove_file(&path);
         }
         Ok(freed)
+    }
+
+    /// Removes content no image records (blobs of pulls that failed half way, temporary files
+    /// of a crash) older than `age`. Returns the bytes freed.
+    pub fn sweep(&self, age: std::time::Duration) -> u64 {
+        let Ok(index) = self.try_index() else {
+            return 0;
+        };
+        let kept: std::collections::HashSet<String> = index
+            .images
+            .values()
+            .flat_map(|r| r.blobs.iter().chain([&r.wasm]))
+            .map(|d| d.trim_start_matches("sha256:").to_owned())
+            .collect();
+        let dir = self.root.join("content").join("sha256");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return 0;
+        };
+        let now = SystemTime::now();
+        let mut freed = 0;
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Ok(meta) = e.metadata() else { continue };
+            let old = meta
+                .modified()
+                .ok()
+                .and_then(|m| now.duration_since(m).ok())
+                .is_some_and(|d| d >= age);
+            if !kept.contains(&name)
+                && old
+                && meta.is_file()
+                && std::fs::remove_file(e.path()).is_ok()
+            {
+                freed += meta.len();
+                tracing::info!(blob = %name, bytes = meta.len(), "removed content no image uses");
+            }
+        }
+        freed
     }
 
     /// The bytes an image's blobs take.
@@ -744,6 +783,27 @@ mod tests {
         store.remove(&m2).unwrap();
         assert!(!store.content_path(&wasm).exists());
         assert!(store.index().images.is_empty());
+    }
+
+    #[test]
+    fn a_sweep_removes_only_content_no_image_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let (kept, _) = store.add(&b"\0asm\x01\0\0\0"[..]).unwrap();
+        store.tag("app:v1", &kept).unwrap();
+        let mut w = store.writer().unwrap();
+        w.write(b"a layer of a pull that failed").unwrap();
+        let (orphan, _) = w.commit(None).unwrap();
+        assert_eq!(
+            store.sweep(std::time::Duration::from_secs(3600)),
+            0,
+            "too young"
+        );
+        assert!(store.sweep(std::time::Duration::ZERO) > 0);
+        assert!(store.content_path(&kept).exists());
+        assert!(!store.content_path(&orphan).exists());
+        // A blob that is only stored, never recorded, is not an image to run.
+        assert!(store.find(&format!("x@{orphan}")).unwrap().is_none());
     }
 
     #[test]

@@ -192,6 +192,9 @@ pub struct Shared {
     metrics: Mutex<HashMap<String, PodMetrics>>,
     /// Wakes image garbage collection (after pulls and pod deletions).
     pub gc_wake: tokio::sync::Notify,
+    /// Held shared while a container resolves (and maybe pulls) its image and marks it used,
+    /// and exclusively while image garbage collection removes anything.
+    pub image_lock: tokio::sync::RwLock<()>,
     /// The image ids each running pod's containers use, by uid (image GC spares them).
     images_in_use: Mutex<HashMap<String, Vec<String>>>,
     /// CPU rates from the last samples.
@@ -575,6 +578,7 @@ impl Agent {
             metrics: Mutex::new(HashMap::new()),
             images_in_use: Mutex::new(HashMap::new()),
             gc_wake: tokio::sync::Notify::new(),
+            image_lock: tokio::sync::RwLock::new(()),
             rates: Mutex::new(Rates::default()),
         });
         let (endpoint, serve) = endpoint::bind(&config, shared.clone()).await?;

@@ -1045,9 +1045,15 @@ impl Worker {
             );
         };
         let started = std::time::Instant::now();
-        let image = match puller.ensure(image_name, policy, secrets, pulling).await {
+        // Image GC waits while an image is resolved, pulled and marked used.
+        let collecting = self.shared.image_lock.read().await;
+        let ensured = puller.ensure(image_name, policy, secrets, pulling).await;
+        if let Ok((image, _)) = &ensured {
+            self.shared.use_image(&self.uid, &image.id);
+        }
+        drop(collecting);
+        let image = match ensured {
             Ok((image, pulled)) => {
-                self.shared.use_image(&self.uid, &image.id);
                 let m = match &pulled {
                     Some(p) => format!(
                         "Successfully pulled image \"{image_name}\" in {:.3}s. Image size: {} bytes.",

@@ -210,7 +210,15 @@ impl Session {
         if status.is_success() {
             return Ok(res);
         }
-        let body = res.bytes().await.unwrap_or_default();
+        // An error body is read for its message, up to 64 KiB: a registry may send no end.
+        let mut body = Vec::new();
+        let mut stream = res.bytes_stream();
+        while let Some(Ok(chunk)) = stream.next().await {
+            body.extend_from_slice(&chunk[..chunk.len().min((64 << 10) - body.len())]);
+            if body.len() >= 64 << 10 {
+                break;
+            }
+        }
         let detail = registry_message(&body).unwrap_or_else(|| status.to_string());
         Err(match status.as_u16() {
             401 => PullError::Unauthorized {

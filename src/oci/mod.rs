@@ -149,9 +149,31 @@ impl PullError {
 /// # Errors
 /// [`PullError::Reference`] when it is not one.
 pub fn parse_reference(name: &str) -> Result<oci_client::Reference, PullError> {
-    name.parse::<oci_client::Reference>()
+    let r = name
+        .parse::<oci_client::Reference>()
         .map_err(|e| PullError::Reference {
             reference: name.to_owned(),
             detail: e.to_string(),
-        })
+        })?;
+    if let Some(d) = r.digest()
+        && crate::agent::images::check_digest(d).is_err()
+    {
+        return Err(PullError::Reference {
+            reference: name.to_owned(),
+            detail: "wk verifies sha256 digests only; pin the image by its sha256 digest".into(),
+        });
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_sha256_pins_are_taken() {
+        let hex = "a".repeat(64);
+        assert!(super::parse_reference(&format!("r:5000/app@sha256:{hex}")).is_ok());
+        let e = super::parse_reference(&format!("r:5000/app@sha512:{}", "a".repeat(128)));
+        assert!(e.unwrap_err().to_string().contains("sha256 digests only"));
+        assert!(super::parse_reference("r:5000/App:v1").is_err());
+    }
 }

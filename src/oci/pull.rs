@@ -66,6 +66,10 @@ pub struct Pulled {
     pub format: String,
 }
 
+/// The longest a pull may take: a registry that trickles bytes must not hold it (and every
+/// pod waiting on it) forever, as a per-read timeout alone would allow.
+const PULL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
 type Flight = Arc<tokio::sync::OnceCell<Result<Pulled, PullError>>>;
 
 /// Pulls images into a node's store.
@@ -141,7 +145,15 @@ impl Puller {
             .or_default()
             .clone();
         let result = flight
-            .get_or_init(|| self.pull_once(name, secrets))
+            .get_or_init(|| async {
+                match tokio::time::timeout(PULL_DEADLINE, self.pull_once(name, secrets)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(PullError::Setup(format!(
+                        "gave up pulling {name} after {} minutes: the registry sends too slowly",
+                        PULL_DEADLINE.as_secs() / 60
+                    ))),
+                }
+            })
             .await
             .clone();
         if let Ok(mut f) = self.flights.lock()
@@ -161,18 +173,7 @@ impl Puller {
             .map_err(|e| PullError::Setup(e.to_string()))?;
         let mut last = None;
         for endpoint in &endpoints {
-            let mut creds: Vec<Credential> = secrets
-                .iter()
-                .flat_map(|s| s.matching(reference.registry()))
-                .collect();
-            if endpoint.mirror {
-                creds.extend(secrets.iter().flat_map(|s| s.matching(&endpoint.host)));
-            }
-            creds.extend(endpoint.credential.clone());
-            if creds.is_empty() {
-                creds.push(Credential::Anonymous);
-            }
-            for cred in creds {
+            for cred in credentials_for(endpoint, reference.registry(), secrets) {
                 let attempt = async {
                     let session = Session::open(
                         &reference,
@@ -186,9 +187,10 @@ impl Puller {
                 match attempt.await {
                     Ok(p) => return Ok(p),
                     Err(e) if e.is_auth() => last = Some(e),
-                    Err(e @ (PullError::Unreachable { .. } | PullError::NotFound { .. }))
-                        if endpoint.mirror =>
-                    {
+                    // As containerd does, a mirror that fails for any reason gives way to the
+                    // next endpoint, and at last to the registry itself.
+                    Err(e) if endpoint.mirror => {
+                        tracing::info!(image = name, mirror = %endpoint.host, error = %e, "mirror failed; trying the next endpoint");
                         last = Some(e);
                         break;
                     }
@@ -250,7 +252,7 @@ impl Puller {
                 _ => "runwasi component image",
             };
             if !have(&layer.digest) {
-                fetched += layer.size;
+                fetched = fetched.saturating_add(layer.size);
             }
             let path = session
                 .blob(
@@ -270,7 +272,7 @@ impl Puller {
             }
             blobs.push(layer.digest.clone());
             if !have(&config.digest) {
-                fetched += config.size;
+                fetched = fetched.saturating_add(config.size);
             }
             session
                 .small_blob(&self.store, &config.digest, config.size, "the config")
@@ -292,7 +294,7 @@ impl Puller {
                 )));
             }
             if !have(&config.digest) {
-                fetched += config.size;
+                fetched = fetched.saturating_add(config.size);
             }
             let raw = session
                 .small_blob(&self.store, &config.digest, config.size, "the config")
@@ -320,7 +322,7 @@ impl Puller {
             let mut paths = Vec::new();
             for layer in &layers {
                 if !have(&layer.digest) {
-                    fetched += layer.size;
+                    fetched = fetched.saturating_add(layer.size);
                 }
                 let p = session
                     .blob(
@@ -334,12 +336,17 @@ impl Puller {
                 paths.push((layer.clone(), p));
                 blobs.push(layer.digest.clone());
             }
+            let working_dir = cfg["config"]["WorkingDir"]
+                .as_str()
+                .unwrap_or("/")
+                .to_owned();
             let store = self.store.clone();
             let (n, limit) = (name.to_owned(), self.layer_limit);
-            let digest =
-                tokio::task::spawn_blocking(move || extract(&store, &paths, &entry, &n, limit))
-                    .await
-                    .map_err(|e| PullError::Setup(e.to_string()))??;
+            let digest = tokio::task::spawn_blocking(move || {
+                extract(&store, &paths, &entry, &working_dir, &n, limit)
+            })
+            .await
+            .map_err(|e| PullError::Setup(e.to_string()))??;
             (digest, "wasi/wasm image")
         };
         for (bytes, digest) in stored {
@@ -394,6 +401,27 @@ impl Puller {
             format: format.to_owned(),
         })
     }
+}
+
+/// The credentials to try at an endpoint, in order: the pod's secrets for the host, then the
+/// node's (registries.yaml); anonymous when there are none. A pod's secrets go only to the host
+/// they name: a mirror gets the secrets for its own host, never the upstream registry's.
+fn credentials_for(
+    endpoint: &super::registry::Endpoint,
+    registry: &str,
+    secrets: &[DockerConfig],
+) -> Vec<Credential> {
+    let host = if endpoint.mirror {
+        endpoint.host.as_str()
+    } else {
+        registry
+    };
+    let mut creds: Vec<Credential> = secrets.iter().flat_map(|s| s.matching(host)).collect();
+    creds.extend(endpoint.credential.clone());
+    if creds.is_empty() {
+        creds.push(Credential::Anonymous);
+    }
+    creds
 }
 
 impl Manifest {
@@ -495,15 +523,36 @@ fn pick_wasm_entry(index: &Value, name: &str) -> Result<String, PullError> {
     })
 }
 
+/// The first 4 KiB of a file: enough to tell Wasm, binary or text.
 fn read_head(path: &Path) -> Result<Vec<u8>, PullError> {
-    let mut head = vec![0u8; 8];
-    let mut f = std::fs::File::open(path)
+    let mut head = Vec::with_capacity(4096);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(4096).read_to_end(&mut head))
         .map_err(|e| PullError::Store(format!("{}: {e}", path.display())))?;
-    let n = f
-        .read(&mut head)
-        .map_err(|e| PullError::Store(format!("{}: {e}", path.display())))?;
-    head.truncate(n);
     Ok(head)
+}
+
+/// A reader that fails once it has given out `left` bytes: a gzip bomb, or tar extension
+/// headers (which the tar crate reads whole into memory) claiming gigabytes, stop there.
+struct Budget<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: std::io::Read> std::io::Read for Budget<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            return Err(std::io::Error::other(
+                "the layer unpacks to more than wk reads of a layer",
+            ));
+        }
+        let n = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let got = self.inner.read(&mut buf[..n])?;
+        self.left -= got as u64;
+        Ok(got)
+    }
 }
 
 /// `./a//b/` → `a/b`.
@@ -515,30 +564,48 @@ fn clean(path: &str) -> String {
 }
 
 /// Finds the entrypoint's file in a `wasi/wasm` image's layers, topmost first, honouring
-/// whiteouts, and stores it as the image's Wasm content.
+/// whiteouts (of the file and of any directory above it) and opaque directories, and stores it
+/// as the image's Wasm content. A relative entrypoint is taken from the working directory.
 fn extract(
     store: &images::Store,
     layers: &[(Descriptor, PathBuf)],
     entry: &str,
+    working_dir: &str,
     name: &str,
     limit: u64,
 ) -> Result<String, PullError> {
-    let target = clean(entry);
+    let target = if entry.starts_with('/') {
+        clean(entry)
+    } else {
+        clean(&format!("{working_dir}/{entry}"))
+    };
     if target.is_empty() || target.split('/').any(|p| p == "..") {
         return Err(PullError::Format(format!(
             "{name}: the entrypoint {entry:?} is not a path inside the image"
         )));
     }
-    let (dir, base) = target.rsplit_once('/').unwrap_or(("", &target));
-    let whiteout = if dir.is_empty() {
-        format!(".wh.{base}")
-    } else {
-        format!("{dir}/.wh.{base}")
-    };
+    // `a/b/c.wasm` is hidden by `.wh.a`, `a/.wh.b`, `a/b/.wh.c.wasm`, and by an opaque marker
+    // in `a` or `a/b` (those replace what lower layers had there).
+    let parts: Vec<&str> = target.split('/').collect();
+    let mut hiders = Vec::new();
+    for i in 0..parts.len() {
+        let dir = parts[..i].join("/");
+        let wh = format!(".wh.{}", parts[i]);
+        hiders.push(if dir.is_empty() {
+            wh
+        } else {
+            format!("{dir}/{wh}")
+        });
+        if i > 0 {
+            hiders.push(format!("{dir}/.wh..wh..opq"));
+        }
+    }
+    // What a layer may unpack to before wk gives up on it.
+    let budget = limit.saturating_mul(2).max(64 << 20);
     for (layer, path) in layers.iter().rev() {
         let file = std::fs::File::open(path)
             .map_err(|e| PullError::Store(format!("{}: {e}", path.display())))?;
-        let reader: Box<dyn std::io::Read> = match layer.media_type.as_str() {
+        let raw: Box<dyn std::io::Read> = match layer.media_type.as_str() {
             m if m.ends_with("+gzip") || m.ends_with(".gzip") => {
                 Box::new(flate2::read::GzDecoder::new(file))
             }
@@ -550,7 +617,10 @@ fn extract(
             }
             _ => Box::new(file),
         };
-        let mut archive = tar::Archive::new(reader);
+        let mut archive = tar::Archive::new(Budget {
+            inner: raw,
+            left: budget,
+        });
         let bad = |e: std::io::Error| {
             PullError::Format(format!(
                 "{name}: layer {} is not a readable tar: {e}",
@@ -559,12 +629,9 @@ fn extract(
         };
         let mut hidden = false;
         for item in archive.entries().map_err(bad)? {
-            let mut item = item.map_err(bad)?;
+            let item = item.map_err(bad)?;
             let p = clean(&item.path().map_err(bad)?.to_string_lossy());
-            let opaque = p
-                .strip_suffix(".wh..wh..opq")
-                .is_some_and(|d| target.starts_with(d));
-            if p == whiteout || opaque {
+            if hiders.contains(&p) {
                 hidden = true;
                 continue;
             }
@@ -577,21 +644,30 @@ fn extract(
                     layer.digest
                 )));
             }
-            let size = item.header().size().map_err(bad)?;
+            // The entry's size as the tar crate reads it (a PAX `size` record wins over the
+            // header's), and never more than the limit whatever it says.
+            let size = item.size();
+            let too_large = |size| PullError::TooLarge {
+                what: format!("{name}'s {entry}"),
+                size,
+                limit,
+                knob: "the node's limit is set with `wk agent --max-module-size`",
+            };
             if size > limit {
-                return Err(PullError::TooLarge {
-                    what: format!("{name}'s {entry}"),
-                    size,
-                    limit,
-                    knob: "the node's limit is set with `wk agent --max-module-size`",
-                });
+                return Err(too_large(size));
             }
-            let (digest, _) = store.add(&mut item).map_err(|e| match e {
+            let mut capped = item.take(limit.saturating_add(1));
+            let (digest, path) = store.add(&mut capped).map_err(|e| match e {
                 images::Error::NotWasm(_) => PullError::Format(format!(
                     "{name}: the entrypoint {entry:?} is not a WebAssembly module or component"
                 )),
                 e => PullError::store(e),
             })?;
+            let stored = std::fs::metadata(&path).map_or(0, |m| m.len());
+            if stored > limit {
+                let _ = std::fs::remove_file(&path);
+                return Err(too_large(stored));
+            }
             return Ok(digest);
         }
         if hidden {
@@ -606,6 +682,35 @@ fn extract(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pods_secrets_go_only_to_the_host_they_name() {
+        let secrets = [DockerConfig::parse(
+            br#"{"auths": {"docker.io": {"username": "me", "password": "hub"}}}"#,
+        )
+        .unwrap()];
+        let registries = Registries {
+            mirrors: [(
+                "*".to_owned(),
+                super::super::registry::Mirror {
+                    endpoint: vec!["http://mirror.test:5000".into()],
+                },
+            )]
+            .into(),
+            ..Registries::default()
+        };
+        let endpoints = registries.endpoints("docker.io").unwrap();
+        assert_eq!(endpoints.len(), 2);
+        assert_eq!(
+            credentials_for(&endpoints[0], "docker.io", &secrets),
+            vec![Credential::Anonymous],
+            "the mirror does not get the Docker Hub password"
+        );
+        assert_eq!(
+            credentials_for(&endpoints[1], "docker.io", &secrets),
+            vec![Credential::Basic("me".into(), "hub".into())]
+        );
+    }
 
     #[test]
     fn pull_policies_default_as_the_kubelet_does() {
@@ -666,13 +771,22 @@ mod tests {
         let new: &[u8] = b"\0asm\x01\0\0\0new";
         let l1 = layer(dir.path(), "l1", &[("app/hello.wasm", old)], true);
         let l2 = layer(dir.path(), "l2", &[("./app/hello.wasm", new)], false);
-        let d = extract(&store, &[l1.clone(), l2], "/app/hello.wasm", "img", 1 << 20).unwrap();
+        let d = extract(
+            &store,
+            &[l1.clone(), l2],
+            "/app/hello.wasm",
+            "/",
+            "img",
+            1 << 20,
+        )
+        .unwrap();
         assert_eq!(d, images::digest_of(new));
         let gone = layer(dir.path(), "l3", &[("app/.wh.hello.wasm", b"")], false);
         let e = extract(
             &store,
             &[l1.clone(), gone],
             "/app/hello.wasm",
+            "/",
             "img",
             1 << 20,
         )
@@ -682,6 +796,7 @@ mod tests {
             &store,
             std::slice::from_ref(&l1),
             "/app/hello.wasm",
+            "/",
             "img",
             4,
         )
@@ -691,6 +806,7 @@ mod tests {
             &store,
             std::slice::from_ref(&l1),
             "../etc/passwd",
+            "/",
             "img",
             1 << 20,
         )
@@ -702,8 +818,73 @@ mod tests {
             &[("app/hello.wasm", b"#!/bin/sh\n")],
             false,
         );
-        let e = extract(&store, &[text], "/app/hello.wasm", "img", 1 << 20).unwrap_err();
+        let e = extract(&store, &[text], "/app/hello.wasm", "/", "img", 1 << 20).unwrap_err();
         assert!(e.to_string().contains("not a WebAssembly"), "{e}");
+        // A whiteout of a directory above the file hides it, and so does an opaque marker.
+        for hider in ["app/.wh..wh..opq", ".wh.app"] {
+            let top = layer(dir.path(), "l5", &[(hider, b"")], false);
+            let e = extract(
+                &store,
+                &[l1.clone(), top],
+                "/app/hello.wasm",
+                "/",
+                "img",
+                1 << 20,
+            )
+            .unwrap_err();
+            assert!(
+                e.to_string().contains("not in the image's layers"),
+                "{hider}: {e}"
+            );
+        }
+        // A relative entrypoint is found from the working directory.
+        let d = extract(
+            &store,
+            std::slice::from_ref(&l1),
+            "hello.wasm",
+            "/app",
+            "img",
+            1 << 20,
+        )
+        .unwrap();
+        assert_eq!(d, images::digest_of(old));
+    }
+
+    #[test]
+    fn a_pax_size_bigger_than_the_header_says_is_held_to_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = images::Store::new(&dir.path().join("store"));
+        let data = [b"\0asm\x01\0\0\0".as_slice(), &[0u8; 4088]].concat();
+        let mut raw = Vec::new();
+        {
+            let mut b = tar::Builder::new(&mut raw);
+            // A PAX header saying 4096 bytes, before a ustar header saying 8.
+            let record = "13 size=4096\n";
+            let mut pax = tar::Header::new_ustar();
+            pax.set_entry_type(tar::EntryType::XHeader);
+            pax.set_size(record.len() as u64);
+            pax.set_cksum();
+            b.append_data(&mut pax, "PaxHeaders/app.wasm", record.as_bytes())
+                .unwrap();
+            let mut h = tar::Header::new_ustar();
+            h.set_size(8);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, "app.wasm", &data[..8]).unwrap();
+            // The rest of the 4096 bytes the PAX record promised.
+            let tail = data[8..].to_vec();
+            b.get_mut().extend_from_slice(&tail);
+            b.finish().unwrap();
+        }
+        let path = dir.path().join("pax");
+        std::fs::write(&path, &raw).unwrap();
+        let d = Descriptor {
+            media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+            digest: images::digest_of(&raw),
+            size: raw.len() as u64,
+        };
+        let e = extract(&store, &[(d, path)], "/app.wasm", "/", "img", 1024).unwrap_err();
+        assert!(matches!(e, PullError::TooLarge { size: 4096, .. }), "{e}");
     }
 
     #[test]

@@ -282,7 +282,11 @@ impl Registries {
     }
 
     fn endpoint(&self, host: &str, plain_http: bool, mirror: bool) -> Result<Endpoint, Error> {
-        let config = self.configs.get(host);
+        let config = self.configs.get(host).or_else(|| {
+            (host == "index.docker.io")
+                .then(|| self.configs.get("docker.io"))
+                .flatten()
+        });
         let tls = config.and_then(|c| c.tls.as_ref());
         let ca_pem = match tls.and_then(|t| t.ca_file.as_ref()) {
             Some(p) => Some(std::fs::read(p).map_err(|source| Error::Io {
@@ -338,14 +342,19 @@ impl DockerConfig {
     /// # Errors
     /// When it is neither.
     pub fn parse(bytes: &[u8]) -> Result<Self, String> {
+        // Errors name where, never what: the text may hold passwords.
+        let where_ = |e: serde_json::Error| format!("line {} column {}", e.line(), e.column());
         let value: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+            serde_json::from_slice(bytes).map_err(|e| format!("not JSON ({})", where_(e)))?;
         let auths = if value.get("auths").is_some() {
             value["auths"].clone()
         } else {
             value
         };
-        let auths = serde_json::from_value(auths).map_err(|e| format!("bad auths: {e}"))?;
+        let auths = serde_json::from_value(auths).map_err(|_| {
+            "\"auths\" is not a map of registries to credentials (username, password, auth)"
+                .to_owned()
+        })?;
         Ok(Self { auths })
     }
 
@@ -375,9 +384,15 @@ fn key_matches(key: &str, registry: &str) -> bool {
     if docker_hub(host) && docker_hub(registry) {
         return true;
     }
-    if let Some(suffix) = host.strip_prefix("*.") {
-        let name = registry.split(':').next().unwrap_or(registry);
-        return name.ends_with(&format!(".{suffix}"))
+    if let Some(pattern) = host.strip_prefix("*.") {
+        let (suffix, port) = pattern
+            .split_once(':')
+            .map_or((pattern, None), |(h, p)| (h, Some(p)));
+        let (name, their_port) = registry
+            .split_once(':')
+            .map_or((registry, None), |(h, p)| (h, Some(p)));
+        return port == their_port
+            && name.ends_with(&format!(".{suffix}"))
             && !name[..name.len() - suffix.len() - 1].contains('.');
     }
     host == registry
@@ -491,6 +506,10 @@ configs:
         );
         assert!(cfg.matching("127.0.0.1:5001").is_empty());
         assert_eq!(cfg.matching("r.example.test").len(), 1);
+        assert!(
+            cfg.matching("r.example.test:5000").is_empty(),
+            "the key has no port"
+        );
         assert!(cfg.matching("a.b.example.test").is_empty());
         assert_eq!(
             cfg.matching("docker.io"),
