@@ -302,6 +302,21 @@ fn credentials_from_login_and_pull_secrets_and_clear_refusals() {
         ev.contains("FailedToRetrieveImagePullSecret") && ev.contains("missing"),
         "{ev}"
     );
+
+    // The node's own credentials, from registries.yaml, serve pods without secrets.
+    push(&c, guests::command_p2(), &format!("{r}/private:v3"), &[]);
+    std::fs::write(
+        c.agent_dir().join("registries.yaml"),
+        format!(
+            "configs:\n  \"{r}\":\n    auth:\n      username: wkuser\n      password: s3cret\n"
+        ),
+    )
+    .unwrap();
+    apply(
+        &c,
+        &command_pod("node-creds", &format!("{r}/private:v3"), ""),
+    );
+    wait_for(&c, "node-creds", "{.status.phase}", "Succeeded");
 }
 
 #[test]
