@@ -2,3 +2,4 @@
 //! level-triggered: every pass reads the current state and corrects it.
 
 pub mod nodeipam;
+pub mod replicaset;

@@ -365,6 +365,7 @@ async fn bootstrap(state: &Arc<ApiState>) -> Result<(), Error> {
 pub async fn run(config: ServerConfig, agent: Option<AgentConfig>) -> Result<(), Error> {
     let enabled = |name: &str| !config.disabled.iter().any(|d| d == name);
     let (scheduler, nodeipam) = (enabled("scheduler"), enabled("nodeipam"));
+    let replicaset = enabled("replicaset");
     let (cluster_cidr, node_cidr_mask) = (config.cluster_cidr, config.node_cidr_mask);
     let server = Server::start(config).await?;
     eprintln!(
@@ -386,6 +387,12 @@ pub async fn run(config: ServerConfig, agent: Option<AgentConfig>) -> Result<(),
             admin.clone(),
             cluster_cidr,
             node_cidr_mask,
+            token.child_token(),
+        ));
+    }
+    if replicaset {
+        tokio::spawn(crate::controllers::replicaset::run(
+            admin.clone(),
             token.child_token(),
         ));
     }
