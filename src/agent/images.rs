@@ -164,11 +164,6 @@ pub fn repository(name: &str) -> String {
         .map_or(normal.clone(), |(r, _)| r.to_owned())
 }
 
-/// Whether a name's tag is `latest` (or missing): the kubelet's rule for `Always`.
-pub fn is_latest(name: &str) -> bool {
-    !name.contains('@') && normalize(name).ends_with(":latest")
-}
-
 /// Checks that a digest is `sha256:` and 64 lowercase hex digits (it becomes a file name).
 ///
 /// # Errors

@@ -26,6 +26,26 @@ pub fn reference(object: &Value) -> Value {
     r
 }
 
+/// Posts a Normal Event from a control-plane component about an object of type
+/// `(apiVersion, kind)`, given because list items carry neither; in the background.
+pub fn record_normal(
+    client: &Client,
+    object: &Value,
+    (api_version, kind): (&str, &str),
+    component: &str,
+    reason: &str,
+    message: &str,
+) {
+    let mut involved = reference(object);
+    involved["kind"] = json!(kind);
+    involved["apiVersion"] = json!(api_version);
+    let source = Source {
+        component,
+        host: None,
+    };
+    record(client, involved, source, false, reason, message);
+}
+
 /// Posts an Event about `involved` (a [`reference`], perhaps with a fieldPath) in the
 /// background; a failure is only logged.
 pub fn record(

@@ -86,18 +86,12 @@ async fn pass(
             if reported.insert(name.to_owned()) {
                 tracing::warn!(node = name, %cluster, "no podCIDR left for the node");
                 let message = format!("Node {name} status is now: CIDRNotAvailable");
-                let mut involved = events::reference(node);
-                involved["kind"] = json!("Node");
-                involved["apiVersion"] = json!("v1");
-                let source = events::Source {
-                    component: "cidrAllocator",
-                    host: None,
-                };
-                events::record(
+                let kind = ("v1", "Node");
+                events::record_normal(
                     client,
-                    involved,
-                    source,
-                    false,
+                    node,
+                    kind,
+                    "cidrAllocator",
                     "CIDRNotAvailable",
                     &message,
                 );

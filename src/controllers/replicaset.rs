@@ -227,14 +227,8 @@ async fn patch_pod(
 }
 
 fn record(client: &Client, rs: &Value, reason: &str, message: &str) {
-    let mut involved = events::reference(rs);
-    involved["kind"] = json!("ReplicaSet");
-    involved["apiVersion"] = json!("apps/v1");
-    let source = events::Source {
-        component: "replicaset-controller",
-        host: None,
-    };
-    events::record(client, involved, source, false, reason, message);
+    let kind = ("apps/v1", "ReplicaSet");
+    events::record_normal(client, rs, kind, "replicaset-controller", reason, message);
 }
 
 async fn reconcile(

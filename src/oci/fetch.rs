@@ -323,7 +323,8 @@ impl Session {
 
     /// Streams a blob into the content store, refusing more bytes than its descriptor
     /// declares (and descriptors over `limit`), and keeping it only when it hashes to its
-    /// digest. A blob already stored (and still hashing right) is not fetched again.
+    /// digest. A blob already stored (and still hashing right) is not fetched again. Returns
+    /// the stored file and the bytes fetched for it (0 when it was there).
     ///
     /// # Errors
     /// On HTTP errors, a size over the limits or a digest that does not match.
@@ -334,7 +335,7 @@ impl Session {
         size: u64,
         limit: u64,
         what: &str,
-    ) -> Result<std::path::PathBuf, PullError> {
+    ) -> Result<(std::path::PathBuf, u64), PullError> {
         images::check_digest(digest).map_err(|e| PullError::Format(e.to_string()))?;
         if size > limit {
             return Err(PullError::TooLarge {
@@ -347,7 +348,7 @@ impl Session {
         let check = store.clone();
         let d = digest.to_owned();
         if let Ok(Some(path)) = tokio::task::spawn_blocking(move || check.blob(&d)).await {
-            return Ok(path);
+            return Ok((path, 0));
         }
         let url = self.url("blobs", digest);
         let res = self.get(&url, None).await?;
@@ -373,7 +374,7 @@ impl Session {
         tokio::task::spawn_blocking(move || w.commit(Some(&expected)))
             .await
             .map_err(|e| PullError::Setup(e.to_string()))?
-            .map(|(_, path)| path)
+            .map(|(_, path)| (path, size))
             .map_err(|e| match e {
                 images::Error::Mismatch { expected, actual } => PullError::Mismatch {
                     what,
@@ -382,25 +383,6 @@ impl Session {
                 },
                 e => PullError::store(e),
             })
-    }
-
-    /// Reads a small blob (a config) into memory, through the content store.
-    ///
-    /// # Errors
-    /// As [`Session::blob`], and when the stored file cannot be read.
-    pub async fn small_blob(
-        &self,
-        store: &images::Store,
-        digest: &str,
-        size: u64,
-        what: &str,
-    ) -> Result<Vec<u8>, PullError> {
-        let path = self
-            .blob(store, digest, size, super::MAX_MANIFEST_BYTES, what)
-            .await?;
-        tokio::fs::read(&path)
-            .await
-            .map_err(|e| PullError::Setup(format!("{}: {e}", path.display())))
     }
 }
 

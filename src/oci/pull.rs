@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use super::fetch::{Manifest, Session};
 use super::registry::{Credential, DockerConfig, Registries};
-use super::{PullError, parse_reference};
+use super::{MAX_MANIFEST_BYTES, PullError, parse_reference};
 use crate::agent::images::{self, Image, Record};
 
 /// `imagePullPolicy`.
@@ -36,7 +36,7 @@ impl Policy {
             Some("Always") => Self::Always,
             Some("Never") => Self::Never,
             Some("IfNotPresent") => Self::IfNotPresent,
-            _ if images::is_latest(image) => Self::Always,
+            _ if crate::api::objects::default_pull_policy(image) == "Always" => Self::Always,
             _ => Self::IfNotPresent,
         }
     }
@@ -226,9 +226,10 @@ impl Puller {
         let json = parse_json(&image_manifest, name)?;
         let layers = descriptors(&json["layers"], name)?;
         let config = descriptor(&json["config"], "config", name)?;
-        let mut blobs = manifests.clone();
-        let mut fetched: u64 = stored.iter().map(|(b, _)| b.len() as u64).sum();
-        let have = |d: &str| self.store.content_path(d).exists();
+        let mut got = Tally {
+            blobs: manifests.clone(),
+            fetched: stored.iter().map(|(b, _)| b.len() as u64).sum(),
+        };
 
         let wasm_layers: Vec<&Descriptor> = layers
             .iter()
@@ -251,14 +252,11 @@ impl Puller {
                 (super::WASM_LAYER_V1, _) => "wasm-to-oci artifact",
                 _ => "runwasi component image",
             };
-            if !have(&layer.digest) {
-                fetched = fetched.saturating_add(layer.size);
-            }
-            let path = session
+            let path = got
                 .blob(
+                    session,
                     &self.store,
-                    &layer.digest,
-                    layer.size,
+                    layer,
                     self.layer_limit,
                     "the Wasm layer",
                 )
@@ -270,14 +268,14 @@ impl Puller {
                     layer.digest
                 )));
             }
-            blobs.push(layer.digest.clone());
-            if !have(&config.digest) {
-                fetched = fetched.saturating_add(config.size);
-            }
-            session
-                .small_blob(&self.store, &config.digest, config.size, "the config")
-                .await?;
-            blobs.push(config.digest.clone());
+            got.blob(
+                session,
+                &self.store,
+                &config,
+                MAX_MANIFEST_BYTES,
+                "the config",
+            )
+            .await?;
             (layer.digest.clone(), format)
         } else {
             if !matches!(
@@ -293,13 +291,18 @@ impl Puller {
                         .collect::<Vec<_>>()
                 )));
             }
-            if !have(&config.digest) {
-                fetched = fetched.saturating_add(config.size);
-            }
-            let raw = session
-                .small_blob(&self.store, &config.digest, config.size, "the config")
+            let path = got
+                .blob(
+                    session,
+                    &self.store,
+                    &config,
+                    MAX_MANIFEST_BYTES,
+                    "the config",
+                )
                 .await?;
-            blobs.push(config.digest.clone());
+            let raw = tokio::fs::read(&path)
+                .await
+                .map_err(|e| PullError::Store(format!("{}: {e}", path.display())))?;
             let cfg: Value = serde_json::from_slice(&raw).map_err(|e| {
                 PullError::Format(format!("the image config of {name} is not JSON: {e}"))
             })?;
@@ -321,20 +324,10 @@ impl Puller {
                 .to_owned();
             let mut paths = Vec::new();
             for layer in &layers {
-                if !have(&layer.digest) {
-                    fetched = fetched.saturating_add(layer.size);
-                }
-                let p = session
-                    .blob(
-                        &self.store,
-                        &layer.digest,
-                        layer.size,
-                        self.layer_limit,
-                        "the layer",
-                    )
+                let p = got
+                    .blob(session, &self.store, layer, self.layer_limit, "the layer")
                     .await?;
                 paths.push((layer.clone(), p));
-                blobs.push(layer.digest.clone());
             }
             let working_dir = cfg["config"]["WorkingDir"]
                 .as_str()
@@ -350,7 +343,7 @@ impl Puller {
             (digest, "wasi/wasm image")
         };
         for (bytes, digest) in stored {
-            if have(&digest) {
+            if self.store.content_path(&digest).exists() {
                 continue;
             }
             let store = self.store.clone();
@@ -363,6 +356,7 @@ impl Puller {
             .map_err(|e| PullError::Setup(e.to_string()))?
             .map_err(PullError::store)?;
         }
+        let Tally { mut blobs, fetched } = got;
         blobs.push(wasm.clone());
         blobs.sort();
         blobs.dedup();
@@ -427,6 +421,31 @@ fn credentials_for(
 impl Manifest {
     fn clone_parts(&self) -> (bytes::Bytes, String) {
         (self.bytes.clone(), self.digest.clone())
+    }
+}
+
+/// What a pull stored and fetched so far.
+struct Tally {
+    /// The digests of the image's blobs.
+    blobs: Vec<String>,
+    /// Bytes fetched from the registry.
+    fetched: u64,
+}
+
+impl Tally {
+    /// Fetches a blob into the store (unless it is there), and counts it.
+    async fn blob(
+        &mut self,
+        session: &Session,
+        store: &images::Store,
+        d: &Descriptor,
+        limit: u64,
+        what: &str,
+    ) -> Result<PathBuf, PullError> {
+        let (path, fetched) = session.blob(store, &d.digest, d.size, limit, what).await?;
+        self.fetched = self.fetched.saturating_add(fetched);
+        self.blobs.push(d.digest.clone());
+        Ok(path)
     }
 }
 

@@ -48,11 +48,7 @@ pub fn client_credentials() -> Vec<DockerConfig> {
 /// The endpoint a client talks to for a registry: plain HTTP on the loopback or when asked.
 pub fn client_endpoint(registry: &str, plain_http: bool) -> Endpoint {
     Endpoint {
-        host: if registry == "docker.io" {
-            "index.docker.io".into()
-        } else {
-            registry.to_owned()
-        },
+        host: registry::own_host(registry).to_owned(),
         plain_http: plain_http || registry::is_loopback(registry),
         mirror: false,
         ca_pem: None,

@@ -199,6 +199,15 @@ pub struct Endpoint {
     pub credential: Option<Credential>,
 }
 
+/// The host that serves a registry's name: Docker Hub's `docker.io` is `index.docker.io`.
+pub fn own_host(registry: &str) -> &str {
+    if registry == "docker.io" {
+        "index.docker.io"
+    } else {
+        registry
+    }
+}
+
 /// Whether a registry host is on the loopback: like Docker, wk talks plain HTTP to those
 /// unless `registries.yaml` names an `https://` endpoint for them.
 pub fn is_loopback(host: &str) -> bool {
@@ -272,12 +281,7 @@ impl Registries {
             out.push(self.endpoint(&host, plain, true)?);
         }
         let plain = own_scheme.unwrap_or_else(|| is_loopback(registry));
-        let own = if registry == "docker.io" {
-            "index.docker.io"
-        } else {
-            registry
-        };
-        out.push(self.endpoint(own, plain, false)?);
+        out.push(self.endpoint(own_host(registry), plain, false)?);
         Ok(out)
     }
 
