@@ -1649,6 +1649,9 @@ async fn run_probe(
     }
 }
 
+/// The port an HTTP component without a containerPort is served on.
+pub const DEFAULT_HTTP_PORT: u16 = 8080;
+
 /// Serves an HTTP container on its containerPorts (inside the pod's namespace) and hostPorts
 /// (on the node) until drained.
 async fn serve_http(
@@ -1660,7 +1663,7 @@ async fn serve_http(
     stop: &ContainerStop,
 ) -> Exit {
     let name = p.spec["name"].as_str().unwrap_or_default().to_owned();
-    let ports: Vec<(u16, Option<u16>)> = p.spec["ports"]
+    let mut ports: Vec<(u16, Option<u16>)> = p.spec["ports"]
         .as_array()
         .into_iter()
         .flatten()
@@ -1674,12 +1677,12 @@ async fn serve_http(
             Some((c, h))
         })
         .collect();
-    let serving = match wasm::http::Serving::from_pod(&ctx.pod.borrow()) {
-        Ok(_) if ports.is_empty() => {
-            Err("an HTTP component needs a containerPort to listen on".to_owned())
-        }
-        other => other,
-    };
+    // No containerPort (`kubectl create deployment --image`): the port `wasmtime serve`
+    // listens on.
+    if ports.is_empty() {
+        ports.push((DEFAULT_HTTP_PORT, None));
+    }
+    let serving = wasm::http::Serving::from_pod(&ctx.pod.borrow());
     let serving = match serving {
         Ok(s) => s,
         Err(m) => {

@@ -947,11 +947,16 @@ async fn patch_object(state: &Arc<ApiState>, ctx: &Ctx, body: &[u8]) -> ApiResul
 
 /// The DeleteOptions of a DELETE, from its body or query.
 fn delete_options(ctx: &Ctx, body: &[u8]) -> ApiResult<(Option<i64>, Value)> {
-    let opts = if body.iter().all(u8::is_ascii_whitespace) {
+    let mut opts = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
         object_body(ctx, body)?
     };
+    if let Some(policy) = ctx.query.get("propagationPolicy")
+        && opts.get("propagationPolicy").is_none()
+    {
+        opts["propagationPolicy"] = json!(policy);
+    }
     let grace = opts
         .get("gracePeriodSeconds")
         .and_then(Value::as_i64)
@@ -961,6 +966,40 @@ fn delete_options(ctx: &Ctx, body: &[u8]) -> ApiResult<(Option<i64>, Value)> {
                 .and_then(|g| g.parse().ok())
         });
     Ok((grace, opts))
+}
+
+/// The object to delete with the finalizer its propagationPolicy asks for: `Foreground` holds
+/// it until the garbage collector has deleted its dependents, `Orphan` until it has released
+/// them. `Background` (the default) deletes it now and its dependents after.
+fn with_propagation(existing: &Value, opts: &Value) -> ApiResult<Value> {
+    let policy = match opts.get("propagationPolicy").and_then(Value::as_str) {
+        None if opts.get("orphanDependents") == Some(&json!(true)) => "Orphan",
+        None => "Background",
+        Some(p) => p,
+    };
+    let finalizer = match policy {
+        "Background" => return Ok(existing.clone()),
+        "Foreground" => crate::controllers::gc::FOREGROUND,
+        "Orphan" => crate::controllers::gc::ORPHAN,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "propagationPolicy: Unsupported value: \"{other}\": supported values: \"Background\", \"Foreground\", \"Orphan\""
+            )));
+        }
+    };
+    let mut object = existing.clone();
+    if object.pointer("/metadata/deletionTimestamp").is_some() {
+        return Ok(object);
+    }
+    let finalizers = meta_mut(&mut object)
+        .entry("finalizers")
+        .or_insert_with(|| json!([]));
+    if let Some(list) = finalizers.as_array_mut()
+        && !list.iter().any(|f| f == finalizer)
+    {
+        list.push(json!(finalizer));
+    }
+    Ok(object)
 }
 
 async fn delete(state: &Arc<ApiState>, ctx: &Ctx, body: &[u8]) -> ApiResult<Response> {
@@ -992,6 +1031,7 @@ async fn delete(state: &Arc<ApiState>, ctx: &Ctx, body: &[u8]) -> ApiResult<Resp
     {
         return Err(ApiError::conflict(t.res, name));
     }
+    let existing = with_propagation(&existing, &opts)?;
     let deleted = state
         .delete_object(t.res, &existing, grace, dry_run)
         .await?;
@@ -1001,7 +1041,7 @@ async fn delete(state: &Arc<ApiState>, ctx: &Ctx, body: &[u8]) -> ApiResult<Resp
 async fn delete_collection(state: &Arc<ApiState>, ctx: &Ctx, body: &[u8]) -> ApiResult<Response> {
     let t = &ctx.target;
     let filters = Filters::parse(ctx)?;
-    let (grace, _) = delete_options(ctx, body)?;
+    let (grace, opts) = delete_options(ctx, body)?;
     let dry_run = ctx.query.dry_run()?;
     state.cache.sync().await?;
     let (items, revision, _) =
@@ -1012,6 +1052,7 @@ async fn delete_collection(state: &Arc<ApiState>, ctx: &Ctx, body: &[u8]) -> Api
             });
     let mut deleted = Vec::new();
     for (_, object) in items {
+        let object = with_propagation(&object, &opts)?;
         match state.delete_object(t.res, &object, grace, dry_run).await {
             Ok(d) => deleted.push(d),
             Err(e) if e.code == 404 => {}

@@ -379,6 +379,29 @@ pub static RESOURCES: &[ResourceInfo] = &[
 /// The API groups served besides core, in discovery order (policy only has pods/eviction).
 pub const GROUPS: &[&str] = &["apps", "batch", "coordination.k8s.io"];
 
+/// `/api/v1` or `/apis/GROUP/VERSION`.
+pub fn group_path(res: &ResourceInfo) -> String {
+    if res.group.is_empty() {
+        format!("/api/{}", res.version)
+    } else {
+        format!("/apis/{}/{}", res.group, res.version)
+    }
+}
+
+/// The collection URL path; `namespace` is ignored for cluster-scoped types and `None` means
+/// every namespace.
+pub fn collection_path(res: &ResourceInfo, namespace: Option<&str>) -> String {
+    match namespace {
+        Some(ns) if res.namespaced => format!("{}/namespaces/{ns}/{}", group_path(res), res.plural),
+        _ => format!("{}/{}", group_path(res), res.plural),
+    }
+}
+
+/// One object's URL path.
+pub fn object_path(res: &ResourceInfo, namespace: Option<&str>, name: &str) -> String {
+    format!("{}/{name}", collection_path(res, namespace))
+}
+
 /// Finds a resource by group and plural name.
 pub fn lookup(group: &str, plural: &str) -> Option<&'static ResourceInfo> {
     RESOURCES

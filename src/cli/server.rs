@@ -23,8 +23,9 @@ pub struct Args {
     /// Run the control plane only, without the built-in node agent.
     #[arg(long, env = "WK_NO_AGENT")]
     no_agent: bool,
-    /// An in-process controller not to run (repeatable): scheduler, nodeipam, replicaset.
-    #[arg(long, env = "WK_DISABLE", value_delimiter = ',', value_parser = ["scheduler", "nodeipam", "replicaset"])]
+    /// An in-process controller not to run (repeatable): scheduler, nodeipam, replicaset,
+    /// deployment, garbagecollector.
+    #[arg(long, env = "WK_DISABLE", value_delimiter = ',', value_parser = ["scheduler", "nodeipam", "replicaset", "deployment", "garbagecollector"])]
     disable: Vec<String>,
     /// The range pod addresses come from; each node gets a share of it as its podCIDR.
     #[arg(long, env = "WK_CLUSTER_CIDR", default_value_t = crate::net::CLUSTER_CIDR)]

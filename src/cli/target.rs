@@ -56,28 +56,7 @@ pub fn for_object(object: &Value, source: &str) -> anyhow::Result<&'static Resou
     })
 }
 
-/// `/api/v1` or `/apis/GROUP/VERSION`.
-pub fn group_path(res: &ResourceInfo) -> String {
-    if res.group.is_empty() {
-        format!("/api/{}", res.version)
-    } else {
-        format!("/apis/{}/{}", res.group, res.version)
-    }
-}
-
-/// The collection URL path; `namespace` is ignored for cluster-scoped types and `None` means
-/// every namespace.
-pub fn collection_path(res: &ResourceInfo, namespace: Option<&str>) -> String {
-    match namespace {
-        Some(ns) if res.namespaced => format!("{}/namespaces/{ns}/{}", group_path(res), res.plural),
-        _ => format!("{}/{}", group_path(res), res.plural),
-    }
-}
-
-/// One object's URL path.
-pub fn object_path(res: &ResourceInfo, namespace: Option<&str>, name: &str) -> String {
-    format!("{}/{name}", collection_path(res, namespace))
-}
+pub use crate::api::resources::{collection_path, object_path};
 
 /// The namespace a namespaced type uses, `None` for cluster-scoped ones.
 pub fn scope<'a>(res: &ResourceInfo, namespace: &'a str) -> Option<&'a str> {

@@ -1,6 +1,7 @@
 //! The HTTPS client for the API, used by the CLI (and, later, by agents and controllers).
 
 pub mod events;
+pub mod informer;
 pub mod kubeconfig;
 
 use std::path::PathBuf;

@@ -1,5 +1,193 @@
 //! The controllers `wk server` runs in-process. Each is an API client like any other, and
-//! level-triggered: every pass reads the current state and corrects it.
+//! level-triggered: it reads the current state from shared watch-fed caches
+//! ([`crate::client::informer`]) and corrects it through the API, one queued key at a time.
 
+pub mod deployment;
+pub mod gc;
 pub mod nodeipam;
 pub mod replicaset;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::client::informer::{Informer, Informers};
+use crate::client::{Client, Error};
+
+/// The collection paths the controllers share informers for.
+pub const PODS: &str = "/api/v1/pods";
+/// ReplicaSets.
+pub const REPLICASETS: &str = "/apis/apps/v1/replicasets";
+/// Deployments.
+pub const DEPLOYMENTS: &str = "/apis/apps/v1/deployments";
+
+/// How long a controller waits for its own write to reach its cache before going on anyway.
+pub const OWN_WRITES: Duration = Duration::from_secs(5);
+
+/// Starts the informer-based controllers that `enabled` lets through, and their informers.
+pub fn start(client: &Client, enabled: &dyn Fn(&str) -> bool, shutdown: &CancellationToken) {
+    let informers = Informers::default();
+    if enabled("replicaset") {
+        replicaset::start(client, &informers, shutdown);
+    }
+    if enabled("deployment") {
+        deployment::start(client, &informers, shutdown);
+    }
+    if enabled("garbagecollector") {
+        gc::start(client, &informers, shutdown);
+    }
+    informers.start(client, shutdown);
+}
+
+/// `metadata.name`.
+pub fn name(object: &Value) -> &str {
+    object["metadata"]["name"].as_str().unwrap_or_default()
+}
+
+/// `metadata.namespace`.
+pub fn namespace(object: &Value) -> &str {
+    object["metadata"]["namespace"].as_str().unwrap_or_default()
+}
+
+/// `metadata.uid`.
+pub fn uid(object: &Value) -> &str {
+    object["metadata"]["uid"].as_str().unwrap_or_default()
+}
+
+/// The controller ownerReference of an object, if any.
+pub fn controller_of(object: &Value) -> Option<&Value> {
+    object["metadata"]["ownerReferences"]
+        .as_array()?
+        .iter()
+        .find(|r| r["controller"] == true)
+}
+
+/// Whether the controller of `object` is the `kind` with this uid.
+pub fn controlled_by(object: &Value, kind: &str, owner_uid: &str) -> bool {
+    controller_of(object).is_some_and(|r| r["kind"] == kind && r["uid"] == owner_uid)
+}
+
+/// A controller ownerReference to `owner`, an object of type `(apiVersion, kind)`.
+pub fn owner_reference(owner: &Value, (api_version, kind): (&str, &str)) -> Value {
+    json!({
+        "apiVersion": api_version, "kind": kind,
+        "name": owner["metadata"]["name"], "uid": owner["metadata"]["uid"],
+        "controller": true, "blockOwnerDeletion": true,
+    })
+}
+
+/// Whether the object has a deletionTimestamp.
+pub fn terminating(object: &Value) -> bool {
+    object["metadata"]["deletionTimestamp"].is_string()
+}
+
+/// Whether a pod has finished (Succeeded or Failed).
+pub fn finished(pod: &Value) -> bool {
+    matches!(
+        pod["status"]["phase"].as_str(),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+/// The status condition of this type.
+pub fn condition<'a>(object: &'a Value, kind: &str) -> Option<&'a Value> {
+    object["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
+}
+
+/// Whether a pod is Ready.
+pub fn ready(pod: &Value) -> bool {
+    condition(pod, "Ready").is_some_and(|c| c["status"] == "True")
+}
+
+/// Whether a ready pod has been ready for `min_ready` seconds at `now`.
+pub fn available(pod: &Value, min_ready: i64, now: jiff::Timestamp) -> bool {
+    if !ready(pod) {
+        return false;
+    }
+    if min_ready <= 0 {
+        return true;
+    }
+    condition(pod, "Ready")
+        .and_then(|c| c["lastTransitionTime"].as_str())
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .is_some_and(|t| now.as_second() - t.as_second() >= min_ready)
+}
+
+/// A JSON merge patch of `path`.
+///
+/// # Errors
+/// As [`Client::request`]; a resourceVersion in the patch makes it conditional (409).
+pub async fn merge_patch(client: &Client, path: &str, patch: &Value) -> Result<Value, Error> {
+    client
+        .request(
+            Method::PATCH,
+            path,
+            Some("application/merge-patch+json"),
+            Some(patch.to_string().into_bytes()),
+        )
+        .await
+}
+
+/// Posts `object` to the collection at `path`.
+///
+/// # Errors
+/// As [`Client::request`].
+pub async fn create(client: &Client, path: &str, object: &Value) -> Result<Value, Error> {
+    client
+        .request(
+            Method::POST,
+            path,
+            Some("application/json"),
+            Some(object.to_string().into_bytes()),
+        )
+        .await
+}
+
+/// Deletes the object at `path` with a propagation policy (and a uid precondition when
+/// given); a 404 counts as done and gives `None`.
+///
+/// # Errors
+/// As [`Client::request`].
+pub async fn delete(
+    client: &Client,
+    path: &str,
+    propagation: &str,
+    uid: Option<&str>,
+) -> Result<Option<Value>, Error> {
+    let mut options = json!({"kind": "DeleteOptions", "apiVersion": "v1",
+        "propagationPolicy": propagation});
+    if let Some(uid) = uid {
+        options["preconditions"] = json!({"uid": uid});
+    }
+    match client
+        .request(
+            Method::DELETE,
+            path,
+            Some("application/json"),
+            Some(options.to_string().into_bytes()),
+        )
+        .await
+    {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.code() == Some(404) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Waits until `informer` has seen the newest of `written` (objects this controller wrote).
+pub async fn settle(informer: &Arc<Informer>, written: &[Value]) {
+    let rv = written
+        .iter()
+        .map(crate::client::informer::revision)
+        .max()
+        .unwrap_or(0);
+    if rv > 0 && !informer.wait_for(rv, OWN_WRITES).await {
+        tracing::debug!(path = informer.path(), rv, "own write not seen in time");
+    }
+}

@@ -2,155 +2,81 @@
 //! matching each ReplicaSet's selector, made from its template and owned by it (a controller
 //! ownerReference). It adopts orphans that match and releases owned pods that no longer do.
 //! Scaling down deletes the worst pods first: unscheduled, then not ready, then the newest.
-//! Level-triggered: each pass reads every ReplicaSet and pod and acts on the difference; a pass
-//! runs on any change to either, and every [`RESYNC`] (minReadySeconds comes due by time).
+//! It reads ReplicaSets and pods from the shared informers; each ReplicaSet is one queue key,
+//! queued when it or one of its pods changes.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use http::Method;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use super::{available, controller_of, finished, name, namespace, ready, settle, terminating};
 use crate::api::selector::LabelSelector as Selector;
-use crate::client::{Client, events};
+use crate::client::informer::{Action, Informer, Informers, Queue, key_of};
+use crate::client::{Client, Error, events};
 
-/// How often every ReplicaSet is looked at even when no change is seen.
-const RESYNC: Duration = Duration::from_secs(10);
+/// Pods created at once, at most (kube-controller-manager's burst, in slow-start batches).
+const BURST: usize = 500;
 
-/// Runs the controller until `shutdown`.
-pub async fn run(client: Client, shutdown: CancellationToken) {
-    while !shutdown.is_cancelled() {
-        let rv = match pass(&client).await {
-            Ok(rv) => rv,
-            Err(e) => {
-                tracing::debug!(error = %e, "replicaset pass failed");
-                None
-            }
-        };
-        let wait = async {
-            let Some((rs_rv, pod_rv)) = rv else {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                return;
-            };
-            let Ok(mut sets) = client
-                .watch(
-                    &format!("/apis/apps/v1/replicasets?watch=true&resourceVersion={rs_rv}"),
-                    None,
-                )
-                .await
-            else {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                return;
-            };
-            // Without ReplicaSets, pod changes are none of this controller's business.
-            let Some(pod_rv) = pod_rv else {
-                let _ = tokio::time::timeout(RESYNC, sets.next()).await;
-                return;
-            };
-            let Ok(mut pods) = client
-                .watch(
-                    &format!("/api/v1/pods?watch=true&resourceVersion={pod_rv}"),
-                    None,
-                )
-                .await
-            else {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                return;
-            };
-            let _ = tokio::time::timeout(RESYNC, async {
-                tokio::select! {
-                    _ = sets.next() => {}
-                    _ = pods.next() => {}
+struct Ctx {
+    client: Client,
+    sets: Arc<Informer>,
+    pods: Arc<Informer>,
+}
+
+/// Registers the controller's handlers on the shared informers and starts its worker.
+pub fn start(client: &Client, informers: &Informers, shutdown: &CancellationToken) {
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        sets: informers.get(super::REPLICASETS),
+        pods: informers.get(super::PODS),
+    });
+    let queue = Queue::new();
+    let q = queue.clone();
+    ctx.sets.on_change(move |old, new| {
+        if let Some(o) = new.or(old) {
+            q.add(key_of(o));
+        }
+    });
+    let (q, sets) = (queue.clone(), ctx.sets.clone());
+    ctx.pods.on_change(move |old, new| {
+        for pod in [old, new].into_iter().flatten() {
+            match controller_of(pod) {
+                Some(r) if r["kind"] == "ReplicaSet" => {
+                    q.add(format!(
+                        "{}/{}",
+                        namespace(pod),
+                        r["name"].as_str().unwrap_or_default()
+                    ));
                 }
+                Some(_) => {}
+                // An orphan: the sets that would adopt it.
+                None if !terminating(pod) => {
+                    let labels = pod["metadata"]["labels"].as_object();
+                    for rs in sets.list_namespace(namespace(pod)) {
+                        if Selector::from_json(&rs["spec"]["selector"])
+                            .is_ok_and(|s| !s.is_empty() && s.matches(labels))
+                        {
+                            q.add(key_of(&rs));
+                        }
+                    }
+                }
+                None => {}
+            }
+        }
+    });
+    let shutdown = shutdown.child_token();
+    tokio::spawn(async move {
+        ctx.sets.wait_synced().await;
+        ctx.pods.wait_synced().await;
+        queue
+            .work("replicaset", shutdown, |key| {
+                let ctx = ctx.clone();
+                async move { reconcile(&ctx, &key).await }
             })
             .await;
-        };
-        tokio::select! {
-            () = wait => {}
-            () = shutdown.cancelled() => return,
-        }
-    }
-}
-
-fn rv(list: &Value) -> String {
-    list["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap_or("0")
-        .to_owned()
-}
-
-/// One pass over every ReplicaSet. Returns the lists' resourceVersions to watch from (no pods'
-/// when there is no ReplicaSet).
-async fn pass(client: &Client) -> Result<Option<(String, Option<String>)>, crate::client::Error> {
-    let sets = client.get("/apis/apps/v1/replicasets").await?;
-    if sets["items"].as_array().is_none_or(Vec::is_empty) {
-        return Ok(Some((rv(&sets), None)));
-    }
-    let pods = client.get("/api/v1/pods").await?;
-    let mut by_ns: HashMap<&str, Vec<&Value>> = HashMap::new();
-    for p in pods["items"].as_array().into_iter().flatten() {
-        by_ns
-            .entry(p["metadata"]["namespace"].as_str().unwrap_or_default())
-            .or_default()
-            .push(p);
-    }
-    for rs in sets["items"].as_array().into_iter().flatten() {
-        let ns = rs["metadata"]["namespace"].as_str().unwrap_or_default();
-        let pods = by_ns.get(ns).map(Vec::as_slice).unwrap_or_default();
-        if let Err(e) = reconcile(client, rs, pods).await {
-            tracing::debug!(
-                replicaset = rs["metadata"]["name"].as_str().unwrap_or_default(),
-                error = %e,
-                "reconciling failed; next pass retries"
-            );
-        }
-    }
-    Ok(Some((rv(&sets), Some(rv(&pods)))))
-}
-
-/// The controller ownerReference of an object, if any.
-fn controller_of(pod: &Value) -> Option<&Value> {
-    pod["metadata"]["ownerReferences"]
-        .as_array()?
-        .iter()
-        .find(|r| r["controller"] == true)
-}
-
-fn terminating(pod: &Value) -> bool {
-    pod["metadata"]["deletionTimestamp"].is_string()
-}
-
-fn finished(pod: &Value) -> bool {
-    matches!(
-        pod["status"]["phase"].as_str(),
-        Some("Succeeded" | "Failed")
-    )
-}
-
-fn ready(pod: &Value) -> bool {
-    condition(pod, "Ready").is_some_and(|c| c["status"] == "True")
-}
-
-fn condition<'a>(pod: &'a Value, kind: &str) -> Option<&'a Value> {
-    pod["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == kind)
-}
-
-/// Whether a ready pod has been ready for `min_ready` seconds at `now`.
-fn available(pod: &Value, min_ready: i64, now: jiff::Timestamp) -> bool {
-    if !ready(pod) {
-        return false;
-    }
-    if min_ready <= 0 {
-        return true;
-    }
-    condition(pod, "Ready")
-        .and_then(|c| c["lastTransitionTime"].as_str())
-        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-        .is_some_and(|t| now.as_second() - t.as_second() >= min_ready)
+    });
 }
 
 /// The order pods are deleted in when scaling down: unscheduled, pending, not ready, then the
@@ -173,40 +99,28 @@ fn deletion_rank(pod: &Value) -> (u8, u8, u8, std::cmp::Reverse<String>) {
     )
 }
 
-fn owner_reference(rs: &Value) -> Value {
-    json!({
-        "apiVersion": "apps/v1", "kind": "ReplicaSet",
-        "name": rs["metadata"]["name"], "uid": rs["metadata"]["uid"],
-        "controller": true, "blockOwnerDeletion": true,
-    })
-}
+const KIND: (&str, &str) = ("apps/v1", "ReplicaSet");
 
 /// A new pod from the ReplicaSet's template.
 fn pod_from_template(rs: &Value) -> Value {
     let template = &rs["spec"]["template"];
-    let name = rs["metadata"]["name"].as_str().unwrap_or_default();
     let mut metadata = template["metadata"].clone();
     if !metadata.is_object() {
         metadata = json!({});
     }
-    metadata["generateName"] = json!(format!("{name}-"));
+    metadata["generateName"] = json!(format!("{}-", name(rs)));
     metadata["namespace"] = rs["metadata"]["namespace"].clone();
-    metadata["ownerReferences"] = json!([owner_reference(rs)]);
+    metadata["ownerReferences"] = json!([super::owner_reference(rs, KIND)]);
     if let Some(m) = metadata.as_object_mut() {
         m.remove("name");
+        m.remove("creationTimestamp");
     }
     json!({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": template["spec"]})
 }
 
-async fn patch_pod(
-    client: &Client,
-    pod: &Value,
-    refs: Vec<Value>,
-) -> Result<(), crate::client::Error> {
-    let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();
-    let name = pod["metadata"]["name"].as_str().unwrap_or_default();
-    // The resourceVersion makes it conditional: a pod changed (or replaced under the same
-    // name) since the list is left to the next pass.
+/// Sets a pod's ownerReferences, conditional on the version read: a pod changed (or replaced
+/// under the same name) since is left to the next pass.
+async fn set_owners(client: &Client, pod: &Value, refs: Vec<Value>) -> Result<Value, Error> {
     // No references left: the field goes, as Kubernetes omits an empty list.
     let refs = if refs.is_empty() {
         Value::Null
@@ -215,41 +129,34 @@ async fn patch_pod(
     };
     let patch = json!({"metadata": {
         "resourceVersion": pod["metadata"]["resourceVersion"], "ownerReferences": refs}});
-    client
-        .request(
-            Method::PATCH,
-            &format!("/api/v1/namespaces/{ns}/pods/{name}"),
-            Some("application/merge-patch+json"),
-            Some(patch.to_string().into_bytes()),
-        )
-        .await
-        .map(drop)
+    let path = format!("/api/v1/namespaces/{}/pods/{}", namespace(pod), name(pod));
+    super::merge_patch(client, &path, &patch).await
 }
 
 fn record(client: &Client, rs: &Value, reason: &str, message: &str) {
-    let kind = ("apps/v1", "ReplicaSet");
-    events::record_normal(client, rs, kind, "replicaset-controller", reason, message);
+    events::record_normal(client, rs, KIND, "replicaset-controller", reason, message);
 }
 
-async fn reconcile(
-    client: &Client,
-    rs: &Value,
-    pods: &[&Value],
-) -> Result<(), crate::client::Error> {
-    if terminating(rs) {
-        return Ok(());
-    }
-    let ns = rs["metadata"]["namespace"].as_str().unwrap_or_default();
-    let name = rs["metadata"]["name"].as_str().unwrap_or_default();
-    let Ok(selector) = Selector::from_json(&rs["spec"]["selector"]) else {
-        return Ok(());
+async fn reconcile(ctx: &Ctx, key: &str) -> Result<Action, Error> {
+    let Some(rs) = ctx.sets.get(key) else {
+        return Ok(Action::Await);
     };
+    if terminating(&rs) {
+        return Ok(Action::Await);
+    }
+    let client = &ctx.client;
+    let ns = namespace(&rs);
+    let Ok(selector) = Selector::from_json(&rs["spec"]["selector"]) else {
+        return Ok(Action::Await);
+    };
+    let rs_uid = super::uid(&rs);
     let labels = |p: &Value| p["metadata"]["labels"].as_object().cloned();
-    let mut mine: Vec<&Value> = Vec::new();
-    for &pod in pods {
-        match controller_of(pod) {
-            Some(r) if r["uid"] == rs["metadata"]["uid"] => {
-                if selector.matches(labels(pod).as_ref()) {
+    let mut written = Vec::new();
+    let mut mine: Vec<Arc<Value>> = Vec::new();
+    for pod in ctx.pods.list_namespace(ns) {
+        match controller_of(&pod) {
+            Some(r) if r["uid"] == rs_uid => {
+                if selector.matches(labels(&pod).as_ref()) {
                     mine.push(pod);
                 } else {
                     // Release: it no longer matches.
@@ -257,22 +164,25 @@ async fn reconcile(
                         .as_array()
                         .into_iter()
                         .flatten()
-                        .filter(|r| r["uid"] != rs["metadata"]["uid"])
+                        .filter(|r| r["uid"] != rs_uid)
                         .cloned()
                         .collect();
-                    patch_pod(client, pod, refs).await?;
+                    written.push(set_owners(client, &pod, refs).await?);
                 }
             }
             Some(_) => {}
             None => {
-                if !terminating(pod) && selector.matches(labels(pod).as_ref()) {
+                if !terminating(&pod)
+                    && !selector.is_empty()
+                    && selector.matches(labels(&pod).as_ref())
+                {
                     // Adopt an orphan.
                     let mut refs: Vec<Value> = pod["metadata"]["ownerReferences"]
                         .as_array()
                         .cloned()
                         .unwrap_or_default();
-                    refs.push(owner_reference(rs));
-                    patch_pod(client, pod, refs).await?;
+                    refs.push(super::owner_reference(&rs, KIND));
+                    written.push(set_owners(client, &pod, refs).await?);
                     mine.push(pod);
                 }
             }
@@ -280,53 +190,98 @@ async fn reconcile(
     }
     let active: Vec<&Value> = mine
         .iter()
-        .copied()
+        .map(|p| &**p)
         .filter(|p| !terminating(p) && !finished(p))
         .collect();
     let want = rs["spec"]["replicas"].as_i64().unwrap_or(1).max(0) as usize;
+    let result = scale(ctx, &rs, &active, want, &mut written).await;
+    // Whatever was written must reach the cache before this set is looked at again.
+    settle(&ctx.pods, &written).await;
+    result?;
+    update_status(client, &rs, &active).await?;
+    // Availability comes due by time when minReadySeconds is set.
+    let min_ready = rs["spec"]["minReadySeconds"].as_i64().unwrap_or(0);
+    let now = jiff::Timestamp::now();
+    if min_ready > 0
+        && active
+            .iter()
+            .any(|p| ready(p) && !available(p, min_ready, now))
+    {
+        return Ok(Action::RequeueAfter(Duration::from_secs(1)));
+    }
+    Ok(Action::Await)
+}
+
+/// Creates or deletes pods until `want` are active. Creations go in slow-start batches (1, 2,
+/// 4, ...), so a template that cannot be created fails once, not `want` times.
+async fn scale(
+    ctx: &Ctx,
+    rs: &Value,
+    active: &[&Value],
+    want: usize,
+    written: &mut Vec<Value>,
+) -> Result<(), Error> {
+    let client = &ctx.client;
+    let ns = namespace(rs);
     if active.len() < want {
-        for _ in active.len()..want {
-            let created = client
-                .request(
-                    Method::POST,
-                    &format!("/api/v1/namespaces/{ns}/pods"),
-                    Some("application/json"),
-                    Some(pod_from_template(rs).to_string().into_bytes()),
-                )
-                .await?;
-            let pod = created["metadata"]["name"].as_str().unwrap_or_default();
-            record(
-                client,
-                rs,
-                "SuccessfulCreate",
-                &format!("Created pod: {pod}"),
-            );
-        }
-    } else if active.len() > want {
-        let mut doomed = active.clone();
-        doomed.sort_by_key(|p| deletion_rank(p));
-        for pod in doomed.into_iter().take(active.len() - want) {
-            let pod = pod["metadata"]["name"].as_str().unwrap_or_default();
-            match client
-                .request(
-                    Method::DELETE,
-                    &format!("/api/v1/namespaces/{ns}/pods/{pod}"),
-                    None,
-                    None,
-                )
-                .await
-            {
-                Ok(_) => record(
+        let mut missing = (want - active.len()).min(BURST);
+        let mut batch = 1;
+        let path = format!("/api/v1/namespaces/{ns}/pods");
+        let pod = pod_from_template(rs);
+        while missing > 0 {
+            let n = batch.min(missing);
+            let results =
+                futures_util::future::join_all((0..n).map(|_| super::create(client, &path, &pod)))
+                    .await;
+            for result in results {
+                let created = result?;
+                record(
                     client,
                     rs,
-                    "SuccessfulDelete",
-                    &format!("Deleted pod: {pod}"),
-                ),
-                Err(e) if e.code() == Some(404) => {}
+                    "SuccessfulCreate",
+                    &format!("Created pod: {}", name(&created)),
+                );
+                written.push(created);
+            }
+            missing -= n;
+            batch *= 2;
+        }
+    } else if active.len() > want {
+        let mut doomed = active.to_vec();
+        doomed.sort_by_key(|p| deletion_rank(p));
+        let doomed = &doomed[..active.len() - want];
+        let results =
+            futures_util::future::join_all(
+                doomed.iter().map(|pod| {
+                    let path = format!("/api/v1/namespaces/{ns}/pods/{}", name(pod));
+                    async move {
+                        super::delete(client, &path, "Background", Some(super::uid(pod))).await
+                    }
+                }),
+            )
+            .await;
+        for (pod, result) in doomed.iter().zip(results) {
+            match result {
+                Ok(Some(gone)) => {
+                    record(
+                        client,
+                        rs,
+                        "SuccessfulDelete",
+                        &format!("Deleted pod: {}", name(pod)),
+                    );
+                    written.push(gone);
+                }
+                Ok(None) => {}
+                // Replaced under the same name since: not this pod any more.
+                Err(e) if e.code() == Some(409) => {}
                 Err(e) => return Err(e),
             }
         }
     }
+    Ok(())
+}
+
+async fn update_status(client: &Client, rs: &Value, active: &[&Value]) -> Result<(), Error> {
     let now = jiff::Timestamp::now();
     let min_ready = rs["spec"]["minReadySeconds"].as_i64().unwrap_or(0);
     let template_labels = rs["spec"]["template"]["metadata"]["labels"].as_object();
@@ -351,15 +306,12 @@ async fn reconcile(
         c.remove("conditions");
     }
     if current != status {
-        let patch = json!({"status": status});
-        client
-            .request(
-                Method::PATCH,
-                &format!("/apis/apps/v1/namespaces/{ns}/replicasets/{name}/status"),
-                Some("application/merge-patch+json"),
-                Some(patch.to_string().into_bytes()),
-            )
-            .await?;
+        let path = format!(
+            "/apis/apps/v1/namespaces/{}/replicasets/{}/status",
+            namespace(rs),
+            name(rs)
+        );
+        super::merge_patch(client, &path, &json!({"status": status})).await?;
     }
     Ok(())
 }

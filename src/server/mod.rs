@@ -363,9 +363,9 @@ async fn bootstrap(state: &Arc<ApiState>) -> Result<(), Error> {
 /// # Errors
 /// When the server or the agent cannot start, or the server fails while serving.
 pub async fn run(config: ServerConfig, agent: Option<AgentConfig>) -> Result<(), Error> {
-    let enabled = |name: &str| !config.disabled.iter().any(|d| d == name);
+    let disabled = config.disabled.clone();
+    let enabled = move |name: &str| !disabled.iter().any(|d| d == name);
     let (scheduler, nodeipam) = (enabled("scheduler"), enabled("nodeipam"));
-    let replicaset = enabled("replicaset");
     let (cluster_cidr, node_cidr_mask) = (config.cluster_cidr, config.node_cidr_mask);
     let server = Server::start(config).await?;
     eprintln!(
@@ -390,12 +390,7 @@ pub async fn run(config: ServerConfig, agent: Option<AgentConfig>) -> Result<(),
             token.child_token(),
         ));
     }
-    if replicaset {
-        tokio::spawn(crate::controllers::replicaset::run(
-            admin.clone(),
-            token.child_token(),
-        ));
-    }
+    crate::controllers::start(&admin, &enabled, &token);
     if scheduler {
         tokio::spawn(crate::scheduler::run(admin, token.child_token()));
     }

@@ -124,3 +124,216 @@ fn a_replicaset_keeps_its_pods_adopts_orphans_and_scales() {
     );
     wait_rs(&c, "web", "readyReplicas", "1");
 }
+
+/// Collects a spawned watch's lines in the background until the child is killed.
+fn collect_lines(child: &mut std::process::Child) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    use std::io::BufRead;
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let out = child.stdout.take().expect("piped stdout");
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    lines
+}
+
+/// The ReplicaSets of the `app=web` Deployment: name, revision, replicas and image per line.
+fn replica_sets(c: &Cluster, label: &str) -> Vec<String> {
+    let out = c.kubectl_ok(&[
+        "get",
+        "rs",
+        "-l",
+        label,
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name} {.metadata.annotations.deployment\\.kubernetes\\.io/revision} {.spec.replicas} {.spec.template.spec.containers[0].image}{\"\\n\"}{end}",
+    ]);
+    let mut sets: Vec<String> = out.lines().map(str::to_owned).collect();
+    sets.sort();
+    sets
+}
+
+fn rollout_status(c: &Cluster, name: &str) {
+    c.kubectl_ok(&["rollout", "status", "deployment", name, "--timeout=90s"]);
+}
+
+#[test]
+fn a_deployment_scales_rolls_out_within_its_budget_and_rolls_back() {
+    let c = Cluster::with_agent();
+    import_all(&c);
+    crate::guests::import(&c, crate::guests::http_hello(), "hello:v2");
+    c.kubectl_ok(&["create", "deployment", "web", "--image", "hello:v1"]);
+    c.kubectl_ok(&["scale", "deployment", "web", "--replicas=3"]);
+    rollout_status(&c, "web");
+    assert_eq!(
+        c.jsonpath("deployment", "web", "{.status.availableReplicas}"),
+        "3"
+    );
+    let first = replica_sets(&c, "app=web");
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(first[0].ends_with(" 1 3 hello:v1"), "{first:?}");
+    // The pods carry the set's hash label and are owned by it.
+    let labels = c.kubectl_ok(&["get", "pods", "-l", "app=web", "--show-labels"]);
+    assert_eq!(labels.matches("pod-template-hash=").count(), 3, "{labels}");
+    let yaml = c.kubectl_ok(&["get", "pods", "-l", "app=web", "-o", "yaml"]);
+    assert_eq!(yaml.matches("kind: ReplicaSet").count(), 3, "{yaml}");
+
+    // A rolling update to a new image: 3 replicas with the default 25% budget never has fewer
+    // than 3 available (maxUnavailable rounds down to 0, maxSurge up to 1).
+    let mut watch = c.kubectl_spawn(&[
+        "get",
+        "deployment",
+        "web",
+        "-w",
+        "-o",
+        "jsonpath={.status.availableReplicas} {.status.updatedReplicas} {.status.replicas}{\"\\n\"}",
+    ]);
+    let seen = collect_lines(&mut watch);
+    c.kubectl_ok(&["set", "image", "deployment/web", "hello=hello:v2"]);
+    rollout_status(&c, "web");
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.len() > 2, "the watch saw the rollout: {seen:?}");
+    for line in &seen {
+        let available: i64 = line.split(' ').next().unwrap().parse().unwrap_or(0);
+        assert!(
+            available >= 3,
+            "availability fell to {available} during the rollout: {seen:?}"
+        );
+    }
+    let second = replica_sets(&c, "app=web");
+    assert_eq!(second.len(), 2, "{second:?}");
+    assert!(
+        second.iter().any(|s| s.ends_with(" 1 0 hello:v1")),
+        "{second:?}"
+    );
+    assert!(
+        second.iter().any(|s| s.ends_with(" 2 3 hello:v2")),
+        "{second:?}"
+    );
+    let history = c.kubectl_ok(&["rollout", "history", "deployment/web"]);
+    assert!(
+        history.contains("1 ") && history.contains("2 "),
+        "{history}"
+    );
+
+    // Undo writes the old template back; the old set is matched to it (not a third set) and
+    // becomes revision 3.
+    c.kubectl_ok(&["rollout", "undo", "deployment/web"]);
+    rollout_status(&c, "web");
+    let third = replica_sets(&c, "app=web");
+    assert_eq!(third.len(), 2, "{third:?}");
+    assert!(
+        third.iter().any(|s| s.ends_with(" 3 3 hello:v1")),
+        "{third:?}"
+    );
+    assert!(
+        third.iter().any(|s| s.ends_with(" 2 0 hello:v2")),
+        "{third:?}"
+    );
+    let images = c.kubectl_ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=web",
+        "--field-selector",
+        "status.phase=Running",
+        "-o",
+        "jsonpath={.items[*].spec.containers[0].image}",
+    ]);
+    assert!(!images.contains("hello:v2"), "{images}");
+
+    // Paused, a template change rolls nothing out until resumed.
+    c.kubectl_ok(&["rollout", "pause", "deployment/web"]);
+    c.kubectl_ok(&["set", "image", "deployment/web", "hello=hello:v2"]);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!(
+        replica_sets(&c, "app=web"),
+        third,
+        "a paused deployment rolled out"
+    );
+    let reason = c.jsonpath(
+        "deployment",
+        "web",
+        "{.status.conditions[?(@.type==\"Progressing\")].reason}",
+    );
+    assert_eq!(reason, "DeploymentPaused");
+    c.kubectl_ok(&["rollout", "resume", "deployment/web"]);
+    rollout_status(&c, "web");
+    let fourth = replica_sets(&c, "app=web");
+    assert!(
+        fourth.iter().any(|s| s.ends_with(" 4 3 hello:v2")),
+        "{fourth:?}"
+    );
+
+    // Deleting the Deployment takes its sets and pods with it (background cascade).
+    c.kubectl_ok(&["delete", "deployment", "web"]);
+    let mut left = String::new();
+    assert!(
+        eventually(LONG, || {
+            left = stdout(&c.kubectl(&["get", "rs,pods", "-l", "app=web", "-o", "name"]));
+            left.trim().is_empty()
+        }),
+        "left behind: {left}"
+    );
+}
+
+#[test]
+fn deletion_cascades_in_the_foreground_or_orphans_by_policy() {
+    let c = Cluster::with_agent();
+    import_all(&c);
+    c.kubectl_ok(&[
+        "create",
+        "deployment",
+        "fg",
+        "--image",
+        "hello:v1",
+        "--replicas=2",
+    ]);
+    c.kubectl_ok(&[
+        "create",
+        "deployment",
+        "orphans",
+        "--image",
+        "hello:v1",
+        "--replicas=2",
+    ]);
+    rollout_status(&c, "fg");
+    rollout_status(&c, "orphans");
+
+    // Foreground: kubectl waits for the Deployment, which goes only after its set and pods.
+    c.kubectl_ok(&[
+        "delete",
+        "deployment",
+        "fg",
+        "--cascade=foreground",
+        "--timeout=90s",
+    ]);
+    let left = stdout(&c.kubectl(&["get", "rs,pods", "-l", "app=fg", "-o", "name"]));
+    assert!(left.trim().is_empty(), "the deployment went before: {left}");
+
+    // Orphan: the set stays, with no owner, and keeps its pods.
+    c.kubectl_ok(&["delete", "deployment", "orphans", "--cascade=orphan"]);
+    let mut owners = String::from("?");
+    assert!(
+        eventually(LONG, || {
+            owners = stdout(&c.kubectl(&[
+                "get",
+                "rs",
+                "-l",
+                "app=orphans",
+                "-o",
+                "jsonpath={.items[*].metadata.ownerReferences}",
+            ]));
+            owners.is_empty() && stdout(&c.kubectl(&["get", "deployment", "orphans"])).is_empty()
+        }),
+        "the set was not released: {owners:?}"
+    );
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let sets = replica_sets(&c, "app=orphans");
+    assert_eq!(sets.len(), 1, "{sets:?}");
+    let pods = c.kubectl_ok(&["get", "pods", "-l", "app=orphans", "-o", "name"]);
+    assert_eq!(pods.lines().count(), 2, "{pods}");
+}
