@@ -337,3 +337,85 @@ fn deletion_cascades_in_the_foreground_or_orphans_by_policy() {
     let pods = c.kubectl_ok(&["get", "pods", "-l", "app=orphans", "-o", "name"]);
     assert_eq!(pods.lines().count(), 2, "{pods}");
 }
+
+#[test]
+fn a_recreate_deployment_stops_old_pods_first_keeps_its_history_limit_and_misses_a_deadline() {
+    let c = Cluster::with_agent();
+    import_all(&c);
+    c.kubectl_apply(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: rec\nspec:\n  replicas: 2\n  revisionHistoryLimit: 1\n  strategy: {type: Recreate}\n  selector:\n    matchLabels: {app: rec}\n  template:\n    metadata:\n      labels: {app: rec}\n    spec:\n      containers:\n      - name: hello\n        image: hello:v1\n",
+    );
+    rollout_status(&c, "rec");
+    let mut watch = c.kubectl_spawn(&[
+        "get",
+        "pods",
+        "-l",
+        "app=rec",
+        "-w",
+        "--output-watch-events",
+        "-o",
+        "jsonpath={.type} {.object.metadata.name} {.object.metadata.labels.pod-template-hash}{\"\\n\"}",
+    ]);
+    let seen = collect_lines(&mut watch);
+    c.kubectl_ok(&["rollout", "restart", "deployment/rec"]);
+    rollout_status(&c, "rec");
+    let _ = watch.kill();
+    let _ = watch.wait();
+    // No new pod was made while an old one existed.
+    let seen = seen.lock().unwrap().clone();
+    let mut alive: std::collections::BTreeMap<String, String> = Default::default();
+    let mut hashes = std::collections::BTreeSet::new();
+    for line in &seen {
+        let [event, pod, hash] = line.split(' ').collect::<Vec<_>>()[..] else {
+            continue;
+        };
+        hashes.insert(hash.to_owned());
+        match event {
+            "DELETED" => {
+                alive.remove(pod);
+            }
+            _ => {
+                let others: Vec<&String> = alive.values().filter(|h| *h != hash).collect();
+                assert!(
+                    others.is_empty(),
+                    "{pod} ({hash}) came while {others:?} pods lived: {seen:?}"
+                );
+                alive.insert(pod.to_owned(), hash.to_owned());
+            }
+        }
+    }
+    assert_eq!(hashes.len(), 2, "old and new pods were seen: {seen:?}");
+
+    // A second restart leaves the current set and one old one (revisionHistoryLimit 1).
+    c.kubectl_ok(&["rollout", "restart", "deployment/rec"]);
+    rollout_status(&c, "rec");
+    let mut sets = Vec::new();
+    assert!(
+        eventually(LONG, || {
+            sets = replica_sets(&c, "app=rec");
+            sets.len() == 2
+        }),
+        "{sets:?}"
+    );
+
+    // An image that cannot be pulled never becomes available: the deadline passes.
+    c.kubectl_ok(&[
+        "patch",
+        "deployment/rec",
+        "-p",
+        r#"{"spec":{"progressDeadlineSeconds":3,"template":{"spec":{"containers":[{"name":"hello","image":"127.0.0.1:1/absent:v1"}]}}}}"#,
+    ]);
+    let out = c.kubectl(&["rollout", "status", "deployment/rec", "--timeout=60s"]);
+    assert!(!out.status.success());
+    assert!(
+        crate::harness::stderr(&out).contains("exceeded its progress deadline"),
+        "{}",
+        crate::harness::stderr(&out)
+    );
+    let progressing = c.jsonpath(
+        "deployment",
+        "rec",
+        "{.status.conditions[?(@.type==\"Progressing\")].reason}",
+    );
+    assert_eq!(progressing, "ProgressDeadlineExceeded");
+}
