@@ -676,7 +676,12 @@ async fn deployment(session: &Session, page: &mut Page, d: &Value) -> anyhow::Re
     };
     let newest = owned
         .iter()
-        .find(|rs| same_template(&rs["spec"]["template"], &spec["template"]))
+        .find(|rs| {
+            crate::controllers::deployment::same_template(
+                &rs["spec"]["template"],
+                &spec["template"],
+            )
+        })
         .or_else(|| owned.iter().max_by_key(|rs| revision(rs)))
         .copied();
     let describe_rs = |rs: &Value| {
@@ -710,16 +715,11 @@ async fn deployment(session: &Session, page: &mut Page, d: &Value) -> anyhow::Re
     Ok(())
 }
 
-/// Whether a ReplicaSet's template is the deployment's, ignoring the hash label it adds.
-fn same_template(rs: &Value, deployment: &Value) -> bool {
-    let mut rs = rs.clone();
-    if let Some(labels) = rs["metadata"]
-        .get_mut("labels")
-        .and_then(Value::as_object_mut)
-    {
-        labels.remove("pod-template-hash");
-    }
-    rs["spec"] == deployment["spec"] && rs["metadata"]["labels"] == deployment["metadata"]["labels"]
+/// A pod template as `kubectl describe` and `kubectl rollout history --revision` print it.
+pub fn pod_template_text(template: &Value) -> String {
+    let mut page = Page(String::new());
+    pod_template(&mut page, template);
+    page.finish()
 }
 
 fn pod_template(page: &mut Page, template: &Value) {

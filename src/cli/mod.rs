@@ -20,6 +20,7 @@ mod logs;
 mod manifest;
 mod output;
 mod registry;
+mod rollout;
 mod scale;
 mod server;
 mod target;
@@ -81,6 +82,8 @@ enum Command {
     Edit(Verb<edit::Args>),
     /// Set a new size for a deployment, replica set or stateful set.
     Scale(Verb<scale::Args>),
+    /// Manage the rollout of a deployment.
+    Rollout(Verb<rollout::Args>),
     /// Update the labels on a resource.
     Label(Verb<label::Args>),
     /// Update the annotations on a resource.
@@ -222,6 +225,7 @@ pub fn main() -> ExitCode {
             Command::Delete(v) => delete::execute(v.args, &v.global.or(&outer)).await,
             Command::Edit(v) => edit::execute(v.args, &v.global.or(&outer)).await,
             Command::Scale(v) => scale::execute(v.args, &v.global.or(&outer)).await,
+            Command::Rollout(v) => rollout::execute(v.args, &v.global.or(&outer)).await,
             Command::Label(v) => label::execute(v.args, &v.global.or(&outer)).await,
             Command::Annotate(v) => annotate::execute(v.args, &v.global.or(&outer)).await,
             Command::Cordon(v) => cordon::execute(v.args, &v.global.or(&outer), true).await,

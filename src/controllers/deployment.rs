@@ -151,7 +151,7 @@ fn semantic(template: &Value) -> Value {
 }
 
 /// Whether a ReplicaSet's template is the Deployment's template.
-fn same_template(rs_template: &Value, template: &Value) -> bool {
+pub fn same_template(rs_template: &Value, template: &Value) -> bool {
     semantic(rs_template) == semantic(template)
 }
 
@@ -176,7 +176,8 @@ fn template_hash(template: &Value, collisions: u64) -> String {
         .collect()
 }
 
-fn revision_of(rs: &Value) -> u64 {
+/// The revision annotation of a ReplicaSet or Deployment (0 without one).
+pub fn revision_of(rs: &Value) -> u64 {
     rs["metadata"]["annotations"][REVISION]
         .as_str()
         .and_then(|r| r.parse().ok())

@@ -268,6 +268,29 @@ fn a_deployment_scales_rolls_out_within_its_budget_and_rolls_back() {
         "{fourth:?}"
     );
 
+    // The same through `wk rollout`.
+    c.wk_ok(&["rollout", "undo", "deployment/web"]);
+    let status = c.wk_ok(&["rollout", "status", "deployment/web", "--timeout=90s"]);
+    assert!(
+        status.ends_with("deployment \"web\" successfully rolled out\n"),
+        "{status}"
+    );
+    let history = c.wk_ok(&["rollout", "history", "deployment", "web"]);
+    assert!(
+        history.contains("\n4 ") && history.contains("\n5 "),
+        "{history}"
+    );
+    let v1 = c.wk_ok(&["rollout", "history", "deployment/web", "--revision=5"]);
+    assert!(v1.contains("hello:v1"), "{v1}");
+    c.wk_ok(&["rollout", "pause", "deployment/web"]);
+    let again = c.wk(&["rollout", "pause", "deployment/web"]);
+    assert!(
+        crate::harness::stderr(&again).contains("deployments.apps \"web\" is already paused"),
+        "{}",
+        crate::harness::stderr(&again)
+    );
+    c.wk_ok(&["rollout", "resume", "deployment/web"]);
+
     // Deleting the Deployment takes its sets and pods with it (background cascade).
     c.kubectl_ok(&["delete", "deployment", "web"]);
     let mut left = String::new();
