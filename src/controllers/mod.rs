@@ -2,8 +2,10 @@
 //! level-triggered: it reads the current state from shared watch-fed caches
 //! ([`crate::client::informer`]) and corrects it through the API, one queued key at a time.
 
+pub mod cronjob;
 pub mod deployment;
 pub mod gc;
+pub mod job;
 pub mod nodeipam;
 pub mod replicaset;
 
@@ -35,6 +37,12 @@ pub fn start(client: &Client, enabled: &dyn Fn(&str) -> bool, shutdown: &Cancell
     }
     if enabled("deployment") {
         deployment::start(client, &informers, shutdown);
+    }
+    if enabled("job") {
+        job::start(client, &informers, shutdown);
+    }
+    if enabled("cronjob") {
+        cronjob::start(client, &informers, shutdown);
     }
     if enabled("garbagecollector") {
         gc::start(client, &informers, shutdown);

@@ -5,6 +5,7 @@ mod controllers;
 mod guests;
 mod harness;
 mod images;
+mod jobs;
 mod kube_client;
 mod kubectl;
 mod registry;
