@@ -1,8 +1,11 @@
 //! The scheduler: binds each pod that has no node to one that can run it, through the
-//! `binding` subresource. Filters: the node is Ready and schedulable, matches the pod's
-//! nodeSelector, its taints are tolerated, and it has room (pods, CPU and memory requests).
-//! Score: least allocated. A pod that fits nowhere gets `PodScheduled=False` and a
-//! `FailedScheduling` event saying why for each node, and is retried when things change.
+//! `binding` subresource. Filters, as kube-scheduler's: the node is Ready and schedulable, its
+//! NoSchedule and NoExecute taints are tolerated, it matches the pod's nodeSelector and
+//! required node affinity (expressions on labels, fields on the name), and it has room (pods,
+//! CPU and memory requests, hostPorts). Scores: least allocated, balanced allocation,
+//! spreading the pods of one owner, and preferred node affinity. A pod that fits nowhere gets
+//! `PodScheduled=False` and a `FailedScheduling` event saying why for each node, and is
+//! retried when things change.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -26,6 +29,23 @@ struct Room {
     max_pods: i128,
     max_cpu: i128,
     max_memory: i128,
+    /// The hostPorts taken, as `protocol/port`.
+    ports: std::collections::HashSet<String>,
+    /// Pods per controller uid, for spreading.
+    owners: HashMap<String, i128>,
+}
+
+impl Room {
+    fn take(&mut self, pod: &Value) {
+        let (cpu, memory) = requests(pod);
+        self.pods += 1;
+        self.cpu += cpu;
+        self.memory += memory;
+        self.ports.extend(host_ports(pod));
+        if let Some(owner) = owner_uid(pod) {
+            *self.owners.entry(owner.to_owned()).or_default() += 1;
+        }
+    }
 }
 
 fn quantity(v: &Value) -> i128 {
@@ -59,6 +79,145 @@ fn requests(pod: &Value) -> (i128, i128) {
     )
 }
 
+/// The hostPorts a pod asks for, as `protocol/port`.
+fn host_ports(pod: &Value) -> Vec<String> {
+    pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c["ports"].as_array().into_iter().flatten())
+        .filter_map(|p| {
+            let port = p["hostPort"].as_u64().filter(|p| *p > 0)?;
+            Some(format!(
+                "{}/{port}",
+                p["protocol"].as_str().unwrap_or("TCP")
+            ))
+        })
+        .collect()
+}
+
+fn owner_uid(pod: &Value) -> Option<&str> {
+    pod["metadata"]["ownerReferences"]
+        .as_array()?
+        .iter()
+        .find(|r| r["controller"] == true)?["uid"]
+        .as_str()
+}
+
+/// Whether a toleration tolerates a taint, as Kubernetes' `ToleratesTaint`: the effect and
+/// key match (empty means any), and the value is equal unless the operator is Exists.
+pub fn tolerates(toleration: &Value, taint: &Value) -> bool {
+    let s = |v: &Value, f: &str| v[f].as_str().unwrap_or_default().to_owned();
+    let effect = s(toleration, "effect");
+    if !effect.is_empty() && effect != s(taint, "effect") {
+        return false;
+    }
+    let key = s(toleration, "key");
+    if !key.is_empty() && key != s(taint, "key") {
+        return false;
+    }
+    match toleration["operator"].as_str().unwrap_or("Equal") {
+        "Exists" => true,
+        _ => !key.is_empty() && s(toleration, "value") == s(taint, "value"),
+    }
+}
+
+/// The first of a node's taints with one of `effects` that `tolerations` do not tolerate.
+pub fn untolerated<'a>(
+    node: &'a Value,
+    tolerations: &Value,
+    effects: &[&str],
+) -> Option<&'a Value> {
+    node["spec"]["taints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| effects.contains(&t["effect"].as_str().unwrap_or_default()))
+        .find(|taint| {
+            !tolerations
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|t| tolerates(t, taint))
+        })
+}
+
+/// Whether a node selector requirement (`matchExpressions` or `matchFields` entry) holds for
+/// a value (`None`: the label is absent).
+fn requirement_holds(req: &Value, value: Option<&str>) -> bool {
+    let values: Vec<&str> = req["values"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let number = |v: &str| v.parse::<i64>().ok();
+    match req["operator"].as_str().unwrap_or_default() {
+        "In" => value.is_some_and(|v| values.contains(&v)),
+        "NotIn" => value.is_none_or(|v| !values.contains(&v)),
+        "Exists" => value.is_some(),
+        "DoesNotExist" => value.is_none(),
+        "Gt" => {
+            matches!((value.and_then(number), values.first().and_then(|v| number(v))), (Some(a), Some(b)) if a > b)
+        }
+        "Lt" => {
+            matches!((value.and_then(number), values.first().and_then(|v| number(v))), (Some(a), Some(b)) if a < b)
+        }
+        _ => false,
+    }
+}
+
+/// Whether a node selector term (its expressions on labels and its fields) matches a node.
+/// A term with neither matches nothing.
+fn term_matches(term: &Value, node: &Value) -> bool {
+    let exprs = term["matchExpressions"]
+        .as_array()
+        .map_or(&[][..], Vec::as_slice);
+    let fields = term["matchFields"]
+        .as_array()
+        .map_or(&[][..], Vec::as_slice);
+    if exprs.is_empty() && fields.is_empty() {
+        return false;
+    }
+    let labels = &node["metadata"]["labels"];
+    exprs
+        .iter()
+        .all(|r| requirement_holds(r, labels[r["key"].as_str().unwrap_or_default()].as_str()))
+        && fields.iter().all(|r| {
+            let value = (r["key"] == "metadata.name")
+                .then(|| node["metadata"]["name"].as_str())
+                .flatten();
+            requirement_holds(r, value)
+        })
+}
+
+/// Whether a pod spec's nodeSelector and required node affinity let it onto `node`.
+pub fn node_selected(spec: &Value, node: &Value) -> bool {
+    let labels = &node["metadata"]["labels"];
+    if let Some(selector) = spec["nodeSelector"].as_object()
+        && selector.iter().any(|(k, v)| labels.get(k) != Some(v))
+    {
+        return false;
+    }
+    let required =
+        &spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"];
+    match required["nodeSelectorTerms"].as_array() {
+        Some(terms) if required.is_object() => terms.iter().any(|t| term_matches(t, node)),
+        _ => true,
+    }
+}
+
+/// The sum of the weights of the preferred node affinity terms `node` matches.
+fn preferred_weight(spec: &Value, node: &Value) -> i128 {
+    spec["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| term_matches(&p["preference"], node))
+        .map(|p| i128::from(p["weight"].as_i64().unwrap_or(0)))
+        .sum()
+}
+
 /// Why `node` cannot take `pod`, in kube-scheduler's words; `None` when it can.
 fn unfit(pod: &Value, node: &Value, room: &Room) -> Option<String> {
     let ready = node["status"]["conditions"]
@@ -69,42 +228,26 @@ fn unfit(pod: &Value, node: &Value, room: &Room) -> Option<String> {
     if !ready {
         return Some("node(s) were not ready".into());
     }
-    let tolerations = pod["spec"]["tolerations"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let tolerates = |key: &str, effect: &str| {
-        tolerations.iter().any(|t| {
-            let key_ok = t["key"].as_str().is_none_or(|k| k.is_empty() || k == key)
-                || t["operator"] == "Exists" && t["key"].as_str().is_none_or(str::is_empty);
-            let effect_ok = t["effect"]
-                .as_str()
-                .is_none_or(|e| e.is_empty() || e == effect);
-            key_ok && effect_ok
-        })
-    };
+    let tolerations = &pod["spec"]["tolerations"];
+    let unschedulable = json!({"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"});
     if node["spec"]["unschedulable"] == true
-        && !tolerates("node.kubernetes.io/unschedulable", "NoSchedule")
+        && !tolerations
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|t| tolerates(t, &unschedulable))
     {
         return Some("node(s) were unschedulable".into());
     }
-    for taint in node["spec"]["taints"].as_array().into_iter().flatten() {
-        let effect = taint["effect"].as_str().unwrap_or_default();
-        if matches!(effect, "NoSchedule" | "NoExecute")
-            && !tolerates(taint["key"].as_str().unwrap_or_default(), effect)
-        {
-            return Some(format!(
-                "node(s) had untolerated taint {{{}: {}}}",
-                taint["key"].as_str().unwrap_or_default(),
-                taint["value"].as_str().unwrap_or_default()
-            ));
-        }
+    if let Some(taint) = untolerated(node, tolerations, &["NoSchedule", "NoExecute"]) {
+        return Some(format!(
+            "node(s) had untolerated taint {{{}: {}}}",
+            taint["key"].as_str().unwrap_or_default(),
+            taint["value"].as_str().unwrap_or_default()
+        ));
     }
-    if let Some(selector) = pod["spec"]["nodeSelector"].as_object() {
-        let labels = &node["metadata"]["labels"];
-        if selector.iter().any(|(k, v)| labels.get(k) != Some(v)) {
-            return Some("node(s) didn't match Pod's node affinity/selector".into());
-        }
+    if !node_selected(&pod["spec"], node) {
+        return Some("node(s) didn't match Pod's node affinity/selector".into());
     }
     if room.pods + 1 > room.max_pods {
         return Some("Too many pods".into());
@@ -116,20 +259,36 @@ fn unfit(pod: &Value, node: &Value, room: &Room) -> Option<String> {
     if memory > 0 && room.memory + memory > room.max_memory {
         return Some("Insufficient memory".into());
     }
+    if host_ports(pod).iter().any(|p| room.ports.contains(p)) {
+        return Some("node(s) didn't have free ports for the requested pod ports".into());
+    }
     None
 }
 
-/// Least-allocated score, 0–100: the free share of CPU and memory after placing the pod.
-fn score(pod: &Value, room: &Room) -> i128 {
+/// The node's score for the pod, higher is better, as kube-scheduler's default plugins add
+/// up: least allocated and balanced allocation (0–100 each), spreading the pods of one owner
+/// (100 on a node with none of them, less with each), and preferred node affinity (the
+/// matched weights, 1–100 each).
+fn score(pod: &Value, node: &Value, room: &Room) -> i128 {
     let (cpu, memory) = requests(pod);
-    let free = |used: i128, max: i128| {
+    let share = |used: i128, max: i128| {
         if max > 0 {
-            (max - used).max(0) * 100 / max
+            (used * 100 / max).min(100)
         } else {
             0
         }
     };
-    (free(room.cpu + cpu, room.max_cpu) + free(room.memory + memory, room.max_memory)) / 2
+    let (cpu_used, mem_used) = (
+        share(room.cpu + cpu, room.max_cpu),
+        share(room.memory + memory, room.max_memory),
+    );
+    let least = (200 - cpu_used - mem_used) / 2;
+    let balanced = 100 - (cpu_used - mem_used).abs();
+    let spread = owner_uid(pod).map_or(100, |o| {
+        let mine = room.owners.get(o).copied().unwrap_or(0);
+        100 / (1 + mine)
+    });
+    least + balanced + spread + preferred_weight(&pod["spec"], node)
 }
 
 /// Picks a node for `pod`, or says why none fits ("0/3 nodes are available: ...").
@@ -145,7 +304,7 @@ fn choose(pod: &Value, nodes: &[Value], rooms: &HashMap<String, Room>) -> Result
         match unfit(pod, node, &room) {
             Some(why) => *reasons.entry(why).or_default() += 1,
             None => {
-                let s = score(pod, &room);
+                let s = score(pod, node, &room);
                 if best
                     .as_ref()
                     .is_none_or(|(b, n)| s > *b || (s == *b && name < *n))
@@ -190,10 +349,7 @@ fn rooms(nodes: &[Value], pods: &[Value]) -> HashMap<String, Room> {
             .as_str()
             .and_then(|n| rooms.get_mut(n))
         {
-            let (cpu, memory) = requests(p);
-            room.pods += 1;
-            room.cpu += cpu;
-            room.memory += memory;
+            room.take(p);
         }
     }
     rooms
@@ -287,10 +443,7 @@ async fn pass(
                 match bound {
                     Ok(_) => {
                         if let Some(room) = rooms.get_mut(&node) {
-                            let (cpu, memory) = requests(&pod);
-                            room.pods += 1;
-                            room.cpu += cpu;
-                            room.memory += memory;
+                            room.take(&pod);
                         }
                         reported.remove(&key);
                         event(
@@ -401,5 +554,122 @@ mod tests {
         let r = rooms(&nodes, &[running, done]);
         assert_eq!(r["a"].cpu, 1500);
         assert!(choose(&pod("1"), &nodes, &r).is_err());
+    }
+
+    #[test]
+    fn node_affinity_requires_terms_and_prefers_weights() {
+        let mut a = node("a", "2", "4Gi");
+        a["metadata"]["labels"] = json!({"zone": "north", "gen": "3"});
+        let mut b = node("b", "2", "4Gi");
+        b["metadata"]["labels"] = json!({"zone": "south", "gen": "5"});
+        let nodes = vec![a, b];
+        let rooms = rooms(&nodes, &[]);
+        let with = |affinity: Value| {
+            let mut p = pod("100m");
+            p["spec"]["affinity"] = json!({"nodeAffinity": affinity});
+            p
+        };
+        let required = |terms: Value| {
+            with(
+                json!({"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}}),
+            )
+        };
+        let zone_in = required(
+            json!([{"matchExpressions": [{"key": "zone", "operator": "In", "values": ["south"]}]}]),
+        );
+        assert_eq!(choose(&zone_in, &nodes, &rooms), Ok("b".into()));
+        let newer = required(
+            json!([{"matchExpressions": [{"key": "gen", "operator": "Lt", "values": ["4"]}]}]),
+        );
+        assert_eq!(choose(&newer, &nodes, &rooms), Ok("a".into()));
+        let by_name = required(
+            json!([{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["a"]}]}]),
+        );
+        assert_eq!(choose(&by_name, &nodes, &rooms), Ok("a".into()));
+        let nowhere =
+            required(json!([{"matchExpressions": [{"key": "gpu", "operator": "Exists"}]}]));
+        assert_eq!(
+            choose(&nowhere, &nodes, &rooms).unwrap_err(),
+            "0/2 nodes are available: 2 node(s) didn't match Pod's node affinity/selector."
+        );
+        // Terms are ORed; an empty term matches nothing.
+        let either = required(
+            json!([{}, {"matchExpressions": [{"key": "zone", "operator": "NotIn", "values": ["south"]}]}]),
+        );
+        assert_eq!(choose(&either, &nodes, &rooms), Ok("a".into()));
+        let preferred = with(json!({"preferredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": 80, "preference": {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["south"]}]}}]}));
+        assert_eq!(choose(&preferred, &nodes, &rooms), Ok("b".into()));
+    }
+
+    #[test]
+    fn taint_values_host_ports_and_owners_count() {
+        let mut tainted = node("a", "2", "4Gi");
+        tainted["spec"]["taints"] =
+            json!([{"key": "team", "value": "red", "effect": "NoSchedule"}]);
+        let nodes = vec![tainted];
+        let mut blue = pod("100m");
+        blue["spec"]["tolerations"] =
+            json!([{"key": "team", "operator": "Equal", "value": "blue"}]);
+        assert!(
+            choose(&blue, &nodes, &rooms(&nodes, &[]))
+                .unwrap_err()
+                .contains("untolerated taint {team: red}")
+        );
+        blue["spec"]["tolerations"][0]["value"] = json!("red");
+        assert_eq!(choose(&blue, &nodes, &rooms(&nodes, &[])), Ok("a".into()));
+
+        let nodes = vec![node("a", "2", "4Gi"), node("b", "2", "4Gi")];
+        let mut web = pod("100m");
+        web["spec"]["containers"][0]["ports"] = json!([{"containerPort": 80, "hostPort": 8080}]);
+        web["metadata"]["ownerReferences"] = json!([{"uid": "rs1", "controller": true}]);
+        let mut placed = web.clone();
+        placed["spec"]["nodeName"] = json!("a");
+        let r = rooms(&nodes, &[placed.clone()]);
+        // The port is taken on a, and b has none of the owner's pods anyway.
+        assert_eq!(choose(&web, &nodes, &r), Ok("b".into()));
+        let mut on_b = placed.clone();
+        on_b["spec"]["nodeName"] = json!("b");
+        assert_eq!(
+            choose(&web, &nodes, &rooms(&nodes, &[placed.clone(), on_b])).unwrap_err(),
+            "0/2 nodes are available: 2 node(s) didn't have free ports for the requested pod ports."
+        );
+        // Without ports, the owner's pods spread.
+        let mut spread = pod("100m");
+        spread["metadata"]["ownerReferences"] = json!([{"uid": "rs1", "controller": true}]);
+        assert_eq!(choose(&spread, &nodes, &r), Ok("b".into()));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Scheduling pods one after another never puts more on a node than it has.
+        #[test]
+        fn a_bound_pod_always_fits_its_node(
+            caps in proptest::collection::vec((1u32..8, 1u32..8, 1u32..6), 1..6),
+            pods in proptest::collection::vec((0u32..3000, 0u32..3000), 1..60),
+        ) {
+            let nodes: Vec<Value> = caps.iter().enumerate().map(|(i, (cpu, mem, max))| {
+                let mut n = node(&format!("n{i}"), &cpu.to_string(), &format!("{mem}Gi"));
+                n["status"]["allocatable"]["pods"] = json!(max.to_string());
+                n
+            }).collect();
+            let mut bound: Vec<Value> = Vec::new();
+            for (i, (cpu, mem)) in pods.iter().enumerate() {
+                let mut p = json!({"metadata": {"name": format!("p{i}")}, "spec": {"containers": [
+                    {"resources": {"requests": {"cpu": format!("{cpu}m"), "memory": format!("{mem}Mi")}}}]}});
+                if let Ok(n) = choose(&p, &nodes, &rooms(&nodes, &bound)) {
+                    p["spec"]["nodeName"] = json!(n);
+                    bound.push(p);
+                }
+            }
+            for (i, (cpu, mem, max)) in caps.iter().enumerate() {
+                let name = format!("n{i}");
+                let on: Vec<&Value> = bound.iter().filter(|p| p["spec"]["nodeName"] == name.as_str()).collect();
+                let used: (i128, i128) = on.iter().map(|p| requests(p)).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+                proptest::prop_assert!(on.len() as u32 <= *max);
+                proptest::prop_assert!(used.0 <= i128::from(*cpu) * 1000);
+                proptest::prop_assert!(used.1 <= i128::from(*mem) * 1024 * 1024 * 1024 * 1000);
+            }
+        }
     }
 }
