@@ -157,7 +157,7 @@ pub fn same_template(rs_template: &Value, template: &Value) -> bool {
 
 /// The `pod-template-hash` of a template: FNV-1a over its semantic form (and the collision
 /// count), written in Kubernetes' safe alphabet, so names never spell words.
-fn template_hash(template: &Value, collisions: u64) -> String {
+pub fn template_hash(template: &Value, collisions: u64) -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut h: u32 = 0x811c_9dc5;
     let mut feed = |bytes: &[u8]| {

@@ -5,7 +5,8 @@
 //! `Orphan` leaves the `orphan` finalizer until its dependents no longer name it.
 //!
 //! It watches every kind that can own or be owned (not Events or Namespaces). A missing owner
-//! is looked up live before its dependents go: the cache may not have seen it yet.
+//! is looked up live before its dependents go: the cache may not have seen it yet. Pods bound
+//! to a node that no longer exists are deleted at once, as no agent will stop them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -89,6 +90,18 @@ pub fn start(client: &Client, informers: &Informers, shutdown: &CancellationToke
             let Some(ctx) = c.upgrade() else { return };
             match (old, new) {
                 (_, Some(new)) => {
+                    // A pod bound to a node that is not there (the node left while the
+                    // controller was down).
+                    if kind == "Pod"
+                        && old.is_none_or(|o| o["spec"]["nodeName"] != new["spec"]["nodeName"])
+                        && let Some(node) =
+                            new["spec"]["nodeName"].as_str().filter(|n| !n.is_empty())
+                        && ctx
+                            .kind("Node")
+                            .is_some_and(|k| k.informer.synced() && k.informer.get(node).is_none())
+                    {
+                        q.add(format!("{POD_GC}|{node}"));
+                    }
                     let refs_changed = old.is_none_or(|o| owners(o) != owners(new));
                     let deleting = terminating(new)
                         && finalizers(new)
@@ -103,6 +116,9 @@ pub fn start(client: &Client, informers: &Informers, shutdown: &CancellationToke
                     }
                 }
                 (Some(old), None) => {
+                    if kind == "Node" {
+                        q.add(format!("{POD_GC}|{}", name(old)));
+                    }
                     for (k, dependent) in ctx.dependents(uid(old)) {
                         q.add(format!("{k}|{}", key_of(&dependent)));
                     }
@@ -113,6 +129,40 @@ pub fn start(client: &Client, informers: &Informers, shutdown: &CancellationToke
         });
     }
     let shutdown = shutdown.child_token();
+    // Now and then, pods of nodes that are gone are looked for again (a binding can race a
+    // node's deletion), as the pod garbage collector's 20 s period.
+    let (q, c, stop) = (queue.clone(), Arc::downgrade(&ctx), shutdown.clone());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(POD_GC_PERIOD);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = stop.cancelled() => return,
+            }
+            let Some(ctx) = c.upgrade() else { return };
+            let (Some(pods), Some(nodes)) = (ctx.kind("Pod"), ctx.kind("Node")) else {
+                return;
+            };
+            if !nodes.informer.synced() {
+                continue;
+            }
+            let gone: std::collections::BTreeSet<String> = pods
+                .informer
+                .list()
+                .iter()
+                .filter_map(|p| {
+                    p["spec"]["nodeName"]
+                        .as_str()
+                        .filter(|n| !n.is_empty())
+                        .map(str::to_owned)
+                })
+                .filter(|n| nodes.informer.get(n).is_none())
+                .collect();
+            for node in gone {
+                q.add(format!("{POD_GC}|{node}"));
+            }
+        }
+    });
     tokio::spawn(async move {
         for kind in ctx.kinds.values() {
             kind.informer.wait_synced().await;
@@ -184,10 +234,56 @@ async fn owner_state(ctx: &Ctx, object: &Value, r: &Value) -> Result<Owner, Erro
     }
 }
 
+/// The queue key prefix for a node whose pods are to be collected.
+const POD_GC: &str = "pod-gc";
+/// How often pods of nodes that are gone are looked for.
+const POD_GC_PERIOD: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Deletes at once (grace 0) the pods bound to a node that no longer exists: no agent will
+/// ever stop them, as kube-controller-manager's pod garbage collector does.
+async fn collect_pods_of(ctx: &Ctx, node: &str) -> Result<Action, Error> {
+    match ctx.client.get(&format!("/api/v1/nodes/{node}")).await {
+        Ok(_) => return Ok(Action::Await),
+        Err(e) if e.code() == Some(404) => {}
+        Err(e) => return Err(e),
+    }
+    let Some(pods) = ctx.kind("Pod") else {
+        return Ok(Action::Await);
+    };
+    for pod in pods.informer.list() {
+        if pod["spec"]["nodeName"] != node {
+            continue;
+        }
+        let options = json!({"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0,
+            "preconditions": {"uid": uid(&pod)}});
+        let path = path_of(pods.res, &pod);
+        match ctx
+            .client
+            .request(
+                http::Method::DELETE,
+                &path,
+                Some("application/json"),
+                Some(options.to_string().into_bytes()),
+            )
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(pod = %key_of(&pod), node, "deleted a pod of a node that is gone")
+            }
+            Err(e) if matches!(e.code(), Some(404 | 409)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Action::Await)
+}
+
 async fn reconcile(ctx: &Ctx, key: &str) -> Result<Action, Error> {
     let Some((kind, key)) = key.split_once('|') else {
         return Ok(Action::Await);
     };
+    if kind == POD_GC {
+        return collect_pods_of(ctx, key).await;
+    }
     let Some(k) = ctx.kind(kind) else {
         return Ok(Action::Await);
     };

@@ -3,6 +3,7 @@
 //! ([`crate::client::informer`]) and corrects it through the API, one queued key at a time.
 
 pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod gc;
 pub mod job;
@@ -37,6 +38,9 @@ pub fn start(client: &Client, enabled: &dyn Fn(&str) -> bool, shutdown: &Cancell
     }
     if enabled("deployment") {
         deployment::start(client, &informers, shutdown);
+    }
+    if enabled("daemonset") {
+        daemonset::start(client, &informers, shutdown);
     }
     if enabled("job") {
         job::start(client, &informers, shutdown);

@@ -73,11 +73,16 @@ pub fn wat(name: &str) -> PathBuf {
 
 /// Imports a module into the cluster's node as `name`.
 pub fn import(c: &Cluster, file: &Path, name: &str) {
+    import_to(&c.agent_dir(), file, name);
+}
+
+/// Imports a guest into the node whose agent data directory is `dir`.
+pub fn import_to(dir: &Path, file: &Path, name: &str) {
     let out = Command::new(WK)
         .args(["image", "import"])
         .arg(file)
         .args(["--name", name, "--data-dir"])
-        .arg(c.agent_dir())
+        .arg(dir)
         .output()
         .expect("run wk image import");
     assert!(
@@ -89,7 +94,12 @@ pub fn import(c: &Cluster, file: &Path, name: &str) {
 
 /// Imports the standard guests as `cmd:v1`, `cmd2:v1` and `hello:v1`.
 pub fn import_all(c: &Cluster) {
-    import(c, command_p1(), "cmd:v1");
-    import(c, command_p2(), "cmd2:v1");
-    import(c, http_hello(), "hello:v1");
+    import_all_to(&c.agent_dir());
+}
+
+/// Imports the standard guests into the node whose agent data directory is `dir`.
+pub fn import_all_to(dir: &Path) {
+    import_to(dir, command_p1(), "cmd:v1");
+    import_to(dir, command_p2(), "cmd2:v1");
+    import_to(dir, http_hello(), "hello:v1");
 }

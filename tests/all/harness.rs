@@ -468,3 +468,91 @@ pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+/// Another node: a `wk agent` process joined to a cluster with its own data directory and
+/// node name, without a pod network (its pods have only their loopback). Killed on drop.
+pub struct ExtraAgent {
+    child: Child,
+    /// The node's name.
+    pub name: String,
+    /// Its data directory.
+    pub dir: tempfile::TempDir,
+    log: Arc<Mutex<String>>,
+}
+
+impl Cluster {
+    /// Joins another agent as node `name`, with the standard guests imported and extra
+    /// `wk agent` flags, and waits until it runs.
+    pub fn add_agent(&self, name: &str, extra: &[&str]) -> ExtraAgent {
+        let token =
+            std::fs::read_to_string(self.data.path().join("node-token")).expect("node token");
+        let dir = tempfile::tempdir().expect("temp dir");
+        crate::guests::import_all_to(dir.path());
+        let mut child = Command::new(WK)
+            .args(["agent", "--server", &self.url, "--token", token.trim()])
+            .args(["--node-name", name, "--agent-listen", "127.0.0.1:0"])
+            .args(["--pod-network", "none"])
+            .args(extra)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("RUST_LOG", "wk=debug,info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn wk agent");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(mut l) = sink.lock() {
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            }
+        });
+        let agent = ExtraAgent {
+            child,
+            name: name.to_owned(),
+            dir,
+            log,
+        };
+        assert!(
+            eventually(Duration::from_secs(30), || agent
+                .log()
+                .contains(&format!("wk agent running as node {name}"))),
+            "agent {name} did not start:\n{}",
+            agent.log()
+        );
+        agent
+    }
+}
+
+impl ExtraAgent {
+    /// What the agent has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Kills the agent at once (SIGKILL), as a node that fails.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ExtraAgent {
+    fn drop(&mut self) {
+        self.kill();
+        for dir in ["netns", "netns-spare"] {
+            for entry in std::fs::read_dir(self.dir.path().join(dir))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let _ = Command::new("umount").arg("-l").arg(entry.path()).output();
+            }
+        }
+    }
+}

@@ -8,6 +8,7 @@ mod images;
 mod jobs;
 mod kube_client;
 mod kubectl;
+mod nodes;
 mod registry;
 mod server;
 mod store;

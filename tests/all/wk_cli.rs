@@ -4,6 +4,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use crate::agent::LONG;
 use crate::harness::{Cluster, WK, eventually, read_lines, stderr, stdout};
 use crate::kubectl::{DEPLOYMENT, pod};
 
@@ -807,8 +808,19 @@ fn describe_pods_deployments_and_nodes_with_their_events() {
         "{out}"
     );
     assert!(out.contains("NewReplicaSet:"), "{out}");
+    // The controller's events, once they are in.
+    let mut out = out;
     assert!(
-        out.trim_end().ends_with("<none>") && out.lines().last().unwrap().starts_with("Events:"),
+        eventually(LONG, || {
+            out = c.wk_ok(&["describe", "deploy", "web"]);
+            out.lines()
+                .skip_while(|l| !l.starts_with("Events:"))
+                .any(|l| {
+                    l.contains("ScalingReplicaSet")
+                        && l.contains("Scaled up replica set web-")
+                        && l.ends_with("from 0 to 2")
+                })
+        }),
         "{out}"
     );
 

@@ -1,0 +1,126 @@
+//! Several nodes: extra `wk agent` processes joined to the server, each with its own data
+//! directory and node name. DaemonSets, placement by labels, and nodes that leave.
+
+use crate::agent::LONG;
+use crate::guests::import_all;
+use crate::harness::{Cluster, eventually, stdout};
+
+/// Waits until `kubectl get KIND NAME -o jsonpath=PATH` prints `want`.
+fn wait_for(c: &Cluster, kind: &str, name: &str, path: &str, want: &str) {
+    let mut last = String::new();
+    assert!(
+        eventually(LONG, || {
+            last = stdout(&c.kubectl(&["get", kind, name, "-o", &format!("jsonpath={path}")]));
+            last == want
+        }),
+        "{kind}/{name} {path} is {last:?}, not {want:?}\n{}\n{}",
+        stdout(&c.kubectl(&["get", "pods", "-o", "wide"])),
+        stdout(&c.kubectl(&["get", "events"]))
+    );
+}
+
+/// The nodes the pods with this label run on, sorted.
+fn nodes_of(c: &Cluster, label: &str) -> Vec<String> {
+    let out = stdout(&c.kubectl(&[
+        "get",
+        "pods",
+        "-l",
+        label,
+        "-o",
+        "jsonpath={range .items[*]}{.spec.nodeName}{\"\\n\"}{end}",
+    ]));
+    let mut nodes: Vec<String> = out.lines().map(str::to_owned).collect();
+    nodes.sort();
+    nodes
+}
+
+fn daemonset(name: &str, selector: &str, image: &str) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: {name}\nspec:\n  selector:\n    matchLabels: {{app: {name}}}\n  template:\n    metadata:\n      labels: {{app: {name}}}\n    spec:\n{selector}      containers:\n      - name: main\n        image: {image}\n        command: [cmd, sleep, \"600000\"]\n"
+    )
+}
+
+#[test]
+fn daemonsets_follow_nodes_and_a_selector_waits_for_its_node() {
+    let c = Cluster::with_agent();
+    import_all(&c);
+    c.kubectl_apply(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: needs-gpu\nspec:\n  nodeSelector: {gpu: \"true\"}\n  containers:\n  - name: main\n    image: cmd:v1\n    command: [cmd, sleep, \"600000\"]\n",
+    );
+    c.kubectl_apply(&daemonset("logs", "", "cmd:v1"));
+    c.kubectl_apply(&daemonset(
+        "gpu-daemon",
+        "      nodeSelector: {gpu: \"true\"}\n",
+        "cmd:v1",
+    ));
+    wait_for(&c, "ds", "logs", "{.status.numberReady}", "1");
+    wait_for(&c, "ds", "gpu-daemon", "{.status.observedGeneration}", "1");
+    assert_eq!(
+        c.jsonpath("ds", "gpu-daemon", "{.status.desiredNumberScheduled}"),
+        "0"
+    );
+    // Pending, with kube-scheduler's reason.
+    let mut events = String::new();
+    assert!(
+        eventually(LONG, || {
+            events = stdout(&c.kubectl(&[
+                "get",
+                "events",
+                "--field-selector",
+                "involvedObject.name=needs-gpu",
+            ]));
+            events.contains(
+                "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector.",
+            )
+        }),
+        "{events}"
+    );
+    assert_eq!(c.jsonpath("pod", "needs-gpu", "{.status.phase}"), "Pending");
+
+    // A labelled node joins: the pod lands there, and both sets follow it.
+    let mut edge = c.add_agent("edge", &["--node-label", "gpu=true"]);
+    wait_for(&c, "pod", "needs-gpu", "{.spec.nodeName}", "edge");
+    wait_for(&c, "pod", "needs-gpu", "{.status.phase}", "Running");
+    wait_for(&c, "ds", "logs", "{.status.numberReady}", "2");
+    wait_for(&c, "ds", "gpu-daemon", "{.status.numberReady}", "1");
+    assert_eq!(nodes_of(&c, "app=logs"), ["edge", "wk-test"]);
+    assert_eq!(nodes_of(&c, "app=gpu-daemon"), ["edge"]);
+
+    // A rolling update replaces each node's pod.
+    c.kubectl_ok(&["set", "image", "ds/logs", "main=cmd2:v1"]);
+    c.kubectl_ok(&["rollout", "status", "ds/logs", "--timeout=90s"]);
+    let images = c.kubectl_ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=logs",
+        "-o",
+        "jsonpath={.items[*].spec.containers[0].image}",
+    ]);
+    assert_eq!(images, "cmd2:v1 cmd2:v1");
+
+    // The node leaves for good: its pods are cleaned up and the sets shrink.
+    edge.kill();
+    c.kubectl_ok(&["delete", "node", "edge"]);
+    wait_for(&c, "ds", "logs", "{.status.desiredNumberScheduled}", "1");
+    let mut left = Vec::new();
+    assert!(
+        eventually(LONG, || {
+            left = nodes_of(&c, "app in (logs, gpu-daemon)");
+            left == ["wk-test"]
+        }),
+        "{left:?}\n{}",
+        stdout(&c.kubectl(&["get", "pods", "-o", "wide"]))
+    );
+    assert!(
+        eventually(LONG, || stdout(&c.kubectl(&[
+            "get",
+            "pod",
+            "needs-gpu",
+            "-o",
+            "name"
+        ]))
+        .is_empty()),
+        "the pod of the node that left is still there"
+    );
+}
