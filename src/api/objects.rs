@@ -253,6 +253,31 @@ fn default_job_spec(spec: &mut Value) {
     default_template(spec, false);
 }
 
+/// Adds the NoExecute tolerations for not-ready and unreachable nodes that a pod lacks, as
+/// Kubernetes' DefaultTolerationSeconds admission does, but for 30 s instead of 300 (ADR 009).
+fn default_tolerations(spec: &mut Value) {
+    use crate::controllers::nodelifecycle::{DEFAULT_TOLERATION_SECONDS, NOT_READY, UNREACHABLE};
+    let Some(map) = obj(spec) else { return };
+    let list = map.entry("tolerations").or_insert_with(|| json!([]));
+    let Some(list) = list.as_array_mut() else {
+        return;
+    };
+    for key in [NOT_READY, UNREACHABLE] {
+        let covered = list.iter().any(|t| {
+            t["key"] == key
+                && t["effect"]
+                    .as_str()
+                    .is_none_or(|e| e.is_empty() || e == "NoExecute")
+        });
+        if !covered {
+            list.push(
+                json!({"key": key, "operator": "Exists", "effect": "NoExecute",
+                "tolerationSeconds": DEFAULT_TOLERATION_SECONDS}),
+            );
+        }
+    }
+}
+
 /// Fills in the fields Kubernetes defaults. `creating` adds create-only defaults (initial
 /// status, generated selectors).
 pub fn apply_defaults(res: &ResourceInfo, object: &mut Value, creating: bool) {
@@ -272,6 +297,9 @@ pub fn apply_defaults(res: &ResourceInfo, object: &mut Value, creating: bool) {
                 default_pod_spec(spec, true);
             }
             if creating {
+                if let Some(spec) = child(object, "spec") {
+                    default_tolerations(spec);
+                }
                 let qos = qos_class(object.get("spec").unwrap_or(&Value::Null));
                 if let Some(status) = child(object, "status") {
                     default_field(status, "phase", json!("Pending"));

@@ -55,7 +55,7 @@ pub struct NodeFlags {
 }
 
 /// `90s`, `2m`, `1h30m`, `0`: a duration as the kubelet's flags take it.
-fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+pub(super) fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let mut total = 0u64;
     let mut number = String::new();
     for ch in text.trim().chars() {

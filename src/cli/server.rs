@@ -24,8 +24,8 @@ pub struct Args {
     #[arg(long, env = "WK_NO_AGENT")]
     no_agent: bool,
     /// An in-process controller not to run (repeatable): scheduler, nodeipam, replicaset,
-    /// deployment, daemonset, job, cronjob, garbagecollector.
-    #[arg(long, env = "WK_DISABLE", value_delimiter = ',', value_parser = ["scheduler", "nodeipam", "replicaset", "deployment", "daemonset", "job", "cronjob", "garbagecollector"])]
+    /// deployment, daemonset, job, cronjob, garbagecollector, nodelifecycle.
+    #[arg(long, env = "WK_DISABLE", value_delimiter = ',', value_parser = ["scheduler", "nodeipam", "replicaset", "deployment", "daemonset", "job", "cronjob", "garbagecollector", "nodelifecycle"])]
     disable: Vec<String>,
     /// The range pod addresses come from; each node gets a share of it as its podCIDR.
     #[arg(long, env = "WK_CLUSTER_CIDR", default_value_t = crate::net::CLUSTER_CIDR)]
@@ -33,6 +33,10 @@ pub struct Args {
     /// The prefix length of each node's podCIDR.
     #[arg(long, env = "WK_NODE_CIDR_MASK_SIZE", default_value_t = crate::net::NODE_CIDR_MASK)]
     node_cidr_mask_size: u8,
+    /// How long a node may go without renewing its Lease before it is marked unreachable
+    /// (`20s`, `1m`).
+    #[arg(long, env = "WK_NODE_MONITOR_GRACE_PERIOD", default_value = "20s", value_parser = super::agent::parse_duration)]
+    node_monitor_grace_period: std::time::Duration,
     /// Seconds between watch bookmarks.
     #[arg(long, env = "WK_BOOKMARK_INTERVAL", default_value_t = 10, hide = true)]
     bookmark_interval: u64,
@@ -53,6 +57,7 @@ pub async fn execute(args: Args) -> anyhow::Result<()> {
     config.tls_sans = args.tls_san;
     config.bookmark_interval = std::time::Duration::from_secs(args.bookmark_interval.max(1));
     config.disabled = args.disable;
+    config.node_monitor_grace_period = args.node_monitor_grace_period;
     if args.node_cidr_mask_size < args.cluster_cidr.prefix() || args.node_cidr_mask_size > 29 {
         anyhow::bail!(
             "--node-cidr-mask-size {} must be between the cluster CIDR's /{} and /29",

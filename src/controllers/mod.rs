@@ -8,6 +8,7 @@ pub mod deployment;
 pub mod gc;
 pub mod job;
 pub mod nodeipam;
+pub mod nodelifecycle;
 pub mod replicaset;
 
 use std::sync::Arc;
@@ -31,8 +32,17 @@ pub const DEPLOYMENTS: &str = "/apis/apps/v1/deployments";
 pub const OWN_WRITES: Duration = Duration::from_secs(5);
 
 /// Starts the informer-based controllers that `enabled` lets through, and their informers.
-pub fn start(client: &Client, enabled: &dyn Fn(&str) -> bool, shutdown: &CancellationToken) {
+/// `node_grace` is how long a node may stay silent before it is unreachable.
+pub fn start(
+    client: &Client,
+    enabled: &dyn Fn(&str) -> bool,
+    node_grace: Duration,
+    shutdown: &CancellationToken,
+) {
     let informers = Informers::default();
+    if enabled("nodelifecycle") {
+        nodelifecycle::start(client, &informers, node_grace, shutdown);
+    }
     if enabled("replicaset") {
         replicaset::start(client, &informers, shutdown);
     }

@@ -120,6 +120,8 @@ pub struct ServerConfig {
     pub cluster_cidr: crate::net::cidr::Cidr,
     /// The prefix length of each Node's share (its podCIDR).
     pub node_cidr_mask: u8,
+    /// How long a node may go without renewing its Lease before it is unreachable.
+    pub node_monitor_grace_period: Duration,
 }
 
 impl ServerConfig {
@@ -133,6 +135,7 @@ impl ServerConfig {
             disabled: Vec::new(),
             cluster_cidr: crate::net::CLUSTER_CIDR,
             node_cidr_mask: crate::net::NODE_CIDR_MASK,
+            node_monitor_grace_period: crate::controllers::nodelifecycle::GRACE,
         }
     }
 }
@@ -367,6 +370,7 @@ pub async fn run(config: ServerConfig, agent: Option<AgentConfig>) -> Result<(),
     let enabled = move |name: &str| !disabled.iter().any(|d| d == name);
     let (scheduler, nodeipam) = (enabled("scheduler"), enabled("nodeipam"));
     let (cluster_cidr, node_cidr_mask) = (config.cluster_cidr, config.node_cidr_mask);
+    let node_grace = config.node_monitor_grace_period;
     let server = Server::start(config).await?;
     eprintln!(
         "wk server listening on https://{}\nkubeconfig: {}",
@@ -390,7 +394,7 @@ pub async fn run(config: ServerConfig, agent: Option<AgentConfig>) -> Result<(),
             token.child_token(),
         ));
     }
-    crate::controllers::start(&admin, &enabled, &token);
+    crate::controllers::start(&admin, &enabled, node_grace, &token);
     if scheduler {
         tokio::spawn(crate::scheduler::run(admin, token.child_token()));
     }

@@ -473,6 +473,8 @@ pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 /// node name, without a pod network (its pods have only their loopback). Killed on drop.
 pub struct ExtraAgent {
     child: Child,
+    /// The command line, to start it again.
+    args: Vec<String>,
     /// The node's name.
     pub name: String,
     /// Its data directory.
@@ -488,20 +490,39 @@ impl Cluster {
             std::fs::read_to_string(self.data.path().join("node-token")).expect("node token");
         let dir = tempfile::tempdir().expect("temp dir");
         crate::guests::import_all_to(dir.path());
+        let mut args: Vec<String> = ["agent", "--server", &self.url, "--token", token.trim()]
+            .into_iter()
+            .chain(["--node-name", name, "--agent-listen", "127.0.0.1:0"])
+            .chain(["--pod-network", "none"])
+            .chain(extra.iter().copied())
+            .map(str::to_owned)
+            .collect();
+        args.push("--data-dir".into());
+        args.push(dir.path().to_string_lossy().into_owned());
+        let log = Arc::new(Mutex::new(String::new()));
+        let child = ExtraAgent::spawn(&args, &log);
+        let agent = ExtraAgent {
+            child,
+            args,
+            name: name.to_owned(),
+            dir,
+            log,
+        };
+        agent.wait_running();
+        agent
+    }
+}
+
+impl ExtraAgent {
+    fn spawn(args: &[String], log: &Arc<Mutex<String>>) -> Child {
         let mut child = Command::new(WK)
-            .args(["agent", "--server", &self.url, "--token", token.trim()])
-            .args(["--node-name", name, "--agent-listen", "127.0.0.1:0"])
-            .args(["--pod-network", "none"])
-            .args(extra)
-            .arg("--data-dir")
-            .arg(dir.path())
+            .args(args)
             .env("RUST_LOG", "wk=debug,info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn wk agent");
-        let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().expect("stderr");
         let sink = log.clone();
         std::thread::spawn(move || {
@@ -512,24 +533,27 @@ impl Cluster {
                 }
             }
         });
-        let agent = ExtraAgent {
-            child,
-            name: name.to_owned(),
-            dir,
-            log,
-        };
-        assert!(
-            eventually(Duration::from_secs(30), || agent
-                .log()
-                .contains(&format!("wk agent running as node {name}"))),
-            "agent {name} did not start:\n{}",
-            agent.log()
-        );
-        agent
+        child
     }
-}
 
-impl ExtraAgent {
+    fn wait_running(&self) {
+        let running = format!("wk agent running as node {}", self.name);
+        assert!(
+            eventually(Duration::from_secs(30), || self.log().contains(&running)),
+            "agent {} did not start:\n{}",
+            self.name,
+            self.log()
+        );
+    }
+
+    /// Starts the agent again on the same data directory (after [`ExtraAgent::kill`]), and
+    /// waits until it runs.
+    pub fn restart(&mut self) {
+        self.log.lock().expect("log").clear();
+        self.child = Self::spawn(&self.args, &self.log);
+        self.wait_running();
+    }
+
     /// What the agent has logged so far.
     pub fn log(&self) -> String {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()

@@ -124,3 +124,106 @@ fn daemonsets_follow_nodes_and_a_selector_waits_for_its_node() {
         "the pod of the node that left is still there"
     );
 }
+
+#[test]
+fn a_killed_nodes_pods_are_replaced_elsewhere_and_cleaned_up_when_it_returns() {
+    let c = Cluster::with_agent();
+    import_all(&c);
+    let mut edge = c.add_agent("edge", &[]);
+    // Two replicas spread over the two nodes; they leave an unreachable node after 2 s.
+    c.kubectl_apply(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: keep\nspec:\n  replicas: 2\n  selector:\n    matchLabels: {app: keep}\n  template:\n    metadata:\n      labels: {app: keep}\n    spec:\n      tolerations:\n      - {key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 2}\n      containers:\n      - name: main\n        image: cmd:v1\n        command: [cmd, sleep, \"600000\"]\n",
+    );
+    c.kubectl_ok(&["rollout", "status", "deployment/keep", "--timeout=90s"]);
+    assert_eq!(nodes_of(&c, "app=keep"), ["edge", "wk-test"]);
+    let on_edge = c.kubectl_ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=keep",
+        "--field-selector",
+        "spec.nodeName=edge",
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ]);
+    // Pods get the default not-ready toleration (30 s, ADR 009) besides their own.
+    let tolerations = c.jsonpath("pod", &on_edge, "{.spec.tolerations}");
+    assert!(
+        tolerations.contains("node.kubernetes.io/not-ready")
+            && tolerations.contains("\"tolerationSeconds\":30"),
+        "{tolerations}"
+    );
+
+    let killed = std::time::Instant::now();
+    edge.kill();
+    // Within the 20 s grace period plus the toleration, the pod is replaced on wk-test.
+    let mut running = Vec::new();
+    assert!(
+        eventually(std::time::Duration::from_secs(90), || {
+            running = stdout(&c.kubectl(&[
+                "get",
+                "pods",
+                "-l",
+                "app=keep",
+                "--field-selector",
+                "status.phase=Running",
+                "-o",
+                "jsonpath={range .items[*]}{.spec.nodeName} {.metadata.deletionTimestamp}{\"\\n\"}{end}",
+            ]))
+            .lines()
+            .filter(|l| l.trim() == "wk-test")
+            .map(str::to_owned)
+            .collect();
+            running.len() == 2
+        }),
+        "{running:?}\n{}",
+        stdout(&c.kubectl(&["get", "pods", "-o", "wide"]))
+    );
+    let took = killed.elapsed();
+    assert_eq!(
+        c.jsonpath(
+            "node",
+            "edge",
+            "{.status.conditions[?(@.type==\"Ready\")].status}"
+        ),
+        "Unknown"
+    );
+    let taints = c.jsonpath("node", "edge", "{.spec.taints}");
+    assert!(
+        taints.contains("node.kubernetes.io/unreachable"),
+        "{taints}"
+    );
+    assert!(
+        took >= std::time::Duration::from_secs(15),
+        "replaced before the grace period: {took:?}"
+    );
+    // The old pod waits, terminating, for its node.
+    assert!(
+        !c.jsonpath("pod", &on_edge, "{.metadata.deletionTimestamp}")
+            .is_empty()
+    );
+
+    // The node returns: its stale pod is cleaned up and the taint goes.
+    edge.restart();
+    assert!(
+        eventually(LONG, || stdout(
+            &c.kubectl(&["get", "pod", &on_edge, "-o", "name"])
+        )
+        .is_empty()),
+        "the stale pod outlived its node's return"
+    );
+    wait_for(
+        &c,
+        "node",
+        "edge",
+        "{.status.conditions[?(@.type==\"Ready\")].status}",
+        "True",
+    );
+    assert!(
+        eventually(LONG, || !c
+            .jsonpath("node", "edge", "{.spec.taints}")
+            .contains("unreachable")),
+        "{}",
+        c.jsonpath("node", "edge", "{.spec.taints}")
+    );
+}
