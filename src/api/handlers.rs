@@ -1212,10 +1212,86 @@ async fn evict(state: &Arc<ApiState>, ctx: &Ctx, body: &[u8]) -> ApiResult<Respo
         .pointer("/deleteOptions/gracePeriodSeconds")
         .and_then(Value::as_i64);
     let existing = state.read(t).await?;
+    let dry_run = ctx.query.dry_run()?;
+    // A pod already going, or not running, costs no budget.
+    let running = existing.pointer("/status/phase").and_then(Value::as_str) == Some("Running");
+    if existing.pointer("/metadata/deletionTimestamp").is_none() && running {
+        spend_disruption_budget(state, &existing, dry_run).await?;
+    }
     state
-        .delete_object(t.res, &existing, grace, ctx.query.dry_run()?)
+        .delete_object(t.res, &existing, grace, dry_run)
         .await?;
     Ok(json_response(StatusCode::CREATED, &success(201), &[]))
+}
+
+/// Takes one disruption from the PodDisruptionBudget that covers `pod`, recording the pod
+/// in its `disruptedPods`; refuses with 429, in Kubernetes' words, when none is allowed.
+async fn spend_disruption_budget(
+    state: &Arc<ApiState>,
+    pod: &Value,
+    dry_run: bool,
+) -> ApiResult<()> {
+    let pdbs = super::resources::by_kind("PodDisruptionBudget")
+        .ok_or_else(|| ApiError::internal("PodDisruptionBudgets are not served"))?;
+    let ns = meta_str(pod, "namespace").unwrap_or("default");
+    let name = meta_str(pod, "name").unwrap_or_default().to_owned();
+    let labels = pod.pointer("/metadata/labels").and_then(Value::as_object);
+    // A conflict means another eviction took a disruption at the same moment: read again.
+    for _ in 0..5 {
+        state.cache.sync().await?;
+        let (covering, _, _) = state.cache.list(&pdbs.prefix(Some(ns)), None, None, |pdb| {
+            crate::api::selector::LabelSelector::from_json(
+                pdb.pointer("/spec/selector").unwrap_or(&Value::Null),
+            )
+            .is_ok_and(|s| !s.is_empty() && s.matches(labels))
+        });
+        let pdb = match covering.as_slice() {
+            [] => return Ok(()),
+            [(_, one)] => one.clone(),
+            _ => {
+                return Err(ApiError::new(
+                    500,
+                    "InternalError",
+                    "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.",
+                ));
+            }
+        };
+        let status = pdb.get("status").cloned().unwrap_or(json!({}));
+        let observed = status["observedGeneration"].as_i64().unwrap_or(0);
+        let generation = pdb
+            .pointer("/metadata/generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        let allowed = status["disruptionsAllowed"].as_i64().unwrap_or(0);
+        if observed < generation || allowed <= 0 {
+            let pdb_name = meta_str(&pdb, "name").unwrap_or_default();
+            let mut e = ApiError::new(
+                429,
+                "TooManyRequests",
+                "Cannot evict pod as it would violate the pod's disruption budget.",
+            );
+            e.causes.push(super::error::Cause {
+                reason: "DisruptionBudget",
+                message: format!(
+                    "The disruption budget {pdb_name} needs {} healthy pods and has {} currently",
+                    status["desiredHealthy"].as_i64().unwrap_or(0),
+                    status["currentHealthy"].as_i64().unwrap_or(0)
+                ),
+                field: String::new(),
+            });
+            e.retry_after = Some(10);
+            return Err(e);
+        }
+        let mut spent = (*pdb).clone();
+        spent["status"]["disruptionsAllowed"] = json!(allowed - 1);
+        spent["status"]["disruptedPods"][name.as_str()] = json!(now());
+        match state.write_update(pdbs, &pdb, spent, None, dry_run).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.reason == "Conflict" => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Err(ApiError::conflict(pdbs, "eviction"))
 }
 
 /// A client for a node's agent endpoint (its InternalIP and kubelet port), authenticated with

@@ -83,6 +83,9 @@ pub fn normalize(
         "Job" => typed::<Job>(res, input),
         "CronJob" => typed::<CronJob>(res, input),
         "Lease" => typed::<Lease>(res, input),
+        "PodDisruptionBudget" => {
+            typed::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(res, input)
+        }
         other => Err(ApiError::internal(format!(
             "no typed decoder for kind {other}"
         ))),
@@ -479,7 +482,7 @@ pub fn apply_defaults(res: &ResourceInfo, object: &mut Value, creating: bool) {
 
 /// Whether the kind counts `metadata.generation` up on spec changes.
 pub fn has_generation(res: &ResourceInfo) -> bool {
-    matches!(res.group, "apps" | "batch")
+    matches!(res.group, "apps" | "batch" | "policy")
 }
 
 // ---- validation ----
@@ -882,26 +885,15 @@ fn validate_service(object: &Value, causes: &mut Vec<Cause>) {
 }
 
 fn validate_cron_schedule(schedule: &str) -> Result<(), String> {
-    let fields: Vec<&str> = schedule.split_whitespace().collect();
-    if schedule.starts_with('@') || schedule.starts_with("TZ=") || schedule.starts_with("CRON_TZ=")
-    {
-        return Ok(());
-    }
-    if fields.len() != 5 {
-        return Err(format!(
-            "expected exactly 5 fields, found {}: {schedule}",
-            fields.len()
-        ));
-    }
-    for f in fields {
-        if !f
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || b"*/,-?".contains(&c))
-        {
-            return Err(format!("invalid field \"{f}\""));
+    let mut text = schedule.trim();
+    for prefix in ["CRON_TZ=", "TZ="] {
+        if let Some(rest) = text.strip_prefix(prefix) {
+            text = rest
+                .split_once(char::is_whitespace)
+                .map_or("", |(_, s)| s.trim());
         }
     }
-    Ok(())
+    crate::controllers::cronjob::Schedule::parse(text).map(drop)
 }
 
 /// Validates a whole object, answering 422 with one cause per bad field.
@@ -955,6 +947,15 @@ pub fn validate(res: &ResourceInfo, object: &Value) -> Result<(), ApiError> {
                 &["OnFailure", "Never"],
                 &mut causes,
             );
+        }
+        "PodDisruptionBudget"
+            if spec.get("minAvailable").is_some() && spec.get("maxUnavailable").is_some() =>
+        {
+            causes.push(Cause::invalid(
+                "spec",
+                &spec,
+                "minAvailable and maxUnavailable cannot be both set",
+            ));
         }
         "Service" => validate_service(object, &mut causes),
         "ConfigMap" => {

@@ -374,10 +374,22 @@ pub static RESOURCES: &[ResourceInfo] = &[
         subresources: &[],
         fields: &[],
     },
+    ResourceInfo {
+        group: "policy",
+        version: "v1",
+        plural: "poddisruptionbudgets",
+        singular: "poddisruptionbudget",
+        kind: "PodDisruptionBudget",
+        namespaced: true,
+        short_names: &["pdb"],
+        categories: NONE,
+        subresources: &[status("policy", "v1", "PodDisruptionBudget")],
+        fields: &[],
+    },
 ];
 
-/// The API groups served besides core, in discovery order (policy only has pods/eviction).
-pub const GROUPS: &[&str] = &["apps", "batch", "coordination.k8s.io"];
+/// The API groups served besides core, in discovery order.
+pub const GROUPS: &[&str] = &["apps", "batch", "coordination.k8s.io", "policy"];
 
 /// `/api/v1` or `/apis/GROUP/VERSION`.
 pub fn group_path(res: &ResourceInfo) -> String {

@@ -366,6 +366,26 @@ const ENDPOINTS: &[Col] = &[
     AGE,
 ];
 
+const PDB: &[Col] = &[
+    NAME,
+    col(
+        "Min Available",
+        "string",
+        "Pods that must be available after an eviction.",
+    ),
+    col(
+        "Max Unavailable",
+        "string",
+        "Pods that may be unavailable after an eviction.",
+    ),
+    col(
+        "Allowed Disruptions",
+        "integer",
+        "Pod disruptions allowed now.",
+    ),
+    AGE,
+];
+
 const LEASE: &[Col] = &[
     NAME,
     col(
@@ -446,6 +466,7 @@ fn columns(kind: &str) -> &'static [Col] {
         "ServiceAccount" => SERVICE_ACCOUNT,
         "Endpoints" => ENDPOINTS,
         "Lease" => LEASE,
+        "PodDisruptionBudget" => PDB,
         "Event" => EVENT,
         _ => DEFAULT,
     }
@@ -530,6 +551,20 @@ pub fn row(kind: &str, obj: &Value, now: Timestamp) -> Value {
             text(obj, &["spec", "holderIdentity"]).into(),
             age(obj, now).into(),
         ],
+        "PodDisruptionBudget" => {
+            let either = |f: &str| match &obj["spec"][f] {
+                Value::Null => "N/A".to_owned(),
+                Value::String(s) => s.clone(),
+                v => v.to_string(),
+            };
+            vec![
+                name(obj).into(),
+                either("minAvailable").into(),
+                either("maxUnavailable").into(),
+                int_or(obj, &["status", "disruptionsAllowed"], 0).into(),
+                age(obj, now).into(),
+            ]
+        }
         "Event" => event_cells(obj, now),
         _ => {
             let created = time(obj, &["metadata", "creationTimestamp"])

@@ -92,6 +92,8 @@ enum Command {
     Cordon(Verb<cordon::Args>),
     /// Mark nodes as schedulable.
     Uncordon(Verb<cordon::Args>),
+    /// Drain a node in preparation for maintenance: cordon it, then evict its pods.
+    Drain(Verb<cordon::DrainArgs>),
     /// Print the client and server version information.
     Version(Verb<version::Args>),
     /// Print the supported API resources on the server.
@@ -230,6 +232,7 @@ pub fn main() -> ExitCode {
             Command::Annotate(v) => annotate::execute(v.args, &v.global.or(&outer)).await,
             Command::Cordon(v) => cordon::execute(v.args, &v.global.or(&outer), true).await,
             Command::Uncordon(v) => cordon::execute(v.args, &v.global.or(&outer), false).await,
+            Command::Drain(v) => cordon::drain(v.args, &v.global.or(&outer)).await,
             Command::Version(v) => version::execute(v.args, &v.global.or(&outer)).await,
             Command::ApiResources(v) => api_resources::execute(v.args, &v.global.or(&outer)).await,
             Command::Completion(args) => completion::execute(&args),

@@ -5,6 +5,7 @@
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod gc;
 pub mod job;
 pub mod nodeipam;
@@ -51,6 +52,9 @@ pub fn start(
     }
     if enabled("daemonset") {
         daemonset::start(client, &informers, shutdown);
+    }
+    if enabled("disruption") {
+        disruption::start(client, &informers, shutdown);
     }
     if enabled("job") {
         job::start(client, &informers, shutdown);

@@ -227,3 +227,81 @@ fn a_killed_nodes_pods_are_replaced_elsewhere_and_cleaned_up_when_it_returns() {
         c.jsonpath("node", "edge", "{.spec.taints}")
     );
 }
+
+#[test]
+fn drain_evicts_within_disruption_budgets_and_pods_land_on_other_nodes() {
+    let c = Cluster::with_agent();
+    import_all(&c);
+    let _edge = c.add_agent("edge", &[]);
+    c.kubectl_apply(&daemonset("logs", "", "cmd:v1"));
+    c.kubectl_apply(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 2\n  selector:\n    matchLabels: {app: web}\n  template:\n    metadata:\n      labels: {app: web}\n    spec:\n      containers:\n      - name: main\n        image: cmd:v1\n        command: [cmd, sleep, \"600000\"]\n---\napiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata:\n  name: web\nspec:\n  minAvailable: 2\n  selector:\n    matchLabels: {app: web}\n",
+    );
+    c.kubectl_ok(&["rollout", "status", "deployment/web", "--timeout=90s"]);
+    assert_eq!(nodes_of(&c, "app=web"), ["edge", "wk-test"]);
+    wait_for(&c, "pdb", "web", "{.status.currentHealthy}", "2");
+    assert_eq!(
+        c.jsonpath("pdb", "web", "{.status.disruptionsAllowed}"),
+        "0"
+    );
+    let table = c.kubectl_ok(&["get", "pdb"]);
+    assert!(
+        table.contains("MIN AVAILABLE") && table.contains("ALLOWED DISRUPTIONS"),
+        "{table}"
+    );
+
+    // The budget holds: kubectl drain cordons, then retries the eviction until its timeout.
+    let out = c.kubectl(&["drain", "edge", "--ignore-daemonsets", "--timeout=7s"]);
+    assert!(!out.status.success());
+    let err = crate::harness::stderr(&out);
+    assert!(
+        err.contains("Cannot evict pod as it would violate the pod's disruption budget."),
+        "{err}"
+    );
+    assert_eq!(c.jsonpath("node", "edge", "{.spec.unschedulable}"), "true");
+    assert_eq!(nodes_of(&c, "app=web"), ["edge", "wk-test"]);
+
+    // With room in the budget the pod is evicted and recreated on the other node; the
+    // daemon stays.
+    c.kubectl_ok(&[
+        "patch",
+        "pdb",
+        "web",
+        "--type=merge",
+        "-p",
+        "{\"spec\":{\"minAvailable\":1}}",
+    ]);
+    wait_for(&c, "pdb", "web", "{.status.disruptionsAllowed}", "1");
+    let out = c.kubectl_ok(&["drain", "edge", "--ignore-daemonsets", "--timeout=90s"]);
+    assert!(out.contains("node/edge drained"), "{out}");
+    c.kubectl_ok(&["rollout", "status", "deployment/web", "--timeout=90s"]);
+    assert_eq!(nodes_of(&c, "app=web"), ["wk-test", "wk-test"]);
+    assert_eq!(nodes_of(&c, "app=logs"), ["edge", "wk-test"]);
+
+    // wk drain refuses what it should, then drains the other way.
+    c.kubectl_apply(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: stray\nspec:\n  nodeName: wk-test\n  containers:\n  - name: main\n    image: cmd:v1\n    command: [cmd, sleep, \"600000\"]\n",
+    );
+    let refused = c.wk(&["drain", "wk-test"]);
+    let err = crate::harness::stderr(&refused);
+    assert!(!refused.status.success());
+    assert!(
+        err.contains("cannot delete DaemonSet-managed Pods (use --ignore-daemonsets to ignore): default/logs-")
+            && err.contains("cannot delete Pods that declare no controller (use --force to override): default/stray"),
+        "{err}"
+    );
+    c.wk_ok(&["uncordon", "edge"]);
+    let out = c.wk_ok(&[
+        "drain",
+        "wk-test",
+        "--ignore-daemonsets",
+        "--force",
+        "--timeout=90s",
+    ]);
+    assert!(
+        out.contains("node/wk-test drained") && out.contains("pod/stray evicted"),
+        "{out}"
+    );
+    c.kubectl_ok(&["rollout", "status", "deployment/web", "--timeout=90s"]);
+    assert_eq!(nodes_of(&c, "app=web"), ["edge", "edge"]);
+}
