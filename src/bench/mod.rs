@@ -16,6 +16,7 @@ use crate::client::Client;
 
 pub mod images;
 pub mod pods;
+pub mod scheduler;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -138,13 +139,23 @@ impl Drop for ServerProcess {
 }
 
 fn start_server(wk: &Path) -> anyhow::Result<ServerProcess> {
+    // `WK_BENCH_DISABLE` names more controllers to leave out, to see what each costs.
+    let disabled = match std::env::var("WK_BENCH_DISABLE") {
+        Ok(more) if !more.is_empty() => format!("scheduler,{more}"),
+        _ => "scheduler".to_owned(),
+    };
+    start_server_disabling(wk, &disabled)
+}
+
+/// A `wk server` with no agent and the named controllers (comma-separated) disabled.
+fn start_server_disabling(wk: &Path, disabled: &str) -> anyhow::Result<ServerProcess> {
     let dir = tempfile::Builder::new().prefix("wk-bench").tempdir()?;
     let mut child = Command::new(wk)
         .args([
             "server",
             "--no-agent",
             "--disable",
-            "scheduler",
+            disabled,
             "--listen",
             "127.0.0.1:0",
             "--data-dir",

@@ -75,6 +75,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Scheduler throughput: pods bound per second with hollow nodes (Node objects whose
+    /// Leases a simulator renews) and a backlog of pending pods.
+    Scheduler {
+        /// Hollow nodes.
+        #[arg(long, default_value_t = 1000)]
+        nodes: usize,
+        /// Pending pods to bind.
+        #[arg(long, default_value_t = 10_000)]
+        pods: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// HTTP throughput of one pod against `wasmtime serve` on the same component, with wrk.
     Serve {
         /// The wasi:http component.
@@ -103,6 +116,7 @@ enum Command {
 /// # Errors
 /// When the benchmark fails.
 pub async fn execute(args: Args) -> anyhow::Result<()> {
+    super::init_logging();
     let wk = std::env::current_exe().context("finding the wk binary")?;
     match args.command {
         Command::Pods {
@@ -188,6 +202,18 @@ pub async fn execute(args: Args) -> anyhow::Result<()> {
             println!(
                 "{:<46} {:>9.1}x",
                 "compile / precompiled (p50)", r.precompiled_speedup
+            );
+            Ok(())
+        }
+        Command::Scheduler { nodes, pods, json } => {
+            let r = bench::scheduler::scheduler(&wk, nodes, pods).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                return Ok(());
+            }
+            println!(
+                "{} pods on {} hollow nodes: bound in {:.2} s, {:.0} pods/s (busiest node {} of {} pods)",
+                r.pods, r.nodes, r.seconds, r.bound_per_second, r.busiest_node.0, r.busiest_node.1
             );
             Ok(())
         }

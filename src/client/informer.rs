@@ -218,28 +218,36 @@ impl Informer {
     }
 
     fn apply(&self, event: &Value) {
-        let object = &event["object"];
-        let rv = revision(object);
-        match event["type"].as_str() {
-            Some("ADDED" | "MODIFIED") => {
-                let new = Arc::new(object.clone());
-                let old = self
-                    .contents
-                    .write()
-                    .expect("informer lock")
-                    .insert(key_of(object), new.clone());
-                self.notify(old.as_deref(), Some(&new));
-            }
-            Some("DELETED") => {
-                let old = self
-                    .contents
-                    .write()
-                    .expect("informer lock")
-                    .remove(&key_of(object));
-                self.notify(old.as_deref().or(Some(object)), None);
-            }
-            _ => {}
+        let kind = event["type"].as_str().unwrap_or_default();
+        if matches!(kind, "ADDED" | "MODIFIED" | "DELETED") {
+            self.apply_object(kind == "DELETED", Arc::new(event["object"].clone()));
+        } else {
+            self.saw(revision(&event["object"]));
         }
+    }
+
+    /// Applies one change: `object` added or modified, or (`deleted`) gone.
+    fn apply_object(&self, deleted: bool, object: Arc<Value>) {
+        let rv = revision(&object);
+        if deleted {
+            let old = self
+                .contents
+                .write()
+                .expect("informer lock")
+                .remove(&key_of(&object));
+            self.notify(old.as_deref().or(Some(&object)), None);
+        } else {
+            let old = self
+                .contents
+                .write()
+                .expect("informer lock")
+                .insert(key_of(&object), object.clone());
+            self.notify(old.as_deref(), Some(&object));
+        }
+        self.saw(rv);
+    }
+
+    fn saw(&self, rv: u64) {
         if rv > 0 {
             self.seen.send_if_modified(|seen| {
                 let newer = rv > *seen;
@@ -251,9 +259,19 @@ impl Informer {
 
     /// Replaces the contents with a fresh list, telling the handlers what changed.
     fn replace(&self, list: &Value) {
+        let items = list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|item| Arc::new(item.clone()))
+            .collect();
+        self.replace_items(items, revision(list));
+    }
+
+    fn replace_items(&self, items: Vec<Arc<Value>>, rv: u64) {
         let mut fresh: BTreeMap<String, Arc<Value>> = BTreeMap::new();
-        for item in list["items"].as_array().into_iter().flatten() {
-            fresh.insert(key_of(item), Arc::new(item.clone()));
+        for item in items {
+            fresh.insert(key_of(&item), item);
         }
         let mut changes = Vec::new();
         {
@@ -282,8 +300,54 @@ impl Informer {
         for (old, new) in changes {
             self.notify(old.as_deref(), new.as_deref());
         }
-        let rv = revision(list).max(1);
+        let rv = rv.max(1);
         self.seen.send_modify(|seen| *seen = (*seen).max(rv));
+    }
+
+    /// As [`Informer::run`], from the API server's own watch cache in this process: the
+    /// objects are the cache's (shared, not copied), and no connection is needed. For the
+    /// controllers `wk server` runs.
+    pub async fn run_local(
+        self: Arc<Self>,
+        cache: Arc<crate::store::cache::Cache>,
+        prefix: String,
+        shutdown: CancellationToken,
+    ) {
+        'relist: while !shutdown.is_cancelled() {
+            let position = tokio::select! {
+                r = cache.sync() => match r {
+                    Ok(rv) => rv,
+                    Err(_) => return,
+                },
+                () = shutdown.cancelled() => return,
+            };
+            let (items, listed, _) = cache.list(&prefix, None, None, |_| true);
+            let position = position.max(listed);
+            self.replace_items(items.into_iter().map(|(_, o)| o).collect(), position);
+            let mut position = position;
+            loop {
+                let events = tokio::select! {
+                    e = cache.events_after(position) => e,
+                    () = shutdown.cancelled() => return,
+                };
+                let Ok(events) = events else {
+                    // Fell out of the window: start again from a list.
+                    continue 'relist;
+                };
+                if events.is_empty() {
+                    return;
+                }
+                for event in events {
+                    position = event.revision;
+                    if event.key.starts_with(&prefix) {
+                        let deleted = event.kind == crate::store::EventKind::Deleted;
+                        self.apply_object(deleted, event.object.clone());
+                    }
+                }
+                // Other kinds' writes move this informer's clock too (one revision counter).
+                self.saw(position);
+            }
+        }
     }
 
     /// Lists, then watches from the list's resourceVersion, until `shutdown`. A watch that ends
@@ -343,6 +407,25 @@ impl Informer {
 #[derive(Default)]
 pub struct Informers {
     by_path: Mutex<HashMap<String, Arc<Informer>>>,
+    /// The API server's cache, when the controllers run inside it.
+    local: Option<Arc<crate::store::cache::Cache>>,
+}
+
+/// The store key prefix of a collection path (`/api/v1/pods`,
+/// `/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases`).
+fn store_prefix(path: &str) -> Option<String> {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, rest) = match segments.as_slice() {
+        ["api", _, rest @ ..] => ("", rest),
+        ["apis", group, _, rest @ ..] => (*group, rest),
+        _ => return None,
+    };
+    let (namespace, plural) = match rest {
+        ["namespaces", ns, plural] => (Some(*ns), *plural),
+        [plural] => (None, *plural),
+        _ => return None,
+    };
+    crate::api::resources::lookup(group, plural).map(|res| res.prefix(namespace))
 }
 
 impl Informers {
@@ -356,10 +439,26 @@ impl Informers {
             .clone()
     }
 
+    /// Informers fed by the API server's own cache, in its process.
+    pub fn local(cache: Arc<crate::store::cache::Cache>) -> Self {
+        Self {
+            by_path: Mutex::default(),
+            local: Some(cache),
+        }
+    }
+
     /// Starts every informer asked for so far.
     pub fn start(&self, client: &Client, shutdown: &CancellationToken) {
         for informer in self.by_path.lock().expect("informers lock").values() {
-            tokio::spawn(informer.clone().run(client.clone(), shutdown.child_token()));
+            let token = shutdown.child_token();
+            match (&self.local, store_prefix(informer.path())) {
+                (Some(cache), Some(prefix)) => {
+                    tokio::spawn(informer.clone().run_local(cache.clone(), prefix, token));
+                }
+                _ => {
+                    tokio::spawn(informer.clone().run(client.clone(), token));
+                }
+            }
         }
     }
 }
@@ -578,6 +677,21 @@ mod tests {
             ]
         );
         assert!(informer.synced());
+    }
+
+    #[test]
+    fn collection_paths_map_to_store_prefixes() {
+        assert_eq!(store_prefix("/api/v1/pods").as_deref(), Some("/core/pods/"));
+        assert_eq!(
+            store_prefix("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases")
+                .as_deref(),
+            Some("/coordination.k8s.io/leases/kube-node-lease/")
+        );
+        assert_eq!(
+            store_prefix("/apis/apps/v1/deployments").as_deref(),
+            Some("/apps/deployments/")
+        );
+        assert_eq!(store_prefix("/apis/nope/v1/things"), None);
     }
 
     #[tokio::test(start_paused = true)]

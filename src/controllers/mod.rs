@@ -8,6 +8,7 @@ pub mod deployment;
 pub mod disruption;
 pub mod gc;
 pub mod job;
+pub mod leader;
 pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod replicaset;
@@ -32,15 +33,17 @@ pub const DEPLOYMENTS: &str = "/apis/apps/v1/deployments";
 /// How long a controller waits for its own write to reach its cache before going on anyway.
 pub const OWN_WRITES: Duration = Duration::from_secs(5);
 
-/// Starts the informer-based controllers that `enabled` lets through, and their informers.
+/// Starts the informer-based controllers that `enabled` lets through, and their informers:
+/// fed by the API server's `cache` when they run in its process, else by watches.
 /// `node_grace` is how long a node may stay silent before it is unreachable.
 pub fn start(
     client: &Client,
+    cache: Option<Arc<crate::store::cache::Cache>>,
     enabled: &dyn Fn(&str) -> bool,
     node_grace: Duration,
     shutdown: &CancellationToken,
 ) {
-    let informers = Informers::default();
+    let informers = cache.map_or_else(Informers::default, Informers::local);
     if enabled("nodelifecycle") {
         nodelifecycle::start(client, &informers, node_grace, shutdown);
     }

@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use http::Method;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -36,6 +37,21 @@ struct Room {
 }
 
 impl Room {
+    fn release(&mut self, pod: &Value) {
+        let (cpu, memory) = requests(pod);
+        self.pods -= 1;
+        self.cpu -= cpu;
+        self.memory -= memory;
+        for p in host_ports(pod) {
+            self.ports.remove(&p);
+        }
+        if let Some(owner) = owner_uid(pod)
+            && let Some(n) = self.owners.get_mut(owner)
+        {
+            *n -= 1;
+        }
+    }
+
     fn take(&mut self, pod: &Value) {
         let (cpu, memory) = requests(pod);
         self.pods += 1;
@@ -218,48 +234,110 @@ fn preferred_weight(spec: &Value, node: &Value) -> i128 {
         .sum()
 }
 
+/// A node as the filters read it, parsed once per pass.
+struct NodeInfo<'a> {
+    node: &'a Value,
+    name: String,
+    ready: bool,
+    unschedulable: bool,
+    /// Its NoSchedule and NoExecute taints.
+    taints: Vec<&'a Value>,
+}
+
+impl<'a> NodeInfo<'a> {
+    fn of(node: &'a Value) -> Self {
+        Self {
+            node,
+            name: node["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            ready: node["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True"),
+            unschedulable: node["spec"]["unschedulable"] == true,
+            taints: node["spec"]["taints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|t| matches!(t["effect"].as_str(), Some("NoSchedule" | "NoExecute")))
+                .collect(),
+        }
+    }
+}
+
+/// What the filters and scores read of a pod, parsed once per choice.
+struct PodInfo<'a> {
+    pod: &'a Value,
+    cpu: i128,
+    memory: i128,
+    ports: Vec<String>,
+    owner: Option<&'a str>,
+    tolerations: &'a [Value],
+    /// Whether it has a nodeSelector or node affinity at all.
+    picky: bool,
+}
+
+impl<'a> PodInfo<'a> {
+    fn of(pod: &'a Value) -> Self {
+        let (cpu, memory) = requests(pod);
+        let spec = &pod["spec"];
+        Self {
+            pod,
+            cpu,
+            memory,
+            ports: host_ports(pod),
+            owner: owner_uid(pod),
+            tolerations: spec["tolerations"]
+                .as_array()
+                .map_or(&[][..], Vec::as_slice),
+            picky: spec.get("nodeSelector").is_some_and(|s| !s.is_null())
+                || spec["affinity"]
+                    .get("nodeAffinity")
+                    .is_some_and(|a| !a.is_null()),
+        }
+    }
+}
+
 /// Why `node` cannot take `pod`, in kube-scheduler's words; `None` when it can.
-fn unfit(pod: &Value, node: &Value, room: &Room) -> Option<String> {
-    let ready = node["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|c| c["type"] == "Ready" && c["status"] == "True");
-    if !ready {
+fn unfit(pod: &PodInfo<'_>, node: &NodeInfo<'_>, room: &Room) -> Option<String> {
+    if !node.ready {
         return Some("node(s) were not ready".into());
     }
-    let tolerations = &pod["spec"]["tolerations"];
-    let unschedulable = json!({"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"});
-    if node["spec"]["unschedulable"] == true
-        && !tolerations
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|t| tolerates(t, &unschedulable))
-    {
-        return Some("node(s) were unschedulable".into());
+    let tolerations = pod.tolerations;
+    if node.unschedulable {
+        let unschedulable =
+            json!({"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"});
+        if !tolerations.iter().any(|t| tolerates(t, &unschedulable)) {
+            return Some("node(s) were unschedulable".into());
+        }
     }
-    if let Some(taint) = untolerated(node, tolerations, &["NoSchedule", "NoExecute"]) {
+    if let Some(taint) = node
+        .taints
+        .iter()
+        .find(|taint| !tolerations.iter().any(|t| tolerates(t, taint)))
+    {
         return Some(format!(
             "node(s) had untolerated taint {{{}: {}}}",
             taint["key"].as_str().unwrap_or_default(),
             taint["value"].as_str().unwrap_or_default()
         ));
     }
-    if !node_selected(&pod["spec"], node) {
+    if pod.picky && !node_selected(&pod.pod["spec"], node.node) {
         return Some("node(s) didn't match Pod's node affinity/selector".into());
     }
     if room.pods + 1 > room.max_pods {
         return Some("Too many pods".into());
     }
-    let (cpu, memory) = requests(pod);
-    if cpu > 0 && room.cpu + cpu > room.max_cpu {
+    if pod.cpu > 0 && room.cpu + pod.cpu > room.max_cpu {
         return Some("Insufficient cpu".into());
     }
-    if memory > 0 && room.memory + memory > room.max_memory {
+    if pod.memory > 0 && room.memory + pod.memory > room.max_memory {
         return Some("Insufficient memory".into());
     }
-    if host_ports(pod).iter().any(|p| room.ports.contains(p)) {
+    if !room.ports.is_empty() && pod.ports.iter().any(|p| room.ports.contains(p)) {
         return Some("node(s) didn't have free ports for the requested pod ports".into());
     }
     None
@@ -269,8 +347,8 @@ fn unfit(pod: &Value, node: &Value, room: &Room) -> Option<String> {
 /// up: least allocated and balanced allocation (0–100 each), spreading the pods of one owner
 /// (100 on a node with none of them, less with each), and preferred node affinity (the
 /// matched weights, 1–100 each).
-fn score(pod: &Value, node: &Value, room: &Room) -> i128 {
-    let (cpu, memory) = requests(pod);
+fn score(pod: &PodInfo<'_>, node: &Value, room: &Room) -> i128 {
+    let (cpu, memory) = (pod.cpu, pod.memory);
     let share = |used: i128, max: i128| {
         if max > 0 {
             (used * 100 / max).min(100)
@@ -284,76 +362,118 @@ fn score(pod: &Value, node: &Value, room: &Room) -> i128 {
     );
     let least = (200 - cpu_used - mem_used) / 2;
     let balanced = 100 - (cpu_used - mem_used).abs();
-    let spread = owner_uid(pod).map_or(100, |o| {
+    let spread = pod.owner.map_or(100, |o| {
         let mine = room.owners.get(o).copied().unwrap_or(0);
         100 / (1 + mine)
     });
-    least + balanced + spread + preferred_weight(&pod["spec"], node)
+    let preferred = if pod.picky {
+        preferred_weight(&pod.pod["spec"], node)
+    } else {
+        0
+    };
+    least + balanced + spread + preferred
 }
 
-/// Picks a node for `pod`, or says why none fits ("0/3 nodes are available: ...").
-fn choose(pod: &Value, nodes: &[Value], rooms: &HashMap<String, Room>) -> Result<String, String> {
-    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-    let mut best: Option<(i128, String)> = None;
-    for node in nodes {
-        let name = node["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        let room = rooms.get(&name).cloned().unwrap_or_default();
-        match unfit(pod, node, &room) {
-            Some(why) => *reasons.entry(why).or_default() += 1,
-            None => {
-                let s = score(pod, node, &room);
-                if best
-                    .as_ref()
-                    .is_none_or(|(b, n)| s > *b || (s == *b && name < *n))
-                {
-                    best = Some((s, name));
+/// How many feasible nodes to find before scoring, as kube-scheduler's adaptive
+/// percentageOfNodesToScore: all of up to 100 nodes; of more, 50% less 1% per 125 nodes (at
+/// least 5%), and never fewer than 100.
+fn feasible_to_find(nodes: usize) -> usize {
+    if nodes < 100 {
+        return nodes;
+    }
+    let percent = (50 - (nodes / 125) as i64).max(5) as usize;
+    (nodes * percent / 100).max(100)
+}
+
+/// The cluster as one pass sees it: nodes, what their pods take, and where the next search
+/// starts (so that sampled searches go round every node).
+struct Snapshot<'a> {
+    nodes: Vec<NodeInfo<'a>>,
+    rooms: Vec<Room>,
+    next_start: usize,
+}
+
+impl<'a> Snapshot<'a> {
+    fn new(nodes: &'a [Value], pods: &[Value]) -> Self {
+        let nodes: Vec<NodeInfo<'a>> = nodes.iter().map(NodeInfo::of).collect();
+        let index: HashMap<&str, usize> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.name.as_str(), i))
+            .collect();
+        let mut rooms: Vec<Room> = nodes
+            .iter()
+            .map(|n| {
+                let alloc = &n.node["status"]["allocatable"];
+                Room {
+                    max_pods: quantity(&alloc["pods"]) / 1000,
+                    max_cpu: quantity(&alloc["cpu"]),
+                    max_memory: quantity(&alloc["memory"]),
+                    ..Room::default()
+                }
+            })
+            .collect();
+        for p in pods {
+            let phase = p["status"]["phase"].as_str().unwrap_or_default();
+            if matches!(phase, "Succeeded" | "Failed") {
+                continue;
+            }
+            if let Some(&i) = p["spec"]["nodeName"].as_str().and_then(|n| index.get(n)) {
+                rooms[i].take(p);
+            }
+        }
+        Self {
+            nodes,
+            rooms,
+            next_start: 0,
+        }
+    }
+
+    /// Picks a node for `pod` (its index), or says why none fits ("0/3 nodes are available:
+    /// ...").
+    fn choose(&mut self, pod: &Value) -> Result<usize, String> {
+        let pod = &PodInfo::of(pod);
+        let n = self.nodes.len();
+        let want = feasible_to_find(n);
+        let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+        let mut best: Option<(i128, usize)> = None;
+        let (mut feasible, mut looked) = (0, 0);
+        while looked < n && feasible < want {
+            let i = (self.next_start + looked) % n;
+            looked += 1;
+            match unfit(pod, &self.nodes[i], &self.rooms[i]) {
+                Some(why) => *reasons.entry(why).or_default() += 1,
+                None => {
+                    feasible += 1;
+                    let s = score(pod, self.nodes[i].node, &self.rooms[i]);
+                    let better = best.is_none_or(|(b, j)| {
+                        s > b || (s == b && self.nodes[i].name < self.nodes[j].name)
+                    });
+                    if better {
+                        best = Some((s, i));
+                    }
                 }
             }
         }
+        if n > 0 {
+            self.next_start = (self.next_start + looked) % n;
+        }
+        best.map(|(_, i)| i).ok_or_else(|| {
+            let why: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
+            format!("0/{n} nodes are available: {}.", why.join(", "))
+        })
     }
-    best.map(|(_, n)| n).ok_or_else(|| {
-        let why: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
-        format!("0/{} nodes are available: {}.", nodes.len(), why.join(", "))
-    })
 }
 
-fn rooms(nodes: &[Value], pods: &[Value]) -> HashMap<String, Room> {
-    let mut rooms: HashMap<String, Room> = nodes
-        .iter()
-        .map(|n| {
-            let alloc = &n["status"]["allocatable"];
-            let room = Room {
-                max_pods: quantity(&alloc["pods"]) / 1000,
-                max_cpu: quantity(&alloc["cpu"]),
-                max_memory: quantity(&alloc["memory"]),
-                ..Room::default()
-            };
-            (
-                n["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
-                room,
-            )
-        })
-        .collect();
-    for p in pods {
-        let phase = p["status"]["phase"].as_str().unwrap_or_default();
-        if matches!(phase, "Succeeded" | "Failed") {
-            continue;
-        }
-        if let Some(room) = p["spec"]["nodeName"]
-            .as_str()
-            .and_then(|n| rooms.get_mut(n))
-        {
-            room.take(p);
-        }
-    }
-    rooms
+/// Picks a node for `pod` among `nodes` with the pods `placed` on them.
+#[cfg(test)]
+fn choose(pod: &Value, nodes: &[Value], placed: &[Value]) -> Result<String, String> {
+    let mut snapshot = Snapshot::new(nodes, placed);
+    snapshot.choose(pod).map(|i| snapshot.nodes[i].name.clone())
 }
+
+/// Bindings in flight at once.
+const BIND_CONCURRENCY: usize = 64;
 
 /// Runs the scheduler until `shutdown`.
 pub async fn run(client: Client, shutdown: CancellationToken) {
@@ -410,73 +530,107 @@ async fn pass(
     let nodes = client.get("/api/v1/nodes").await?;
     let nodes: Vec<Value> = nodes["items"].as_array().cloned().unwrap_or_default();
     let all = client.get("/api/v1/pods").await?;
-    let mut rooms = rooms(
+    let mut snapshot = Snapshot::new(
         &nodes,
         all["items"]
             .as_array()
             .map(Vec::as_slice)
             .unwrap_or_default(),
     );
-    for pod in pending {
-        let ns = pod["metadata"]["namespace"]
-            .as_str()
-            .unwrap_or("default")
-            .to_owned();
-        let name = pod["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        let key = format!("{ns}/{name}");
-        match choose(&pod, &nodes, &rooms) {
-            Ok(node) => {
-                let binding = json!({"apiVersion": "v1", "kind": "Binding",
-                    "metadata": {"name": name, "namespace": ns},
-                    "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
-                let bound = client
-                    .request(
-                        Method::POST,
-                        &format!("/api/v1/namespaces/{ns}/pods/{name}/binding"),
-                        Some("application/json"),
-                        Some(binding.to_string().into_bytes()),
-                    )
-                    .await;
-                match bound {
-                    Ok(_) => {
-                        if let Some(room) = rooms.get_mut(&node) {
-                            room.take(&pod);
-                        }
-                        reported.remove(&key);
-                        event(
-                            client,
-                            &pod,
-                            false,
-                            "Scheduled",
-                            &format!("Successfully assigned {key} to {node}"),
-                        );
-                    }
-                    Err(e) => tracing::debug!(pod = %key, error = %e, "binding failed; retrying"),
-                }
+    // Bulk binding: each pod's node is chosen and its room reserved in turn, then the
+    // bindings go out many at a time. A binding the server refuses (the pod was bound or
+    // deleted meanwhile) gives its room back; the next pass sees the truth.
+    let mut bindings = Vec::new();
+    let started = std::time::Instant::now();
+    for pod in &pending {
+        let key = format!(
+            "{}/{}",
+            pod["metadata"]["namespace"].as_str().unwrap_or("default"),
+            pod["metadata"]["name"].as_str().unwrap_or_default()
+        );
+        match snapshot.choose(pod) {
+            Ok(i) => {
+                snapshot.rooms[i].take(pod);
+                bindings.push((pod, i, key));
             }
             Err(why) => {
                 if reported.get(&key) != Some(&why) {
-                    let status = json!({"status": {"conditions": [{"type": "PodScheduled", "status": "False",
-                        "reason": "Unschedulable", "message": why,
-                        "lastProbeTime": null, "lastTransitionTime": crate::agent::status::now()}]}});
-                    let _ = client
-                        .request(
-                            Method::PATCH,
-                            &format!("/api/v1/namespaces/{ns}/pods/{name}/status"),
-                            Some("application/strategic-merge-patch+json"),
-                            Some(status.to_string().into_bytes()),
-                        )
-                        .await;
-                    event(client, &pod, true, "FailedScheduling", &why);
+                    unschedulable(client, pod, &why).await;
                     reported.insert(key, why);
                 }
             }
         }
     }
+    let chosen = started.elapsed();
+    let names: Vec<String> = snapshot.nodes.iter().map(|n| n.name.clone()).collect();
+    let mut sends = Vec::with_capacity(bindings.len());
+    for (b, (pod, i, _)) in bindings.iter().enumerate() {
+        let (client, pod, node) = (client.clone(), (*pod).clone(), names[*i].clone());
+        sends.push(async move { (b, bind(&client, &pod, &node).await) });
+    }
+    let results: Vec<(usize, bool)> = futures_util::stream::iter(sends)
+        .buffer_unordered(BIND_CONCURRENCY)
+        .collect()
+        .await;
+    tracing::debug!(pending = pending.len(), nodes = names.len(), ?chosen, bound = ?started.elapsed() - chosen, "scheduling pass");
+    for (b, ok) in results {
+        let (pod, i, key) = &bindings[b];
+        if ok {
+            reported.remove(key);
+            event(
+                client,
+                pod,
+                false,
+                "Scheduled",
+                &format!("Successfully assigned {key} to {}", names[*i]),
+            );
+        } else {
+            snapshot.rooms[*i].release(pod);
+        }
+    }
     Ok(())
+}
+
+/// Binds `pod` to `node`; false (logged) when the server refuses.
+async fn bind(client: &Client, pod: &Value, node: &str) -> bool {
+    let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
+    let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+    let binding = json!({"apiVersion": "v1", "kind": "Binding",
+        "metadata": {"name": name, "namespace": ns},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
+    match client
+        .request(
+            Method::POST,
+            &format!("/api/v1/namespaces/{ns}/pods/{name}/binding"),
+            Some("application/json"),
+            Some(binding.to_string().into_bytes()),
+        )
+        .await
+    {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::debug!(pod = %format!("{ns}/{name}"), error = %e, "binding failed; retrying");
+            false
+        }
+    }
+}
+
+/// Records why a pod fits nowhere: `PodScheduled=False` and a FailedScheduling event.
+async fn unschedulable(client: &Client, pod: &Value, why: &str) {
+    let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
+    let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+    let status = json!({"status": {"conditions": [{"type": "PodScheduled", "status": "False",
+        "reason": "Unschedulable", "message": why,
+        "lastProbeTime": null, "lastTransitionTime": crate::agent::status::now()}]}});
+    let _ = client
+        .request(
+            Method::PATCH,
+            &format!("/api/v1/namespaces/{ns}/pods/{name}/status"),
+            Some("application/strategic-merge-patch+json"),
+            Some(status.to_string().into_bytes()),
+        )
+        .await;
+    event(client, pod, true, "FailedScheduling", why);
 }
 
 /// Posts a scheduler Event about `pod`, in the background.
@@ -509,7 +663,7 @@ mod tests {
     #[test]
     fn the_least_allocated_fitting_node_wins() {
         let nodes = vec![node("a", "2", "4Gi"), node("b", "4", "4Gi")];
-        let rooms = rooms(&nodes, &[]);
+        let rooms = [].to_vec();
         assert_eq!(choose(&pod("1"), &nodes, &rooms), Ok("b".into()));
         let err = choose(&pod("8"), &nodes, &rooms).unwrap_err();
         assert_eq!(err, "0/2 nodes are available: 2 Insufficient cpu.");
@@ -524,7 +678,7 @@ mod tests {
         let mut down = node("c", "2", "4Gi");
         down["status"]["conditions"][0]["status"] = json!("False");
         let nodes = vec![cordoned, tainted.clone(), down];
-        let err = choose(&pod("1"), &nodes, &rooms(&nodes, &[])).unwrap_err();
+        let err = choose(&pod("1"), &nodes, &[]).unwrap_err();
         assert_eq!(
             err,
             "0/3 nodes are available: 1 node(s) had untolerated taint {gpu: yes}, 1 node(s) were not ready, 1 node(s) were unschedulable."
@@ -532,15 +686,12 @@ mod tests {
         let mut tolerant = pod("1");
         tolerant["spec"]["tolerations"] =
             json!([{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]);
-        assert_eq!(
-            choose(&tolerant, &nodes, &rooms(&nodes, &[])),
-            Ok("b".into())
-        );
+        assert_eq!(choose(&tolerant, &nodes, &[]), Ok("b".into()));
         let mut picky = pod("1");
         picky["spec"]["nodeSelector"] = json!({"disk": "hdd"});
         let nodes = vec![node("a", "2", "4Gi")];
         assert!(
-            choose(&picky, &nodes, &rooms(&nodes, &[]))
+            choose(&picky, &nodes, &[])
                 .unwrap_err()
                 .contains("selector")
         );
@@ -551,8 +702,8 @@ mod tests {
         let nodes = vec![node("a", "2", "4Gi")];
         let running = json!({"spec": {"nodeName": "a", "containers": [{"resources": {"requests": {"cpu": "1500m"}}}]}, "status": {"phase": "Running"}});
         let done = json!({"spec": {"nodeName": "a", "containers": [{"resources": {"requests": {"cpu": "1500m"}}}]}, "status": {"phase": "Succeeded"}});
-        let r = rooms(&nodes, &[running, done]);
-        assert_eq!(r["a"].cpu, 1500);
+        let r = [running, done].to_vec();
+        assert_eq!(Snapshot::new(&nodes, &r).rooms[0].cpu, 1500);
         assert!(choose(&pod("1"), &nodes, &r).is_err());
     }
 
@@ -563,7 +714,7 @@ mod tests {
         let mut b = node("b", "2", "4Gi");
         b["metadata"]["labels"] = json!({"zone": "south", "gen": "5"});
         let nodes = vec![a, b];
-        let rooms = rooms(&nodes, &[]);
+        let rooms = [].to_vec();
         let with = |affinity: Value| {
             let mut p = pod("100m");
             p["spec"]["affinity"] = json!({"nodeAffinity": affinity});
@@ -612,12 +763,12 @@ mod tests {
         blue["spec"]["tolerations"] =
             json!([{"key": "team", "operator": "Equal", "value": "blue"}]);
         assert!(
-            choose(&blue, &nodes, &rooms(&nodes, &[]))
+            choose(&blue, &nodes, &[])
                 .unwrap_err()
                 .contains("untolerated taint {team: red}")
         );
         blue["spec"]["tolerations"][0]["value"] = json!("red");
-        assert_eq!(choose(&blue, &nodes, &rooms(&nodes, &[])), Ok("a".into()));
+        assert_eq!(choose(&blue, &nodes, &[]), Ok("a".into()));
 
         let nodes = vec![node("a", "2", "4Gi"), node("b", "2", "4Gi")];
         let mut web = pod("100m");
@@ -625,19 +776,40 @@ mod tests {
         web["metadata"]["ownerReferences"] = json!([{"uid": "rs1", "controller": true}]);
         let mut placed = web.clone();
         placed["spec"]["nodeName"] = json!("a");
-        let r = rooms(&nodes, &[placed.clone()]);
+        let r = [placed.clone()].to_vec();
         // The port is taken on a, and b has none of the owner's pods anyway.
         assert_eq!(choose(&web, &nodes, &r), Ok("b".into()));
         let mut on_b = placed.clone();
         on_b["spec"]["nodeName"] = json!("b");
         assert_eq!(
-            choose(&web, &nodes, &rooms(&nodes, &[placed.clone(), on_b])).unwrap_err(),
+            choose(&web, &nodes, &[placed.clone(), on_b]).unwrap_err(),
             "0/2 nodes are available: 2 node(s) didn't have free ports for the requested pod ports."
         );
         // Without ports, the owner's pods spread.
         let mut spread = pod("100m");
         spread["metadata"]["ownerReferences"] = json!([{"uid": "rs1", "controller": true}]);
         assert_eq!(choose(&spread, &nodes, &r), Ok("b".into()));
+    }
+
+    #[test]
+    fn big_clusters_are_sampled_as_kube_scheduler_does() {
+        assert_eq!(feasible_to_find(50), 50);
+        assert_eq!(feasible_to_find(100), 100);
+        assert_eq!(feasible_to_find(1000), 420);
+        assert_eq!(feasible_to_find(5000), 500);
+        assert_eq!(feasible_to_find(30_000), 1500);
+        // The search starts where the last one stopped, so every node gets its turn.
+        let nodes: Vec<Value> = (0..300)
+            .map(|i| node(&format!("n{i:03}"), "4", "8Gi"))
+            .collect();
+        let mut snapshot = Snapshot::new(&nodes, &[]);
+        let first = snapshot.choose(&pod("100m")).unwrap();
+        assert_eq!(snapshot.next_start, 144);
+        let second = snapshot.choose(&pod("100m")).unwrap();
+        assert!(
+            first < 144 && (144..288).contains(&second),
+            "{first} {second}"
+        );
     }
 
     proptest::proptest! {
@@ -657,7 +829,7 @@ mod tests {
             for (i, (cpu, mem)) in pods.iter().enumerate() {
                 let mut p = json!({"metadata": {"name": format!("p{i}")}, "spec": {"containers": [
                     {"resources": {"requests": {"cpu": format!("{cpu}m"), "memory": format!("{mem}Mi")}}}]}});
-                if let Ok(n) = choose(&p, &nodes, &rooms(&nodes, &bound)) {
+                if let Ok(n) = choose(&p, &nodes, &bound) {
                     p["spec"]["nodeName"] = json!(n);
                     bound.push(p);
                 }

@@ -192,6 +192,8 @@ pub struct Server {
     pub node_secret: String,
     /// The admin token, for the controllers that run in-process.
     admin_token: String,
+    /// The API's watch cache, which the in-process controllers read.
+    cache: Arc<Cache>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), Error>>,
 }
@@ -264,7 +266,7 @@ impl Server {
 
         let shutdown = CancellationToken::new();
         let state = ApiState::new(
-            cache,
+            cache.clone(),
             tokens.clone(),
             shutdown.clone(),
             config.bookmark_interval,
@@ -305,6 +307,7 @@ impl Server {
             ca_pem: material.ca_pem.clone(),
             node_secret: tokens.node.clone(),
             admin_token: tokens.admin.clone(),
+            cache: state.cache.clone(),
             shutdown,
             task,
         })
@@ -386,18 +389,30 @@ pub async fn run(config: ServerConfig, agent: Option<AgentConfig>) -> Result<(),
     let admin =
         crate::client::Client::new(&url, Some(server.admin_token.clone()), Some(certs.clone()))
             .map_err(|e| Error::Agent(e.to_string()))?;
-    if nodeipam {
-        tokio::spawn(crate::controllers::nodeipam::run(
-            admin.clone(),
-            cluster_cidr,
-            node_cidr_mask,
-            token.child_token(),
-        ));
-    }
-    crate::controllers::start(&admin, &enabled, node_grace, &token);
-    if scheduler {
-        tokio::spawn(crate::scheduler::run(admin, token.child_token()));
-    }
+    // The scheduler and the controllers run on the replica that holds the leader Lease (the
+    // only one, until several servers share an etcd).
+    let leader_client = admin.clone();
+    let cache = server.cache.clone();
+    let lead = move |term: CancellationToken| {
+        if nodeipam {
+            tokio::spawn(crate::controllers::nodeipam::run(
+                admin.clone(),
+                cluster_cidr,
+                node_cidr_mask,
+                term.child_token(),
+            ));
+        }
+        crate::controllers::start(&admin, Some(cache.clone()), &enabled, node_grace, &term);
+        if scheduler {
+            tokio::spawn(crate::scheduler::run(admin.clone(), term.child_token()));
+        }
+    };
+    tokio::spawn(crate::controllers::leader::run(
+        leader_client,
+        crate::controllers::leader::identity(),
+        token.child_token(),
+        lead,
+    ));
     let agent = match agent {
         Some(mut cfg) => {
             cfg.node_token = server.node_secret.clone();

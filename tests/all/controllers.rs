@@ -442,3 +442,73 @@ fn a_recreate_deployment_stops_old_pods_first_keeps_its_history_limit_and_misses
     );
     assert_eq!(progressing, "ProgressDeadlineExceeded");
 }
+
+#[test]
+fn the_controllers_run_only_while_the_server_holds_the_leader_lease() {
+    let c = Cluster::with_agent();
+    import_all(&c);
+    let mut holder = String::new();
+    assert!(
+        eventually(LONG, || {
+            holder = stdout(&c.kubectl(&[
+                "get",
+                "lease",
+                "-n",
+                "kube-system",
+                "wk-controller-manager",
+                "-o",
+                "jsonpath={.spec.holderIdentity}",
+            ]));
+            !holder.is_empty()
+        }),
+        "no leader lease"
+    );
+    // Another replica takes the Lease (and keeps it renewed): this server steps down, and
+    // a new Deployment gets no ReplicaSet.
+    let take = |who: &str| {
+        let now = jiff::Timestamp::now()
+            .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+            .to_string();
+        c.kubectl_ok(&[
+            "patch",
+            "lease",
+            "-n",
+            "kube-system",
+            "wk-controller-manager",
+            "--type=merge",
+            "-p",
+            &format!("{{\"spec\":{{\"holderIdentity\":\"{who}\",\"renewTime\":\"{now}\"}}}}"),
+        ]);
+    };
+    take("elsewhere");
+    assert!(
+        eventually(LONG, || c.log().contains("lost the leader lease")),
+        "the server did not step down"
+    );
+    c.kubectl_ok(&["create", "deployment", "follower", "--image", "hello:v1"]);
+    for _ in 0..3 {
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        take("elsewhere");
+    }
+    let sets = stdout(&c.kubectl(&["get", "rs", "-l", "app=follower", "-o", "name"]));
+    assert!(
+        sets.trim().is_empty(),
+        "a controller ran without the lease: {sets}"
+    );
+    // The other replica stops renewing: after the lease duration this server leads again.
+    c.kubectl_ok(&["rollout", "status", "deployment/follower", "--timeout=90s"]);
+    let now_holder = stdout(&c.kubectl(&[
+        "get",
+        "lease",
+        "-n",
+        "kube-system",
+        "wk-controller-manager",
+        "-o",
+        "jsonpath={.spec.holderIdentity} {.spec.leaseTransitions}",
+    ]));
+    assert!(
+        now_holder.starts_with(&holder),
+        "{now_holder} (was {holder})"
+    );
+    assert!(now_holder.ends_with(" 1"), "{now_holder}");
+}
