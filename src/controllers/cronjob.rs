@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::job::{JOBS, job_finished};
-use super::{controlled_by, controller_of, name, namespace, settle, terminating, uid};
-use crate::client::informer::{Action, Informer, Informers, Queue, key_of};
+use super::{controlled_by, name, namespace, settle, terminating, uid};
+use crate::client::informer::{Action, Informer, Informers, Queue};
 use crate::client::{Client, Error, events};
 
 const KIND: (&str, &str) = ("batch/v1", "CronJob");
@@ -209,37 +209,17 @@ pub fn start(client: &Client, informers: &Informers, shutdown: &CancellationToke
         jobs: informers.get(JOBS),
     });
     let queue = Queue::new();
-    let q = queue.clone();
-    ctx.cronjobs.on_change(move |old, new| {
-        if let Some(c) = new.or(old) {
-            q.add(key_of(c));
-        }
-    });
-    let q = queue.clone();
-    ctx.jobs.on_change(move |old, new| {
-        for job in [old, new].into_iter().flatten() {
-            if let Some(r) = controller_of(job)
-                && r["kind"] == "CronJob"
-            {
-                q.add(format!(
-                    "{}/{}",
-                    namespace(job),
-                    r["name"].as_str().unwrap_or_default()
-                ));
-            }
-        }
-    });
-    let shutdown = shutdown.child_token();
-    tokio::spawn(async move {
-        ctx.cronjobs.wait_synced().await;
-        ctx.jobs.wait_synced().await;
-        queue
-            .work("cronjob", shutdown, |key| {
-                let ctx = ctx.clone();
-                async move { reconcile(&ctx, &key).await }
-            })
-            .await;
-    });
+    super::enqueue_self(&ctx.cronjobs, &queue);
+    super::enqueue_controller(&ctx.jobs, &queue, "CronJob");
+    let informers = vec![ctx.cronjobs.clone(), ctx.jobs.clone()];
+    super::run_worker(
+        "cronjob",
+        informers,
+        queue,
+        shutdown,
+        ctx,
+        |ctx, key| async move { reconcile(&ctx, &key).await },
+    );
 }
 
 fn record(client: &Client, cj: &Value, warning: bool, reason: &str, message: &str) {
@@ -255,6 +235,18 @@ fn record(client: &Client, cj: &Value, warning: bool, reason: &str, message: &st
 
 fn job_path(ns: &str, job: &str) -> String {
     format!("/apis/batch/v1/namespaces/{ns}/jobs/{job}")
+}
+
+/// Deletes one of the CronJob's Jobs (its pods after it), with an event; what was deleted,
+/// unless it was gone already.
+async fn delete_job(client: &Client, cj: &Value, job: &Value) -> Result<Option<Value>, Error> {
+    let path = job_path(namespace(cj), name(job));
+    let gone = super::delete(client, &path, "Background", Some(uid(job))).await?;
+    if gone.is_some() {
+        let message = format!("Deleted job {}", name(job));
+        record(client, cj, false, "SuccessfulDelete", &message);
+    }
+    Ok(gone)
 }
 
 fn reference(job: &Value) -> Value {
@@ -312,23 +304,7 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Action, Error> {
         let keep =
             usize::try_from(cj["spec"][field].as_i64().unwrap_or(default).max(0)).unwrap_or(0);
         for job in done.iter().take(done.len().saturating_sub(keep)) {
-            if let Some(gone) = super::delete(
-                client,
-                &job_path(ns, name(job)),
-                "Background",
-                Some(uid(job)),
-            )
-            .await?
-            {
-                record(
-                    client,
-                    &cj,
-                    false,
-                    "SuccessfulDelete",
-                    &format!("Deleted job {}", name(job)),
-                );
-                written.push(gone);
-            }
+            written.extend(delete_job(client, &cj, job).await?);
         }
     }
     let active: Vec<&Arc<Value>> = jobs.iter().filter(|j| job_finished(j).is_none()).collect();
@@ -444,23 +420,7 @@ async fn run_at(
         }
         "Replace" => {
             for job in active {
-                if let Some(gone) = super::delete(
-                    client,
-                    &job_path(ns, name(job)),
-                    "Background",
-                    Some(uid(job)),
-                )
-                .await?
-                {
-                    record(
-                        client,
-                        cj,
-                        false,
-                        "SuccessfulDelete",
-                        &format!("Deleted job {}", name(job)),
-                    );
-                    written.push(gone);
-                }
+                written.extend(delete_job(client, cj, job).await?);
             }
             status["active"] = Value::Null;
         }

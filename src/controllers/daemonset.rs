@@ -12,9 +12,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::deployment::template_hash;
-use super::{
-    available, controlled_by, controller_of, finished, name, namespace, settle, terminating, uid,
-};
+use super::{available, controlled_by, finished, name, namespace, settle, terminating, uid};
 use crate::client::informer::{Action, Informer, Informers, Queue, key_of};
 use crate::client::{Client, Error, events};
 
@@ -43,26 +41,8 @@ pub fn start(client: &Client, informers: &Informers, shutdown: &CancellationToke
         nodes: informers.get(NODES),
     });
     let queue = Queue::new();
-    let q = queue.clone();
-    ctx.sets.on_change(move |old, new| {
-        if let Some(d) = new.or(old) {
-            q.add(key_of(d));
-        }
-    });
-    let q = queue.clone();
-    ctx.pods.on_change(move |old, new| {
-        for pod in [old, new].into_iter().flatten() {
-            if let Some(r) = controller_of(pod)
-                && r["kind"] == "DaemonSet"
-            {
-                q.add(format!(
-                    "{}/{}",
-                    namespace(pod),
-                    r["name"].as_str().unwrap_or_default()
-                ));
-            }
-        }
-    });
+    super::enqueue_self(&ctx.sets, &queue);
+    super::enqueue_controller(&ctx.pods, &queue, "DaemonSet");
     // A node that comes, goes or changes its labels, taints or readiness concerns every set.
     let (q, sets) = (queue.clone(), ctx.sets.clone());
     ctx.nodes.on_change(move |old, new| {
@@ -81,18 +61,15 @@ pub fn start(client: &Client, informers: &Informers, shutdown: &CancellationToke
             }
         }
     });
-    let shutdown = shutdown.child_token();
-    tokio::spawn(async move {
-        ctx.sets.wait_synced().await;
-        ctx.pods.wait_synced().await;
-        ctx.nodes.wait_synced().await;
-        queue
-            .work("daemonset", shutdown, |key| {
-                let ctx = ctx.clone();
-                async move { reconcile(&ctx, &key).await }
-            })
-            .await;
-    });
+    let informers = vec![ctx.sets.clone(), ctx.pods.clone(), ctx.nodes.clone()];
+    super::run_worker(
+        "daemonset",
+        informers,
+        queue,
+        shutdown,
+        ctx,
+        |ctx, key| async move { reconcile(&ctx, &key).await },
+    );
 }
 
 /// The tolerations every daemon pod gets, as Kubernetes adds them.

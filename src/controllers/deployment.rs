@@ -45,12 +45,7 @@ pub fn start(client: &Client, informers: &Informers, shutdown: &CancellationToke
         pods: informers.get(super::PODS),
     });
     let queue = Queue::new();
-    let q = queue.clone();
-    ctx.deployments.on_change(move |old, new| {
-        if let Some(d) = new.or(old) {
-            q.add(key_of(d));
-        }
-    });
+    super::enqueue_self(&ctx.deployments, &queue);
     let (q, deployments) = (queue.clone(), ctx.deployments.clone());
     ctx.sets.on_change(move |old, new| {
         for rs in [old, new].into_iter().flatten() {
@@ -97,18 +92,15 @@ pub fn start(client: &Client, informers: &Informers, shutdown: &CancellationToke
             ));
         }
     });
-    let shutdown = shutdown.child_token();
-    tokio::spawn(async move {
-        ctx.deployments.wait_synced().await;
-        ctx.sets.wait_synced().await;
-        ctx.pods.wait_synced().await;
-        queue
-            .work("deployment", shutdown, |key| {
-                let ctx = ctx.clone();
-                async move { reconcile(&ctx, &key).await }
-            })
-            .await;
-    });
+    let informers = vec![ctx.deployments.clone(), ctx.sets.clone(), ctx.pods.clone()];
+    super::run_worker(
+        "deployment",
+        informers,
+        queue,
+        shutdown,
+        ctx,
+        |ctx, key| async move { reconcile(&ctx, &key).await },
+    );
 }
 
 /// A pod template with what does not change its meaning taken out: nulls, zero values
@@ -729,6 +721,18 @@ impl Rollout<'_> {
             json!({"type": t, "status": state, "reason": reason, "message": message,
                    "lastUpdateTime": now, "lastTransitionTime": transition})
         };
+        let updating = || {
+            set(
+                "Progressing",
+                "True",
+                "ReplicaSetUpdated",
+                format!(
+                    "ReplicaSet \"{}\" is progressing.",
+                    self.new.as_ref().map_or("", |rs| name(rs))
+                ),
+                true,
+            )
+        };
         let available_condition = if available >= replicas - unavailable {
             set(
                 "Available",
@@ -797,13 +801,7 @@ impl Rollout<'_> {
                 false,
             ))
         } else if progressed {
-            Some(set(
-                "Progressing",
-                "True",
-                "ReplicaSetUpdated",
-                format!("ReplicaSet \"{rs_name}\" is progressing."),
-                true,
-            ))
+            Some(updating())
         } else {
             // No progress: has the deadline passed since the last?
             let last = find("Progressing").and_then(|c| {
@@ -827,15 +825,7 @@ impl Rollout<'_> {
                         u64::try_from(deadline - since).unwrap_or(1).max(1),
                     ));
                 }
-                find("Progressing").or_else(|| {
-                    Some(set(
-                        "Progressing",
-                        "True",
-                        "ReplicaSetUpdated",
-                        format!("ReplicaSet \"{rs_name}\" is progressing."),
-                        true,
-                    ))
-                })
+                find("Progressing").or_else(|| Some(updating()))
             }
         };
         let mut conditions = vec![available_condition];

@@ -37,12 +37,7 @@ pub fn start(client: &Client, informers: &Informers, shutdown: &CancellationToke
         sets: informers.get(super::REPLICASETS),
     });
     let queue = Queue::new();
-    let q = queue.clone();
-    ctx.budgets.on_change(move |old, new| {
-        if let Some(b) = new.or(old) {
-            q.add(key_of(b));
-        }
-    });
+    super::enqueue_self(&ctx.budgets, &queue);
     let (q, budgets) = (queue.clone(), ctx.budgets.clone());
     ctx.pods.on_change(move |old, new| {
         for pod in [old, new].into_iter().flatten() {
@@ -54,18 +49,15 @@ pub fn start(client: &Client, informers: &Informers, shutdown: &CancellationToke
             }
         }
     });
-    let shutdown = shutdown.child_token();
-    tokio::spawn(async move {
-        ctx.budgets.wait_synced().await;
-        ctx.pods.wait_synced().await;
-        ctx.sets.wait_synced().await;
-        queue
-            .work("disruption", shutdown, |key| {
-                let ctx = ctx.clone();
-                async move { reconcile(&ctx, &key).await }
-            })
-            .await;
-    });
+    let informers = vec![ctx.budgets.clone(), ctx.pods.clone(), ctx.sets.clone()];
+    super::run_worker(
+        "disruption",
+        informers,
+        queue,
+        shutdown,
+        ctx,
+        |ctx, key| async move { reconcile(&ctx, &key).await },
+    );
 }
 
 /// An int-or-percent of `total`, percentages rounded up.

@@ -12,10 +12,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    condition, controlled_by, controller_of, finished, name, namespace, settle, terminating, uid,
-};
-use crate::client::informer::{Action, Informer, Informers, Queue, key_of};
+use super::{condition, controlled_by, finished, name, namespace, settle, terminating, uid};
+use crate::client::informer::{Action, Informer, Informers, Queue};
 use crate::client::{Client, Error, events};
 
 /// Jobs.
@@ -39,37 +37,17 @@ pub fn start(client: &Client, informers: &Informers, shutdown: &CancellationToke
         pods: informers.get(super::PODS),
     });
     let queue = Queue::new();
-    let q = queue.clone();
-    ctx.jobs.on_change(move |old, new| {
-        if let Some(j) = new.or(old) {
-            q.add(key_of(j));
-        }
-    });
-    let q = queue.clone();
-    ctx.pods.on_change(move |old, new| {
-        for pod in [old, new].into_iter().flatten() {
-            if let Some(r) = controller_of(pod)
-                && r["kind"] == "Job"
-            {
-                q.add(format!(
-                    "{}/{}",
-                    namespace(pod),
-                    r["name"].as_str().unwrap_or_default()
-                ));
-            }
-        }
-    });
-    let shutdown = shutdown.child_token();
-    tokio::spawn(async move {
-        ctx.jobs.wait_synced().await;
-        ctx.pods.wait_synced().await;
-        queue
-            .work("job", shutdown, |key| {
-                let ctx = ctx.clone();
-                async move { reconcile(&ctx, &key).await }
-            })
-            .await;
-    });
+    super::enqueue_self(&ctx.jobs, &queue);
+    super::enqueue_controller(&ctx.pods, &queue, "Job");
+    let informers = vec![ctx.jobs.clone(), ctx.pods.clone()];
+    super::run_worker(
+        "job",
+        informers,
+        queue,
+        shutdown,
+        ctx,
+        |ctx, key| async move { reconcile(&ctx, &key).await },
+    );
 }
 
 /// Whether a Job has finished: its Complete or Failed condition is True.

@@ -20,7 +20,7 @@ use http::Method;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::client::informer::{Informer, Informers};
+use crate::client::informer::{Action, Informer, Informers, Queue, key_of};
 use crate::client::{Client, Error};
 
 /// The collection paths the controllers share informers for.
@@ -69,6 +69,60 @@ pub fn start(
         gc::start(client, &informers, shutdown);
     }
     informers.start(client, shutdown);
+}
+
+/// Queues an object's own key whenever it changes.
+pub fn enqueue_self(informer: &Informer, queue: &Arc<Queue>) {
+    let q = queue.clone();
+    informer.on_change(move |old, new| {
+        if let Some(o) = new.or(old) {
+            q.add(key_of(o));
+        }
+    });
+}
+
+/// Queues the controller of each changed object when that controller is a `kind` (a pod's
+/// ReplicaSet, a Job's CronJob).
+pub fn enqueue_controller(informer: &Informer, queue: &Arc<Queue>, kind: &'static str) {
+    let q = queue.clone();
+    informer.on_change(move |old, new| {
+        for object in [old, new].into_iter().flatten() {
+            if let Some(r) = controller_of(object)
+                && r["kind"] == kind
+            {
+                q.add(format!(
+                    "{}/{}",
+                    namespace(object),
+                    r["name"].as_str().unwrap_or_default()
+                ));
+            }
+        }
+    });
+}
+
+/// Starts a controller's worker once `informers` have loaded: it reconciles each queued key
+/// with `reconcile(ctx, key)` until `shutdown`.
+pub fn run_worker<C, F, Fut>(
+    name: &'static str,
+    informers: Vec<Arc<Informer>>,
+    queue: Arc<Queue>,
+    shutdown: &CancellationToken,
+    ctx: Arc<C>,
+    reconcile: F,
+) where
+    C: Send + Sync + 'static,
+    F: Fn(Arc<C>, String) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Action, Error>> + Send,
+{
+    let shutdown = shutdown.child_token();
+    tokio::spawn(async move {
+        for informer in &informers {
+            informer.wait_synced().await;
+        }
+        queue
+            .work(name, shutdown, |key| reconcile(ctx.clone(), key))
+            .await;
+    });
 }
 
 /// `metadata.name`.

@@ -33,12 +33,7 @@ pub fn start(client: &Client, informers: &Informers, shutdown: &CancellationToke
         pods: informers.get(super::PODS),
     });
     let queue = Queue::new();
-    let q = queue.clone();
-    ctx.sets.on_change(move |old, new| {
-        if let Some(o) = new.or(old) {
-            q.add(key_of(o));
-        }
-    });
+    super::enqueue_self(&ctx.sets, &queue);
     let (q, sets) = (queue.clone(), ctx.sets.clone());
     ctx.pods.on_change(move |old, new| {
         for pod in [old, new].into_iter().flatten() {
@@ -66,17 +61,15 @@ pub fn start(client: &Client, informers: &Informers, shutdown: &CancellationToke
             }
         }
     });
-    let shutdown = shutdown.child_token();
-    tokio::spawn(async move {
-        ctx.sets.wait_synced().await;
-        ctx.pods.wait_synced().await;
-        queue
-            .work("replicaset", shutdown, |key| {
-                let ctx = ctx.clone();
-                async move { reconcile(&ctx, &key).await }
-            })
-            .await;
-    });
+    let informers = vec![ctx.sets.clone(), ctx.pods.clone()];
+    super::run_worker(
+        "replicaset",
+        informers,
+        queue,
+        shutdown,
+        ctx,
+        |ctx, key| async move { reconcile(&ctx, &key).await },
+    );
 }
 
 /// The order pods are deleted in when scaling down: unscheduled, pending, not ready, then the
