@@ -1160,8 +1160,23 @@ async fn bind(state: &Arc<ApiState>, ctx: &Ctx, body: &[u8]) -> ApiResult<Respon
             )
         })?
         .to_owned();
-    for _ in 0..PATCH_RETRIES {
-        let existing = state.read(t).await?;
+    for attempt in 0..PATCH_RETRIES {
+        // The first try reads the cache as it is: the write is conditional on the version
+        // read, so a stale copy only costs a retry (with a consistent read) and a scheduler
+        // binding many pods does not wait for the cache once per pod.
+        // A cached copy that would refuse the binding is read again consistently first.
+        let cached = if attempt == 0 {
+            state.cache.get(&t.key()).filter(|p| {
+                p.pointer("/metadata/deletionTimestamp").is_none()
+                    && p.pointer("/spec/nodeName").and_then(Value::as_str).is_none_or(str::is_empty)
+            })
+        } else {
+            None
+        };
+        let existing = match cached {
+            Some(pod) => pod,
+            None => state.read(t).await?,
+        };
         if existing.pointer("/metadata/deletionTimestamp").is_some() {
             return Err(ApiError::conflict_because(
                 t.res,
