@@ -1168,7 +1168,9 @@ async fn bind(state: &Arc<ApiState>, ctx: &Ctx, body: &[u8]) -> ApiResult<Respon
         let cached = if attempt == 0 {
             state.cache.get(&t.key()).filter(|p| {
                 p.pointer("/metadata/deletionTimestamp").is_none()
-                    && p.pointer("/spec/nodeName").and_then(Value::as_str).is_none_or(str::is_empty)
+                    && p.pointer("/spec/nodeName")
+                        .and_then(Value::as_str)
+                        .is_none_or(str::is_empty)
             })
         } else {
             None

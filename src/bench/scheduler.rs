@@ -151,7 +151,11 @@ pub async fn scheduler(wk: &Path, nodes: usize, pods: usize) -> anyhow::Result<R
         )
         .await?;
     let start = Instant::now();
-    tokio::spawn(crate::scheduler::run(client.clone(), stop.child_token()));
+    tokio::spawn(crate::scheduler::run(
+        client.clone(),
+        None,
+        stop.child_token(),
+    ));
     let mut bound: HashMap<String, String> = HashMap::new();
     let deadline = Duration::from_secs(600);
     while bound.len() < pods {

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::quantity::Quantity;
 use crate::client::Client;
+use crate::client::informer::Informers;
 
 /// How often unschedulable pods are tried again even when nothing seems to change.
 const RETRY: Duration = Duration::from_secs(5);
@@ -394,8 +395,11 @@ struct Snapshot<'a> {
 }
 
 impl<'a> Snapshot<'a> {
-    fn new(nodes: &'a [Value], pods: &[Value]) -> Self {
-        let nodes: Vec<NodeInfo<'a>> = nodes.iter().map(NodeInfo::of).collect();
+    fn new<'p>(
+        nodes: impl IntoIterator<Item = &'a Value>,
+        pods: impl IntoIterator<Item = &'p Value>,
+    ) -> Self {
+        let nodes: Vec<NodeInfo<'a>> = nodes.into_iter().map(NodeInfo::of).collect();
         let index: HashMap<&str, usize> = nodes
             .iter()
             .enumerate()
@@ -475,31 +479,57 @@ fn choose(pod: &Value, nodes: &[Value], placed: &[Value]) -> Result<String, Stri
 /// Bindings in flight at once.
 const BIND_CONCURRENCY: usize = 64;
 
-/// Runs the scheduler until `shutdown`.
-pub async fn run(client: Client, shutdown: CancellationToken) {
-    let mut reported: HashMap<String, String> = HashMap::new();
-    while !shutdown.is_cancelled() {
-        if let Err(e) = pass(&client, &mut reported).await {
-            tracing::debug!(error = %e, "scheduling pass failed");
+/// How long a binding this scheduler made is assumed while its cache has not shown it yet.
+const ASSUMED_FOR: Duration = Duration::from_secs(30);
+
+/// Bindings made but not yet seen in the cache, by pod uid: the node, the pod, and when. Their
+/// room stays taken, as kube-scheduler's assumed pods.
+type Assumed = HashMap<String, (String, Value, std::time::Instant)>;
+
+/// Runs the scheduler until `shutdown`. It reads pods and nodes through informers: fed by the
+/// API server's `cache` in its process, else by watches.
+pub async fn run(
+    client: Client,
+    cache: Option<std::sync::Arc<crate::store::cache::Cache>>,
+    shutdown: CancellationToken,
+) {
+    let informers = cache.map_or_else(Informers::default, Informers::local);
+    let pods = informers.get("/api/v1/pods");
+    let nodes = informers.get("/api/v1/nodes");
+    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+    let w = wake.clone();
+    pods.on_change(move |old, new| {
+        let unbound = |p: &Value| p["spec"]["nodeName"].as_str().is_none_or(str::is_empty);
+        let freed = new.is_none()
+            || new.is_some_and(|n| {
+                matches!(n["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+                    && old.is_some_and(|o| o["status"]["phase"] != n["status"]["phase"])
+            });
+        if freed || (old.is_none() && new.is_some_and(unbound)) {
+            w.notify_one();
         }
-        // Wait for a change to pods or nodes, or the retry period.
-        let wait = async {
-            let Ok(list) = client.get("/api/v1/pods?limit=1").await else {
-                tokio::time::sleep(RETRY).await;
-                return;
-            };
-            let rv = list["metadata"]["resourceVersion"]
-                .as_str()
-                .unwrap_or("0")
-                .to_owned();
-            let Ok(mut pods) = client.watch(&format!("/api/v1/pods?watch=true&resourceVersion={rv}&fieldSelector=spec.nodeName%3D"), None).await else {
-                tokio::time::sleep(RETRY).await;
-                return;
-            };
-            let _ = tokio::time::timeout(RETRY, pods.next()).await;
-        };
+    });
+    let w = wake.clone();
+    nodes.on_change(move |_, _| w.notify_one());
+    informers.start(&client, &shutdown);
+    tokio::select! {
+        () = async { pods.wait_synced().await; nodes.wait_synced().await } => {}
+        () = shutdown.cancelled() => return,
+    }
+    let mut reported: HashMap<String, String> = HashMap::new();
+    let mut assumed = Assumed::new();
+    while !shutdown.is_cancelled() {
+        pass(
+            &client,
+            &pods.list(),
+            &nodes.list(),
+            &mut reported,
+            &mut assumed,
+        )
+        .await;
         tokio::select! {
-            () = wait => {}
+            () = wake.notified() => {}
+            () = tokio::time::sleep(RETRY) => {}
             () = shutdown.cancelled() => return,
         }
     }
@@ -507,42 +537,52 @@ pub async fn run(client: Client, shutdown: CancellationToken) {
 
 async fn pass(
     client: &Client,
+    all: &[std::sync::Arc<Value>],
+    nodes: &[std::sync::Arc<Value>],
     reported: &mut HashMap<String, String>,
-) -> Result<(), crate::client::Error> {
-    let pending = client
-        .get("/api/v1/pods?fieldSelector=spec.nodeName%3D")
-        .await?;
-    let pending: Vec<Value> = pending["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    assumed: &mut Assumed,
+) {
+    let unbound = |p: &Value| p["spec"]["nodeName"].as_str().is_none_or(str::is_empty);
+    // Bindings the cache now shows (or that are too old to wait for) are assumed no longer.
+    let shown: std::collections::HashSet<&str> = all
+        .iter()
+        .filter(|p| !unbound(p))
+        .filter_map(|p| p["metadata"]["uid"].as_str())
+        .collect();
+    assumed.retain(|uid, (_, _, at)| !shown.contains(uid.as_str()) && at.elapsed() < ASSUMED_FOR);
+    let pending: Vec<&Value> = all
+        .iter()
+        .map(|p| &**p)
+        .filter(|p| unbound(p))
         .filter(|p| p.pointer("/metadata/deletionTimestamp").is_none())
+        .filter(|p| !assumed.contains_key(p["metadata"]["uid"].as_str().unwrap_or_default()))
         .filter(|p| {
             p["spec"]["schedulerName"]
                 .as_str()
                 .is_none_or(|s| s == "default-scheduler")
         })
-        .cloned()
         .collect();
     if pending.is_empty() {
-        return Ok(());
+        return;
     }
-    let nodes = client.get("/api/v1/nodes").await?;
-    let nodes: Vec<Value> = nodes["items"].as_array().cloned().unwrap_or_default();
-    let all = client.get("/api/v1/pods").await?;
+    let placed: Vec<Value> = assumed
+        .values()
+        .map(|(node, pod, _)| {
+            let mut p = pod.clone();
+            p["spec"]["nodeName"] = json!(node);
+            p
+        })
+        .collect();
     let mut snapshot = Snapshot::new(
-        &nodes,
-        all["items"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default(),
+        nodes.iter().map(|n| &**n),
+        all.iter().map(|p| &**p).chain(placed.iter()),
     );
     // Bulk binding: each pod's node is chosen and its room reserved in turn, then the
     // bindings go out many at a time. A binding the server refuses (the pod was bound or
     // deleted meanwhile) gives its room back; the next pass sees the truth.
     let mut bindings = Vec::new();
     let started = std::time::Instant::now();
-    for pod in &pending {
+    for &pod in &pending {
         let key = format!(
             "{}/{}",
             pod["metadata"]["namespace"].as_str().unwrap_or("default"),
@@ -577,6 +617,14 @@ async fn pass(
         let (pod, i, key) = &bindings[b];
         if ok {
             reported.remove(key);
+            let uid = pod["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            assumed.insert(
+                uid,
+                (names[*i].clone(), (*pod).clone(), std::time::Instant::now()),
+            );
             event(
                 client,
                 pod,
@@ -588,7 +636,6 @@ async fn pass(
             snapshot.rooms[*i].release(pod);
         }
     }
-    Ok(())
 }
 
 /// Binds `pod` to `node`; false (logged) when the server refuses.

@@ -404,7 +404,11 @@ pub async fn run(config: ServerConfig, agent: Option<AgentConfig>) -> Result<(),
         }
         crate::controllers::start(&admin, Some(cache.clone()), &enabled, node_grace, &term);
         if scheduler {
-            tokio::spawn(crate::scheduler::run(admin.clone(), term.child_token()));
+            tokio::spawn(crate::scheduler::run(
+                admin.clone(),
+                Some(cache.clone()),
+                term.child_token(),
+            ));
         }
     };
     tokio::spawn(crate::controllers::leader::run(
