@@ -890,5 +890,51 @@ mod tests {
                 proptest::prop_assert!(used.1 <= i128::from(*mem) * 1024 * 1024 * 1024 * 1000);
             }
         }
+
+        /// A pass reserves room for every pod before its bindings go out at once; bindings
+        /// that fail give their room back, and a second pass (over what was bound) fills the
+        /// rest. No node ends with more than it has.
+        #[test]
+        fn bulk_binding_never_overcommits(
+            caps in proptest::collection::vec((1u32..4, 1u32..4), 1..5),
+            pods in proptest::collection::vec((0u32..1500, 0u32..1500, proptest::bool::ANY), 1..60),
+        ) {
+            let nodes: Vec<Value> = caps.iter().enumerate()
+                .map(|(i, (cpu, mem))| node(&format!("n{i}"), &cpu.to_string(), &format!("{mem}Gi")))
+                .collect();
+            let pod_of = |i: usize, cpu: u32, mem: u32| json!({"metadata": {"name": format!("p{i}")},
+                "spec": {"containers": [{"resources": {"requests": {"cpu": format!("{cpu}m"), "memory": format!("{mem}Mi")}}}]}});
+            let mut bound: Vec<Value> = Vec::new();
+            for round in 0..2 {
+                let mut snapshot = Snapshot::new(&nodes, &bound);
+                let mut batch = Vec::new();
+                for (i, (cpu, mem, fails)) in pods.iter().enumerate() {
+                    let name = format!("p{i}");
+                    if bound.iter().any(|b| b["metadata"]["name"] == name.as_str()) {
+                        continue;
+                    }
+                    let p = pod_of(i, *cpu, *mem);
+                    if let Ok(n) = snapshot.choose(&p) {
+                        snapshot.rooms[n].take(&p);
+                        batch.push((p, n, *fails && round == 0));
+                    }
+                }
+                for (mut p, n, fails) in batch {
+                    if fails {
+                        snapshot.rooms[n].release(&p);
+                    } else {
+                        p["spec"]["nodeName"] = json!(snapshot.nodes[n].name.clone());
+                        bound.push(p);
+                    }
+                }
+            }
+            for (i, (cpu, mem)) in caps.iter().enumerate() {
+                let name = format!("n{i}");
+                let used = bound.iter().filter(|p| p["spec"]["nodeName"] == name.as_str())
+                    .map(requests).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+                proptest::prop_assert!(used.0 <= i128::from(*cpu) * 1000);
+                proptest::prop_assert!(used.1 <= i128::from(*mem) * 1024 * 1024 * 1024 * 1000);
+            }
+        }
     }
 }
