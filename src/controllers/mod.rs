@@ -12,6 +12,7 @@ pub mod leader;
 pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod replicaset;
+pub mod statefulset;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,6 +53,9 @@ pub fn start(
     }
     if enabled("deployment") {
         deployment::start(client, &informers, shutdown);
+    }
+    if enabled("statefulset") {
+        statefulset::start(client, &informers, shutdown);
     }
     if enabled("daemonset") {
         daemonset::start(client, &informers, shutdown);

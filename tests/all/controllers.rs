@@ -512,3 +512,118 @@ fn the_controllers_run_only_while_the_server_holds_the_leader_lease() {
     );
     assert!(now_holder.ends_with(" 1"), "{now_holder}");
 }
+
+#[test]
+fn a_statefulset_keeps_stable_names_in_order_and_updates_from_the_top() {
+    let c = Cluster::with_agent();
+    import_all(&c);
+    let mut watch = c.kubectl_spawn(&[
+        "get",
+        "pods",
+        "-l",
+        "app=db",
+        "-w",
+        "--output-watch-events",
+        "-o",
+        "jsonpath={.type} {.object.metadata.name}{\"\\n\"}",
+    ]);
+    let seen = collect_lines(&mut watch);
+    c.kubectl_apply(
+        "apiVersion: apps/v1\nkind: StatefulSet\nmetadata:\n  name: db\nspec:\n  replicas: 3\n  serviceName: db\n  selector:\n    matchLabels: {app: db}\n  template:\n    metadata:\n      labels: {app: db}\n    spec:\n      containers:\n      - name: main\n        image: cmd:v1\n        command: [cmd, sleep, \"600000\"]\n",
+    );
+    let ready = |want: &str| {
+        let mut last = String::new();
+        assert!(
+            eventually(LONG, || {
+                last = c.jsonpath("sts", "db", "{.status.readyReplicas}");
+                last == want
+            }),
+            "readyReplicas {last}, not {want}\n{}",
+            stdout(&c.kubectl(&["get", "pods", "-o", "wide"]))
+        );
+    };
+    ready("3");
+    let _ = watch.kill();
+    let _ = watch.wait();
+    // OrderedReady: each pod was made only after the one before it.
+    let added: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l.strip_prefix("ADDED ").map(str::to_owned))
+        .collect();
+    assert_eq!(added, ["db-0", "db-1", "db-2"]);
+    assert_eq!(
+        c.jsonpath("pod", "db-1", "{.spec.hostname}.{.spec.subdomain}"),
+        "db-1.db"
+    );
+
+    // A deleted pod comes back under its name.
+    let old_uid = c.jsonpath("pod", "db-1", "{.metadata.uid}");
+    c.kubectl_ok(&["delete", "pod", "db-1", "--timeout=60s"]);
+    assert!(
+        eventually(LONG, || {
+            let uid = stdout(&c.kubectl(&["get", "pod", "db-1", "-o", "jsonpath={.metadata.uid}"]));
+            !uid.is_empty() && uid != old_uid
+        }),
+        "db-1 was not made again"
+    );
+    ready("3");
+
+    // A partitioned update touches only the ordinals at or above the partition.
+    let image = |pod: &str| c.jsonpath("pod", pod, "{.spec.containers[0].image}");
+    c.kubectl_ok(&["patch", "sts", "db", "--type=merge", "-p",
+        "{\"spec\":{\"updateStrategy\":{\"rollingUpdate\":{\"partition\":2}},\"template\":{\"spec\":{\"containers\":[{\"name\":\"main\",\"image\":\"cmd2:v1\",\"command\":[\"cmd\",\"sleep\",\"600000\"]}]}}}}"]);
+    assert!(eventually(LONG, || stdout(&c.kubectl(&[
+        "get",
+        "pod",
+        "db-2",
+        "-o",
+        "jsonpath={.spec.containers[0].image}"
+    ])) == "cmd2:v1"));
+    ready("3");
+    assert_eq!(
+        (image("db-0"), image("db-1")),
+        ("cmd:v1".to_owned(), "cmd:v1".to_owned())
+    );
+    c.kubectl_ok(&[
+        "patch",
+        "sts",
+        "db",
+        "--type=merge",
+        "-p",
+        "{\"spec\":{\"updateStrategy\":{\"rollingUpdate\":{\"partition\":0}}}}",
+    ]);
+    assert!(
+        eventually(LONG, || {
+            let images = stdout(&c.kubectl(&[
+                "get",
+                "pods",
+                "-l",
+                "app=db",
+                "-o",
+                "jsonpath={.items[*].spec.containers[0].image}",
+            ]));
+            images == "cmd2:v1 cmd2:v1 cmd2:v1"
+        }),
+        "{}",
+        stdout(&c.kubectl(&["get", "pods", "-o", "wide"]))
+    );
+    ready("3");
+    assert_eq!(
+        c.jsonpath("sts", "db", "{.status.currentRevision}"),
+        c.jsonpath("sts", "db", "{.status.updateRevision}")
+    );
+
+    // Scaling down removes the highest ordinals.
+    c.kubectl_ok(&["scale", "sts", "db", "--replicas=1"]);
+    assert!(
+        eventually(LONG, || stdout(
+            &c.kubectl(&["get", "pods", "-l", "app=db", "-o", "name"])
+        )
+        .trim()
+            == "pod/db-0"),
+        "{}",
+        stdout(&c.kubectl(&["get", "pods"]))
+    );
+}
