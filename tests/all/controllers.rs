@@ -410,6 +410,8 @@ fn a_recreate_deployment_stops_old_pods_first_keeps_its_history_limit_and_misses
     assert_eq!(hashes.len(), 2, "old and new pods were seen: {seen:?}");
 
     // A second restart leaves the current set and one old one (revisionHistoryLimit 1).
+    // kubectl refuses a restart within a second of the last (restartedAt has whole seconds).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     c.kubectl_ok(&["rollout", "restart", "deployment/rec"]);
     rollout_status(&c, "rec");
     let mut sets = Vec::new();
