@@ -257,17 +257,9 @@ fn reference(job: &Value) -> Value {
 /// A Job from the CronJob's template for the time `at`.
 fn job_for(cj: &Value, at: jiff::Timestamp) -> Value {
     let template = &cj["spec"]["jobTemplate"];
-    let mut metadata = template["metadata"].clone();
-    if !metadata.is_object() {
-        metadata = json!({});
-    }
-    metadata["name"] = json!(format!("{}-{}", name(cj), at.as_second() / 60));
-    metadata["namespace"] = json!(namespace(cj));
+    let job = format!("{}-{}", name(cj), at.as_second() / 60);
+    let mut metadata = super::metadata_from(cj, KIND, template, super::Naming::Exactly(&job));
     metadata["annotations"][SCHEDULED] = json!(at.to_string());
-    metadata["ownerReferences"] = json!([super::owner_reference(cj, KIND)]);
-    if let Some(m) = metadata.as_object_mut() {
-        m.remove("creationTimestamp");
-    }
     json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": template["spec"]})
 }
 

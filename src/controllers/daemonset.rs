@@ -18,8 +18,6 @@ use crate::client::{Client, Error, events};
 
 /// DaemonSets.
 pub const DAEMONSETS: &str = "/apis/apps/v1/daemonsets";
-/// Nodes.
-pub const NODES: &str = "/api/v1/nodes";
 /// The label with the template hash of a DaemonSet's (or StatefulSet's) pod.
 pub const REVISION_LABEL: &str = "controller-revision-hash";
 
@@ -38,7 +36,7 @@ pub fn start(client: &Client, informers: &Informers, shutdown: &CancellationToke
         client: client.clone(),
         sets: informers.get(DAEMONSETS),
         pods: informers.get(super::PODS),
-        nodes: informers.get(NODES),
+        nodes: informers.get(super::NODES),
     });
     let queue = Queue::new();
     super::enqueue_self(&ctx.sets, &queue);
@@ -110,12 +108,8 @@ fn should_run(ds: &Value, node: &Value) -> bool {
 /// A pod of the set for `node`.
 fn pod_for(ds: &Value, node: &str, hash: &str) -> Value {
     let template = &ds["spec"]["template"];
-    let mut metadata = template["metadata"].clone();
-    if !metadata.is_object() {
-        metadata = json!({});
-    }
-    metadata["generateName"] = json!(format!("{}-", name(ds)));
-    metadata["namespace"] = json!(namespace(ds));
+    let prefix = format!("{}-", name(ds));
+    let mut metadata = super::metadata_from(ds, KIND, template, super::Naming::Generated(&prefix));
     metadata["labels"][REVISION_LABEL] = json!(hash);
     metadata["labels"]["pod-template-generation"] = json!(
         ds["metadata"]["generation"]
@@ -123,11 +117,6 @@ fn pod_for(ds: &Value, node: &str, hash: &str) -> Value {
             .unwrap_or(1)
             .to_string()
     );
-    metadata["ownerReferences"] = json!([super::owner_reference(ds, KIND)]);
-    if let Some(m) = metadata.as_object_mut() {
-        m.remove("name");
-        m.remove("creationTimestamp");
-    }
     let mut spec = template["spec"].clone();
     spec["tolerations"] = daemon_tolerations(&spec);
     spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"] = json!({

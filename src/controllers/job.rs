@@ -129,21 +129,12 @@ fn finished_at(pod: &Value) -> Option<jiff::Timestamp> {
 /// A pod for the Job, with its completion index when Indexed.
 fn pod_for(job: &Value, index: Option<i64>) -> Value {
     let template = &job["spec"]["template"];
-    let mut metadata = template["metadata"].clone();
-    if !metadata.is_object() {
-        metadata = json!({});
-    }
     let job_name = name(job);
-    metadata["generateName"] = json!(match index {
+    let prefix = match index {
         Some(i) => format!("{job_name}-{i}-"),
         None => format!("{job_name}-"),
-    });
-    metadata["namespace"] = json!(namespace(job));
-    metadata["ownerReferences"] = json!([super::owner_reference(job, KIND)]);
-    if let Some(m) = metadata.as_object_mut() {
-        m.remove("name");
-        m.remove("creationTimestamp");
-    }
+    };
+    let mut metadata = super::metadata_from(job, KIND, template, super::Naming::Generated(&prefix));
     let mut spec = template["spec"].clone();
     if let Some(i) = index {
         metadata["annotations"][INDEX] = json!(i.to_string());

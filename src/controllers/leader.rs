@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use http::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{Client, Error};
@@ -153,9 +153,4 @@ pub fn identity() -> String {
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "wk".into());
     format!("{host}_{}", uuid::Uuid::new_v4())
-}
-
-/// The holder of the Lease, as a Lease object reads.
-pub fn holder(lease: &Value) -> Option<&str> {
-    lease["spec"]["holderIdentity"].as_str()
 }

@@ -30,6 +30,8 @@ pub const PODS: &str = "/api/v1/pods";
 pub const REPLICASETS: &str = "/apis/apps/v1/replicasets";
 /// Deployments.
 pub const DEPLOYMENTS: &str = "/apis/apps/v1/deployments";
+/// Nodes.
+pub const NODES: &str = "/api/v1/nodes";
 
 /// How long a controller waits for its own write to reach its cache before going on anyway.
 pub const OWN_WRITES: Duration = Duration::from_secs(5);
@@ -164,6 +166,41 @@ pub fn owner_reference(owner: &Value, (api_version, kind): (&str, &str)) -> Valu
         "name": owner["metadata"]["name"], "uid": owner["metadata"]["uid"],
         "controller": true, "blockOwnerDeletion": true,
     })
+}
+
+/// How an object made from a template is named.
+pub enum Naming<'a> {
+    /// This exact name (a StatefulSet's `web-0`, a CronJob's Job).
+    Exactly(&'a str),
+    /// A name the API server generates from this prefix.
+    Generated(&'a str),
+}
+
+/// The metadata of an object made from `template` (its labels and annotations kept) for
+/// `owner`, an object of type `(apiVersion, kind)`: in the owner's namespace, controlled by
+/// it, and named as `naming` says.
+pub fn metadata_from(
+    owner: &Value,
+    kind: (&str, &str),
+    template: &Value,
+    naming: Naming<'_>,
+) -> Value {
+    let mut metadata = template["metadata"].clone();
+    if !metadata.is_object() {
+        metadata = json!({});
+    }
+    if let Some(m) = metadata.as_object_mut() {
+        m.remove("name");
+        m.remove("generateName");
+        m.remove("creationTimestamp");
+    }
+    match naming {
+        Naming::Exactly(n) => metadata["name"] = json!(n),
+        Naming::Generated(prefix) => metadata["generateName"] = json!(prefix),
+    }
+    metadata["namespace"] = json!(namespace(owner));
+    metadata["ownerReferences"] = json!([owner_reference(owner, kind)]);
+    metadata
 }
 
 /// Whether the object has a deletionTimestamp.

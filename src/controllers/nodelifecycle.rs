@@ -15,7 +15,6 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::daemonset::NODES;
 use super::{name, namespace, terminating, uid};
 use crate::client::informer::{Action, Informer, Informers, Queue, key_of};
 use crate::client::{Client, Error, events};
@@ -53,7 +52,7 @@ pub fn start(
 ) {
     let ctx = Arc::new(Ctx {
         client: client.clone(),
-        nodes: informers.get(NODES),
+        nodes: informers.get(super::NODES),
         leases: informers.get(LEASES),
         pods: informers.get(super::PODS),
         grace,

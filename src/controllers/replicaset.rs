@@ -97,17 +97,8 @@ const KIND: (&str, &str) = ("apps/v1", "ReplicaSet");
 /// A new pod from the ReplicaSet's template.
 fn pod_from_template(rs: &Value) -> Value {
     let template = &rs["spec"]["template"];
-    let mut metadata = template["metadata"].clone();
-    if !metadata.is_object() {
-        metadata = json!({});
-    }
-    metadata["generateName"] = json!(format!("{}-", name(rs)));
-    metadata["namespace"] = rs["metadata"]["namespace"].clone();
-    metadata["ownerReferences"] = json!([super::owner_reference(rs, KIND)]);
-    if let Some(m) = metadata.as_object_mut() {
-        m.remove("name");
-        m.remove("creationTimestamp");
-    }
+    let prefix = format!("{}-", name(rs));
+    let metadata = super::metadata_from(rs, KIND, template, super::Naming::Generated(&prefix));
     json!({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": template["spec"]})
 }
 

@@ -60,21 +60,11 @@ fn ordinal(set: &str, pod: &str) -> Option<i64> {
 /// The pod with this ordinal, from the set's template at revision `revision`.
 fn pod_for(sts: &Value, i: i64, revision: &str) -> Value {
     let template = &sts["spec"]["template"];
-    let mut metadata = template["metadata"].clone();
-    if !metadata.is_object() {
-        metadata = json!({});
-    }
     let pod = format!("{}-{i}", name(sts));
-    metadata["name"] = json!(pod);
-    metadata["namespace"] = json!(namespace(sts));
+    let mut metadata = super::metadata_from(sts, KIND, template, super::Naming::Exactly(&pod));
     metadata["labels"][REVISION_LABEL] = json!(revision);
     metadata["labels"][POD_NAME_LABEL] = json!(pod);
     metadata["labels"][INDEX_LABEL] = json!(i.to_string());
-    metadata["ownerReferences"] = json!([super::owner_reference(sts, KIND)]);
-    if let Some(m) = metadata.as_object_mut() {
-        m.remove("generateName");
-        m.remove("creationTimestamp");
-    }
     let mut spec = template["spec"].clone();
     spec["hostname"] = json!(pod);
     if let Some(service) = sts["spec"]["serviceName"]

@@ -544,12 +544,15 @@ async fn pass(
 ) {
     let unbound = |p: &Value| p["spec"]["nodeName"].as_str().is_none_or(str::is_empty);
     // Bindings the cache now shows (or that are too old to wait for) are assumed no longer.
-    let shown: std::collections::HashSet<&str> = all
-        .iter()
-        .filter(|p| !unbound(p))
-        .filter_map(|p| p["metadata"]["uid"].as_str())
-        .collect();
-    assumed.retain(|uid, (_, _, at)| !shown.contains(uid.as_str()) && at.elapsed() < ASSUMED_FOR);
+    if !assumed.is_empty() {
+        let shown: std::collections::HashSet<&str> = all
+            .iter()
+            .filter(|p| !unbound(p))
+            .filter_map(|p| p["metadata"]["uid"].as_str())
+            .collect();
+        assumed
+            .retain(|uid, (_, _, at)| !shown.contains(uid.as_str()) && at.elapsed() < ASSUMED_FOR);
+    }
     let pending: Vec<&Value> = all
         .iter()
         .map(|p| &**p)
