@@ -382,6 +382,13 @@ fn a_recreate_deployment_stops_old_pods_first_keeps_its_history_limit_and_misses
     let seen = collect_lines(&mut watch);
     c.kubectl_ok(&["rollout", "restart", "deployment/rec"]);
     rollout_status(&c, "rec");
+    // The watch may lag behind the rollout: wait until it has shown the new pods.
+    eventually(LONG, || {
+        let lines = seen.lock().unwrap();
+        let hashes: std::collections::BTreeSet<&str> =
+            lines.iter().filter_map(|l| l.split(' ').nth(2)).collect();
+        hashes.len() >= 2
+    });
     let _ = watch.kill();
     let _ = watch.wait();
     // No new pod was made while an old one existed.
