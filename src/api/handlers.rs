@@ -7,6 +7,7 @@ use axum::response::Response;
 use http::{Method, StatusCode, header};
 use serde_json::{Map, Value, json};
 
+use super::admission;
 use super::apply::{Updater, record_update};
 use super::error::{ApiError, ApiResult};
 use super::objects::{self, FieldValidation};
@@ -283,15 +284,23 @@ impl ApiState {
             m.remove("status");
         }
         objects::apply_defaults(res, &mut object, true);
-        objects::validate(res, &object)?;
-        if let Some(who) = updater {
-            record_update(None, &mut object, res.kind, who);
-        }
         let ns = meta_str(&object, "namespace").map(str::to_owned);
         let name = meta_str(&object, "name").unwrap_or_default().to_owned();
         if let Some(ns) = &ns {
             self.check_namespace_open(ns).await?;
+            if res.kind == "Pod" {
+                self.admit_limits(ns, &name, &mut object)?;
+            }
         }
+        objects::validate(res, &object)?;
+        if let Some(who) = updater {
+            record_update(None, &mut object, res.kind, who);
+        }
+        // Held until the object is stored, so that no other create counts usage meanwhile.
+        let _quota = match &ns {
+            Some(ns) => self.admit_quota(res, ns, &name, &object).await?,
+            None => None,
+        };
         if dry_run {
             return Ok(object);
         }
@@ -304,6 +313,61 @@ impl ApiState {
             }
             Err(e) => Err(write_error(res, &name, e)),
         }
+    }
+
+    /// The objects of kind `kind` in namespace `ns`, from the cache.
+    fn in_namespace(&self, kind: &str, ns: &str) -> Vec<Arc<Value>> {
+        resources::by_kind(kind).map_or_else(Vec::new, |res| {
+            self.cache
+                .list(&res.prefix(Some(ns)), None, None, |_| true)
+                .0
+                .into_iter()
+                .map(|(_, o)| o)
+                .collect()
+        })
+    }
+
+    /// LimitRange admission for a new pod: fills its containers' missing requests and limits
+    /// from the namespace's LimitRanges, then checks their bounds.
+    fn admit_limits(&self, ns: &str, name: &str, pod: &mut Value) -> ApiResult<()> {
+        let ranges = self.in_namespace("LimitRange", ns);
+        if ranges.is_empty() {
+            return Ok(());
+        }
+        let ranges: Vec<&Value> = ranges.iter().map(AsRef::as_ref).collect();
+        if admission::apply_limit_defaults(pod, &ranges) {
+            let qos = objects::qos_class(&pod["spec"]);
+            pod["status"]["qosClass"] = json!(qos);
+        }
+        admission::check_limit_ranges(pod, &ranges)
+            .map_err(|e| ApiError::forbidden(format!("pods \"{name}\" is forbidden: {e}")))
+    }
+
+    /// ResourceQuota admission: checks `object` against every quota of its namespace, counting
+    /// usage from the cache. Returns the quota lock, to hold until the object is stored, when
+    /// the namespace has quotas.
+    async fn admit_quota(
+        &self,
+        res: &'static ResourceInfo,
+        ns: &str,
+        name: &str,
+        object: &Value,
+    ) -> ApiResult<Option<tokio::sync::MutexGuard<'_, ()>>> {
+        if self.in_namespace("ResourceQuota", ns).is_empty() {
+            return Ok(None);
+        }
+        let guard = self.quota_lock.lock().await;
+        self.cache.sync().await?;
+        for quota in self.in_namespace("ResourceQuota", ns) {
+            if quota.pointer("/metadata/deletionTimestamp").is_some() {
+                continue;
+            }
+            let used = admission::quota_used(&quota, |r| self.in_namespace(r.kind, ns));
+            admission::check_quota(&quota, &used, res, object).map_err(|e| {
+                ApiError::forbidden(format!("{} \"{name}\" is forbidden: {e}", res.qualified()))
+            })?;
+        }
+        Ok(Some(guard))
     }
 
     async fn check_namespace_open(&self, ns: &str) -> ApiResult<()> {

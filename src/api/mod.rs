@@ -4,6 +4,7 @@
     reason = "ApiError carries a whole Status (causes included); it is built only on the error path"
 )]
 
+pub mod admission;
 pub mod apply;
 pub mod discovery;
 pub mod error;
@@ -94,6 +95,9 @@ pub struct ApiState {
     pub ca_pem: String,
     /// Namespaces to empty and remove; a task started by [`ApiState::new`] takes them.
     finalizer: tokio::sync::mpsc::UnboundedSender<String>,
+    /// Held from counting a namespace's quota usage until the object it admitted is stored,
+    /// so that two creates cannot both take the last of a quota.
+    quota_lock: tokio::sync::Mutex<()>,
 }
 
 impl ApiState {
@@ -113,6 +117,7 @@ impl ApiState {
             bookmark_interval,
             ca_pem,
             finalizer,
+            quota_lock: tokio::sync::Mutex::new(()),
         });
         let weak = Arc::downgrade(&state);
         tokio::spawn(async move {

@@ -5,13 +5,15 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet}
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Endpoints, Event, Namespace, Node, Pod, Secret, Service, ServiceAccount,
+    ConfigMap, Endpoints, Event, LimitRange, Namespace, Node, Pod, ResourceQuota, Secret, Service,
+    ServiceAccount,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
 use super::error::{ApiError, Cause};
+use super::quantity::Quantity;
 use super::resources::ResourceInfo;
 use super::selector::{LabelSelector, validate_label_key, validate_label_value};
 
@@ -83,6 +85,8 @@ pub fn normalize(
         "Job" => typed::<Job>(res, input),
         "CronJob" => typed::<CronJob>(res, input),
         "Lease" => typed::<Lease>(res, input),
+        "ResourceQuota" => typed::<ResourceQuota>(res, input),
+        "LimitRange" => typed::<LimitRange>(res, input),
         "PodDisruptionBudget" => {
             typed::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(res, input)
         }
@@ -192,6 +196,39 @@ fn default_containers(spec: &mut Value, list: &str) {
     }
 }
 
+/// A container that states a limit but no request for a resource requests its limit, as
+/// Kubernetes defaults pods.
+fn default_requests_from_limits(spec: &mut Value) {
+    for list in ["initContainers", "containers"] {
+        for c in spec
+            .get_mut(list)
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            let Some(limits) = c
+                .pointer("/resources/limits")
+                .and_then(Value::as_object)
+                .cloned()
+            else {
+                continue;
+            };
+            if limits.is_empty() {
+                continue;
+            }
+            let resources = &mut c["resources"];
+            if !resources["requests"].is_object() {
+                resources["requests"] = json!({});
+            }
+            for (k, v) in limits {
+                if resources["requests"].get(&k).is_none() {
+                    resources["requests"][&k] = v;
+                }
+            }
+        }
+    }
+}
+
 /// Pod spec defaults, for pods and for pod templates.
 fn default_pod_spec(spec: &mut Value, restart_policy: bool) {
     if restart_policy {
@@ -212,7 +249,7 @@ fn default_template(spec: &mut Value, restart_policy: bool) {
     }
 }
 
-fn qos_class(spec: &Value) -> &'static str {
+pub fn qos_class(spec: &Value) -> &'static str {
     let containers = spec
         .get("containers")
         .and_then(Value::as_array)
@@ -298,6 +335,7 @@ pub fn apply_defaults(res: &ResourceInfo, object: &mut Value, creating: bool) {
         "Pod" => {
             if let Some(spec) = child(object, "spec") {
                 default_pod_spec(spec, true);
+                default_requests_from_limits(spec);
             }
             if creating {
                 if let Some(spec) = child(object, "spec") {
@@ -310,6 +348,7 @@ pub fn apply_defaults(res: &ResourceInfo, object: &mut Value, creating: bool) {
                 }
             }
         }
+        "LimitRange" => super::admission::default_limit_range(object),
         "Service" => {
             let Some(spec) = child(object, "spec") else {
                 return;
@@ -957,6 +996,8 @@ pub fn validate(res: &ResourceInfo, object: &Value) -> Result<(), ApiError> {
                 "minAvailable and maxUnavailable cannot be both set",
             ));
         }
+        "ResourceQuota" => validate_quota(&spec, &mut causes),
+        "LimitRange" => validate_limit_range(&spec, &mut causes),
         "Service" => validate_service(object, &mut causes),
         "ConfigMap" => {
             validate_data_keys(object, "data", &mut causes);
@@ -973,6 +1014,142 @@ pub fn validate(res: &ResourceInfo, object: &Value) -> Result<(), ApiError> {
     } else {
         let name = str_at(object, "/metadata/name").unwrap_or_default();
         Err(ApiError::invalid(res, name, causes))
+    }
+}
+
+/// The quantities of a resource list, each checked, at `path`.
+fn quantities(list: &Value, path: &str, causes: &mut Vec<Cause>) -> Vec<(String, Quantity)> {
+    let mut out = Vec::new();
+    for (k, v) in list.as_object().into_iter().flatten() {
+        let text = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+        match Quantity::parse(&text) {
+            Ok(q) if q.millis() >= 0 => out.push((k.clone(), q)),
+            Ok(_) => causes.push(Cause::invalid(
+                format!("{path}[{k}]"),
+                &text,
+                "must be greater than or equal to 0",
+            )),
+            Err(e) => causes.push(Cause::invalid(format!("{path}[{k}]"), &text, e)),
+        }
+    }
+    out
+}
+
+fn validate_quota(spec: &Value, causes: &mut Vec<Cause>) {
+    for (k, _) in quantities(&spec["hard"], "spec.hard", causes) {
+        if !super::admission::quota_name_known(&k) {
+            causes.push(Cause::invalid(
+                format!("spec.hard[{k}]"),
+                &k,
+                "must be a standard resource for quota",
+            ));
+        }
+    }
+    let named = spec["scopes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| ("spec.scopes", s));
+    let selected = spec["scopeSelector"]["matchExpressions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            (
+                "spec.scopeSelector.matchExpressions.scopeName",
+                &e["scopeName"],
+            )
+        });
+    for (path, scope) in named.chain(selected) {
+        let s = scope.as_str().unwrap_or_default();
+        if !super::admission::SCOPES.contains(&s) {
+            causes.push(Cause::not_supported(path, s, super::admission::SCOPES));
+        }
+    }
+    for (i, e) in spec["scopeSelector"]["matchExpressions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let op = e["operator"].as_str().unwrap_or_default();
+        if op != "Exists" {
+            causes.push(Cause::not_supported(
+                format!("spec.scopeSelector.matchExpressions[{i}].operator"),
+                op,
+                &["Exists"],
+            ));
+        }
+    }
+}
+
+fn validate_limit_range(spec: &Value, causes: &mut Vec<Cause>) {
+    for (i, item) in spec["limits"].as_array().into_iter().flatten().enumerate() {
+        let path = format!("spec.limits[{i}]");
+        let ty = item["type"].as_str().unwrap_or_default();
+        if !["Container", "Pod", "PersistentVolumeClaim"].contains(&ty) {
+            causes.push(Cause::not_supported(
+                format!("{path}.type"),
+                ty,
+                &["Container", "PersistentVolumeClaim", "Pod"],
+            ));
+        }
+        let field =
+            |f: &str, causes: &mut Vec<Cause>| -> std::collections::BTreeMap<String, Quantity> {
+                quantities(&item[f], &format!("{path}.{f}"), causes)
+                    .into_iter()
+                    .collect()
+            };
+        let (min, max) = (field("min", causes), field("max", causes));
+        let (default, request) = (field("default", causes), field("defaultRequest", causes));
+        field("maxLimitRequestRatio", causes);
+        if ty == "Pod" && (!default.is_empty() || !request.is_empty()) {
+            causes.push(Cause::invalid(
+                format!("{path}.default"),
+                &item["default"],
+                "may not be specified when `type` is 'Pod'",
+            ));
+        }
+        let show = |k: &str, q: Quantity| super::admission::show(k, q);
+        for (k, lo) in &min {
+            if let Some(hi) = max.get(k).filter(|hi| lo > hi) {
+                causes.push(Cause::invalid(
+                    format!("{path}.min[{k}]"),
+                    show(k, *lo),
+                    format!(
+                        "min value {} is greater than max value {}",
+                        show(k, *lo),
+                        show(k, *hi)
+                    ),
+                ));
+            }
+        }
+        for (name, list) in [("default", &default), ("defaultRequest", &request)] {
+            for (k, q) in list {
+                if let Some(lo) = min.get(k).filter(|lo| q < lo) {
+                    causes.push(Cause::invalid(
+                        format!("{path}.{name}[{k}]"),
+                        show(k, *q),
+                        format!(
+                            "min value {} is greater than {name} value {}",
+                            show(k, *lo),
+                            show(k, *q)
+                        ),
+                    ));
+                }
+                if let Some(hi) = max.get(k).filter(|hi| q > hi) {
+                    causes.push(Cause::invalid(
+                        format!("{path}.{name}[{k}]"),
+                        show(k, *q),
+                        format!(
+                            "{name} value {} is greater than max value {}",
+                            show(k, *q),
+                            show(k, *hi)
+                        ),
+                    ));
+                }
+            }
+        }
     }
 }
 

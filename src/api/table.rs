@@ -366,6 +366,21 @@ const ENDPOINTS: &[Col] = &[
     AGE,
 ];
 
+const RESOURCE_QUOTA: &[Col] = &[
+    NAME,
+    AGE,
+    col(
+        "Request",
+        "string",
+        "Usage against the hard limits on requests and object counts.",
+    ),
+    col(
+        "Limit",
+        "string",
+        "Usage against the hard limits on limits.",
+    ),
+];
+
 const PDB: &[Col] = &[
     NAME,
     col(
@@ -467,6 +482,7 @@ fn columns(kind: &str) -> &'static [Col] {
         "Endpoints" => ENDPOINTS,
         "Lease" => LEASE,
         "PodDisruptionBudget" => PDB,
+        "ResourceQuota" => RESOURCE_QUOTA,
         "Event" => EVENT,
         _ => DEFAULT,
     }
@@ -566,6 +582,25 @@ pub fn row(kind: &str, obj: &Value, now: Timestamp) -> Value {
             ]
         }
         "Event" => event_cells(obj, now),
+        "ResourceQuota" => {
+            // `pods: 1/10, requests.cpu: 500m/1`, limits apart, as kubectl prints them.
+            let (mut request, mut limit) = (Vec::new(), Vec::new());
+            for (k, hard) in obj["status"]["hard"].as_object().into_iter().flatten() {
+                let used = obj["status"]["used"][k].as_str().unwrap_or("0");
+                let cell = format!("{k}: {used}/{}", hard.as_str().unwrap_or_default());
+                if k.starts_with("limits.") {
+                    limit.push(cell);
+                } else {
+                    request.push(cell);
+                }
+            }
+            vec![
+                name(obj).into(),
+                age(obj, now).into(),
+                request.join(", ").into(),
+                limit.join(", ").into(),
+            ]
+        }
         _ => {
             let created = time(obj, &["metadata", "creationTimestamp"])
                 .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())

@@ -24,8 +24,9 @@ pub struct Args {
     #[arg(long, env = "WK_NO_AGENT")]
     no_agent: bool,
     /// An in-process controller not to run (repeatable): scheduler, nodeipam, replicaset,
-    /// deployment, statefulset, daemonset, job, cronjob, garbagecollector, nodelifecycle, disruption.
-    #[arg(long, env = "WK_DISABLE", value_delimiter = ',', value_parser = ["scheduler", "nodeipam", "replicaset", "deployment", "statefulset", "daemonset", "job", "cronjob", "garbagecollector", "nodelifecycle", "disruption"])]
+    /// deployment, statefulset, daemonset, job, cronjob, garbagecollector, nodelifecycle,
+    /// disruption, resourcequota.
+    #[arg(long, env = "WK_DISABLE", value_delimiter = ',', value_parser = ["scheduler", "nodeipam", "replicaset", "deployment", "statefulset", "daemonset", "job", "cronjob", "garbagecollector", "nodelifecycle", "disruption", "resourcequota"])]
     disable: Vec<String>,
     /// The range pod addresses come from; each node gets a share of it as its podCIDR.
     #[arg(long, env = "WK_CLUSTER_CIDR", default_value_t = crate::net::CLUSTER_CIDR)]

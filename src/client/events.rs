@@ -31,8 +31,22 @@ pub fn reference(object: &Value) -> Value {
 pub fn record_normal(
     client: &Client,
     object: &Value,
+    kind: (&str, &str),
+    component: &str,
+    reason: &str,
+    message: &str,
+) {
+    record_about(client, object, kind, component, false, reason, message);
+}
+
+/// Posts an Event, Normal or Warning, from a control-plane component about an object of type
+/// `(apiVersion, kind)`; in the background.
+pub fn record_about(
+    client: &Client,
+    object: &Value,
     (api_version, kind): (&str, &str),
     component: &str,
+    warning: bool,
     reason: &str,
     message: &str,
 ) {
@@ -43,7 +57,7 @@ pub fn record_normal(
         component,
         host: None,
     };
-    record(client, involved, source, false, reason, message);
+    record(client, involved, source, warning, reason, message);
 }
 
 /// Posts an Event about `involved` (a [`reference`], perhaps with a fieldPath) in the

@@ -223,14 +223,15 @@ pub fn start(client: &Client, informers: &Informers, shutdown: &CancellationToke
 }
 
 fn record(client: &Client, cj: &Value, warning: bool, reason: &str, message: &str) {
-    let mut involved = events::reference(cj);
-    involved["kind"] = json!(KIND.1);
-    involved["apiVersion"] = json!(KIND.0);
-    let source = events::Source {
-        component: "cronjob-controller",
-        host: None,
-    };
-    events::record(client, involved, source, warning, reason, message);
+    events::record_about(
+        client,
+        cj,
+        KIND,
+        "cronjob-controller",
+        warning,
+        reason,
+        message,
+    );
 }
 
 fn job_path(ns: &str, job: &str) -> String {

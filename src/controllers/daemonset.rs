@@ -22,6 +22,7 @@ pub const DAEMONSETS: &str = "/apis/apps/v1/daemonsets";
 pub const REVISION_LABEL: &str = "controller-revision-hash";
 
 const KIND: (&str, &str) = ("apps/v1", "DaemonSet");
+const COMPONENT: &str = "daemonset-controller";
 
 struct Ctx {
     client: Client,
@@ -150,7 +151,7 @@ fn resolve_up(value: &Value, total: i64) -> i64 {
 }
 
 fn record(client: &Client, ds: &Value, reason: &str, message: &str) {
-    events::record_normal(client, ds, KIND, "daemonset-controller", reason, message);
+    events::record_normal(client, ds, KIND, COMPONENT, reason, message);
 }
 
 async fn reconcile(ctx: &Ctx, key: &str) -> Result<Action, Error> {
@@ -256,7 +257,13 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Action, Error> {
     }
     let pods_path = format!("/api/v1/namespaces/{ns}/pods");
     for node in missing {
-        let created = super::create(client, &pods_path, &pod_for(&ds, node, &hash)).await?;
+        let created = super::create_for(
+            client,
+            (&ds, KIND, COMPONENT),
+            &pods_path,
+            &pod_for(&ds, node, &hash),
+        )
+        .await?;
         record(
             client,
             &ds,

@@ -22,6 +22,7 @@ pub const JOBS: &str = "/apis/batch/v1/jobs";
 pub const INDEX: &str = "batch.kubernetes.io/job-completion-index";
 
 const KIND: (&str, &str) = ("batch/v1", "Job");
+const COMPONENT: &str = "job-controller";
 
 struct Ctx {
     client: Client,
@@ -161,18 +162,7 @@ fn pod_for(job: &Value, index: Option<i64>) -> Value {
 }
 
 fn record(client: &Client, job: &Value, warning: bool, reason: &str, message: &str) {
-    if warning {
-        let mut involved = events::reference(job);
-        involved["kind"] = json!(KIND.1);
-        involved["apiVersion"] = json!(KIND.0);
-        let source = events::Source {
-            component: "job-controller",
-            host: None,
-        };
-        events::record(client, involved, source, true, reason, message);
-    } else {
-        events::record_normal(client, job, KIND, "job-controller", reason, message);
-    }
+    events::record_about(client, job, KIND, COMPONENT, warning, reason, message);
 }
 
 fn job_path(job: &Value) -> String {
@@ -414,7 +404,13 @@ async fn create_pods(
     };
     let path = format!("/api/v1/namespaces/{}/pods", namespace(job));
     for index in indexes {
-        let created = super::create(&ctx.client, &path, &pod_for(job, index)).await?;
+        let created = super::create_for(
+            &ctx.client,
+            (job, KIND, COMPONENT),
+            &path,
+            &pod_for(job, index),
+        )
+        .await?;
         record(
             &ctx.client,
             job,

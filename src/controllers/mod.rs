@@ -12,6 +12,7 @@ pub mod leader;
 pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod replicaset;
+pub mod resourcequota;
 pub mod statefulset;
 
 use std::sync::Arc;
@@ -70,6 +71,9 @@ pub fn start(
     }
     if enabled("cronjob") {
         cronjob::start(client, &informers, shutdown);
+    }
+    if enabled("resourcequota") {
+        resourcequota::start(client, &informers, shutdown);
     }
     if enabled("garbagecollector") {
         gc::start(client, &informers, shutdown);
@@ -256,6 +260,40 @@ pub async fn merge_patch(client: &Client, path: &str, patch: &Value) -> Result<V
             Some(patch.to_string().into_bytes()),
         )
         .await
+}
+
+/// Posts `object` to the collection at `path` for `owner` (with its type and the component
+/// that acts for it). A refusal other than a name already taken becomes a `FailedCreate`
+/// Warning event on the owner, carrying the server's message (a quota exceeded, a LimitRange
+/// bound), as Kubernetes' controllers report it.
+///
+/// # Errors
+/// As [`Client::request`].
+pub async fn create_for(
+    client: &Client,
+    (owner, kind, component): (&Value, (&str, &str), &str),
+    path: &str,
+    object: &Value,
+) -> Result<Value, Error> {
+    let result = create(client, path, object).await;
+    if let Err(e) = &result
+        && e.code() != Some(409)
+    {
+        let message = match e {
+            Error::Status { message, .. } => message.clone(),
+            other => other.to_string(),
+        };
+        crate::client::events::record_about(
+            client,
+            owner,
+            kind,
+            component,
+            true,
+            "FailedCreate",
+            &format!("Error creating: {message}"),
+        );
+    }
+    result
 }
 
 /// Posts `object` to the collection at `path`.

@@ -93,6 +93,7 @@ fn deletion_rank(pod: &Value) -> (u8, u8, u8, std::cmp::Reverse<String>) {
 }
 
 const KIND: (&str, &str) = ("apps/v1", "ReplicaSet");
+const COMPONENT: &str = "replicaset-controller";
 
 /// A new pod from the ReplicaSet's template.
 fn pod_from_template(rs: &Value) -> Value {
@@ -118,7 +119,7 @@ async fn set_owners(client: &Client, pod: &Value, refs: Vec<Value>) -> Result<Va
 }
 
 fn record(client: &Client, rs: &Value, reason: &str, message: &str) {
-    events::record_normal(client, rs, KIND, "replicaset-controller", reason, message);
+    events::record_normal(client, rs, KIND, COMPONENT, reason, message);
 }
 
 async fn reconcile(ctx: &Ctx, key: &str) -> Result<Action, Error> {
@@ -214,9 +215,10 @@ async fn scale(
         let pod = pod_from_template(rs);
         while missing > 0 {
             let n = batch.min(missing);
-            let results =
-                futures_util::future::join_all((0..n).map(|_| super::create(client, &path, &pod)))
-                    .await;
+            let results = futures_util::future::join_all(
+                (0..n).map(|_| super::create_for(client, (rs, KIND, COMPONENT), &path, &pod)),
+            )
+            .await;
             for result in results {
                 let created = result?;
                 record(

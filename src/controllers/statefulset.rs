@@ -24,6 +24,7 @@ pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
 pub const INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
 
 const KIND: (&str, &str) = ("apps/v1", "StatefulSet");
+const COMPONENT: &str = "statefulset-controller";
 
 struct Ctx {
     client: Client,
@@ -77,7 +78,7 @@ fn pod_for(sts: &Value, i: i64, revision: &str) -> Value {
 }
 
 fn record(client: &Client, sts: &Value, reason: &str, message: &str) {
-    events::record_normal(client, sts, KIND, "statefulset-controller", reason, message);
+    events::record_normal(client, sts, KIND, COMPONENT, reason, message);
 }
 
 fn healthy(pod: &Value) -> bool {
@@ -125,8 +126,13 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Action, Error> {
         for i in 0..replicas {
             match by_ordinal.get(&i) {
                 None => {
-                    let created =
-                        super::create(client, &pods_path, &pod_for(&sts, i, &revision)).await;
+                    let created = super::create_for(
+                        client,
+                        (&sts, KIND, COMPONENT),
+                        &pods_path,
+                        &pod_for(&sts, i, &revision),
+                    )
+                    .await;
                     match created {
                         Ok(pod) => {
                             record(

@@ -9,6 +9,7 @@ mod jobs;
 mod kube_client;
 mod kubectl;
 mod nodes;
+mod quota;
 mod registry;
 mod server;
 mod store;
