@@ -25,6 +25,7 @@ OPENAPI = sorted(p for r in REG for p in glob.glob(r + "k8s-openapi-0.29.*"))[-1
 
 MODULES = [
     "api/core/v1", "api/apps/v1", "api/batch/v1", "api/coordination/v1", "api/policy/v1",
+    "api/autoscaling/v1", "api/autoscaling/v2", "api/storage/v1",
     "apimachinery/pkg/apis/meta/v1", "apimachinery/pkg/api/resource",
     "apimachinery/pkg/util/intstr", "apimachinery/pkg/runtime",
 ]

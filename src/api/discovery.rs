@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::error::{ApiError, ApiResult};
 use super::json_response;
-use super::resources::{ALL_VERBS, GROUPS, RESOURCES, ResourceInfo};
+use super::resources::{ALL_VERBS, GROUPS, RESOURCES, ResourceInfo, version_of};
 
 /// The Kubernetes version wk answers as (kubectl picks its client from `minor`).
 pub const KUBE_VERSION: &str = "v1.32.4";
@@ -94,7 +94,15 @@ fn aggregated_group(group: &str) -> Value {
         .filter(|r| r.group == group)
         .map(aggregated_resource)
         .collect();
-    json!({"metadata": {"name": group}, "versions": [{"version": "v1", "freshness": "Current", "resources": resources}]})
+    let mut versions =
+        vec![json!({"version": version_of(group), "freshness": "Current", "resources": resources})];
+    // Older versions served as views of the stored one.
+    let v1 = &super::convert::HPA_V1;
+    if group == v1.group {
+        versions.push(json!({"version": v1.version, "freshness": "Current",
+            "resources": [aggregated_resource(v1)]}));
+    }
+    json!({"metadata": {"name": group}, "versions": versions})
 }
 
 /// `GET /api`.
@@ -110,7 +118,8 @@ pub async fn core_versions(headers: HeaderMap) -> Response {
 }
 
 fn legacy_group(group: &str) -> Value {
-    let gv = json!({"groupVersion": format!("{group}/v1"), "version": "v1"});
+    let version = version_of(group);
+    let gv = json!({"groupVersion": format!("{group}/{version}"), "version": version});
     json!({"name": group, "versions": [gv.clone()], "preferredVersion": gv})
 }
 
@@ -175,7 +184,7 @@ pub fn resource_list(group: &str) -> ApiResult<Response> {
     let gv = if group.is_empty() {
         "v1".to_owned()
     } else {
-        format!("{group}/v1")
+        format!("{group}/{}", version_of(group))
     };
     Ok(json_response(
         StatusCode::OK,
@@ -197,7 +206,7 @@ fn gv_path(group: &str) -> String {
     if group.is_empty() {
         "api/v1".into()
     } else {
-        format!("apis/{group}/v1")
+        format!("apis/{group}/{}", version_of(group))
     }
 }
 
@@ -212,7 +221,17 @@ pub async fn openapi_index() -> Response {
             json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={hash}")}),
         );
     }
+    let view = &super::convert::HPA_V1;
+    let p = format!("apis/{}/{}", view.group, view.version);
+    paths.insert(
+        p.clone(),
+        json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={hash}")}),
+    );
     json_response(StatusCode::OK, &json!({"paths": paths}), &[])
+}
+
+fn in_group(group: &str) -> Vec<&'static ResourceInfo> {
+    RESOURCES.iter().filter(|r| r.group == group).collect()
 }
 
 /// `GET /openapi/v3/{api/v1 | apis/g/v}`: one PATCH operation per kind, each declaring the
@@ -221,28 +240,26 @@ pub async fn openapi_document(
     axum::extract::Path(rest): axum::extract::Path<String>,
     uri: http::Uri,
 ) -> Response {
-    let group = match rest
+    let view = &super::convert::HPA_V1;
+    let (gv, served): (String, Vec<&ResourceInfo>) = match rest
         .trim_matches('/')
         .split('/')
         .collect::<Vec<_>>()
         .as_slice()
     {
-        ["api", "v1"] => "",
-        ["apis", g, "v1"] if GROUPS.contains(g) => {
-            GROUPS.iter().copied().find(|x| x == g).unwrap_or_default()
+        ["api", "v1"] => (gv_path(""), in_group("")),
+        ["apis", g, v] if GROUPS.contains(g) && version_of(g) == *v => (gv_path(g), in_group(g)),
+        ["apis", g, v] if *g == view.group && *v == view.version => {
+            (format!("apis/{g}/{v}"), vec![view])
         }
         _ => return ApiError::no_route(uri.path()).into_response(),
     };
     let mut paths = serde_json::Map::new();
-    for r in RESOURCES.iter().filter(|r| r.group == group) {
+    for r in served {
         let path = if r.namespaced {
-            format!(
-                "/{}/namespaces/{{namespace}}/{}/{{name}}",
-                gv_path(group),
-                r.plural
-            )
+            format!("/{gv}/namespaces/{{namespace}}/{}/{{name}}", r.plural)
         } else {
-            format!("/{}/{}/{{name}}", gv_path(group), r.plural)
+            format!("/{gv}/{}/{{name}}", r.plural)
         };
         paths.insert(
             path,

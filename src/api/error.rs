@@ -40,6 +40,20 @@ impl Cause {
         }
     }
 
+    /// A number field has a value that is not allowed (numbers go unquoted, as Kubernetes
+    /// prints them).
+    pub fn invalid_number(
+        field: impl Into<String>,
+        value: i64,
+        why: impl std::fmt::Display,
+    ) -> Self {
+        Self {
+            reason: "FieldValueInvalid",
+            message: format!("Invalid value: {value}: {why}"),
+            field: field.into(),
+        }
+    }
+
     /// A value appears twice where it must be unique.
     pub fn duplicate(field: impl Into<String>, value: impl std::fmt::Display) -> Self {
         Self {

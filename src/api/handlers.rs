@@ -893,14 +893,19 @@ async fn update(state: &Arc<ApiState>, ctx: &Ctx, body: &[u8]) -> ApiResult<Resp
 
 /// Which patch format a PATCH body is in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum PatchKind {
+pub enum PatchKind {
+    #[allow(missing_docs)]
     Json,
     Merge,
     Strategic,
     Apply,
 }
 
-fn patch_kind(ctx: &Ctx) -> ApiResult<PatchKind> {
+/// The patch format a PATCH's content type names.
+///
+/// # Errors
+/// 415 for any other type.
+pub fn patch_kind(ctx: &Ctx) -> ApiResult<PatchKind> {
     let ct = ctx
         .headers
         .get(header::CONTENT_TYPE)
@@ -923,7 +928,16 @@ fn patch_kind(ctx: &Ctx) -> ApiResult<PatchKind> {
     }
 }
 
-fn apply_patch(kind: PatchKind, res_kind: &str, base: &Value, body: &Value) -> ApiResult<Value> {
+/// `base` patched by `body` in format `kind`, for an object of kind `res_kind`.
+///
+/// # Errors
+/// 422 or 400 when the patch does not apply.
+pub fn apply_patch(
+    kind: PatchKind,
+    res_kind: &str,
+    base: &Value,
+    body: &Value,
+) -> ApiResult<Value> {
     let mut out = base.clone();
     let result = match kind {
         PatchKind::Json => patch::json_patch(&mut out, body),

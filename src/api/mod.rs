@@ -6,6 +6,7 @@
 
 pub mod admission;
 pub mod apply;
+pub mod convert;
 pub mod discovery;
 pub mod error;
 pub mod handlers;
@@ -245,7 +246,30 @@ pub fn parse_route(path: &str) -> ApiResult<Route> {
             };
             match rest {
                 [] => return Ok(Route::Group(group)),
-                ["v1", rest @ ..] => (*group, rest),
+                [v, rest @ ..] if *v == resources::version_of(group) => (*group, rest),
+                [v, "namespaces", ns, plural, more @ ..]
+                    if more.len() <= 2 && convert::view(group, v, plural).is_some() =>
+                {
+                    let owned = |s: Option<&&str>| s.map(|s| (*s).to_owned());
+                    let target = Target {
+                        res: convert::view(group, v, plural).expect("checked"),
+                        namespace: Some((*ns).to_owned()),
+                        name: owned(more.first()),
+                        sub: owned(more.get(1)),
+                    };
+                    if target.sub.as_deref().is_some_and(|s| s != "status") {
+                        return Err(ApiError::no_route(path));
+                    }
+                    return Ok(Route::Object(target));
+                }
+                [v, plural] if convert::view(group, v, plural).is_some() => {
+                    return Ok(Route::Object(Target {
+                        res: convert::view(group, v, plural).expect("checked"),
+                        namespace: None,
+                        name: None,
+                        sub: None,
+                    }));
+                }
                 _ => return Err(ApiError::no_route(path)),
             }
         }
@@ -407,6 +431,9 @@ async fn dispatch(
             headers,
             identity,
         };
+        if std::ptr::eq(ctx.target.res, &convert::HPA_V1) {
+            return convert::handle(&state, ctx, body).await;
+        }
         handlers::handle(&state, ctx, body).await
     }
     .await;

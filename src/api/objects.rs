@@ -86,6 +86,9 @@ pub fn normalize(
         "CronJob" => typed::<CronJob>(res, input),
         "Lease" => typed::<Lease>(res, input),
         "ResourceQuota" => typed::<ResourceQuota>(res, input),
+        "HorizontalPodAutoscaler" => {
+            typed::<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler>(res, input)
+        }
         "LimitRange" => typed::<LimitRange>(res, input),
         "PodDisruptionBudget" => {
             typed::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(res, input)
@@ -229,6 +232,44 @@ fn default_requests_from_limits(spec: &mut Value) {
     }
 }
 
+/// autoscaling/v2 defaults: one replica at least, CPU at 80% when no metric is named, and
+/// Kubernetes' scaling rules filled into a `behavior` that is given.
+fn default_autoscaler(object: &mut Value) {
+    let Some(spec) = child(object, "spec") else {
+        return;
+    };
+    default_field(spec, "minReplicas", json!(1));
+    if spec["metrics"].as_array().is_none_or(Vec::is_empty) {
+        spec["metrics"] = json!([{"type": "Resource", "resource": {"name": "cpu",
+            "target": {"type": "Utilization", "averageUtilization": 80}}}]);
+    }
+    if spec["behavior"].is_object() {
+        let defaults = [
+            (
+                "scaleUp",
+                0,
+                json!([{"type": "Pods", "value": 4, "periodSeconds": 15},
+                {"type": "Percent", "value": 100, "periodSeconds": 15}]),
+            ),
+            (
+                "scaleDown",
+                300,
+                json!([{"type": "Percent", "value": 100, "periodSeconds": 15}]),
+            ),
+        ];
+        for (direction, window, policies) in defaults {
+            let behavior = &mut spec["behavior"];
+            if !behavior[direction].is_object() {
+                behavior[direction] = json!({});
+            }
+            let rules = &mut behavior[direction];
+            default_field(rules, "stabilizationWindowSeconds", json!(window));
+            default_field(rules, "selectPolicy", json!("Max"));
+            default_field(rules, "policies", policies);
+        }
+    }
+}
+
 /// Pod spec defaults, for pods and for pod templates.
 fn default_pod_spec(spec: &mut Value, restart_policy: bool) {
     if restart_policy {
@@ -349,6 +390,7 @@ pub fn apply_defaults(res: &ResourceInfo, object: &mut Value, creating: bool) {
             }
         }
         "LimitRange" => super::admission::default_limit_range(object),
+        "HorizontalPodAutoscaler" => default_autoscaler(object),
         "Service" => {
             let Some(spec) = child(object, "spec") else {
                 return;
@@ -833,7 +875,7 @@ fn validate_replicas(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
     if let Some(r) = spec.get("replicas").and_then(Value::as_i64)
         && r < 0
     {
-        causes.push(Cause::invalid(
+        causes.push(Cause::invalid_number(
             format!("{path}.replicas"),
             r,
             "must be greater than or equal to 0",
@@ -997,6 +1039,7 @@ pub fn validate(res: &ResourceInfo, object: &Value) -> Result<(), ApiError> {
             ));
         }
         "ResourceQuota" => validate_quota(&spec, &mut causes),
+        "HorizontalPodAutoscaler" => validate_autoscaler(&spec, &mut causes),
         "LimitRange" => validate_limit_range(&spec, &mut causes),
         "Service" => validate_service(object, &mut causes),
         "ConfigMap" => {
@@ -1079,6 +1122,71 @@ fn validate_quota(spec: &Value, causes: &mut Vec<Cause>) {
                 op,
                 &["Exists"],
             ));
+        }
+    }
+}
+
+fn validate_autoscaler(spec: &Value, causes: &mut Vec<Cause>) {
+    for field in ["kind", "name"] {
+        if spec["scaleTargetRef"][field]
+            .as_str()
+            .is_none_or(str::is_empty)
+        {
+            causes.push(Cause::required(format!("spec.scaleTargetRef.{field}")));
+        }
+    }
+    let min = spec["minReplicas"].as_i64().unwrap_or(1);
+    let max = spec["maxReplicas"].as_i64().unwrap_or(0);
+    if min < 1 {
+        causes.push(Cause::invalid_number(
+            "spec.minReplicas",
+            min,
+            "must be greater than or equal to 1",
+        ));
+    }
+    if max < min {
+        causes.push(Cause::invalid_number(
+            "spec.maxReplicas",
+            max,
+            "must be greater than or equal to `minReplicas`",
+        ));
+    }
+    for (i, m) in spec["metrics"].as_array().into_iter().flatten().enumerate() {
+        let ty = m["type"].as_str().unwrap_or_default();
+        let field = match ty {
+            "Resource" => "resource",
+            "ContainerResource" => "containerResource",
+            "Pods" | "Object" | "External" => continue,
+            _ => {
+                causes.push(Cause::not_supported(
+                    format!("spec.metrics[{i}].type"),
+                    ty,
+                    &[
+                        "ContainerResource",
+                        "External",
+                        "Object",
+                        "Pods",
+                        "Resource",
+                    ],
+                ));
+                continue;
+            }
+        };
+        let target = &m[field]["target"];
+        let path = format!("spec.metrics[{i}].{field}.target");
+        match target["type"].as_str().unwrap_or_default() {
+            "Utilization" if target["averageUtilization"].as_i64().is_none_or(|u| u < 1) => {
+                causes.push(Cause::required(format!("{path}.averageUtilization")));
+            }
+            "AverageValue" if target["averageValue"].is_null() => {
+                causes.push(Cause::required(format!("{path}.averageValue")));
+            }
+            "Utilization" | "AverageValue" => {}
+            other => causes.push(Cause::not_supported(
+                format!("{path}.type"),
+                other,
+                &["AverageValue", "Utilization"],
+            )),
         }
     }
 }

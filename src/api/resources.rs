@@ -363,6 +363,18 @@ pub static RESOURCES: &[ResourceInfo] = &[
         fields: &[],
     },
     ResourceInfo {
+        group: "autoscaling",
+        version: "v2",
+        plural: "horizontalpodautoscalers",
+        singular: "horizontalpodautoscaler",
+        kind: "HorizontalPodAutoscaler",
+        namespaced: true,
+        short_names: &["hpa"],
+        categories: ALL,
+        subresources: &[status("autoscaling", "v2", "HorizontalPodAutoscaler")],
+        fields: &[],
+    },
+    ResourceInfo {
         group: "batch",
         version: "v1",
         plural: "jobs",
@@ -413,7 +425,21 @@ pub static RESOURCES: &[ResourceInfo] = &[
 ];
 
 /// The API groups served besides core, in discovery order.
-pub const GROUPS: &[&str] = &["apps", "batch", "coordination.k8s.io", "policy"];
+pub const GROUPS: &[&str] = &[
+    "apps",
+    "autoscaling",
+    "batch",
+    "coordination.k8s.io",
+    "policy",
+];
+
+/// The one version served of an API group (`v1` for core).
+pub fn version_of(group: &str) -> &'static str {
+    RESOURCES
+        .iter()
+        .find(|r| r.group == group)
+        .map_or("v1", |r| r.version)
+}
 
 /// `/api/v1` or `/apis/GROUP/VERSION`.
 pub fn group_path(res: &ResourceInfo) -> String {

@@ -366,6 +366,28 @@ const ENDPOINTS: &[Col] = &[
     AGE,
 ];
 
+const HPA: &[Col] = &[
+    NAME,
+    col("Reference", "string", "The target of the autoscaler."),
+    col(
+        "Targets",
+        "string",
+        "The metrics' current values against their targets.",
+    ),
+    col(
+        "MinPods",
+        "string",
+        "The fewest replicas the autoscaler sets.",
+    ),
+    col(
+        "MaxPods",
+        "integer",
+        "The most replicas the autoscaler sets.",
+    ),
+    col("Replicas", "integer", "The target's current replicas."),
+    AGE,
+];
+
 const RESOURCE_QUOTA: &[Col] = &[
     NAME,
     AGE,
@@ -483,6 +505,7 @@ fn columns(kind: &str) -> &'static [Col] {
         "Lease" => LEASE,
         "PodDisruptionBudget" => PDB,
         "ResourceQuota" => RESOURCE_QUOTA,
+        "HorizontalPodAutoscaler" => HPA,
         "Event" => EVENT,
         _ => DEFAULT,
     }
@@ -582,6 +605,20 @@ pub fn row(kind: &str, obj: &Value, now: Timestamp) -> Value {
             ]
         }
         "Event" => event_cells(obj, now),
+        "HorizontalPodAutoscaler" => vec![
+            name(obj).into(),
+            format!(
+                "{}/{}",
+                text(obj, &["spec", "scaleTargetRef", "kind"]),
+                text(obj, &["spec", "scaleTargetRef", "name"])
+            )
+            .into(),
+            hpa_targets(obj).into(),
+            int_or(obj, &["spec", "minReplicas"], 1).into(),
+            int_or(obj, &["spec", "maxReplicas"], 0).into(),
+            int_or(obj, &["status", "currentReplicas"], 0).into(),
+            age(obj, now).into(),
+        ],
         "ResourceQuota" => {
             // `pods: 1/10, requests.cpu: 500m/1`, limits apart, as kubectl prints them.
             let (mut request, mut limit) = (Vec::new(), Vec::new());
@@ -767,6 +804,57 @@ fn get<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
         cur = cur.get(p)?;
     }
     (!cur.is_null()).then_some(cur)
+}
+
+/// An autoscaler's metrics as kubectl prints them: `cpu: 20%/50%`, `<unknown>` where no
+/// value is known yet.
+fn hpa_targets(obj: &Value) -> String {
+    let current = obj["status"]["currentMetrics"].as_array();
+    let specs = obj["spec"]["metrics"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut shown: Vec<String> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let field = match m["type"].as_str() {
+                Some("ContainerResource") => "containerResource",
+                Some("Resource") => "resource",
+                Some(other) => return format!("{other}: <unknown>"),
+                None => return "<unknown>".into(),
+            };
+            let target = &m[field]["target"];
+            let now = current.and_then(|c| c.get(i)).map(|c| &c[field]["current"]);
+            let resource = m[field]["name"].as_str().unwrap_or_default();
+            if target["type"] == "Utilization" {
+                let value = now
+                    .and_then(|c| c["averageUtilization"].as_i64())
+                    .map_or_else(|| "<unknown>".to_owned(), |u| format!("{u}%"));
+                format!(
+                    "{resource}: {value}/{}%",
+                    target["averageUtilization"].as_i64().unwrap_or(0)
+                )
+            } else {
+                let value = now
+                    .and_then(|c| c["averageValue"].as_str())
+                    .unwrap_or("<unknown>");
+                format!(
+                    "{resource}: {value}/{}",
+                    target["averageValue"].as_str().unwrap_or_default()
+                )
+            }
+        })
+        .collect();
+    if shown.is_empty() {
+        return "<none>".into();
+    }
+    if shown.len() > 2 {
+        let more = shown.len() - 2;
+        shown.truncate(2);
+        shown.push(format!("+ {more} more..."));
+    }
+    shown.join(", ")
 }
 
 fn text<'a>(v: &'a Value, path: &[&str]) -> &'a str {

@@ -25,8 +25,8 @@ pub struct Args {
     no_agent: bool,
     /// An in-process controller not to run (repeatable): scheduler, nodeipam, replicaset,
     /// deployment, statefulset, daemonset, job, cronjob, garbagecollector, nodelifecycle,
-    /// disruption, resourcequota.
-    #[arg(long, env = "WK_DISABLE", value_delimiter = ',', value_parser = ["scheduler", "nodeipam", "replicaset", "deployment", "statefulset", "daemonset", "job", "cronjob", "garbagecollector", "nodelifecycle", "disruption", "resourcequota"])]
+    /// disruption, resourcequota, horizontalpodautoscaling.
+    #[arg(long, env = "WK_DISABLE", value_delimiter = ',', value_parser = ["scheduler", "nodeipam", "replicaset", "deployment", "statefulset", "daemonset", "job", "cronjob", "garbagecollector", "nodelifecycle", "disruption", "resourcequota", "horizontalpodautoscaling"])]
     disable: Vec<String>,
     /// The range pod addresses come from; each node gets a share of it as its podCIDR.
     #[arg(long, env = "WK_CLUSTER_CIDR", default_value_t = crate::net::CLUSTER_CIDR)]
@@ -38,6 +38,9 @@ pub struct Args {
     /// (`20s`, `1m`).
     #[arg(long, env = "WK_NODE_MONITOR_GRACE_PERIOD", default_value = "20s", value_parser = super::agent::parse_duration)]
     node_monitor_grace_period: std::time::Duration,
+    /// How often each HorizontalPodAutoscaler is evaluated (`15s`).
+    #[arg(long, env = "WK_HPA_SYNC_PERIOD", default_value = "15s", value_parser = super::agent::parse_duration)]
+    horizontal_pod_autoscaler_sync_period: std::time::Duration,
     /// Seconds between watch bookmarks.
     #[arg(long, env = "WK_BOOKMARK_INTERVAL", default_value_t = 10, hide = true)]
     bookmark_interval: u64,
@@ -58,7 +61,10 @@ pub async fn execute(args: Args) -> anyhow::Result<()> {
     config.tls_sans = args.tls_san;
     config.bookmark_interval = std::time::Duration::from_secs(args.bookmark_interval.max(1));
     config.disabled = args.disable;
-    config.node_monitor_grace_period = args.node_monitor_grace_period;
+    config.controllers = crate::controllers::Settings {
+        node_monitor_grace_period: args.node_monitor_grace_period,
+        horizontal_pod_autoscaler_sync_period: args.horizontal_pod_autoscaler_sync_period,
+    };
     if args.node_cidr_mask_size < args.cluster_cidr.prefix() || args.node_cidr_mask_size > 29 {
         anyhow::bail!(
             "--node-cidr-mask-size {} must be between the cluster CIDR's /{} and /29",

@@ -11,6 +11,7 @@ pub mod job;
 pub mod leader;
 pub mod nodeipam;
 pub mod nodelifecycle;
+pub mod podautoscaler;
 pub mod replicaset;
 pub mod resourcequota;
 pub mod statefulset;
@@ -37,19 +38,41 @@ pub const NODES: &str = "/api/v1/nodes";
 /// How long a controller waits for its own write to reach its cache before going on anyway.
 pub const OWN_WRITES: Duration = Duration::from_secs(5);
 
+/// The controllers' timings, as kube-controller-manager's flags set them.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// How long a node may stay silent before it is unreachable.
+    pub node_monitor_grace_period: Duration,
+    /// How often each HorizontalPodAutoscaler is evaluated.
+    pub horizontal_pod_autoscaler_sync_period: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            node_monitor_grace_period: nodelifecycle::GRACE,
+            horizontal_pod_autoscaler_sync_period: podautoscaler::SYNC_PERIOD,
+        }
+    }
+}
+
 /// Starts the informer-based controllers that `enabled` lets through, and their informers:
 /// fed by the API server's `cache` when they run in its process, else by watches.
-/// `node_grace` is how long a node may stay silent before it is unreachable.
 pub fn start(
     client: &Client,
     cache: Option<Arc<crate::store::cache::Cache>>,
     enabled: &dyn Fn(&str) -> bool,
-    node_grace: Duration,
+    settings: Settings,
     shutdown: &CancellationToken,
 ) {
     let informers = cache.map_or_else(Informers::default, Informers::local);
     if enabled("nodelifecycle") {
-        nodelifecycle::start(client, &informers, node_grace, shutdown);
+        nodelifecycle::start(
+            client,
+            &informers,
+            settings.node_monitor_grace_period,
+            shutdown,
+        );
     }
     if enabled("replicaset") {
         replicaset::start(client, &informers, shutdown);
@@ -71,6 +94,14 @@ pub fn start(
     }
     if enabled("cronjob") {
         cronjob::start(client, &informers, shutdown);
+    }
+    if enabled("horizontalpodautoscaling") {
+        podautoscaler::start(
+            client,
+            &informers,
+            settings.horizontal_pod_autoscaler_sync_period,
+            shutdown,
+        );
     }
     if enabled("resourcequota") {
         resourcequota::start(client, &informers, shutdown);

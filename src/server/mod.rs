@@ -120,8 +120,8 @@ pub struct ServerConfig {
     pub cluster_cidr: crate::net::cidr::Cidr,
     /// The prefix length of each Node's share (its podCIDR).
     pub node_cidr_mask: u8,
-    /// How long a node may go without renewing its Lease before it is unreachable.
-    pub node_monitor_grace_period: Duration,
+    /// The controllers' timings.
+    pub controllers: crate::controllers::Settings,
 }
 
 impl ServerConfig {
@@ -135,7 +135,7 @@ impl ServerConfig {
             disabled: Vec::new(),
             cluster_cidr: crate::net::CLUSTER_CIDR,
             node_cidr_mask: crate::net::NODE_CIDR_MASK,
-            node_monitor_grace_period: crate::controllers::nodelifecycle::GRACE,
+            controllers: crate::controllers::Settings::default(),
         }
     }
 }
@@ -373,7 +373,7 @@ pub async fn run(config: ServerConfig, agent: Option<AgentConfig>) -> Result<(),
     let enabled = move |name: &str| !disabled.iter().any(|d| d == name);
     let (scheduler, nodeipam) = (enabled("scheduler"), enabled("nodeipam"));
     let (cluster_cidr, node_cidr_mask) = (config.cluster_cidr, config.node_cidr_mask);
-    let node_grace = config.node_monitor_grace_period;
+    let settings = config.controllers;
     let server = Server::start(config).await?;
     eprintln!(
         "wk server listening on https://{}\nkubeconfig: {}",
@@ -402,7 +402,7 @@ pub async fn run(config: ServerConfig, agent: Option<AgentConfig>) -> Result<(),
                 term.child_token(),
             ));
         }
-        crate::controllers::start(&admin, Some(cache.clone()), &enabled, node_grace, &term);
+        crate::controllers::start(&admin, Some(cache.clone()), &enabled, settings, &term);
         if scheduler {
             tokio::spawn(crate::scheduler::run(
                 admin.clone(),

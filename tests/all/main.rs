@@ -1,6 +1,7 @@
 //! wk's integration tests: one binary, a module per area, each driving the real `wk server`.
 
 mod agent;
+mod autoscaling;
 mod controllers;
 mod guests;
 mod harness;
