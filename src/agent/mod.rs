@@ -647,6 +647,7 @@ impl Agent {
             )),
             tokio::spawn(watch_pods(shared.clone())),
             tokio::spawn(sample_usage(shared.clone())),
+            tokio::spawn(collect_storage(shared.clone())),
             tokio::spawn(image_gc::run(shared.clone(), config.image_gc)),
         ];
         Ok(Self {
@@ -678,6 +679,18 @@ async fn sample_usage(shared: Arc<Shared>) {
         shared.sample();
         tokio::select! {
             () = tokio::time::sleep(SAMPLE) => {}
+            () = shared.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Removes deleted volumes' data now and then.
+async fn collect_storage(shared: Arc<Shared>) {
+    let storage = sandbox::volumes::storage_dir(&shared.data_dir);
+    loop {
+        sandbox::volumes::collect_storage(&shared.client, &storage).await;
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(10)) => {}
             () = shared.shutdown.cancelled() => return,
         }
     }

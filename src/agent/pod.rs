@@ -867,7 +867,8 @@ impl Worker {
                 return Err(self.give_up(sb, "FailedCreatePodSandBox", &m).await);
             }
         };
-        let ready = match volumes::prepare(&self.shared.client, &pod, &sb.dir).await {
+        let storage = volumes::storage_dir(&self.shared.data_dir);
+        let ready = match volumes::prepare(&self.shared.client, &pod, &sb.dir, &storage).await {
             Ok(r) => r,
             Err(e) => {
                 let m = format!("MountVolume.SetUp failed for {e}");

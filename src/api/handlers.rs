@@ -291,6 +291,9 @@ impl ApiState {
             if res.kind == "Pod" {
                 self.admit_limits(ns, &name, &mut object)?;
             }
+            if res.kind == "PersistentVolumeClaim" {
+                self.admit_claim(&mut object);
+            }
         }
         objects::validate(res, &object)?;
         if let Some(who) = updater {
@@ -341,6 +344,39 @@ impl ApiState {
         }
         admission::check_limit_ranges(pod, &ranges)
             .map_err(|e| ApiError::forbidden(format!("pods \"{name}\" is forbidden: {e}")))
+    }
+
+    /// A new claim that names no storage class gets the default one (DefaultStorageClass
+    /// admission), and the `kubernetes.io/pvc-protection` finalizer that keeps it while a pod
+    /// uses it.
+    fn admit_claim(&self, claim: &mut Value) {
+        if claim["spec"]["storageClassName"].is_null()
+            && let Some(class) = resources::by_kind("StorageClass").and_then(|classes| {
+                self.cache
+                    .list(&classes.prefix(None), None, None, |c| {
+                        c.pointer(
+                            "/metadata/annotations/storageclass.kubernetes.io~1is-default-class",
+                        ) == Some(&json!("true"))
+                    })
+                    .0
+                    .into_iter()
+                    .map(|(_, c)| c)
+                    .next()
+            })
+        {
+            claim["spec"]["storageClassName"] = class["metadata"]["name"].clone();
+        }
+        let finalizers = &mut claim["metadata"]["finalizers"];
+        if !finalizers.is_array() {
+            *finalizers = json!([]);
+        }
+        if let Some(list) = finalizers.as_array_mut()
+            && !list
+                .iter()
+                .any(|f| f == crate::controllers::volume::PVC_PROTECTION)
+        {
+            list.push(json!(crate::controllers::volume::PVC_PROTECTION));
+        }
     }
 
     /// ResourceQuota admission: checks `object` against every quota of its namespace, counting

@@ -389,7 +389,13 @@ fn node_may(method: &Method, target: &Target) -> bool {
     match target.res.plural {
         "nodes" | "leases" | "events" => true,
         "pods" => read || *method == Method::DELETE || target.sub.as_deref() == Some("status"),
-        "services" | "endpoints" | "configmaps" | "secrets" | "namespaces" => read,
+        "services"
+        | "endpoints"
+        | "configmaps"
+        | "secrets"
+        | "namespaces"
+        | "persistentvolumeclaims"
+        | "persistentvolumes" => read,
         _ => false,
     }
 }

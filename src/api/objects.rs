@@ -5,8 +5,8 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet}
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Endpoints, Event, LimitRange, Namespace, Node, Pod, ResourceQuota, Secret, Service,
-    ServiceAccount,
+    ConfigMap, Endpoints, Event, LimitRange, Namespace, Node, PersistentVolume,
+    PersistentVolumeClaim, Pod, ResourceQuota, Secret, Service, ServiceAccount,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -90,6 +90,9 @@ pub fn normalize(
             typed::<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler>(res, input)
         }
         "LimitRange" => typed::<LimitRange>(res, input),
+        "PersistentVolumeClaim" => typed::<PersistentVolumeClaim>(res, input),
+        "PersistentVolume" => typed::<PersistentVolume>(res, input),
+        "StorageClass" => typed::<k8s_openapi::api::storage::v1::StorageClass>(res, input),
         "PodDisruptionBudget" => {
             typed::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(res, input)
         }
@@ -391,6 +394,27 @@ pub fn apply_defaults(res: &ResourceInfo, object: &mut Value, creating: bool) {
         }
         "LimitRange" => super::admission::default_limit_range(object),
         "HorizontalPodAutoscaler" => default_autoscaler(object),
+        "PersistentVolumeClaim" => {
+            if let Some(spec) = child(object, "spec") {
+                default_field(spec, "volumeMode", json!("Filesystem"));
+            }
+            if creating {
+                object["status"] = json!({"phase": "Pending"});
+            }
+        }
+        "PersistentVolume" => {
+            if let Some(spec) = child(object, "spec") {
+                default_field(spec, "volumeMode", json!("Filesystem"));
+                default_field(spec, "persistentVolumeReclaimPolicy", json!("Retain"));
+            }
+            if creating {
+                object["status"] = json!({"phase": "Pending"});
+            }
+        }
+        "StorageClass" => {
+            default_field(object, "reclaimPolicy", json!("Delete"));
+            default_field(object, "volumeBindingMode", json!("Immediate"));
+        }
         "Service" => {
             let Some(spec) = child(object, "spec") else {
                 return;
@@ -994,6 +1018,26 @@ pub fn validate(res: &ResourceInfo, object: &Value) -> Result<(), ApiError> {
         ),
         "Deployment" | "ReplicaSet" | "StatefulSet" => {
             validate_replicas(&spec, "spec", &mut causes);
+            // A StatefulSet's claim templates are volumes of its pods.
+            let mut spec = spec.clone();
+            let claims: Vec<Value> = spec["volumeClaimTemplates"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| {
+                    json!({"name": t["metadata"]["name"],
+                    "persistentVolumeClaim": {"claimName": t["metadata"]["name"]}})
+                })
+                .collect();
+            if !claims.is_empty() && spec["template"]["spec"].is_object() {
+                let mut volumes = spec["template"]["spec"]["volumes"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                volumes.retain(|v| !claims.iter().any(|c| c["name"] == v["name"]));
+                volumes.extend(claims);
+                spec["template"]["spec"]["volumes"] = json!(volumes);
+            }
             validate_selector_and_template(&spec, "spec", &["Always"], &mut causes);
             if res.kind == "Deployment" {
                 let ty = spec
@@ -1040,6 +1084,22 @@ pub fn validate(res: &ResourceInfo, object: &Value) -> Result<(), ApiError> {
         }
         "ResourceQuota" => validate_quota(&spec, &mut causes),
         "HorizontalPodAutoscaler" => validate_autoscaler(&spec, &mut causes),
+        "PersistentVolumeClaim" | "PersistentVolume" => {
+            validate_volume(res.kind, &spec, &mut causes)
+        }
+        "StorageClass" => {
+            if str_at(object, "/provisioner").is_none_or(str::is_empty) {
+                causes.push(Cause::required("provisioner"));
+            }
+            let mode = str_at(object, "/volumeBindingMode").unwrap_or_default();
+            if !["Immediate", "WaitForFirstConsumer"].contains(&mode) {
+                causes.push(Cause::not_supported(
+                    "volumeBindingMode",
+                    mode,
+                    &["Immediate", "WaitForFirstConsumer"],
+                ));
+            }
+        }
         "LimitRange" => validate_limit_range(&spec, &mut causes),
         "Service" => validate_service(object, &mut causes),
         "ConfigMap" => {
@@ -1121,6 +1181,63 @@ fn validate_quota(spec: &Value, causes: &mut Vec<Cause>) {
                 format!("spec.scopeSelector.matchExpressions[{i}].operator"),
                 op,
                 &["Exists"],
+            ));
+        }
+    }
+}
+
+/// The access modes a claim or volume may ask for.
+const ACCESS_MODES: &[&str] = &[
+    "ReadOnlyMany",
+    "ReadWriteMany",
+    "ReadWriteOnce",
+    "ReadWriteOncePod",
+];
+
+fn validate_volume(kind: &str, spec: &Value, causes: &mut Vec<Cause>) {
+    let modes = spec["accessModes"]
+        .as_array()
+        .map_or(&[][..], Vec::as_slice);
+    if modes.is_empty() {
+        causes.push(Cause::required("spec.accessModes"));
+    }
+    for m in modes {
+        let m = m.as_str().unwrap_or_default();
+        if !ACCESS_MODES.contains(&m) {
+            causes.push(Cause::not_supported("spec.accessModes", m, ACCESS_MODES));
+        }
+    }
+    let (field, path) = if kind == "PersistentVolume" {
+        (&spec["capacity"], "spec.capacity")
+    } else {
+        (&spec["resources"]["requests"], "spec.resources.requests")
+    };
+    match field.get("storage") {
+        None => causes.push(Cause::required(format!("{path}[storage]"))),
+        Some(_) => {
+            for (k, q) in quantities(field, path, causes) {
+                if k == "storage" && q.millis() <= 0 {
+                    causes.push(Cause::invalid(
+                        format!("{path}[storage]"),
+                        q.millis() / 1000,
+                        "must be greater than zero",
+                    ));
+                }
+            }
+        }
+    }
+    if kind == "PersistentVolume" {
+        let sources = ["hostPath", "local", "csi"];
+        let given: Vec<&str> = sources
+            .iter()
+            .copied()
+            .filter(|s| !spec[*s].is_null())
+            .collect();
+        if given.len() != 1 {
+            causes.push(Cause::invalid(
+                "spec",
+                given.join(", "),
+                "must specify exactly one volume source of those wk mounts: hostPath, local, or csi with the driver wk.dev/local-path",
             ));
         }
     }

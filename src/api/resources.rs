@@ -269,6 +269,30 @@ pub static RESOURCES: &[ResourceInfo] = &[
     ResourceInfo {
         group: "",
         version: "v1",
+        plural: "persistentvolumeclaims",
+        singular: "persistentvolumeclaim",
+        kind: "PersistentVolumeClaim",
+        namespaced: true,
+        short_names: &["pvc"],
+        categories: NONE,
+        subresources: &[status("", "v1", "PersistentVolumeClaim")],
+        fields: &[],
+    },
+    ResourceInfo {
+        group: "",
+        version: "v1",
+        plural: "persistentvolumes",
+        singular: "persistentvolume",
+        kind: "PersistentVolume",
+        namespaced: false,
+        short_names: &["pv"],
+        categories: NONE,
+        subresources: &[status("", "v1", "PersistentVolume")],
+        fields: &[],
+    },
+    ResourceInfo {
+        group: "",
+        version: "v1",
         plural: "resourcequotas",
         singular: "resourcequota",
         kind: "ResourceQuota",
@@ -422,6 +446,18 @@ pub static RESOURCES: &[ResourceInfo] = &[
         subresources: &[status("policy", "v1", "PodDisruptionBudget")],
         fields: &[],
     },
+    ResourceInfo {
+        group: "storage.k8s.io",
+        version: "v1",
+        plural: "storageclasses",
+        singular: "storageclass",
+        kind: "StorageClass",
+        namespaced: false,
+        short_names: &["sc"],
+        categories: NONE,
+        subresources: &[],
+        fields: &[],
+    },
 ];
 
 /// The API groups served besides core, in discovery order.
@@ -431,6 +467,7 @@ pub const GROUPS: &[&str] = &[
     "batch",
     "coordination.k8s.io",
     "policy",
+    "storage.k8s.io",
 ];
 
 /// The one version served of an API group (`v1` for core).

@@ -366,6 +366,63 @@ const ENDPOINTS: &[Col] = &[
     AGE,
 ];
 
+const PVC: &[Col] = &[
+    NAME,
+    col("Status", "string", "The phase of the claim."),
+    col("Volume", "string", "The volume bound to the claim."),
+    col("Capacity", "string", "The capacity of the bound volume."),
+    col(
+        "Access Modes",
+        "string",
+        "The access modes of the bound volume.",
+    ),
+    col("StorageClass", "string", "The storage class of the claim."),
+    col(
+        "VolumeAttributesClass",
+        "string",
+        "The volume attributes class of the claim.",
+    ),
+    AGE,
+];
+
+const PV: &[Col] = &[
+    NAME,
+    col("Capacity", "string", "The capacity of the volume."),
+    col("Access Modes", "string", "The access modes of the volume."),
+    col(
+        "Reclaim Policy",
+        "string",
+        "What happens to the volume when its claim is released.",
+    ),
+    col("Status", "string", "The phase of the volume."),
+    col("Claim", "string", "The claim bound to the volume."),
+    col("StorageClass", "string", "The storage class of the volume."),
+    col(
+        "VolumeAttributesClass",
+        "string",
+        "The volume attributes class of the volume.",
+    ),
+    col("Reason", "string", "Why the volume is in its phase."),
+    AGE,
+];
+
+const STORAGE_CLASS: &[Col] = &[
+    NAME,
+    col("Provisioner", "string", "The provisioner of the class."),
+    col(
+        "ReclaimPolicy",
+        "string",
+        "What happens to provisioned volumes when released.",
+    ),
+    col(
+        "VolumeBindingMode",
+        "string",
+        "When claims are bound and provisioned.",
+    ),
+    col("AllowVolumeExpansion", "string", "Whether claims may grow."),
+    AGE,
+];
+
 const HPA: &[Col] = &[
     NAME,
     col("Reference", "string", "The target of the autoscaler."),
@@ -506,6 +563,9 @@ fn columns(kind: &str) -> &'static [Col] {
         "PodDisruptionBudget" => PDB,
         "ResourceQuota" => RESOURCE_QUOTA,
         "HorizontalPodAutoscaler" => HPA,
+        "PersistentVolumeClaim" => PVC,
+        "PersistentVolume" => PV,
+        "StorageClass" => STORAGE_CLASS,
         "Event" => EVENT,
         _ => DEFAULT,
     }
@@ -605,6 +665,57 @@ pub fn row(kind: &str, obj: &Value, now: Timestamp) -> Value {
             ]
         }
         "Event" => event_cells(obj, now),
+        "PersistentVolumeClaim" => vec![
+            name(obj).into(),
+            text(obj, &["status", "phase"]).into(),
+            text(obj, &["spec", "volumeName"]).into(),
+            text(obj, &["status", "capacity", "storage"]).into(),
+            access_modes(&obj["status"]["accessModes"]).into(),
+            text(obj, &["spec", "storageClassName"]).into(),
+            "<unset>".into(),
+            age(obj, now).into(),
+        ],
+        "PersistentVolume" => {
+            let claim = &obj["spec"]["claimRef"];
+            let claim = if claim.is_object() {
+                format!(
+                    "{}/{}",
+                    claim["namespace"].as_str().unwrap_or_default(),
+                    claim["name"].as_str().unwrap_or_default()
+                )
+            } else {
+                String::new()
+            };
+            vec![
+                name(obj).into(),
+                text(obj, &["spec", "capacity", "storage"]).into(),
+                access_modes(&obj["spec"]["accessModes"]).into(),
+                text(obj, &["spec", "persistentVolumeReclaimPolicy"]).into(),
+                text(obj, &["status", "phase"]).into(),
+                claim.into(),
+                text(obj, &["spec", "storageClassName"]).into(),
+                "<unset>".into(),
+                text(obj, &["status", "reason"]).into(),
+                age(obj, now).into(),
+            ]
+        }
+        "StorageClass" => {
+            let default = obj["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"]
+                == "true";
+            vec![
+                if default {
+                    format!("{} (default)", name(obj))
+                } else {
+                    name(obj).to_owned()
+                }
+                .into(),
+                text(obj, &["provisioner"]).into(),
+                text(obj, &["reclaimPolicy"]).into(),
+                text(obj, &["volumeBindingMode"]).into(),
+                (obj["allowVolumeExpansion"] == true).to_string().into(),
+                age(obj, now).into(),
+            ]
+        }
         "HorizontalPodAutoscaler" => vec![
             name(obj).into(),
             format!(
@@ -804,6 +915,24 @@ fn get<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
         cur = cur.get(p)?;
     }
     (!cur.is_null()).then_some(cur)
+}
+
+/// Access modes as kubectl abbreviates them: `RWO,ROX`.
+fn access_modes(modes: &Value) -> String {
+    modes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(|m| match m {
+            "ReadWriteOnce" => "RWO",
+            "ReadOnlyMany" => "ROX",
+            "ReadWriteMany" => "RWX",
+            "ReadWriteOncePod" => "RWOP",
+            other => other,
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// An autoscaler's metrics as kubectl prints them: `cpu: 20%/50%`, `<unknown>` where no

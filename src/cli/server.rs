@@ -25,8 +25,9 @@ pub struct Args {
     no_agent: bool,
     /// An in-process controller not to run (repeatable): scheduler, nodeipam, replicaset,
     /// deployment, statefulset, daemonset, job, cronjob, garbagecollector, nodelifecycle,
-    /// disruption, resourcequota, horizontalpodautoscaling.
-    #[arg(long, env = "WK_DISABLE", value_delimiter = ',', value_parser = ["scheduler", "nodeipam", "replicaset", "deployment", "statefulset", "daemonset", "job", "cronjob", "garbagecollector", "nodelifecycle", "disruption", "resourcequota", "horizontalpodautoscaling"])]
+    /// disruption, resourcequota, horizontalpodautoscaling, persistentvolume-binder; or the
+    /// default StorageClass, local-storage.
+    #[arg(long, env = "WK_DISABLE", value_delimiter = ',', value_parser = ["scheduler", "nodeipam", "replicaset", "deployment", "statefulset", "daemonset", "job", "cronjob", "garbagecollector", "nodelifecycle", "disruption", "resourcequota", "horizontalpodautoscaling", "persistentvolume-binder", "local-storage"])]
     disable: Vec<String>,
     /// The range pod addresses come from; each node gets a share of it as its podCIDR.
     #[arg(long, env = "WK_CLUSTER_CIDR", default_value_t = crate::net::CLUSTER_CIDR)]

@@ -15,6 +15,7 @@ pub mod podautoscaler;
 pub mod replicaset;
 pub mod resourcequota;
 pub mod statefulset;
+pub mod volume;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,6 +103,9 @@ pub fn start(
             settings.horizontal_pod_autoscaler_sync_period,
             shutdown,
         );
+    }
+    if enabled("persistentvolume-binder") {
+        volume::start(client, &informers, shutdown);
     }
     if enabled("resourcequota") {
         resourcequota::start(client, &informers, shutdown);

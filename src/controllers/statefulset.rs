@@ -30,6 +30,7 @@ struct Ctx {
     client: Client,
     sets: Arc<Informer>,
     pods: Arc<Informer>,
+    claims: Arc<Informer>,
 }
 
 /// Registers the controller's handlers on the shared informers and starts its worker.
@@ -38,11 +39,12 @@ pub fn start(client: &Client, informers: &Informers, shutdown: &CancellationToke
         client: client.clone(),
         sets: informers.get(STATEFULSETS),
         pods: informers.get(super::PODS),
+        claims: informers.get(super::volume::CLAIMS),
     });
     let queue = Queue::new();
     super::enqueue_self(&ctx.sets, &queue);
     super::enqueue_controller(&ctx.pods, &queue, "StatefulSet");
-    let informers = vec![ctx.sets.clone(), ctx.pods.clone()];
+    let informers = vec![ctx.sets.clone(), ctx.pods.clone(), ctx.claims.clone()];
     super::run_worker(
         "statefulset",
         informers,
@@ -68,6 +70,20 @@ fn pod_for(sts: &Value, i: i64, revision: &str) -> Value {
     metadata["labels"][INDEX_LABEL] = json!(i.to_string());
     let mut spec = template["spec"].clone();
     spec["hostname"] = json!(pod);
+    // Each claim template becomes the volume of that name, bound to this ordinal's claim.
+    let templates = sts["spec"]["volumeClaimTemplates"]
+        .as_array()
+        .map_or(&[][..], Vec::as_slice);
+    if !templates.is_empty() {
+        let mut volumes: Vec<Value> = spec["volumes"].as_array().cloned().unwrap_or_default();
+        for t in templates {
+            let volume = t["metadata"]["name"].as_str().unwrap_or_default();
+            volumes.retain(|v| v["name"] != volume);
+            volumes.push(json!({"name": volume,
+                "persistentVolumeClaim": {"claimName": claim_name(volume, name(sts), i)}}));
+        }
+        spec["volumes"] = json!(volumes);
+    }
     if let Some(service) = sts["spec"]["serviceName"]
         .as_str()
         .filter(|s| !s.is_empty())
@@ -75,6 +91,103 @@ fn pod_for(sts: &Value, i: i64, revision: &str) -> Value {
         spec["subdomain"] = json!(service);
     }
     json!({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec})
+}
+
+/// The claim of ordinal `i` from the claim template `template`: `data-web-0`.
+fn claim_name(template: &str, set: &str, i: i64) -> String {
+    format!("{template}-{set}-{i}")
+}
+
+/// Creates the claims of ordinal `i` that do not exist yet, from the set's
+/// volumeClaimTemplates. They outlive the pods (and, unless the set's
+/// persistentVolumeClaimRetentionPolicy says Delete, the set).
+async fn ensure_claims(
+    ctx: &Ctx,
+    sts: &Value,
+    i: i64,
+    written: &mut Vec<Value>,
+) -> Result<(), Error> {
+    let (ns, set) = (namespace(sts), name(sts));
+    let owned = sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Delete";
+    for t in sts["spec"]["volumeClaimTemplates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let claim = claim_name(t["metadata"]["name"].as_str().unwrap_or_default(), set, i);
+        if ctx.claims.get(&format!("{ns}/{claim}")).is_some() {
+            continue;
+        }
+        let mut metadata = json!({"name": claim, "namespace": ns,
+            "labels": t["metadata"]["labels"], "annotations": t["metadata"]["annotations"]});
+        for (k, v) in sts["spec"]["selector"]["matchLabels"]
+            .as_object()
+            .into_iter()
+            .flatten()
+        {
+            metadata["labels"][k] = v.clone();
+        }
+        if owned {
+            metadata["ownerReferences"] = json!([super::owner_reference(sts, KIND)]);
+        }
+        let object = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": metadata, "spec": t["spec"]});
+        let path = format!("/api/v1/namespaces/{ns}/persistentvolumeclaims");
+        match super::create_for(&ctx.client, (sts, KIND, COMPONENT), &path, &object).await {
+            Ok(created) => {
+                record(
+                    &ctx.client,
+                    sts,
+                    "SuccessfulCreate",
+                    &format!("create Claim {claim} Pod {set}-{i} in StatefulSet {set} success"),
+                );
+                written.push(created);
+            }
+            Err(e) if e.code() == Some(409) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// With `whenScaled: Delete`, removes the claims of ordinals at or above `replicas` whose pod
+/// is gone (the claims' protection holds them while a pod still uses them).
+async fn delete_scaled_claims(
+    ctx: &Ctx,
+    sts: &Value,
+    replicas: i64,
+    pods: &std::collections::BTreeMap<i64, Arc<Value>>,
+) -> Result<(), Error> {
+    if sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenScaled"] != "Delete" {
+        return Ok(());
+    }
+    let (ns, set) = (namespace(sts), name(sts));
+    for t in sts["spec"]["volumeClaimTemplates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let prefix = format!(
+            "{}-{set}-",
+            t["metadata"]["name"].as_str().unwrap_or_default()
+        );
+        for claim in ctx.claims.list_namespace(ns) {
+            let Some(i) = name(&claim)
+                .strip_prefix(&prefix)
+                .and_then(|n| n.parse::<i64>().ok())
+            else {
+                continue;
+            };
+            if i >= replicas && !pods.contains_key(&i) && !terminating(&claim) {
+                let path = format!(
+                    "/api/v1/namespaces/{ns}/persistentvolumeclaims/{}",
+                    name(&claim)
+                );
+                super::delete(&ctx.client, &path, "Background", Some(uid(&claim))).await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn record(client: &Client, sts: &Value, reason: &str, message: &str) {
@@ -126,6 +239,7 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Action, Error> {
         for i in 0..replicas {
             match by_ordinal.get(&i) {
                 None => {
+                    ensure_claims(ctx, &sts, i, &mut written).await?;
                     let created = super::create_for(
                         client,
                         (&sts, KIND, COMPONENT),
@@ -208,6 +322,7 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Action, Error> {
     .await;
     settle(&ctx.pods, &written).await;
     result?;
+    delete_scaled_claims(ctx, &sts, replicas, &by_ordinal).await?;
     // Status.
     let live: Vec<&Arc<Value>> = by_ordinal
         .values()

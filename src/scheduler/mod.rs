@@ -218,9 +218,16 @@ pub fn node_selected(spec: &Value, node: &Value) -> bool {
     }
     let required =
         &spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"];
-    match required["nodeSelectorTerms"].as_array() {
-        Some(terms) if required.is_object() => terms.iter().any(|t| term_matches(t, node)),
-        _ => true,
+    !required.is_object() || selects(required, node)
+}
+
+/// Whether a NodeSelector (`{nodeSelectorTerms: [...]}`, as in required node affinity and a
+/// PersistentVolume's nodeAffinity) lets `node` in: any of its terms matches. One without
+/// terms lets every node in.
+pub fn selects(selector: &Value, node: &Value) -> bool {
+    match selector["nodeSelectorTerms"].as_array() {
+        Some(terms) => terms.iter().any(|t| term_matches(t, node)),
+        None => true,
     }
 }
 
@@ -279,6 +286,8 @@ struct PodInfo<'a> {
     tolerations: &'a [Value],
     /// Whether it has a nodeSelector or node affinity at all.
     picky: bool,
+    /// The nodeAffinity of the PersistentVolumes its claims are bound to.
+    volume_terms: Vec<Value>,
 }
 
 impl<'a> PodInfo<'a> {
@@ -298,6 +307,7 @@ impl<'a> PodInfo<'a> {
                 || spec["affinity"]
                     .get("nodeAffinity")
                     .is_some_and(|a| !a.is_null()),
+            volume_terms: Vec::new(),
         }
     }
 }
@@ -328,6 +338,9 @@ fn unfit(pod: &PodInfo<'_>, node: &NodeInfo<'_>, room: &Room) -> Option<String> 
     }
     if pod.picky && !node_selected(&pod.pod["spec"], node.node) {
         return Some("node(s) didn't match Pod's node affinity/selector".into());
+    }
+    if pod.volume_terms.iter().any(|t| !selects(t, node.node)) {
+        return Some("node(s) had volume node affinity conflict".into());
     }
     if room.pods + 1 > room.max_pods {
         return Some("Too many pods".into());
@@ -435,8 +448,13 @@ impl<'a> Snapshot<'a> {
 
     /// Picks a node for `pod` (its index), or says why none fits ("0/3 nodes are available:
     /// ...").
+    #[cfg(test)]
     fn choose(&mut self, pod: &Value) -> Result<usize, String> {
-        let pod = &PodInfo::of(pod);
+        self.choose_for(&PodInfo::of(pod))
+    }
+
+    /// As [`Snapshot::choose`], for a pod already looked at.
+    fn choose_for(&mut self, pod: &PodInfo<'_>) -> Result<usize, String> {
         let n = self.nodes.len();
         let want = feasible_to_find(n);
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
@@ -496,6 +514,11 @@ pub async fn run(
     let informers = cache.map_or_else(Informers::default, Informers::local);
     let pods = informers.get("/api/v1/pods");
     let nodes = informers.get("/api/v1/nodes");
+    let storage = Storage {
+        claims: informers.get(crate::controllers::volume::CLAIMS),
+        volumes: informers.get(crate::controllers::volume::VOLUMES),
+        classes: informers.get(crate::controllers::volume::CLASSES),
+    };
     let wake = std::sync::Arc::new(tokio::sync::Notify::new());
     let w = wake.clone();
     pods.on_change(move |old, new| {
@@ -511,9 +534,18 @@ pub async fn run(
     });
     let w = wake.clone();
     nodes.on_change(move |_, _| w.notify_one());
+    // A claim that becomes bound (or appears) may let its pods onto a node.
+    let w = wake.clone();
+    storage.claims.on_change(move |_, _| w.notify_one());
     informers.start(&client, &shutdown);
     tokio::select! {
-        () = async { pods.wait_synced().await; nodes.wait_synced().await } => {}
+        () = async {
+            pods.wait_synced().await;
+            nodes.wait_synced().await;
+            storage.claims.wait_synced().await;
+            storage.volumes.wait_synced().await;
+            storage.classes.wait_synced().await;
+        } => {}
         () = shutdown.cancelled() => return,
     }
     let mut reported: HashMap<String, String> = HashMap::new();
@@ -523,6 +555,7 @@ pub async fn run(
             &client,
             &pods.list(),
             &nodes.list(),
+            &storage,
             &mut reported,
             &mut assumed,
         )
@@ -539,6 +572,7 @@ async fn pass(
     client: &Client,
     all: &[std::sync::Arc<Value>],
     nodes: &[std::sync::Arc<Value>],
+    storage: &Storage,
     reported: &mut HashMap<String, String>,
     assumed: &mut Assumed,
 ) {
@@ -591,10 +625,23 @@ async fn pass(
             pod["metadata"]["namespace"].as_str().unwrap_or("default"),
             pod["metadata"]["name"].as_str().unwrap_or_default()
         );
-        match snapshot.choose(pod) {
+        let mut info = PodInfo::of(pod);
+        let mut to_select = Vec::new();
+        let chosen = match storage.check(pod) {
+            Ok(claims) => {
+                info.volume_terms = claims.terms;
+                to_select = claims.to_select;
+                snapshot.choose_for(&info)
+            }
+            Err(why) => Err(format!(
+                "0/{} nodes are available: {why}.",
+                snapshot.nodes.len()
+            )),
+        };
+        match chosen {
             Ok(i) => {
                 snapshot.rooms[i].take(pod);
-                bindings.push((pod, i, key));
+                bindings.push((pod, i, key, to_select));
             }
             Err(why) => {
                 if reported.get(&key) != Some(&why) {
@@ -607,9 +654,20 @@ async fn pass(
     let chosen = started.elapsed();
     let names: Vec<String> = snapshot.nodes.iter().map(|n| n.name.clone()).collect();
     let mut sends = Vec::with_capacity(bindings.len());
-    for (b, (pod, i, _)) in bindings.iter().enumerate() {
+    for (b, (pod, i, _, to_select)) in bindings.iter().enumerate() {
         let (client, pod, node) = (client.clone(), (*pod).clone(), names[*i].clone());
-        sends.push(async move { (b, bind(&client, &pod, &node).await) });
+        sends.push(async move {
+            // Claims that wait for their first pod learn its node before the pod is bound.
+            for path in to_select {
+                let patch = json!({"metadata": {"annotations": {
+                    crate::controllers::volume::SELECTED_NODE: node}}});
+                if let Err(e) = crate::controllers::merge_patch(&client, path, &patch).await {
+                    tracing::debug!(claim = %path, error = %e, "could not select the claim's node");
+                    return (b, false);
+                }
+            }
+            (b, bind(&client, &pod, &node).await)
+        });
     }
     let results: Vec<(usize, bool)> = futures_util::stream::iter(sends)
         .buffer_unordered(BIND_CONCURRENCY)
@@ -617,7 +675,7 @@ async fn pass(
         .await;
     tracing::debug!(pending = pending.len(), nodes = names.len(), ?chosen, bound = ?started.elapsed() - chosen, "scheduling pass");
     for (b, ok) in results {
-        let (pod, i, key) = &bindings[b];
+        let (pod, i, key, _) = &bindings[b];
         if ok {
             reported.remove(key);
             let uid = pod["metadata"]["uid"]
@@ -638,6 +696,77 @@ async fn pass(
         } else {
             snapshot.rooms[*i].release(pod);
         }
+    }
+}
+
+/// The informers the volume checks read.
+struct Storage {
+    claims: std::sync::Arc<crate::client::informer::Informer>,
+    volumes: std::sync::Arc<crate::client::informer::Informer>,
+    classes: std::sync::Arc<crate::client::informer::Informer>,
+}
+
+/// What a pod's claims ask of its node.
+struct ClaimNeeds {
+    /// The nodeAffinity of the volumes they are bound to.
+    terms: Vec<Value>,
+    /// The paths of the claims that wait for this pod to choose their node.
+    to_select: Vec<String>,
+}
+
+impl Storage {
+    /// What the pod's PersistentVolumeClaims ask of its node, or why it cannot be placed
+    /// anywhere yet, in kube-scheduler's words.
+    fn check(&self, pod: &Value) -> Result<ClaimNeeds, String> {
+        let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
+        let mut needs = ClaimNeeds {
+            terms: Vec::new(),
+            to_select: Vec::new(),
+        };
+        for claim_name in crate::controllers::volume::claims_of(pod) {
+            let Some(claim) = self.claims.get(&format!("{ns}/{claim_name}")) else {
+                return Err(format!("persistentvolumeclaim \"{claim_name}\" not found"));
+            };
+            if claim.pointer("/metadata/deletionTimestamp").is_some() {
+                return Err(format!(
+                    "persistentvolumeclaim \"{claim_name}\" is being deleted"
+                ));
+            }
+            match claim["spec"]["volumeName"]
+                .as_str()
+                .filter(|v| !v.is_empty())
+            {
+                Some(volume) => {
+                    let Some(pv) = self.volumes.get(volume) else {
+                        return Err(format!("persistentvolume \"{volume}\" not found"));
+                    };
+                    let required = &pv["spec"]["nodeAffinity"]["required"];
+                    if required.is_object() {
+                        needs.terms.push(required.clone());
+                    }
+                }
+                None => {
+                    let class = claim["spec"]["storageClassName"]
+                        .as_str()
+                        .unwrap_or_default();
+                    let waits = self
+                        .classes
+                        .get(class)
+                        .is_some_and(|c| c["volumeBindingMode"] == "WaitForFirstConsumer");
+                    if !waits {
+                        return Err("pod has unbound immediate PersistentVolumeClaims".into());
+                    }
+                    if claim["metadata"]["annotations"][crate::controllers::volume::SELECTED_NODE]
+                        .is_null()
+                    {
+                        needs.to_select.push(format!(
+                            "/api/v1/namespaces/{ns}/persistentvolumeclaims/{claim_name}"
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(needs)
     }
 }
 

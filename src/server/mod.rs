@@ -272,7 +272,11 @@ impl Server {
             config.bookmark_interval,
             material.ca_pem.clone(),
         );
-        bootstrap(&state).await?;
+        bootstrap(
+            &state,
+            !config.disabled.iter().any(|d| d == "local-storage"),
+        )
+        .await?;
 
         let tls = axum_server::tls_rustls::RustlsConfig::from_pem(
             material.cert_pem.into_bytes(),
@@ -330,20 +334,38 @@ impl Server {
     }
 }
 
-/// Creates the built-in namespaces and resumes the clean-up of terminating ones.
-async fn bootstrap(state: &Arc<ApiState>) -> Result<(), Error> {
+/// Creates the built-in namespaces (and, with `local_storage`, the default StorageClass, as
+/// k3s deploys its local-path class) and resumes the clean-up of terminating namespaces.
+async fn bootstrap(state: &Arc<ApiState>, local_storage: bool) -> Result<(), Error> {
     let namespaces = resources::by_kind("Namespace").expect("namespaces are served");
-    for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-        if state.cache.get(&namespaces.key(None, name)).is_some() {
+    let classes = resources::by_kind("StorageClass").expect("storage classes are served");
+    let mut built_in: Vec<(&'static resources::ResourceInfo, serde_json::Value)> =
+        ["default", "kube-system", "kube-public", "kube-node-lease"]
+            .iter()
+            .map(|name| {
+                (
+                    namespaces,
+                    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
+                )
+            })
+            .collect();
+    if local_storage {
+        built_in.push((classes, crate::controllers::volume::default_class()));
+    }
+    for (res, object) in built_in {
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if state.cache.get(&res.key(None, &name)).is_some() {
             continue;
         }
-        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
-        match state.create_object(namespaces, ns, None, false).await {
+        match state.create_object(res, object, None, false).await {
             Ok(_) => {}
             Err(e) if e.reason == "AlreadyExists" => {}
             Err(source) => {
                 return Err(Error::Bootstrap {
-                    name: name.into(),
+                    name,
                     source: Box::new(source),
                 });
             }

@@ -13,5 +13,6 @@ mod nodes;
 mod quota;
 mod registry;
 mod server;
+mod storage;
 mod store;
 mod wk_cli;

@@ -1,6 +1,7 @@
 //! Pod volumes on the node: emptyDir (a directory, or a size-limited tmpfs for
-//! `medium: Memory`), hostPath with its type checks, and configMap, secret, downwardAPI and
-//! projected volumes written as files. Containers see them as WASI preopened directories at
+//! `medium: Memory`), hostPath with its type checks, persistentVolumeClaim (a directory of the
+//! node's own storage for wk's local-path volumes, or the hostPath or local path of a static
+//! volume), and configMap, secret, downwardAPI and projected volumes written as files. Containers see them as WASI preopened directories at
 //! their volumeMounts.
 
 use std::collections::HashMap;
@@ -45,7 +46,13 @@ pub fn volumes_dir(pod_dir: &Path) -> PathBuf {
     pod_dir.join("volumes")
 }
 
-/// Sets up every volume of `pod` under `pod_dir`.
+/// Where the node keeps its local-path PersistentVolumes, one directory each.
+pub fn storage_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("storage")
+}
+
+/// Sets up every volume of `pod` under `pod_dir`; claimed volumes of wk's own class live
+/// under `storage` ([`storage_dir`]).
 ///
 /// # Errors
 /// The first volume that cannot be set up.
@@ -53,6 +60,7 @@ pub async fn prepare(
     client: &Client,
     pod: &Value,
     pod_dir: &Path,
+    storage: &Path,
 ) -> Result<HashMap<String, Ready>, Error> {
     let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
     let mut out = HashMap::new();
@@ -73,6 +81,11 @@ pub async fn prepare(
             Ready {
                 path: host_path(name, host)?,
                 read_only: false,
+            }
+        } else if let Some(claim) = v.get("persistentVolumeClaim") {
+            Ready {
+                path: claimed(client, ns, name, claim, storage).await?,
+                read_only: claim["readOnly"] == true,
             }
         } else {
             let mut files = Vec::new();
@@ -101,7 +114,10 @@ pub async fn refresh(client: &Client, pod: &Value, pod_dir: &Path) -> Result<boo
         .map(Vec::as_slice)
         .unwrap_or_default()
     {
-        if v.get("emptyDir").is_some() || v.get("hostPath").is_some() {
+        if v.get("emptyDir").is_some()
+            || v.get("hostPath").is_some()
+            || v.get("persistentVolumeClaim").is_some()
+        {
             continue;
         }
         let name = v["name"].as_str().unwrap_or_default();
@@ -117,6 +133,114 @@ pub async fn refresh(client: &Client, pod: &Value, pod_dir: &Path) -> Result<boo
         }
     }
     Ok(changed)
+}
+
+/// The directory of the PersistentVolume bound to a pod's claim.
+async fn claimed(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    claim: &Value,
+    storage: &Path,
+) -> Result<PathBuf, Error> {
+    use crate::controllers::volume::PROVISIONER;
+    let claim_name = claim["claimName"].as_str().unwrap_or_default();
+    let pvc = client
+        .get(&format!(
+            "/api/v1/namespaces/{ns}/persistentvolumeclaims/{claim_name}"
+        ))
+        .await
+        .map_err(|e| err(name, format!("persistentvolumeclaim {claim_name:?}: {e}")))?;
+    let volume_name = pvc["spec"]["volumeName"].as_str().unwrap_or_default();
+    if pvc["status"]["phase"] != "Bound" || volume_name.is_empty() {
+        return Err(err(
+            name,
+            format!("persistentvolumeclaim {claim_name:?} is not bound yet"),
+        ));
+    }
+    let pv = client
+        .get(&format!("/api/v1/persistentvolumes/{volume_name}"))
+        .await
+        .map_err(|e| err(name, format!("persistentvolume {volume_name:?}: {e}")))?;
+    let spec = &pv["spec"];
+    if spec["csi"]["driver"] == PROVISIONER {
+        let handle = spec["csi"]["volumeHandle"].as_str().unwrap_or_default();
+        let mut parts = Path::new(handle).components();
+        if !matches!(
+            (parts.next(), parts.next()),
+            (Some(Component::Normal(_)), None)
+        ) {
+            return Err(err(
+                name,
+                format!("persistentvolume {volume_name:?} has an unusable volumeHandle {handle:?}"),
+            ));
+        }
+        let dir = storage.join(handle);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| err(name, format!("making {}: {e}", dir.display())))?;
+        return Ok(dir);
+    }
+    if spec["hostPath"].is_object() {
+        return host_path(name, &spec["hostPath"]);
+    }
+    if let Some(path) = spec["local"]["path"].as_str() {
+        let path = PathBuf::from(path);
+        if !path.is_dir() {
+            return Err(err(
+                name,
+                format!(
+                    "local volume path {} is not a directory on this node",
+                    path.display()
+                ),
+            ));
+        }
+        return Ok(path);
+    }
+    Err(err(
+        name,
+        format!(
+            "persistentvolume {volume_name:?} has a source wk cannot mount: it mounts hostPath, local and {PROVISIONER} volumes"
+        ),
+    ))
+}
+
+/// Removes the node's local-path directories whose PersistentVolume is gone (its claim was
+/// deleted and the volume reclaimed). Nothing is removed unless the volumes could be listed.
+pub async fn collect_storage(client: &Client, storage: &Path) {
+    use crate::controllers::volume::{PROVISIONER, VOLUMES};
+    let Ok(entries) = std::fs::read_dir(storage) else {
+        return;
+    };
+    let dirs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    if dirs.is_empty() {
+        return;
+    }
+    let Ok(list) = client.get(VOLUMES).await else {
+        return;
+    };
+    let live: std::collections::HashSet<&str> = list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| v["spec"]["csi"]["driver"] == PROVISIONER)
+        .filter_map(|v| v["spec"]["csi"]["volumeHandle"].as_str())
+        .collect();
+    for dir in dirs {
+        let gone = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| !live.contains(n));
+        if gone {
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {
+                    tracing::info!(path = %dir.display(), "removed the data of a deleted volume")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %dir.display(), error = %e, "could not remove the data of a deleted volume")
+                }
+            }
+        }
+    }
 }
 
 /// Unmounts what `prepare` mounted (memory-backed emptyDirs).
@@ -263,7 +387,7 @@ async fn project(
     } else {
         Err(err(
             name,
-            "unsupported volume type: wk supports emptyDir, hostPath, configMap, secret, downwardAPI and projected",
+            "unsupported volume type: wk supports emptyDir, hostPath, persistentVolumeClaim, configMap, secret, downwardAPI and projected",
         ))
     }
 }
