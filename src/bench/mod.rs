@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use crate::client::Client;
 
+pub mod cluster;
 pub mod images;
 pub mod pods;
 pub mod scheduler;

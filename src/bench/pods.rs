@@ -94,12 +94,31 @@ impl Node {
     /// # Errors
     /// When the server does not start.
     pub fn start(wk: &Path, agent: bool, max_pods: usize) -> anyhow::Result<Self> {
+        let extra: &[&str] = if agent {
+            &[]
+        } else {
+            &["--no-agent", "--disable", "scheduler"]
+        };
+        Self::start_with(wk, agent, max_pods, extra)
+    }
+
+    /// As [`Node::start`], with more `wk server` flags.
+    ///
+    /// # Errors
+    /// When the server does not start.
+    pub fn start_with(
+        wk: &Path,
+        agent: bool,
+        max_pods: usize,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("wk-bench").tempdir()?;
         let mut cmd = Command::new(wk);
         cmd.args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path())
             .args(["--cluster-cidr", BENCH_CIDR, "--node-cidr-mask-size"])
-            .arg(node_mask(max_pods).to_string());
+            .arg(node_mask(max_pods).to_string())
+            .args(extra);
         if agent {
             cmd.args(network_flags(NODE_BRIDGE, max_pods));
             cmd.args([
@@ -110,8 +129,6 @@ impl Node {
                 "--max-pods",
             ])
             .arg(max_pods.to_string());
-        } else {
-            cmd.args(["--no-agent", "--disable", "scheduler"]);
         }
         let mut child = cmd
             .env("RUST_LOG", "warn")
@@ -542,6 +559,23 @@ fn start_agent(
     name: &str,
     max_pods: usize,
 ) -> anyhow::Result<(Child, tempfile::TempDir)> {
+    start_agent_with(
+        wk,
+        server,
+        name,
+        max_pods,
+        &network_flags(AGENT_BRIDGE, max_pods),
+    )
+}
+
+/// As [`start_agent`], with `network` for its pod network flags.
+pub(crate) fn start_agent_with(
+    wk: &Path,
+    server: &Node,
+    name: &str,
+    max_pods: usize,
+    network: &[String],
+) -> anyhow::Result<(Child, tempfile::TempDir)> {
     let token = std::fs::read_to_string(server.dir.path().join("node-token"))?;
     let dir = tempfile::Builder::new()
         .prefix("wk-bench-agent")
@@ -560,7 +594,7 @@ fn start_agent(
             "--max-pods",
         ])
         .arg(max_pods.to_string())
-        .args(network_flags(AGENT_BRIDGE, max_pods))
+        .args(network)
         .arg("--data-dir")
         .arg(dir.path())
         .env("RUST_LOG", "warn")
@@ -596,6 +630,12 @@ fn stop_agent(agent: &mut Child, dir: &tempfile::TempDir) {
 /// Removes what a stopped bench agent leaves for a later agent to adopt (its pods' and spare
 /// namespaces, its bridge): a bench has no later agent.
 fn release_node(agent_dir: &Path, bridge: &str) {
+    release_agent(agent_dir);
+    delete_bridge(bridge);
+}
+
+/// Removes the network namespaces a stopped bench agent leaves.
+pub(crate) fn release_agent(agent_dir: &Path) {
     for sub in ["netns", "netns-spare"] {
         for entry in std::fs::read_dir(agent_dir.join(sub))
             .into_iter()
@@ -605,7 +645,6 @@ fn release_node(agent_dir: &Path, bridge: &str) {
             crate::agent::sandbox::netns::destroy(&entry.path());
         }
     }
-    delete_bridge(bridge);
 }
 
 /// A standalone `wk agent` joined to a control-plane-only server, idle for 3 s.

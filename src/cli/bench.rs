@@ -88,6 +88,31 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A Deployment made fully Available across real agents (against the same pods created
+    /// bound to their nodes), and the time until the pods of a killed agent are Ready elsewhere.
+    Cluster {
+        /// The wasi:http component the pods run.
+        #[arg(
+            long,
+            default_value = "target/guests/wasm32-wasip2/release/http_hello.wasm"
+        )]
+        wasm: PathBuf,
+        /// Agents (`wk agent` processes).
+        #[arg(long, default_value_t = 10)]
+        agents: usize,
+        /// Replicas of the Deployment.
+        #[arg(long, default_value_t = 100)]
+        replicas: usize,
+        /// Runs, each on a fresh cluster.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// The server's --node-monitor-grace-period.
+        #[arg(long, default_value = "20s", value_parser = super::agent::parse_duration)]
+        grace: std::time::Duration,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// HTTP throughput of one pod against `wasmtime serve` on the same component, with wrk.
     Serve {
         /// The wasi:http component.
@@ -214,6 +239,31 @@ pub async fn execute(args: Args) -> anyhow::Result<()> {
             println!(
                 "{} pods on {} hollow nodes: bound in {:.2} s, {:.0} pods/s (busiest node {} of {} pods)",
                 r.pods, r.nodes, r.seconds, r.bound_per_second, r.busiest_node.0, r.busiest_node.1
+            );
+            Ok(())
+        }
+        Command::Cluster {
+            wasm,
+            agents,
+            replicas,
+            runs,
+            grace,
+            json,
+        } => {
+            let r = bench::cluster::cluster(&wk, &wasm, agents, replicas, runs, grace).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                return Ok(());
+            }
+            println!(
+                "{} replicas on {} agents (medians of {} runs): Deployment Available {:.2} s; the same pods bound to nodes Running {:.2} s (peer); failover after kill -9 {:.1} s (grace {} s)",
+                r.replicas,
+                r.agents,
+                r.runs.len(),
+                r.deployment_available_s,
+                r.bound_pods_running_s,
+                r.failover_s,
+                r.grace_s
             );
             Ok(())
         }
