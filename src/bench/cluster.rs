@@ -9,6 +9,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
+use futures_util::StreamExt;
 use http::Method;
 use serde_json::{Value, json};
 
@@ -115,12 +116,20 @@ async fn bound_pods(
     label: &str,
 ) -> anyhow::Result<f64> {
     let began = Instant::now();
-    for i in 0..n {
+    // As concurrently as a ReplicaSet creates its pods (its slow start ends at 64 at once).
+    let creates = (0..n).map(|i| {
         let pod = json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": format!("{label}-{i}"), "labels": {"bench": label}},
             "spec": {"nodeName": nodes[i % nodes.len()], "terminationGracePeriodSeconds": 0,
                      "containers": container()}});
-        post(client, "/api/v1/namespaces/default/pods", &pod).await?;
+        async move { post(client, "/api/v1/namespaces/default/pods", &pod).await }
+    });
+    let results: Vec<anyhow::Result<Value>> = futures_util::stream::iter(creates)
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    for r in results {
+        r?;
     }
     let selector = format!("bench%3D{label}");
     let done = until(
