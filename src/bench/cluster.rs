@@ -14,6 +14,7 @@ use http::Method;
 use serde_json::{Value, json};
 
 use super::pods::{Node, start_agent_with};
+use super::{median, post};
 use crate::client::Client;
 
 /// The figures of one run.
@@ -47,22 +48,6 @@ pub struct Report {
     pub bound_pods_running_s: f64,
     /// Median of failover_s.
     pub failover_s: f64,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
-}
-
-async fn post(client: &Client, path: &str, body: &Value) -> anyhow::Result<Value> {
-    Ok(client
-        .request(
-            Method::POST,
-            path,
-            Some("application/json"),
-            Some(body.to_string().into_bytes()),
-        )
-        .await?)
 }
 
 fn container() -> Value {

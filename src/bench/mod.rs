@@ -89,6 +89,24 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
+/// POSTs `body` as JSON to `path`.
+async fn post(client: &Client, path: &str, body: &Value) -> anyhow::Result<Value> {
+    Ok(client
+        .request(
+            Method::POST,
+            path,
+            Some("application/json"),
+            Some(body.to_string().into_bytes()),
+        )
+        .await?)
+}
+
+/// The median of `v` (the upper one of an even count).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
 fn latencies(mut samples: Vec<f64>, elapsed: Duration) -> Latencies {
     samples.sort_by(f64::total_cmp);
     Latencies {

@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use http::Method;
 use serde_json::{Value, json};
 
-use super::{Latencies, latencies, rss_mb};
+use super::{Latencies, latencies, median, rss_mb};
 use crate::client::Client;
 
 /// A `wk server` (with or without its agent) as a child process.
@@ -733,11 +733,6 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// Runs `wk bench serve`: alternating wrk runs against one wk pod and `wasmtime serve`.

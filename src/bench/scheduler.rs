@@ -12,6 +12,7 @@ use http::Method;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use super::post;
 use crate::client::Client;
 
 /// The figures of one run.
@@ -31,17 +32,6 @@ pub struct Report {
 
 const CONCURRENCY: usize = 32;
 const MAX_PODS: usize = 110;
-
-async fn post(client: &Client, path: &str, body: &Value) -> anyhow::Result<Value> {
-    Ok(client
-        .request(
-            Method::POST,
-            path,
-            Some("application/json"),
-            Some(body.to_string().into_bytes()),
-        )
-        .await?)
-}
 
 async fn patch(client: &Client, path: &str, body: &Value) -> anyhow::Result<Value> {
     Ok(client

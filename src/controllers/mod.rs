@@ -314,10 +314,7 @@ pub async fn create_for(
     if let Err(e) = &result
         && e.code() != Some(409)
     {
-        let message = match e {
-            Error::Status { message, .. } => message.clone(),
-            other => other.to_string(),
-        };
+        let message = message_of(e);
         crate::client::events::record_about(
             client,
             owner,
@@ -329,6 +326,14 @@ pub async fn create_for(
         );
     }
     result
+}
+
+/// What went wrong, as events and conditions quote it: the server's message for a refusal.
+pub fn message_of(e: &Error) -> String {
+    match e {
+        Error::Status { message, .. } => message.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// Posts `object` to the collection at `path`.

@@ -541,36 +541,18 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Action, Error> {
         "/apis/autoscaling/v2/namespaces/{ns}/horizontalpodautoscalers/{}/status",
         name(&hpa)
     );
-    let Some(scale_path) = scale_path else {
-        let message = format!(
-            "the HPA controller was unable to get the target's current scale: no scale subresource for {kind} in {group:?}"
-        );
-        set_condition(
-            &mut conditions,
-            &hpa,
-            "AbleToScale",
-            false,
-            "FailedGetScale",
-            &message,
-        );
-        record(&ctx.client, &hpa, true, "FailedGetScale", &message);
-        write_status(
-            ctx,
-            &hpa,
-            &status_path,
-            json!({"conditions": conditions}),
-            None,
-        )
-        .await?;
-        return Ok(again);
+    let fetched = match scale_path {
+        None => Err(format!("no scale subresource for {kind} in {group:?}")),
+        Some(path) => match ctx.client.get(&path).await {
+            Ok(scale) => Ok((path, scale)),
+            Err(e) => Err(super::message_of(&e)),
+        },
     };
-    let scale = match ctx.client.get(&scale_path).await {
-        Ok(s) => s,
-        Err(e) => {
-            let message = format!(
-                "the HPA controller was unable to get the target's current scale: {}",
-                message_of(&e)
-            );
+    let (scale_path, scale) = match fetched {
+        Ok(found) => found,
+        Err(why) => {
+            let message =
+                format!("the HPA controller was unable to get the target's current scale: {why}");
             set_condition(
                 &mut conditions,
                 &hpa,
@@ -580,14 +562,8 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Action, Error> {
                 &message,
             );
             record(&ctx.client, &hpa, true, "FailedGetScale", &message);
-            write_status(
-                ctx,
-                &hpa,
-                &status_path,
-                json!({"conditions": conditions}),
-                None,
-            )
-            .await?;
+            let status = json!({"conditions": conditions});
+            write_status(ctx, &hpa, &status_path, status, None).await?;
             return Ok(again);
         }
     };
@@ -595,6 +571,14 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Action, Error> {
     let (min, max) = (
         hpa["spec"]["minReplicas"].as_i64().unwrap_or(1),
         hpa["spec"]["maxReplicas"].as_i64().unwrap_or(1),
+    );
+    set_condition(
+        &mut conditions,
+        &hpa,
+        "AbleToScale",
+        true,
+        "SucceededGetScale",
+        "the HPA controller was able to get the target's current scale",
     );
     let now = Timestamp::now();
     let mut status = json!({"currentReplicas": scale["status"]["replicas"].as_i64().unwrap_or(0),
@@ -604,14 +588,6 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Action, Error> {
         status["lastScaleTime"] = json!(t);
     }
     if current == 0 && min > 0 {
-        set_condition(
-            &mut conditions,
-            &hpa,
-            "AbleToScale",
-            true,
-            "SucceededGetScale",
-            "the HPA controller was able to get the target's current scale",
-        );
         set_condition(
             &mut conditions,
             &hpa,
@@ -645,14 +621,6 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Action, Error> {
             Err(e) => (current, String::new(), Some(e)),
         }
     };
-    set_condition(
-        &mut conditions,
-        &hpa,
-        "AbleToScale",
-        true,
-        "SucceededGetScale",
-        "the HPA controller was able to get the target's current scale",
-    );
     if let Some((reason, message)) = metric_error {
         set_condition(
             &mut conditions,
@@ -706,7 +674,7 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Action, Error> {
         if let Err(e) = super::merge_patch(&ctx.client, &scale_path, &patch).await {
             let message = format!(
                 "the HPA controller was unable to update the target scale: {}",
-                message_of(&e)
+                super::message_of(&e)
             );
             conditions[0] = json!({"type": "AbleToScale", "status": "False", "reason": "FailedUpdateScale",
                 "message": message, "lastTransitionTime": now.to_string()});
@@ -794,7 +762,7 @@ async fn recommend(
                 "FailedGetResourceMetric",
                 format!(
                     "the HPA was unable to compute the replica count: unable to get metrics for resource: {}",
-                    message_of(&e)
+                    super::message_of(&e)
                 ),
             )));
         }
@@ -861,13 +829,6 @@ async fn recommend(
             "FailedGetResourceMetric",
             "the HPA has no metrics".into(),
         ))),
-    }
-}
-
-fn message_of(e: &Error) -> String {
-    match e {
-        Error::Status { message, .. } => message.clone(),
-        other => other.to_string(),
     }
 }
 
