@@ -4,6 +4,7 @@ mod agent;
 mod annotate;
 mod api_resources;
 mod apply;
+mod autoscale;
 mod bench;
 mod completion;
 mod cordon;
@@ -84,6 +85,8 @@ enum Command {
     Scale(Verb<scale::Args>),
     /// Manage the rollout of a deployment.
     Rollout(Verb<rollout::Args>),
+    /// Auto-scale a deployment, replica set or stateful set on its pods' CPU.
+    Autoscale(Verb<autoscale::Args>),
     /// Update the labels on a resource.
     Label(Verb<label::Args>),
     /// Update the annotations on a resource.
@@ -228,6 +231,7 @@ pub fn main() -> ExitCode {
             Command::Edit(v) => edit::execute(v.args, &v.global.or(&outer)).await,
             Command::Scale(v) => scale::execute(v.args, &v.global.or(&outer)).await,
             Command::Rollout(v) => rollout::execute(v.args, &v.global.or(&outer)).await,
+            Command::Autoscale(v) => autoscale::execute(v.args, &v.global.or(&outer)).await,
             Command::Label(v) => label::execute(v.args, &v.global.or(&outer)).await,
             Command::Annotate(v) => annotate::execute(v.args, &v.global.or(&outer)).await,
             Command::Cordon(v) => cordon::execute(v.args, &v.global.or(&outer), true).await,

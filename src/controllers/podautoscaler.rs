@@ -567,6 +567,35 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Action, Error> {
             return Ok(again);
         }
     };
+    // Two autoscalers on one target would fight; Kubernetes lets neither act.
+    let mut rivals: Vec<String> = ctx
+        .hpas
+        .list_namespace(ns)
+        .iter()
+        .filter(|h| !terminating(h) && h["spec"]["scaleTargetRef"]["kind"] == kind)
+        .filter(|h| h["spec"]["scaleTargetRef"]["name"] == target_name)
+        .map(|h| format!("{ns}/{}", name(h)))
+        .collect();
+    if rivals.len() > 1 {
+        rivals.sort();
+        let message = format!(
+            "pods by selector {} are controlled by multiple HPAs: [{}]",
+            scale["status"]["selector"].as_str().unwrap_or_default(),
+            rivals.join(" ")
+        );
+        set_condition(
+            &mut conditions,
+            &hpa,
+            "ScalingActive",
+            false,
+            "AmbiguousSelector",
+            &message,
+        );
+        record(&ctx.client, &hpa, true, "AmbiguousSelector", &message);
+        let status = json!({"conditions": conditions});
+        write_status(ctx, &hpa, &status_path, status, None).await?;
+        return Ok(again);
+    }
     let current = scale["spec"]["replicas"].as_i64().unwrap_or(0);
     let (min, max) = (
         hpa["spec"]["minReplicas"].as_i64().unwrap_or(1),

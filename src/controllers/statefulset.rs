@@ -227,6 +227,7 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Action, Error> {
     }
     let pods_path = format!("/api/v1/namespaces/{ns}/pods");
     let mut written = Vec::new();
+    let mut claims_written = Vec::new();
     let result = async {
         // Pods that ended are replaced under the same name.
         for pod in by_ordinal.values() {
@@ -239,7 +240,7 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Action, Error> {
         for i in 0..replicas {
             match by_ordinal.get(&i) {
                 None => {
-                    ensure_claims(ctx, &sts, i, &mut written).await?;
+                    ensure_claims(ctx, &sts, i, &mut claims_written).await?;
                     let created = super::create_for(
                         client,
                         (&sts, KIND, COMPONENT),
@@ -321,6 +322,7 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Action, Error> {
     }
     .await;
     settle(&ctx.pods, &written).await;
+    settle(&ctx.claims, &claims_written).await;
     result?;
     delete_scaled_claims(ctx, &sts, replicas, &by_ordinal).await?;
     // Status.

@@ -64,6 +64,8 @@ struct Ctx {
     classes: Arc<Informer>,
     pods: Arc<Informer>,
     nodes: Arc<Informer>,
+    /// Claims told they wait for their first pod (the event goes once per claim).
+    told_to_wait: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// Registers the controller on the shared informers and starts its two workers, one for
@@ -76,6 +78,7 @@ pub fn start(client: &Client, informers: &Informers, shutdown: &CancellationToke
         classes: informers.get(CLASSES),
         pods: informers.get(super::PODS),
         nodes: informers.get(super::NODES),
+        told_to_wait: std::sync::Mutex::default(),
     });
     let (claim_queue, volume_queue) = (Queue::new(), Queue::new());
     super::enqueue_self(&ctx.claims, &claim_queue);
@@ -222,6 +225,19 @@ async fn reconcile_claim(ctx: &Ctx, key: &str) -> Result<Action, Error> {
         };
     }
     if waits && selected.is_none() {
+        let first = ctx
+            .told_to_wait
+            .lock()
+            .is_ok_and(|mut told| told.insert(uid(&claim).to_owned()));
+        if first {
+            record(
+                ctx,
+                &claim,
+                false,
+                "WaitForFirstConsumer",
+                "waiting for first consumer to be created before binding",
+            );
+        }
         return Ok(Action::Await);
     }
     let best = ctx

@@ -119,6 +119,42 @@ fn an_autoscaler_scales_a_busy_deployment_up_and_an_idle_one_down() {
     let targets = c.kubectl_ok(&["get", "hpa", "idle"]);
     assert!(targets.contains("cpu: 0%/50%"), "{targets}");
 
+    // wk autoscale makes one as kubectl does; a second autoscaler on the same target makes
+    // both stand still.
+    let made = c.wk_ok(&[
+        "autoscale",
+        "deployment",
+        "idle",
+        "--max",
+        "3",
+        "--name",
+        "idle-wk",
+    ]);
+    assert!(
+        made.contains("horizontalpodautoscaler.autoscaling/idle-wk autoscaled"),
+        "{made}"
+    );
+    assert_eq!(
+        c.jsonpath(
+            "hpa",
+            "idle-wk",
+            "{.spec.scaleTargetRef.name} {.spec.metrics[0].resource.target.averageUtilization}"
+        ),
+        "idle 80"
+    );
+    let mut reason = String::new();
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            reason = c.jsonpath(
+                "hpa",
+                "idle-wk",
+                "{.status.conditions[?(@.type==\"ScalingActive\")].reason}",
+            );
+            reason == "AmbiguousSelector"
+        }),
+        "{reason}"
+    );
+
     // A maximum below the minimum is refused.
     let bad = c.kubectl_stdin(
         &["apply", "-f", "-"],

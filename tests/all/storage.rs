@@ -43,6 +43,21 @@ fn claims_get_node_local_volumes_that_outlive_pods_and_go_with_the_claim() {
         "{classes}"
     );
 
+    // The README's example.
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/claim.yaml"))
+            .unwrap();
+    c.kubectl_apply(&example);
+    wait_for(&c, "hello-data", "{.status.phase}", "Running");
+    wait_pvc(&c, "data", "{.status.phase}", "Bound");
+    let events = c.kubectl_ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=data",
+    ]);
+    assert!(events.contains("ProvisioningSucceeded"), "{events}");
+
     // The claim waits for its first pod, then gets a volume on that pod's node.
     c.kubectl_apply(
         "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: notes}\nspec:\n  accessModes: [ReadWriteOnce]\n  resources: {requests: {storage: 64Mi}}\n",
@@ -50,6 +65,19 @@ fn claims_get_node_local_volumes_that_outlive_pods_and_go_with_the_claim() {
     assert_eq!(
         pvc(&c, "notes", "{.spec.storageClassName} {.status.phase}"),
         "local-path Pending"
+    );
+    let mut events = String::new();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            events = stdout(&c.kubectl(&[
+                "get",
+                "events",
+                "--field-selector",
+                "involvedObject.name=notes",
+            ]));
+            events.contains("waiting for first consumer to be created before binding")
+        }),
+        "{events}"
     );
     c.kubectl_apply(&claim_pod("writer", "notes", "write, /data/note, kept"));
     wait_for(&c, "writer", "{.status.phase}", "Succeeded");
