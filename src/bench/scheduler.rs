@@ -1,7 +1,8 @@
 //! `wk bench scheduler`: pods bound per second by wk's scheduler, with hollow nodes (Node
 //! objects whose Leases a small simulator keeps renewed, in the spirit of kubemark) and a
 //! backlog of pending pods, against a real `wk server` over HTTPS. The scheduler runs in this
-//! process as the API client it always is; the server runs with its own disabled.
+//! process as the API client it always is, with the server's own disabled; or (`--in-server`)
+//! the server's own scheduler does the work, as it does in a cluster.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -106,13 +107,66 @@ fn keep_alive(client: Client, n: usize, stop: CancellationToken) {
     });
 }
 
-/// Runs the benchmark against a fresh server started from the `wk` binary at `wk`.
+/// The leader Lease of `wk server`'s controllers and scheduler.
+const LEADER_LEASE: &str =
+    "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/wk-controller-manager";
+
+/// Takes the server's leader Lease for the benchmark (renewed far in the future, so it holds)
+/// and waits until the server has stepped down; or, with `release`, hands it back expired.
+async fn hold_leadership(client: &Client, release: bool) -> anyhow::Result<()> {
+    let began = Instant::now();
+    let mut lease = loop {
+        match client.get(LEADER_LEASE).await {
+            Ok(lease) => break lease,
+            Err(e) if e.code() == Some(404) && began.elapsed() < Duration::from_secs(30) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let (holder, renewed) = if release {
+        ("wk-bench", "2000-01-01T00:00:00.000000Z".to_owned())
+    } else {
+        let later = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24);
+        ("wk-bench", later.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
+    };
+    lease["spec"]["holderIdentity"] = json!(holder);
+    lease["spec"]["renewTime"] = json!(renewed);
+    client
+        .request(
+            Method::PUT,
+            LEADER_LEASE,
+            Some("application/json"),
+            Some(lease.to_string().into_bytes()),
+        )
+        .await?;
+    if !release {
+        // The server notices at its next renewal.
+        tokio::time::sleep(crate::controllers::leader::RETRY + Duration::from_secs(1)).await;
+    }
+    Ok(())
+}
+
+/// Runs the benchmark against a fresh server started from the `wk` binary at `wk`. The
+/// scheduler runs in this process, fed by HTTP watches; with `in_server`, the server's own
+/// scheduler (reading its watch cache) does the work instead: the benchmark holds the leader
+/// Lease while it makes the nodes and pods, then hands it back, and the time runs from the
+/// server's taking it.
 ///
 /// # Errors
 /// When the server cannot start, a request fails, or the pods are not all bound in time.
-pub async fn scheduler(wk: &Path, nodes: usize, pods: usize) -> anyhow::Result<Report> {
-    let server = super::start_server_disabling(wk, "scheduler,nodeipam")?;
+pub async fn scheduler(
+    wk: &Path,
+    nodes: usize,
+    pods: usize,
+    in_server: bool,
+) -> anyhow::Result<Report> {
+    let disabled = if in_server { "nodeipam" } else { "scheduler,nodeipam" };
+    let server = super::start_server_disabling(wk, disabled)?;
     let client = Client::from_kubeconfig(&server.kubeconfig, None)?;
+    if in_server {
+        hold_leadership(&client, false).await?;
+    }
     let stop = CancellationToken::new();
     hollow_nodes(&client, nodes).await?;
     keep_alive(client.clone(), nodes, stop.clone());
@@ -140,12 +194,22 @@ pub async fn scheduler(wk: &Path, nodes: usize, pods: usize) -> anyhow::Result<R
             None,
         )
         .await?;
-    let start = Instant::now();
-    tokio::spawn(crate::scheduler::run(
-        client.clone(),
-        None,
-        stop.child_token(),
-    ));
+    let mut start = Instant::now();
+    if in_server {
+        hold_leadership(&client, true).await?;
+        // The time runs from the server's taking the Lease back (its informers, its first
+        // pass and every binding), not from its retry period.
+        while client.get(LEADER_LEASE).await?["spec"]["holderIdentity"] == "wk-bench" {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        start = Instant::now();
+    } else {
+        tokio::spawn(crate::scheduler::run(
+            client.clone(),
+            None,
+            stop.child_token(),
+        ));
+    }
     let mut bound: HashMap<String, String> = HashMap::new();
     let deadline = Duration::from_secs(600);
     while bound.len() < pods {
@@ -163,6 +227,7 @@ pub async fn scheduler(wk: &Path, nodes: usize, pods: usize) -> anyhow::Result<R
             .as_str()
             .filter(|n| !n.is_empty())
         {
+
             bound.insert(
                 object["metadata"]["name"]
                     .as_str()

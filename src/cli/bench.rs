@@ -84,6 +84,10 @@ enum Command {
         /// Pending pods to bind.
         #[arg(long, default_value_t = 10_000)]
         pods: usize,
+        /// Measure the server's own scheduler (reading its watch cache) instead of one in the
+        /// benchmark's process.
+        #[arg(long)]
+        in_server: bool,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -230,8 +234,13 @@ pub async fn execute(args: Args) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Scheduler { nodes, pods, json } => {
-            let r = bench::scheduler::scheduler(&wk, nodes, pods).await?;
+        Command::Scheduler {
+            nodes,
+            pods,
+            in_server,
+            json,
+        } => {
+            let r = bench::scheduler::scheduler(&wk, nodes, pods, in_server).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
                 return Ok(());
