@@ -595,7 +595,8 @@ impl ApiState {
         }
     }
 
-    /// Stores a deletion mark directly (deletion fields are otherwise kept from the old object).
+    /// Stores `marked` over `old` as it is, conditional on `old`'s version: for a deletion mark
+    /// (deletion fields are otherwise kept from the old object) or a binding.
     async fn store_marked(
         &self,
         res: &'static ResourceInfo,
@@ -1324,8 +1325,11 @@ async fn bind(state: &Arc<ApiState>, ctx: &Ctx, body: &[u8]) -> ApiResult<Respon
             .collect();
         conditions.push(condition);
         bound["status"]["conditions"] = json!(conditions);
+        // Stored as it is, as Kubernetes' binding storage does: only the node and the
+        // condition changed, on an object that was valid, so there is nothing to default,
+        // validate or compare.
         match state
-            .write_update(t.res, &existing, bound, None, ctx.query.dry_run()?)
+            .store_marked(t.res, &existing, bound, ctx.query.dry_run()?)
             .await
         {
             Ok(_) => return Ok(json_response(StatusCode::CREATED, &success(201), &[])),
