@@ -276,6 +276,50 @@ pub fn check_limit_ranges(pod: &Value, ranges: &[&Value]) -> Result<(), String> 
     }
 }
 
+/// Checks a claim's storage against the PersistentVolumeClaim items of the namespace's
+/// LimitRanges (`min` and `max` of `requests.storage`).
+///
+/// # Errors
+/// Every broken bound, worded as Kubernetes' LimitRanger words it.
+pub fn check_claim_limits(claim: &Value, ranges: &[&Value]) -> Result<(), String> {
+    let requests = resource_list(&claim["spec"]["resources"]["requests"]);
+    let mut errors = Vec::new();
+    for range in ranges {
+        for item in range["spec"]["limits"].as_array().into_iter().flatten() {
+            if item["type"] != "PersistentVolumeClaim" {
+                continue;
+            }
+            for (bound, word) in [("min", "minimum"), ("max", "maximum")] {
+                for (res, q) in item[bound].as_object().into_iter().flatten() {
+                    let (Some(enforced), Some(asked)) = (parse(q), requests.get(res)) else {
+                        continue;
+                    };
+                    let broken = if bound == "min" {
+                        *asked < enforced
+                    } else {
+                        *asked > enforced
+                    };
+                    if broken {
+                        let shown = q
+                            .as_str()
+                            .map_or_else(|| show(res, enforced), str::to_owned);
+                        errors.push(format!(
+                            "{word} {res} usage per PersistentVolumeClaim is {shown}, but request is {}",
+                            show(res, *asked)
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    errors.dedup();
+    match errors.len() {
+        0 => Ok(()),
+        1 => Err(errors.remove(0)),
+        _ => Err(format!("[{}]", errors.join(", "))),
+    }
+}
+
 // ---- ResourceQuota ----
 
 /// The scopes a quota may name, all about pods.
@@ -482,9 +526,7 @@ where
     for res in counted_resources(quota) {
         for object in objects(res) {
             let object: &Value = object.borrow();
-            if object["metadata"]["deletionTimestamp"].is_string() && res.kind != "Pod" {
-                continue;
-            }
+            // An object held by a finalizer still holds what it uses (a claim's storage).
             if !in_scope(quota, res, object) {
                 continue;
             }
@@ -714,6 +756,22 @@ mod tests {
         assert_eq!(
             check_quota(&quota, &one_cm, res("ConfigMap"), &cm).unwrap_err(),
             "exceeded quota: q, requested: count/configmaps=1, used: count/configmaps=1, limited: count/configmaps=1"
+        );
+    }
+
+    #[test]
+    fn claims_are_held_to_persistent_volume_claim_limits() {
+        let lr = json!({"spec": {"limits": [{"type": "PersistentVolumeClaim",
+            "min": {"storage": "1Gi"}, "max": {"storage": "2Gi"}}]}});
+        let claim = |size: &str| json!({"spec": {"resources": {"requests": {"storage": size}}}});
+        assert_eq!(check_claim_limits(&claim("1Gi"), &[&lr]), Ok(()));
+        assert_eq!(
+            check_claim_limits(&claim("512Mi"), &[&lr]).unwrap_err(),
+            "minimum storage usage per PersistentVolumeClaim is 1Gi, but request is 512Mi"
+        );
+        assert_eq!(
+            check_claim_limits(&claim("5Gi"), &[&lr]).unwrap_err(),
+            "maximum storage usage per PersistentVolumeClaim is 2Gi, but request is 5Gi"
         );
     }
 

@@ -159,6 +159,11 @@ pub async fn handle(state: &Arc<ApiState>, mut ctx: Ctx, body: Bytes) -> ApiResu
             let existing = state.read(&ctx.target).await?;
             let patched =
                 handlers::apply_patch(kind, "HorizontalPodAutoscaler", &to_v1(&existing), &patch)?;
+            if !patched["metadata"].is_object() || !patched["spec"].is_object() {
+                return Err(ApiError::bad_request(
+                    "the patched object must keep metadata and spec as objects",
+                ));
+            }
             let mut v2_body = to_v2(&patched, Some(&existing));
             // The update must apply to the object the patch was computed on.
             v2_body["metadata"]["resourceVersion"] =

@@ -224,6 +224,22 @@ fn generate_suffix() -> String {
 // ---- shared write paths ----
 
 /// The API error for a failed store write of the object `name`.
+/// Adds `finalizer` to an object's finalizers unless it is there.
+fn add_finalizer(object: &mut Value, finalizer: &str) {
+    let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let list = meta.entry("finalizers").or_insert_with(|| json!([]));
+    if !list.is_array() {
+        *list = json!([]);
+    }
+    if let Some(list) = list.as_array_mut()
+        && !list.iter().any(|f| f == finalizer)
+    {
+        list.push(json!(finalizer));
+    }
+}
+
 fn write_error(res: &ResourceInfo, name: &str, e: store::Error) -> ApiError {
     match e {
         store::Error::Conflict { .. } => ApiError::conflict(res, name),
@@ -284,6 +300,9 @@ impl ApiState {
             m.remove("status");
         }
         objects::apply_defaults(res, &mut object, true);
+        if res.kind == "PersistentVolume" {
+            add_finalizer(&mut object, crate::controllers::volume::PV_PROTECTION);
+        }
         let ns = meta_str(&object, "namespace").map(str::to_owned);
         let name = meta_str(&object, "name").unwrap_or_default().to_owned();
         if let Some(ns) = &ns {
@@ -292,7 +311,7 @@ impl ApiState {
                 self.admit_limits(ns, &name, &mut object)?;
             }
             if res.kind == "PersistentVolumeClaim" {
-                self.admit_claim(&mut object);
+                self.admit_claim(&mut object)?;
             }
         }
         objects::validate(res, &object)?;
@@ -349,7 +368,7 @@ impl ApiState {
     /// A new claim that names no storage class gets the default one (DefaultStorageClass
     /// admission), and the `kubernetes.io/pvc-protection` finalizer that keeps it while a pod
     /// uses it.
-    fn admit_claim(&self, claim: &mut Value) {
+    fn admit_claim(&self, claim: &mut Value) -> ApiResult<()> {
         if claim["spec"]["storageClassName"].is_null()
             && let Some(class) = resources::by_kind("StorageClass").and_then(|classes| {
                 self.cache
@@ -366,17 +385,17 @@ impl ApiState {
         {
             claim["spec"]["storageClassName"] = class["metadata"]["name"].clone();
         }
-        let finalizers = &mut claim["metadata"]["finalizers"];
-        if !finalizers.is_array() {
-            *finalizers = json!([]);
-        }
-        if let Some(list) = finalizers.as_array_mut()
-            && !list
-                .iter()
-                .any(|f| f == crate::controllers::volume::PVC_PROTECTION)
-        {
-            list.push(json!(crate::controllers::volume::PVC_PROTECTION));
-        }
+        add_finalizer(claim, crate::controllers::volume::PVC_PROTECTION);
+        // LimitRange items of type PersistentVolumeClaim bound the storage asked for.
+        let ns = meta_str(claim, "namespace").unwrap_or_default().to_owned();
+        let ranges = self.in_namespace("LimitRange", &ns);
+        let ranges: Vec<&Value> = ranges.iter().map(AsRef::as_ref).collect();
+        admission::check_claim_limits(claim, &ranges).map_err(|e| {
+            ApiError::forbidden(format!(
+                "persistentvolumeclaims \"{}\" is forbidden: {e}",
+                meta_str(claim, "name").unwrap_or_default()
+            ))
+        })
     }
 
     /// ResourceQuota admission: checks `object` against every quota of its namespace, counting

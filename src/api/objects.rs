@@ -1244,6 +1244,65 @@ fn validate_volume(kind: &str, spec: &Value, causes: &mut Vec<Cause>) {
 }
 
 fn validate_autoscaler(spec: &Value, causes: &mut Vec<Cause>) {
+    for direction in ["scaleUp", "scaleDown"] {
+        let rules = &spec["behavior"][direction];
+        if !rules.is_object() {
+            continue;
+        }
+        let path = format!("spec.behavior.{direction}");
+        if let Some(w) = rules["stabilizationWindowSeconds"].as_i64()
+            && !(0..=3600).contains(&w)
+        {
+            causes.push(Cause::invalid_number(
+                format!("{path}.stabilizationWindowSeconds"),
+                w,
+                "must be less than or equal to 3600 and not negative",
+            ));
+        }
+        let select = rules["selectPolicy"].as_str().unwrap_or("Max");
+        if !["Max", "Min", "Disabled"].contains(&select) {
+            causes.push(Cause::not_supported(
+                format!("{path}.selectPolicy"),
+                select,
+                &["Disabled", "Max", "Min"],
+            ));
+        }
+        match rules["policies"].as_array() {
+            Some(p) if p.is_empty() => {
+                causes.push(Cause::required(format!("{path}.policies")));
+            }
+            Some(policies) => {
+                for (i, p) in policies.iter().enumerate() {
+                    let at = format!("{path}.policies[{i}]");
+                    let ty = p["type"].as_str().unwrap_or_default();
+                    if !["Pods", "Percent"].contains(&ty) {
+                        causes.push(Cause::not_supported(
+                            format!("{at}.type"),
+                            ty,
+                            &["Percent", "Pods"],
+                        ));
+                    }
+                    let value = p["value"].as_i64().unwrap_or(0);
+                    if value <= 0 {
+                        causes.push(Cause::invalid_number(
+                            format!("{at}.value"),
+                            value,
+                            "must be greater than zero",
+                        ));
+                    }
+                    let period = p["periodSeconds"].as_i64().unwrap_or(0);
+                    if !(1..=1800).contains(&period) {
+                        causes.push(Cause::invalid_number(
+                            format!("{at}.periodSeconds"),
+                            period,
+                            "must be greater than zero and less than or equal to 1800",
+                        ));
+                    }
+                }
+            }
+            None => {}
+        }
+    }
     for field in ["kind", "name"] {
         if spec["scaleTargetRef"][field]
             .as_str()
@@ -1386,6 +1445,20 @@ pub fn validate_update(res: &ResourceInfo, old: &Value, new: &Value) -> Result<(
     let mut causes = Vec::new();
     let changed = |ptr: &str| old.pointer(ptr) != new.pointer(ptr);
     match res.kind {
+        "PersistentVolumeClaim" => {
+            // Only the size may change, and a volume name may be set once (by the binder).
+            for field in ["accessModes", "selector", "volumeMode", "dataSource"] {
+                if changed(&format!("/spec/{field}")) {
+                    causes.push(Cause::immutable(format!("spec.{field}")));
+                }
+            }
+            for field in ["volumeName", "storageClassName"] {
+                let was = old["spec"][field].as_str().unwrap_or_default();
+                if !was.is_empty() && changed(&format!("/spec/{field}")) {
+                    causes.push(Cause::immutable(format!("spec.{field}")));
+                }
+            }
+        }
         "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" | "Job"
             if changed("/spec/selector") =>
         {

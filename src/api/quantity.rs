@@ -89,7 +89,8 @@ impl Quantity {
             let p = 10i128
                 .checked_pow(shift.unsigned_abs())
                 .unwrap_or(i128::MAX);
-            (scaled + p - 1) / p
+            // Rounded up, without overflowing on tiny quantities (`5e-50`).
+            scaled / p + i128::from(scaled % p != 0)
         };
         Ok(Self {
             millis: if negative { -millis } else { millis },

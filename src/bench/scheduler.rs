@@ -128,7 +128,10 @@ async fn hold_leadership(client: &Client, release: bool) -> anyhow::Result<()> {
         ("wk-bench", "2000-01-01T00:00:00.000000Z".to_owned())
     } else {
         let later = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24);
-        ("wk-bench", later.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
+        (
+            "wk-bench",
+            later.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+        )
     };
     lease["spec"]["holderIdentity"] = json!(holder);
     lease["spec"]["renewTime"] = json!(renewed);
@@ -161,7 +164,11 @@ pub async fn scheduler(
     pods: usize,
     in_server: bool,
 ) -> anyhow::Result<Report> {
-    let disabled = if in_server { "nodeipam" } else { "scheduler,nodeipam" };
+    let disabled = if in_server {
+        "nodeipam"
+    } else {
+        "scheduler,nodeipam"
+    };
     let server = super::start_server_disabling(wk, disabled)?;
     let client = Client::from_kubeconfig(&server.kubeconfig, None)?;
     if in_server {
@@ -227,7 +234,6 @@ pub async fn scheduler(
             .as_str()
             .filter(|n| !n.is_empty())
         {
-
             bound.insert(
                 object["metadata"]["name"]
                     .as_str()

@@ -126,9 +126,9 @@ fn pod_amounts(
             .filter_map(|c| c["usage"][resource].as_str())
             .filter_map(|q| Quantity::parse(q).ok())
             .map(Quantity::millis)
-            .sum()
+            .fold(0i128, i128::saturating_add)
     });
-    let mut request = 0;
+    let mut request: i128 = 0;
     for c in pod["spec"]["containers"]
         .as_array()
         .into_iter()
@@ -136,7 +136,7 @@ fn pod_amounts(
         .filter(|c| picked(c))
     {
         match resource_list(&c["resources"]["requests"]).get(resource) {
-            Some(q) => request += q.millis(),
+            Some(q) => request = request.saturating_add(q.millis()),
             None => {
                 return (
                     usage,
@@ -152,19 +152,28 @@ fn pod_amounts(
     (usage, Ok(request))
 }
 
-/// Whether a pod's CPU sample cannot be trusted yet: not ready, or ready for less than one
-/// metrics window.
+/// How long after a pod starts its CPU samples may still hold its start-up
+/// (`--horizontal-pod-autoscaler-cpu-initialization-period`).
+const CPU_INITIALIZATION: i64 = 300;
+/// How long after a pod starts it may still become Ready for the first time
+/// (`--horizontal-pod-autoscaler-initial-readiness-delay`).
+const INITIAL_READINESS: i64 = 30;
+
+/// Whether a pod's CPU sample cannot be trusted, by Kubernetes' rule: within the CPU
+/// initialisation period, when it is not Ready or became Ready less than one metrics window
+/// ago; after it, only when it is not Ready and has never been.
 fn unready_for_cpu(pod: &Value, now: Timestamp) -> bool {
-    let Some(c) = condition(pod, "Ready") else {
+    let at = |v: &Value| v.as_str().and_then(|t| t.parse::<Timestamp>().ok());
+    let (Some(c), Some(started)) = (condition(pod, "Ready"), at(&pod["status"]["startTime"]))
+    else {
         return true;
     };
-    if c["status"] != "True" {
-        return true;
+    let changed = at(&c["lastTransitionTime"]).unwrap_or(started);
+    if now.as_second() - started.as_second() < CPU_INITIALIZATION {
+        c["status"] != "True" || now.as_second() - changed.as_second() < METRIC_WINDOW
+    } else {
+        c["status"] == "False" && changed.as_second() - started.as_second() < INITIAL_READINESS
     }
-    c["lastTransitionTime"]
-        .as_str()
-        .and_then(|t| t.parse::<Timestamp>().ok())
-        .is_some_and(|t| now.as_second() - t.as_second() < METRIC_WINDOW)
 }
 
 /// The replica count one metric asks for, with Kubernetes' handling of pods that have no
@@ -227,7 +236,7 @@ fn propose(
             .iter()
             .filter(|(n, _)| !skip(n))
             .fold((0i128, 0i128, 0i128), |(u, r, n), (_, (pu, pr))| {
-                (u + pu, r + pr, n + 1)
+                (u.saturating_add(*pu), r.saturating_add(*pr), n + 1)
             })
     };
     let (used, requested, ready_count) = counted(&|n| missing.contains(n) || unready.contains(n));
@@ -242,11 +251,17 @@ fn propose(
             if requested == 0 {
                 return 0.0;
             }
-            (used * 100 / requested) as f64 / target as f64
+            (used.saturating_mul(100) / requested) as f64 / target as f64
         } else {
             used as f64 / (target as f64 * n as f64)
         }
     };
+    if utilization && requested == 0 {
+        return Err(format!(
+            "failed to get {} utilization: no metrics returned matched known pods",
+            metric.resource
+        ));
+    }
     let ratio = ratio_of(used, requested, ready_count);
     let average_value = used / ready_count;
     let current_metric = if utilization {
@@ -281,7 +296,7 @@ fn propose(
         if missing.contains(n) {
             *u = if ratio < 1.0 {
                 if utilization {
-                    *r * target.max(100) / 100
+                    r.saturating_mul(target.max(100)) / 100
                 } else {
                     target
                 }
@@ -299,7 +314,9 @@ fn propose(
     }
     let (u, r, n) = filled
         .values()
-        .fold((0, 0, 0), |(u, r, n), (pu, pr)| (u + pu, r + pr, n + 1));
+        .fold((0i128, 0i128, 0i128), |(u, r, n), (pu, pr)| {
+            (u.saturating_add(*pu), r.saturating_add(*pr), n + 1)
+        });
     let new_ratio = ratio_of(u, r, n);
     if (1.0 - new_ratio).abs() <= TOLERANCE
         || (ratio < 1.0 && new_ratio > 1.0)
@@ -437,8 +454,15 @@ fn normalize(
     history
         .changes
         .retain(|(t, _)| t.as_second() > now.as_second() - longest);
+    // With no behavior at all, Kubernetes keeps its older rules: up to twice the replicas (at
+    // least 4) at a time, down at any pace.
+    let legacy = behavior.is_null();
     if stabilized > current {
-        let limit = policy_limit(&up, current, &history.changes, now, true).max(current);
+        let limit = if legacy {
+            current.saturating_mul(2).max(4)
+        } else {
+            policy_limit(&up, current, &history.changes, now, true).max(current)
+        };
         let (allowed, reason) = if max > limit {
             (limit, "ScaleUpLimit")
         } else {
@@ -459,7 +483,11 @@ fn normalize(
             );
         }
     } else if stabilized < current {
-        let limit = policy_limit(&down, current, &history.changes, now, false).min(current);
+        let limit = if legacy {
+            min
+        } else {
+            policy_limit(&down, current, &history.changes, now, false).min(current)
+        };
         let (allowed, reason) = if min < limit {
             (limit, "ScaleDownLimit")
         } else {
@@ -852,7 +880,8 @@ async fn recommend(
                 reason
             },
         ))),
-        (Some(b), Some(_)) if b > current => Ok(Ok((b, statuses, reason))),
+        // Kubernetes goes on when the metrics it could read ask for no fewer replicas.
+        (Some(b), Some(_)) if b >= current => Ok(Ok((b, statuses, reason))),
         (_, Some(e)) => Ok(Err(e)),
         (None, None) => Ok(Err((
             "FailedGetResourceMetric",
@@ -893,7 +922,8 @@ mod tests {
         Arc::new(json!({
             "metadata": {"name": n},
             "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": cpu_request}}}]},
-            "status": {"phase": phase, "conditions": [{"type": "Ready", "status": "True",
+            "status": {"phase": phase, "startTime": "2026-01-01T00:00:00Z",
+                "conditions": [{"type": "Ready", "status": "True",
                 "lastTransitionTime": "2026-01-01T00:00:00Z"}]}}))
     }
 
@@ -1007,17 +1037,21 @@ mod tests {
         );
         // Up: at most 4 pods or 100% more per 15 s, whichever is more.
         let mut h = History::default();
-        assert_eq!(normalize(&hpa(json!(null)), &mut h, 1, 20, now).0, 5);
+        assert_eq!(normalize(&hpa(json!({})), &mut h, 1, 20, now).0, 5);
         assert_eq!(
-            normalize(&hpa(json!(null)), &mut h, 1, 20, now).1,
+            normalize(&hpa(json!({})), &mut h, 1, 20, now).1,
             "ScaleUpLimit"
         );
+        // With no behavior at all, Kubernetes' older rule: twice as many, at least 4.
+        let mut h = History::default();
+        assert_eq!(normalize(&hpa(json!(null)), &mut h, 1, 20, now).0, 4);
+        assert_eq!(normalize(&hpa(json!(null)), &mut h, 3, 20, now).0, 6);
         // What was added within the period counts against it.
         let mut h = History {
             recommendations: vec![],
             changes: vec![(now - jiff::SignedDuration::from_secs(5), 4)],
         };
-        assert_eq!(normalize(&hpa(json!(null)), &mut h, 5, 20, now).0, 5);
+        assert_eq!(normalize(&hpa(json!({})), &mut h, 5, 20, now).0, 5);
         // A Disabled direction never moves.
         let mut h = History::default();
         let disabled = json!({"scaleUp": {"selectPolicy": "Disabled"}});

@@ -115,8 +115,15 @@ async fn ensure_claims(
         .flatten()
     {
         let claim = claim_name(t["metadata"]["name"].as_str().unwrap_or_default(), set, i);
-        if ctx.claims.get(&format!("{ns}/{claim}")).is_some() {
-            continue;
+        match ctx.claims.get(&format!("{ns}/{claim}")) {
+            // The pod waits until the old claim is gone; it must not start on it.
+            Some(c) if terminating(&c) => {
+                return Err(Error::Config(format!(
+                    "claim {claim} is being deleted; pod {set}-{i} waits for it to go"
+                )));
+            }
+            Some(_) => continue,
+            None => {}
         }
         let mut metadata = json!({"name": claim, "namespace": ns,
             "labels": t["metadata"]["labels"], "annotations": t["metadata"]["annotations"]});
@@ -162,6 +169,11 @@ async fn delete_scaled_claims(
         return Ok(());
     }
     let (ns, set) = (namespace(sts), name(sts));
+    // Only claims this set made carry its selector's labels.
+    let Ok(selector) = crate::api::selector::LabelSelector::from_json(&sts["spec"]["selector"])
+    else {
+        return Ok(());
+    };
     for t in sts["spec"]["volumeClaimTemplates"]
         .as_array()
         .into_iter()
@@ -172,6 +184,9 @@ async fn delete_scaled_claims(
             t["metadata"]["name"].as_str().unwrap_or_default()
         );
         for claim in ctx.claims.list_namespace(ns) {
+            if selector.is_empty() || !selector.matches(claim["metadata"]["labels"].as_object()) {
+                continue;
+            }
             let Some(i) = name(&claim)
                 .strip_prefix(&prefix)
                 .and_then(|n| n.parse::<i64>().ok())

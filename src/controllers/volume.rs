@@ -31,6 +31,8 @@ pub const DEFAULT_CLASS: &str = "local-path";
 pub const SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";
 /// The finalizer that keeps a claim while pods use it.
 pub const PVC_PROTECTION: &str = "kubernetes.io/pvc-protection";
+/// The finalizer that keeps a volume while a claim is bound to it.
+pub const PV_PROTECTION: &str = "kubernetes.io/pv-protection";
 /// PersistentVolumeClaims.
 pub const CLAIMS: &str = "/api/v1/persistentvolumeclaims";
 /// PersistentVolumes.
@@ -210,7 +212,24 @@ async fn reconcile_claim(ctx: &Ctx, key: &str) -> Result<Action, Error> {
     let waits = class
         .as_ref()
         .is_some_and(|c| c["volumeBindingMode"] == "WaitForFirstConsumer");
-    let selected = claim["metadata"]["annotations"][SELECTED_NODE].as_str();
+    // The scheduler's choice; or, should its note have been lost, the node a pod using the
+    // claim was bound to.
+    let used_on = ctx
+        .pods
+        .list_namespace(namespace(&claim))
+        .into_iter()
+        .filter(|p| !finished(p) && claims_of(p).any(|c| c == name(&claim)))
+        .find_map(|p| {
+            p["spec"]["nodeName"]
+                .as_str()
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned)
+        });
+    let selected = claim["metadata"]["annotations"][SELECTED_NODE]
+        .as_str()
+        .map(str::to_owned)
+        .or(used_on);
+    let selected = selected.as_deref();
     let node = selected.and_then(|n| ctx.nodes.get(n));
     // A claim that names its volume takes that one, or waits for it.
     if let Some(wanted) = claim["spec"]["volumeName"]
@@ -369,11 +388,13 @@ async fn release_protection(ctx: &Ctx, claim: &Value) -> Result<Action, Error> {
     if !finalizers.iter().any(|f| f == PVC_PROTECTION) {
         return Ok(Action::Await);
     }
-    let in_use = ctx
-        .pods
-        .list_namespace(namespace(claim))
-        .iter()
-        .any(|p| !finished(p) && claims_of(p).any(|c| c == name(claim)));
+    let in_use = ctx.pods.list_namespace(namespace(claim)).iter().any(|p| {
+        // A pod not yet on a node cannot be using it (Kubernetes' rule too).
+        let placed = p["spec"]["nodeName"]
+            .as_str()
+            .is_some_and(|n| !n.is_empty());
+        placed && !finished(p) && claims_of(p).any(|c| c == name(claim))
+    });
     if in_use {
         return Ok(Action::Await);
     }
@@ -391,11 +412,34 @@ async fn reconcile_volume(ctx: &Ctx, key: &str) -> Result<Action, Error> {
     let Some(volume) = ctx.volumes.get(key) else {
         return Ok(Action::Await);
     };
-    if terminating(&volume) {
-        return Ok(Action::Await);
-    }
     let path = format!("{VOLUMES}/{}", name(&volume));
     let claim_ref = &volume["spec"]["claimRef"];
+    if terminating(&volume) {
+        // It goes once no claim is bound to it.
+        let claim_key = format!(
+            "{}/{}",
+            claim_ref["namespace"].as_str().unwrap_or_default(),
+            claim_ref["name"].as_str().unwrap_or_default()
+        );
+        let bound = ctx.claims.get(&claim_key).is_some_and(|c| {
+            claim_ref["uid"] == c["metadata"]["uid"]
+                && c["spec"]["volumeName"] == volume["metadata"]["name"]
+        });
+        let finalizers: Vec<Value> = volume["metadata"]["finalizers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if !bound && finalizers.iter().any(|f| f == PV_PROTECTION) {
+            let rest: Vec<Value> = finalizers
+                .into_iter()
+                .filter(|f| f != PV_PROTECTION)
+                .collect();
+            let patch = json!({"metadata": {"resourceVersion": volume["metadata"]["resourceVersion"],
+                "finalizers": rest}});
+            super::merge_patch(&ctx.client, &path, &patch).await?;
+        }
+        return Ok(Action::Await);
+    }
     let phase = volume["status"]["phase"].as_str().unwrap_or_default();
     let set_phase = |phase: &'static str, message: &str| {
         let status = json!({"status": {"phase": phase, "message": message}});

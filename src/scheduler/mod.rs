@@ -618,6 +618,8 @@ async fn pass(
     // bindings go out many at a time. A binding the server refuses (the pod was bound or
     // deleted meanwhile) gives its room back; the next pass sees the truth.
     let mut bindings = Vec::new();
+    // Claims given a node in this pass: their other pods follow it.
+    let mut selected: HashMap<String, usize> = HashMap::new();
     let started = std::time::Instant::now();
     for &pod in &pending {
         let key = format!(
@@ -630,7 +632,12 @@ async fn pass(
         let chosen = match storage.check(pod) {
             Ok(claims) => {
                 info.volume_terms = claims.terms;
-                to_select = claims.to_select;
+                for (path, rv) in claims.to_select {
+                    match selected.get(&path) {
+                        Some(&i) => info.volume_terms.push(on_node(&snapshot.nodes[i].name)),
+                        None => to_select.push((path, rv)),
+                    }
+                }
                 snapshot.choose_for(&info)
             }
             Err(why) => Err(format!(
@@ -641,6 +648,9 @@ async fn pass(
         match chosen {
             Ok(i) => {
                 snapshot.rooms[i].take(pod);
+                for (path, _) in &to_select {
+                    selected.insert(path.clone(), i);
+                }
                 bindings.push((pod, i, key, to_select));
             }
             Err(why) => {
@@ -658,8 +668,9 @@ async fn pass(
         let (client, pod, node) = (client.clone(), (*pod).clone(), names[*i].clone());
         sends.push(async move {
             // Claims that wait for their first pod learn its node before the pod is bound.
-            for path in to_select {
-                let patch = json!({"metadata": {"annotations": {
+            // Conditional on the claim's version: of two passes choosing, one wins.
+            for (path, rv) in to_select {
+                let patch = json!({"metadata": {"resourceVersion": rv, "annotations": {
                     crate::controllers::volume::SELECTED_NODE: node}}});
                 if let Err(e) = crate::controllers::merge_patch(&client, path, &patch).await {
                     tracing::debug!(claim = %path, error = %e, "could not select the claim's node");
@@ -710,8 +721,8 @@ struct Storage {
 struct ClaimNeeds {
     /// The nodeAffinity of the volumes they are bound to.
     terms: Vec<Value>,
-    /// The paths of the claims that wait for this pod to choose their node.
-    to_select: Vec<String>,
+    /// The paths (and versions) of the claims that wait for this pod to choose their node.
+    to_select: Vec<(String, Value)>,
 }
 
 impl Storage {
@@ -756,18 +767,28 @@ impl Storage {
                     if !waits {
                         return Err("pod has unbound immediate PersistentVolumeClaims".into());
                     }
-                    if claim["metadata"]["annotations"][crate::controllers::volume::SELECTED_NODE]
-                        .is_null()
+                    match claim["metadata"]["annotations"]
+                        [crate::controllers::volume::SELECTED_NODE]
+                        .as_str()
                     {
-                        needs.to_select.push(format!(
-                            "/api/v1/namespaces/{ns}/persistentvolumeclaims/{claim_name}"
-                        ));
+                        // Chosen for an earlier pod: this one goes to the same node.
+                        Some(node) => needs.terms.push(on_node(node)),
+                        None => needs.to_select.push((
+                            format!("/api/v1/namespaces/{ns}/persistentvolumeclaims/{claim_name}"),
+                            claim["metadata"]["resourceVersion"].clone(),
+                        )),
                     }
                 }
             }
         }
         Ok(needs)
     }
+}
+
+/// A NodeSelector that lets only the node named `node` in.
+fn on_node(node: &str) -> Value {
+    json!({"nodeSelectorTerms": [{"matchFields": [
+        {"key": "metadata.name", "operator": "In", "values": [node]}]}]})
 }
 
 /// Binds `pod` to `node`; false (logged) when the server refuses.

@@ -83,8 +83,9 @@ pub async fn prepare(
                 read_only: false,
             }
         } else if let Some(claim) = v.get("persistentVolumeClaim") {
+            let node = pod["spec"]["nodeName"].as_str().unwrap_or_default();
             Ready {
-                path: claimed(client, ns, name, claim, storage).await?,
+                path: claimed(client, ns, name, claim, storage, node).await?,
                 read_only: claim["readOnly"] == true,
             }
         } else {
@@ -142,6 +143,7 @@ async fn claimed(
     name: &str,
     claim: &Value,
     storage: &Path,
+    node: &str,
 ) -> Result<PathBuf, Error> {
     use crate::controllers::volume::PROVISIONER;
     let claim_name = claim["claimName"].as_str().unwrap_or_default();
@@ -163,7 +165,28 @@ async fn claimed(
         .await
         .map_err(|e| err(name, format!("persistentvolume {volume_name:?}: {e}")))?;
     let spec = &pv["spec"];
+    if spec["claimRef"]["uid"] != pvc["metadata"]["uid"] {
+        return Err(err(
+            name,
+            format!("persistentvolume {volume_name:?} is not bound to claim {claim_name:?}"),
+        ));
+    }
+    // A volume pinned to another node holds its data there, not here.
+    let here = serde_json::json!({"metadata": {"name": node,
+        "labels": {"kubernetes.io/hostname": node}}});
+    let required = &spec["nodeAffinity"]["required"];
+    if required.is_object() && !crate::scheduler::selects(required, &here) {
+        return Err(err(
+            name,
+            format!("persistentvolume {volume_name:?} is on another node than {node:?}"),
+        ));
+    }
     if spec["csi"]["driver"] == PROVISIONER {
+        // Remembered for the clean-up: only a volume reclaimed by deletion loses its data.
+        let policy = spec["persistentVolumeReclaimPolicy"]
+            .as_str()
+            .unwrap_or("Retain");
+        let _ = std::fs::create_dir_all(storage.join(RECLAIM));
         let handle = spec["csi"]["volumeHandle"].as_str().unwrap_or_default();
         let mut parts = Path::new(handle).components();
         if !matches!(
@@ -178,6 +201,8 @@ async fn claimed(
         let dir = storage.join(handle);
         std::fs::create_dir_all(&dir)
             .map_err(|e| err(name, format!("making {}: {e}", dir.display())))?;
+        std::fs::write(storage.join(RECLAIM).join(handle), policy)
+            .map_err(|e| err(name, format!("recording the reclaim policy: {e}")))?;
         return Ok(dir);
     }
     if spec["hostPath"].is_object() {
@@ -204,33 +229,44 @@ async fn claimed(
     ))
 }
 
-/// Removes the node's local-path directories whose PersistentVolume is gone (its claim was
-/// deleted and the volume reclaimed). Nothing is removed unless the volumes could be listed.
+/// Where the reclaim policy of each local-path volume mounted here is remembered.
+const RECLAIM: &str = ".reclaim";
+
+/// Removes the node's local-path directories whose PersistentVolume is gone and whose reclaim
+/// policy was Delete (a Retain volume's data outlives it, as in Kubernetes). Nothing is
+/// removed unless the volumes could be listed.
 pub async fn collect_storage(client: &Client, storage: &Path) {
     use crate::controllers::volume::{PROVISIONER, VOLUMES};
     let Ok(entries) = std::fs::read_dir(storage) else {
         return;
     };
-    let dirs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    let dirs: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().is_some_and(|n| n != RECLAIM))
+        .collect();
     if dirs.is_empty() {
         return;
     }
     let Ok(list) = client.get(VOLUMES).await else {
         return;
     };
-    let live: std::collections::HashSet<&str> = list["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let Some(items) = list["items"].as_array() else {
+        return;
+    };
+    let live: std::collections::HashSet<&str> = items
+        .iter()
         .filter(|v| v["spec"]["csi"]["driver"] == PROVISIONER)
         .filter_map(|v| v["spec"]["csi"]["volumeHandle"].as_str())
         .collect();
     for dir in dirs {
-        let gone = dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| !live.contains(n));
-        if gone {
+        let Some(handle) = dir.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let marker = storage.join(RECLAIM).join(handle);
+        let deleted = std::fs::read_to_string(&marker).is_ok_and(|p| p == "Delete");
+        if deleted && !live.contains(handle) {
+            let _ = std::fs::remove_file(&marker);
             match std::fs::remove_dir_all(&dir) {
                 Ok(()) => {
                     tracing::info!(path = %dir.display(), "removed the data of a deleted volume")
