@@ -9,12 +9,15 @@ pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod controllers;
 pub mod net;
 pub mod oci;
 pub mod scheduler;
 pub mod server;
 pub mod store;
+#[cfg(test)]
+mod testkit;
 
 /// The node architecture in Kubernetes' spelling (`amd64`, `arm64`).
 pub fn arch() -> &'static str {

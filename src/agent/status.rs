@@ -7,7 +7,7 @@ use crate::client::Client;
 
 /// Kubernetes' timestamp format.
 pub fn now() -> String {
-    jiff::Timestamp::now()
+    crate::clock::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string()
 }

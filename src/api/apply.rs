@@ -167,7 +167,7 @@ fn managed_entry(manager: &str, operation: &str, api_version: &str, fields: Valu
         "manager": manager,
         "operation": operation,
         "apiVersion": api_version,
-        "time": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        "time": crate::clock::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
         "fieldsType": "FieldsV1",
         "fieldsV1": fields,
     })

@@ -171,7 +171,7 @@ fn rv_of(v: &Value) -> Option<Revision> {
 }
 
 fn now() -> String {
-    jiff::Timestamp::now()
+    crate::clock::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string()
 }
@@ -697,7 +697,7 @@ fn respond(ctx: &Ctx, code: StatusCode, object: &Value, warnings: &[String]) -> 
             &[object],
             &rv,
             None,
-            jiff::Timestamp::now(),
+            crate::clock::now(),
         );
         table::include_objects(&mut t, &[object], ctx.query.get("includeObject"));
         return json_response(code, &t, warnings);
@@ -798,7 +798,7 @@ async fn list(state: &Arc<ApiState>, ctx: &Ctx) -> ApiResult<Response> {
             &objects,
             &rv,
             continue_token.as_deref(),
-            jiff::Timestamp::now(),
+            crate::clock::now(),
         );
         table::include_objects(&mut table, &objects, ctx.query.get("includeObject"));
         return Ok(json_response(StatusCode::OK, &table, &[]));
@@ -1145,32 +1145,42 @@ async fn delete(state: &Arc<ApiState>, ctx: &Ctx, body: &[u8]) -> ApiResult<Resp
             .get("dryRun")
             .and_then(Value::as_array)
             .is_some_and(|d| d.iter().any(|x| x == "All"));
-    let existing = state.read(t).await?;
-    if let Some(uid) = opts.pointer("/preconditions/uid").and_then(Value::as_str)
-        && Some(uid) != meta_str(&existing, "uid")
-    {
-        return Err(ApiError::conflict_because(
-            t.res,
-            name,
-            format!(
-                "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                meta_str(&existing, "uid").unwrap_or_default()
-            ),
-        ));
+    let mut raced = 0;
+    loop {
+        let existing = state.read(t).await?;
+        if let Some(uid) = opts.pointer("/preconditions/uid").and_then(Value::as_str)
+            && Some(uid) != meta_str(&existing, "uid")
+        {
+            return Err(ApiError::conflict_because(
+                t.res,
+                name,
+                format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    meta_str(&existing, "uid").unwrap_or_default()
+                ),
+            ));
+        }
+        if let Some(rv) = opts
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+            && Some(rv) != meta_str(&existing, "resourceVersion")
+        {
+            return Err(ApiError::conflict(t.res, name));
+        }
+        let existing = with_propagation(&existing, &opts)?;
+        match state.delete_object(t.res, &existing, grace, dry_run).await {
+            // A write between the read and the mark (a controller's status update) moved the
+            // object on: delete it as it is now, as Kubernetes' storage retries its guaranteed
+            // update, instead of answering the client with a conflict it did not cause. The
+            // preconditions above are checked again on each read.
+            Err(e) if e.code == 409 && raced < DELETE_RETRIES => raced += 1,
+            result => return Ok(respond(ctx, StatusCode::OK, &result?, &[])),
+        }
     }
-    if let Some(rv) = opts
-        .pointer("/preconditions/resourceVersion")
-        .and_then(Value::as_str)
-        && Some(rv) != meta_str(&existing, "resourceVersion")
-    {
-        return Err(ApiError::conflict(t.res, name));
-    }
-    let existing = with_propagation(&existing, &opts)?;
-    let deleted = state
-        .delete_object(t.res, &existing, grace, dry_run)
-        .await?;
-    Ok(respond(ctx, StatusCode::OK, &deleted, &[]))
 }
+
+/// How often a delete is retried when a concurrent write moves the object on.
+const DELETE_RETRIES: u32 = 16;
 
 async fn delete_collection(state: &Arc<ApiState>, ctx: &Ctx, body: &[u8]) -> ApiResult<Response> {
     let t = &ctx.target;

@@ -135,7 +135,7 @@ pub async fn handle(state: &Arc<ApiState>, method: &Method, query: Query) -> Api
 }
 
 fn now() -> String {
-    jiff::Timestamp::now()
+    crate::clock::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string()
 }

@@ -32,7 +32,7 @@ impl Stream {
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_owned();
-            table::table(self.kind, &[object], &rv, None, jiff::Timestamp::now())
+            table::table(self.kind, &[object], &rv, None, crate::clock::now())
         } else {
             object.clone()
         };

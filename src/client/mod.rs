@@ -1,4 +1,6 @@
-//! The HTTPS client for the API, used by the CLI (and, later, by agents and controllers).
+//! The client for the API, used by the CLI, agents and controllers: over HTTPS, or in-process
+//! against the API's router when the API runs in the same process (an embedding gateway, the
+//! controllers' unit tests).
 
 pub mod events;
 pub mod informer;
@@ -9,11 +11,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, header};
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
+use tower::ServiceExt as _;
 
 pub use self::kubeconfig::Kubeconfig;
 
@@ -60,10 +64,22 @@ impl Error {
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
+/// A response body, streamed from the network or from an in-process API.
+pub type Body = UnsyncBoxBody<Bytes, Error>;
+
+/// How requests reach the API server.
+#[derive(Clone)]
+enum Transport {
+    /// HTTPS (or plain HTTP) to the server URL.
+    Network(Box<HyperClient<Connector, Full<Bytes>>>),
+    /// Straight into the API's router, with no socket in between.
+    InProcess(axum::Router),
+}
+
 /// An authenticated client for one cluster.
 #[derive(Clone)]
 pub struct Client {
-    http: HyperClient<Connector, Full<Bytes>>,
+    transport: Transport,
     server: String,
     token: Option<String>,
     /// The namespace of the kubeconfig's current context (or `default`).
@@ -152,11 +168,23 @@ impl Client {
             .wrap_connector(tcp);
         let http = HyperClient::builder(TokioExecutor::new()).build(connector);
         Ok(Self {
-            http,
+            transport: Transport::Network(Box::new(http)),
             server: server.trim_end_matches('/').to_owned(),
             token,
             namespace: "default".into(),
         })
+    }
+
+    /// A client that calls the API's `router` directly, in this process, presenting `token`:
+    /// requests, answers and watch streams are the same as over the network, with no socket,
+    /// TLS or connection pool in between.
+    pub fn in_process(router: axum::Router, token: Option<String>) -> Self {
+        Self {
+            transport: Transport::InProcess(router),
+            server: "http://in-process".into(),
+            token,
+            namespace: "default".into(),
+        }
     }
 
     /// The server URL.
@@ -175,7 +203,7 @@ impl Client {
         content_type: Option<&str>,
         accept: Option<&str>,
         body: Option<Vec<u8>>,
-    ) -> Result<http::Response<hyper::body::Incoming>, Error> {
+    ) -> Result<http::Response<Body>, Error> {
         let mut req = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.server));
@@ -196,19 +224,48 @@ impl Client {
                 server: self.server.clone(),
                 message: e.to_string(),
             })?;
-        self.http.request(req).await.map_err(|e| {
-            use std::error::Error as _;
-            let mut message = e.to_string();
-            let mut source = e.source();
-            while let Some(s) = source {
-                message = format!("{message}: {s}");
-                source = s.source();
+        let transport_error = |message: String| Error::Transport {
+            server: self.server.clone(),
+            message,
+        };
+        match &self.transport {
+            Transport::Network(http) => {
+                let response = http.request(req).await.map_err(|e| {
+                    use std::error::Error as _;
+                    let mut message = e.to_string();
+                    let mut source = e.source();
+                    while let Some(s) = source {
+                        message = format!("{message}: {s}");
+                        source = s.source();
+                    }
+                    transport_error(message)
+                })?;
+                let server = self.server.clone();
+                Ok(response.map(move |body| {
+                    body.map_err(move |e| Error::Transport {
+                        server: server.clone(),
+                        message: e.to_string(),
+                    })
+                    .boxed_unsync()
+                }))
             }
-            Error::Transport {
-                server: self.server.clone(),
-                message,
+            Transport::InProcess(router) => {
+                // Each request is served on a task of its own, as a server connection would
+                // serve it, so that many requests from one caller run in parallel.
+                let call = router.clone().oneshot(req.map(axum::body::Body::new));
+                let response = tokio::spawn(call)
+                    .await
+                    .map_err(|e| transport_error(e.to_string()))?
+                    .map_err(|e| transport_error(e.to_string()))?;
+                Ok(response.map(|body| {
+                    body.map_err(|e| Error::Transport {
+                        server: "in-process".into(),
+                        message: e.to_string(),
+                    })
+                    .boxed_unsync()
+                }))
             }
-        })
+        }
     }
 
     /// Sends a request and reads a JSON answer; a failure Status becomes [`Error::Status`].
@@ -240,15 +297,7 @@ impl Client {
     ) -> Result<Value, Error> {
         let response = self.send(method, path, content_type, accept, body).await?;
         let status = response.status();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| Error::Transport {
-                server: self.server.clone(),
-                message: e.to_string(),
-            })?
-            .to_bytes();
+        let bytes = response.into_body().collect().await?.to_bytes();
         if !status.is_success() {
             return Err(status_error(status.as_u16(), &bytes));
         }
@@ -307,15 +356,7 @@ impl Client {
             .send(Method::GET, "/cacerts", None, Some("text/plain"), None)
             .await?;
         let status = response.status();
-        let pem = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| Error::Transport {
-                server: server.to_owned(),
-                message: e.to_string(),
-            })?
-            .to_bytes();
+        let pem = response.into_body().collect().await?.to_bytes();
         if !status.is_success() {
             return Err(status_error(status.as_u16(), &pem));
         }
@@ -340,7 +381,7 @@ impl Client {
 /// A watch stream: one event object (`{"type": ..., "object": ...}`) per line of a
 /// `watch=true` response. BOOKMARK events are passed on; an ERROR event becomes an error.
 pub struct Watch {
-    body: hyper::body::Incoming,
+    body: Body,
     buf: Vec<u8>,
 }
 
@@ -371,11 +412,7 @@ impl Watch {
             let Some(frame) = self.body.frame().await else {
                 return Ok(None);
             };
-            let frame = frame.map_err(|e| Error::Transport {
-                server: String::new(),
-                message: e.to_string(),
-            })?;
-            if let Ok(data) = frame.into_data() {
+            if let Ok(data) = frame?.into_data() {
                 self.buf.extend_from_slice(&data);
             }
         }
@@ -388,11 +425,7 @@ impl Client {
     ///
     /// # Errors
     /// Transport failures, or the failure Status the server answered with.
-    pub async fn stream(
-        &self,
-        path: &str,
-        accept: Option<&str>,
-    ) -> Result<hyper::body::Incoming, Error> {
+    pub async fn stream(&self, path: &str, accept: Option<&str>) -> Result<Body, Error> {
         let response = self.send(Method::GET, path, None, accept, None).await?;
         let status = response.status();
         let body = response.into_body();

@@ -331,7 +331,7 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Action, Error> {
                 }
             }
             Ok((schedule, tz)) => {
-                let now = jiff::Timestamp::now();
+                let now = crate::clock::now();
                 let created = cj["metadata"]["creationTimestamp"]
                     .as_str()
                     .and_then(|t| t.parse().ok())

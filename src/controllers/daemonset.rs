@@ -213,7 +213,7 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Action, Error> {
     // Rolling update: old pods go, maxUnavailable nodes at a time.
     let desired = eligible.values().filter(|r| **r).count() as i64;
     let min_ready = ds["spec"]["minReadySeconds"].as_i64().unwrap_or(0);
-    let now = jiff::Timestamp::now();
+    let now = crate::clock::now();
     let strategy = &ds["spec"]["updateStrategy"];
     if strategy["type"].as_str().unwrap_or("RollingUpdate") == "RollingUpdate" {
         let max_unavailable = resolve_up(

@@ -810,7 +810,7 @@ impl Rollout<'_> {
                     .and_then(|t| t.parse::<jiff::Timestamp>().ok())
             });
             let deadline = deadline.unwrap_or(600);
-            let since = last.map_or(0, |t| jiff::Timestamp::now().as_second() - t.as_second());
+            let since = last.map_or(0, |t| crate::clock::now().as_second() - t.as_second());
             if last.is_some() && since >= deadline {
                 Some(set(
                     "Progressing",

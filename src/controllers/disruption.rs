@@ -125,7 +125,7 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Action, Error> {
         }
     }
     let expected = from_owners + unowned;
-    let now = jiff::Timestamp::now();
+    let now = crate::clock::now();
     // Pods evicted lately count as gone until their deletion shows (or two minutes pass).
     let mut disrupted = serde_json::Map::new();
     for (pod, at) in pdb["status"]["disruptedPods"]

@@ -181,7 +181,7 @@ async fn expire(ctx: &Ctx, job: &Value, kind: &str) -> Result<Action, Error> {
     let done = timestamp(&job["status"]["completionTime"])
         .or_else(|| condition(job, kind).and_then(|c| timestamp(&c["lastTransitionTime"])))
         .unwrap_or_else(jiff::Timestamp::now);
-    let left = done.as_second() + ttl - jiff::Timestamp::now().as_second();
+    let left = done.as_second() + ttl - crate::clock::now().as_second();
     if left > 0 {
         return Ok(Action::RequeueAfter(Duration::from_secs(
             left.unsigned_abs(),
@@ -204,7 +204,7 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Action, Error> {
     }
     let client = &ctx.client;
     let spec = &job["spec"];
-    let now = jiff::Timestamp::now();
+    let now = crate::clock::now();
     let pods: Vec<Arc<Value>> = ctx
         .pods
         .owned_by(uid(&job))

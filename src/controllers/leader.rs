@@ -24,7 +24,7 @@ pub const RETRY: Duration = Duration::from_secs(5);
 const PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases";
 
 fn micro_now() -> String {
-    jiff::Timestamp::now()
+    crate::clock::now()
         .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
         .to_string()
 }
@@ -63,7 +63,7 @@ async fn try_hold(client: &Client, identity: &str) -> Result<bool, Error> {
         .and_then(|t| t.parse::<jiff::Timestamp>().ok())
         .is_none_or(|t| {
             let duration = spec["leaseDurationSeconds"].as_i64().unwrap_or(15);
-            jiff::Timestamp::now().as_second() - t.as_second() > duration
+            crate::clock::now().as_second() - t.as_second() > duration
         });
     if holder != identity && !holder.is_empty() && !expired {
         return Ok(false);
@@ -125,14 +125,14 @@ pub async fn run(
         );
         let term = shutdown.child_token();
         lead(term.clone());
-        let mut last_renewed = std::time::Instant::now();
+        let mut last_renewed = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 () = tokio::time::sleep(RETRY) => {}
                 () = shutdown.cancelled() => return,
             }
             match try_hold(&client, &identity).await {
-                Ok(true) => last_renewed = std::time::Instant::now(),
+                Ok(true) => last_renewed = tokio::time::Instant::now(),
                 Ok(false) => break,
                 Err(e) => {
                     tracing::debug!(error = %e, "leader election: renewal failed");

@@ -17,6 +17,9 @@ pub mod resourcequota;
 pub mod statefulset;
 pub mod volume;
 
+#[cfg(test)]
+mod tests;
+
 use std::sync::Arc;
 use std::time::Duration;
 

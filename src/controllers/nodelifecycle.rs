@@ -40,7 +40,7 @@ struct Ctx {
     /// Per node, the last heartbeat seen (lease renewal and Ready heartbeat) and when this
     /// controller saw it change: silence is measured on this clock, so a server restart or a
     /// skewed node clock does not make nodes look dead.
-    heard: std::sync::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
+    heard: std::sync::Mutex<std::collections::HashMap<String, (String, tokio::time::Instant)>>,
 }
 
 /// Registers the controller's handlers on the shared informers and starts its worker.
@@ -149,7 +149,7 @@ async fn monitor(ctx: &Ctx, node_name: &str) -> Result<Action, Error> {
     let Some(node) = ctx.nodes.get(node_name) else {
         return Ok(Action::Await);
     };
-    let now = jiff::Timestamp::now();
+    let now = crate::clock::now();
     let lease = ctx.leases.get(&format!("kube-node-lease/{node_name}"));
     let ready = ready_condition(&node);
     let beat = format!(
@@ -163,9 +163,9 @@ async fn monitor(ctx: &Ctx, node_name: &str) -> Result<Action, Error> {
         let mut heard = ctx.heard.lock().expect("heartbeat lock");
         let entry = heard
             .entry(node_name.to_owned())
-            .or_insert_with(|| (beat.clone(), std::time::Instant::now()));
+            .or_insert_with(|| (beat.clone(), tokio::time::Instant::now()));
         if entry.0 != beat {
-            *entry = (beat, std::time::Instant::now());
+            *entry = (beat, tokio::time::Instant::now());
         }
         entry.1.elapsed()
     };
@@ -253,7 +253,7 @@ async fn mark_pods_not_ready(ctx: &Ctx, node_name: &str) {
             continue;
         }
         let patch = json!({"status": {"conditions": [
-            {"type": "Ready", "status": "False", "lastTransitionTime": jiff::Timestamp::now().to_string()}]}});
+            {"type": "Ready", "status": "False", "lastTransitionTime": crate::clock::now().to_string()}]}});
         let path = format!(
             "/api/v1/namespaces/{}/pods/{}/status",
             namespace(&pod),
@@ -277,7 +277,7 @@ async fn mark_pods_not_ready(ctx: &Ctx, node_name: &str) {
 /// When a pod must leave its node because of a NoExecute taint: `None` if it tolerates them
 /// all for ever, else the time (now or later).
 fn eviction_time(pod: &Value, node: &Value) -> Option<jiff::Timestamp> {
-    let now = jiff::Timestamp::now();
+    let now = crate::clock::now();
     let tolerations = pod["spec"]["tolerations"]
         .as_array()
         .map_or(&[][..], Vec::as_slice);
@@ -312,7 +312,7 @@ async fn evict(ctx: &Ctx, key: &str) -> Result<Action, Error> {
     let Some(at) = eviction_time(&pod, &node) else {
         return Ok(Action::Await);
     };
-    let wait = at.as_second() - jiff::Timestamp::now().as_second();
+    let wait = at.as_second() - crate::clock::now().as_second();
     if wait > 0 {
         return Ok(Action::RequeueAfter(Duration::from_secs(
             wait.unsigned_abs(),
@@ -353,11 +353,11 @@ mod tests {
 
     #[test]
     fn pods_leave_a_tainted_node_after_their_toleration() {
-        let added = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(10);
+        let added = crate::clock::now() - jiff::SignedDuration::from_secs(10);
         let node = json!({"spec": {"taints": [
             {"key": UNREACHABLE, "effect": "NoExecute", "timeAdded": added.to_string()}]}});
         let bare = json!({"spec": {}});
-        assert!(eviction_time(&bare, &node).is_some_and(|t| t <= jiff::Timestamp::now()));
+        assert!(eviction_time(&bare, &node).is_some_and(|t| t <= crate::clock::now()));
         let patient = json!({"spec": {"tolerations": [
             {"key": UNREACHABLE, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 30}]}});
         let at = eviction_time(&patient, &node).unwrap();

@@ -527,7 +527,7 @@ fn set_condition(
     let since = condition(old, kind)
         .filter(|c| c["status"] == status)
         .map_or_else(
-            || json!(Timestamp::now().to_string()),
+            || json!(crate::clock::now().to_string()),
             |c| c["lastTransitionTime"].clone(),
         );
     conditions.push(
@@ -637,7 +637,7 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Action, Error> {
         "SucceededGetScale",
         "the HPA controller was able to get the target's current scale",
     );
-    let now = Timestamp::now();
+    let now = crate::clock::now();
     let mut status = json!({"currentReplicas": scale["status"]["replicas"].as_i64().unwrap_or(0),
         "desiredReplicas": current, "currentMetrics": [],
         "observedGeneration": hpa["metadata"]["generation"]});
@@ -949,7 +949,7 @@ mod tests {
             container: None,
             target,
         };
-        propose(&metric, pods, &usage(used), current, Timestamp::now())
+        propose(&metric, pods, &usage(used), current, crate::clock::now())
             .unwrap()
             .replicas
     }
@@ -993,7 +993,7 @@ mod tests {
             container: None,
             target: &target,
         };
-        let err = propose(&metric, &two, &HashMap::new(), 2, Timestamp::now())
+        let err = propose(&metric, &two, &HashMap::new(), 2, crate::clock::now())
             .err()
             .unwrap();
         assert!(
@@ -1005,9 +1005,15 @@ mod tests {
             json!({"metadata": {"name": "x"}, "spec": {"containers": [{"name": "c"}]},
             "status": {"phase": "Running"}}),
         )];
-        let err = propose(&metric, &bare, &usage(&[("x", "1m")]), 1, Timestamp::now())
-            .err()
-            .unwrap();
+        let err = propose(
+            &metric,
+            &bare,
+            &usage(&[("x", "1m")]),
+            1,
+            crate::clock::now(),
+        )
+        .err()
+        .unwrap();
         assert_eq!(
             err,
             "failed to get cpu utilization: missing request for cpu in container c of Pod x"
@@ -1016,7 +1022,7 @@ mod tests {
 
     #[test]
     fn stabilization_and_policies_limit_each_step() {
-        let now = Timestamp::now();
+        let now = crate::clock::now();
         let hpa = |behavior: Value| json!({"spec": {"minReplicas": 1, "maxReplicas": 10, "behavior": behavior}});
         // The default scale-down window keeps the highest recent recommendation.
         let mut h = History {

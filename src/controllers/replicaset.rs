@@ -186,7 +186,7 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Action, Error> {
     update_status(client, &rs, &active).await?;
     // Availability comes due by time when minReadySeconds is set.
     let min_ready = rs["spec"]["minReadySeconds"].as_i64().unwrap_or(0);
-    let now = jiff::Timestamp::now();
+    let now = crate::clock::now();
     if min_ready > 0
         && active
             .iter()
@@ -268,7 +268,7 @@ async fn scale(
 }
 
 async fn update_status(client: &Client, rs: &Value, active: &[&Value]) -> Result<(), Error> {
-    let now = jiff::Timestamp::now();
+    let now = crate::clock::now();
     let min_ready = rs["spec"]["minReadySeconds"].as_i64().unwrap_or(0);
     let template_labels = rs["spec"]["template"]["metadata"]["labels"].as_object();
     let fully_labeled = active

@@ -194,6 +194,8 @@ pub struct Server {
     admin_token: String,
     /// The API's watch cache, which the in-process controllers read.
     cache: Arc<Cache>,
+    /// The API's router, which the in-process controllers call without a socket.
+    router: axum::Router,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), Error>>,
 }
@@ -286,6 +288,7 @@ impl Server {
         .map_err(Error::tls)?;
         let handle = axum_server::Handle::new();
         let app = api::router(state.clone());
+        let router = app.clone();
         // Without TCP_NODELAY every small answer waits for the client's delayed ACK (~40 ms).
         let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
             .acceptor(axum_server::accept::NoDelayAcceptor::new());
@@ -312,9 +315,15 @@ impl Server {
             node_secret: tokens.node.clone(),
             admin_token: tokens.admin.clone(),
             cache: state.cache.clone(),
+            router,
             shutdown,
             task,
         })
+    }
+
+    /// An admin client that calls this server's API in-process.
+    pub fn admin_client(&self) -> crate::client::Client {
+        crate::client::Client::in_process(self.router.clone(), Some(self.admin_token.clone()))
     }
 
     /// The token that stops the server when cancelled.
@@ -336,7 +345,7 @@ impl Server {
 
 /// Creates the built-in namespaces (and, with `local_storage`, the default StorageClass, as
 /// k3s deploys its local-path class) and resumes the clean-up of terminating namespaces.
-async fn bootstrap(state: &Arc<ApiState>, local_storage: bool) -> Result<(), Error> {
+pub(crate) async fn bootstrap(state: &Arc<ApiState>, local_storage: bool) -> Result<(), Error> {
     let namespaces = resources::by_kind("Namespace").expect("namespaces are served");
     let classes = resources::by_kind("StorageClass").expect("storage classes are served");
     let mut built_in: Vec<(&'static resources::ResourceInfo, serde_json::Value)> =
@@ -406,11 +415,10 @@ pub async fn run(config: ServerConfig, agent: Option<AgentConfig>) -> Result<(),
     let url = format!("https://{}", server.addr);
     let certs =
         crate::client::kubeconfig::pem_certs(server.ca_pem.as_bytes()).map_err(Error::tls)?;
-    // The scheduler is an API client like any other (DESIGN: nothing but the API server
-    // touches the store).
-    let admin =
-        crate::client::Client::new(&url, Some(server.admin_token.clone()), Some(certs.clone()))
-            .map_err(|e| Error::Agent(e.to_string()))?;
+    // The scheduler and the controllers are API clients like any other (DESIGN: nothing but
+    // the API server touches the store), calling it in-process: the same authentication,
+    // admission and storage, without TLS and HTTP/2 framing on every request.
+    let admin = server.admin_client();
     // The scheduler and the controllers run on the replica that holds the leader Lease (the
     // only one, until several servers share an etcd).
     let leader_client = admin.clone();
