@@ -39,6 +39,13 @@ fn pod(name: &str, labels: &Value, node: Option<&str>) -> Value {
     pod
 }
 
+/// A Deployment `web` of `replicas` pods labelled `labels`.
+fn deployment(replicas: u32, labels: &Value) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
+            "template": template(labels)}})
+}
+
 fn namespace(name: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
 }
@@ -133,13 +140,7 @@ async fn deployment_rolls_out_a_new_template_and_reports_a_missed_progress_deadl
     api.schedule();
     api.kubelet_loop("default");
     let labels = json!({"app": "web"});
-    api.create(
-        DEPLOYMENTS,
-        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
-            "spec": {"replicas": 2, "selector": {"matchLabels": labels},
-                "template": template(&labels)}}),
-    )
-    .await;
+    api.create(DEPLOYMENTS, deployment(2, &labels)).await;
     let path = format!("{DEPLOYMENTS}/web");
     api.until("available", &path, |d| {
         condition(d, "Available")["status"] == "True" && d["status"]["availableReplicas"] == 2
@@ -183,12 +184,11 @@ async fn deployment_rolls_out_a_new_template_and_reports_a_missed_progress_deadl
     // Pods in a namespace no kubelet serves never become ready: the deadline passes.
     api.create("/api/v1/namespaces", namespace("stuck")).await;
     let began = Instant::now();
-    api.create(
-        "/apis/apps/v1/namespaces/stuck/deployments",
-        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
-            "spec": {"replicas": 1, "progressDeadlineSeconds": 60,
-                "selector": {"matchLabels": labels}, "template": template(&labels)}}),
-    )
+    api.create("/apis/apps/v1/namespaces/stuck/deployments", {
+        let mut d = deployment(1, &labels);
+        d["spec"]["progressDeadlineSeconds"] = json!(60);
+        d
+    })
     .await;
     api.until(
         "the progress deadline exceeded",
@@ -926,13 +926,7 @@ async fn autoscaler_without_metrics_reports_it_and_leaves_the_scale_alone() {
     api.schedule();
     api.kubelet_loop("default");
     let labels = json!({"app": "web"});
-    api.create(
-        DEPLOYMENTS,
-        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
-            "spec": {"replicas": 2, "selector": {"matchLabels": labels},
-                "template": template(&labels)}}),
-    )
-    .await;
+    api.create(DEPLOYMENTS, deployment(2, &labels)).await;
     api.create(
         "/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers",
         json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
