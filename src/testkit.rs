@@ -61,8 +61,9 @@ impl Api {
             shutdown.clone(),
             Duration::from_secs(10),
             String::new(),
+            crate::net::SERVICE_CIDR,
         );
-        crate::server::bootstrap(&state, true)
+        crate::server::bootstrap(&state, None, true)
             .await
             .expect("the cluster bootstraps");
         let client = Client::in_process(
@@ -278,12 +279,20 @@ async fn kubelet_pass(client: &Client, namespace: &str) {
         }
         let now = crate::agent::status::now();
         let status = json!({"status": {"phase": "Running", "startTime": now,
+            "podIP": next_pod_ip(), 
             "conditions": [
                 {"type": "Ready", "status": "True", "lastTransitionTime": now},
                 {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
                 {"type": "PodScheduled", "status": "True", "lastTransitionTime": now}]}});
         let _ = crate::controllers::merge_patch(client, &format!("{path}/status"), &status).await;
     }
+}
+
+/// A pod address no other pod of any test has: the agent's would come from its podCIDR.
+fn next_pod_ip() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("100.64.{}.{}", n / 250 % 256, n % 250 + 2)
 }
 
 /// A Lease's microsecond timestamp.

@@ -160,7 +160,7 @@ fn meta_mut(v: &mut Value) -> &mut Map<String, Value> {
         .expect("metadata was just made an object")
 }
 
-fn meta_str<'a>(v: &'a Value, field: &str) -> Option<&'a str> {
+pub(super) fn meta_str<'a>(v: &'a Value, field: &str) -> Option<&'a str> {
     v.get("metadata")
         .and_then(|m| m.get(field))
         .and_then(Value::as_str)
@@ -318,6 +318,12 @@ impl ApiState {
         if let Some(who) = updater {
             record_update(None, &mut object, res.kind, who);
         }
+        // Held until the Service is stored, so that no other create takes its address.
+        let _services = if res.kind == "Service" {
+            Some(self.admit_service(res, &mut object, None).await?)
+        } else {
+            None
+        };
         // Held until the object is stored, so that no other create counts usage meanwhile.
         let _quota = match &ns {
             Some(ns) => self.admit_quota(res, ns, &name, &object).await?,
@@ -485,6 +491,12 @@ impl ApiState {
             meta.remove("selfLink");
         }
         objects::apply_defaults(res, &mut new, false);
+        // Held until the Service is stored, so that no other write takes its address.
+        let _services = if res.kind == "Service" {
+            Some(self.admit_service(res, &mut new, Some(old)).await?)
+        } else {
+            None
+        };
         objects::validate(res, &new)?;
         objects::validate_update(res, old, &new)?;
         if objects::has_generation(res) && old.get("spec") != new.get("spec") {

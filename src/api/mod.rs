@@ -17,6 +17,7 @@ pub mod protobuf;
 pub mod quantity;
 pub mod resources;
 pub mod selector;
+pub mod services;
 pub mod table;
 pub mod watch;
 
@@ -35,6 +36,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 pub use self::error::{ApiError, ApiResult};
+use self::handlers::meta_str;
 use self::resources::ResourceInfo;
 use crate::store::Cache;
 
@@ -99,6 +101,10 @@ pub struct ApiState {
     /// Held from counting a namespace's quota usage until the object it admitted is stored,
     /// so that two creates cannot both take the last of a quota.
     quota_lock: tokio::sync::Mutex<()>,
+    /// The range Services take their ClusterIPs from.
+    pub service_cidr: crate::net::cidr::Cidr,
+    /// Held from reading the Services' addresses and ports until a Service is stored.
+    service_lock: tokio::sync::Mutex<()>,
 }
 
 impl ApiState {
@@ -109,6 +115,7 @@ impl ApiState {
         shutdown: CancellationToken,
         bookmark_interval: Duration,
         ca_pem: String,
+        service_cidr: crate::net::cidr::Cidr,
     ) -> Arc<Self> {
         let (finalizer, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
         let state = Arc::new(Self {
@@ -119,6 +126,8 @@ impl ApiState {
             ca_pem,
             finalizer,
             quota_lock: tokio::sync::Mutex::new(()),
+            service_cidr,
+            service_lock: tokio::sync::Mutex::new(()),
         });
         let weak = Arc::downgrade(&state);
         tokio::spawn(async move {

@@ -96,6 +96,7 @@ pub fn normalize(
         "PodDisruptionBudget" => {
             typed::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(res, input)
         }
+        "EndpointSlice" => typed::<k8s_openapi::api::discovery::v1::EndpointSlice>(res, input),
         other => Err(ApiError::internal(format!(
             "no typed decoder for kind {other}"
         ))),

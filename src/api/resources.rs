@@ -435,6 +435,18 @@ pub static RESOURCES: &[ResourceInfo] = &[
         fields: &[],
     },
     ResourceInfo {
+        group: "discovery.k8s.io",
+        version: "v1",
+        plural: "endpointslices",
+        singular: "endpointslice",
+        kind: "EndpointSlice",
+        namespaced: true,
+        short_names: &[],
+        categories: NONE,
+        subresources: &[],
+        fields: &[],
+    },
+    ResourceInfo {
         group: "policy",
         version: "v1",
         plural: "poddisruptionbudgets",
@@ -466,6 +478,7 @@ pub const GROUPS: &[&str] = &[
     "autoscaling",
     "batch",
     "coordination.k8s.io",
+    "discovery.k8s.io",
     "policy",
     "storage.k8s.io",
 ];

@@ -366,6 +366,26 @@ const ENDPOINTS: &[Col] = &[
     AGE,
 ];
 
+const ENDPOINT_SLICE: &[Col] = &[
+    NAME,
+    col(
+        "AddressType",
+        "string",
+        "addressType specifies the type of address carried by this EndpointSlice. All addresses in this slice must be the same type.",
+    ),
+    col(
+        "Ports",
+        "string",
+        "ports specifies the list of network ports exposed by each endpoint in this slice.",
+    ),
+    col(
+        "Endpoints",
+        "string",
+        "endpoints is a list of unique endpoints in this slice.",
+    ),
+    AGE,
+];
+
 const PVC: &[Col] = &[
     NAME,
     col("Status", "string", "The phase of the claim."),
@@ -559,6 +579,7 @@ fn columns(kind: &str) -> &'static [Col] {
         "Secret" => SECRET,
         "ServiceAccount" => SERVICE_ACCOUNT,
         "Endpoints" => ENDPOINTS,
+        "EndpointSlice" => ENDPOINT_SLICE,
         "Lease" => LEASE,
         "PodDisruptionBudget" => PDB,
         "ResourceQuota" => RESOURCE_QUOTA,
@@ -643,6 +664,13 @@ pub fn row(kind: &str, obj: &Value, now: Timestamp) -> Value {
         "Endpoints" => vec![
             name(obj).into(),
             format_endpoints(obj).into(),
+            age(obj, now).into(),
+        ],
+        "EndpointSlice" => vec![
+            name(obj).into(),
+            text(obj, &["addressType"]).into(),
+            slice_ports(obj).into(),
+            slice_endpoints(obj).into(),
             age(obj, now).into(),
         ],
         "Lease" => vec![
@@ -1630,6 +1658,41 @@ fn format_endpoints(ep: &Value) -> String {
     } else {
         joined
     }
+}
+
+/// At most three entries, then `+ N more...`, as kubectl's printers list them; `<unset>` when
+/// there are none.
+fn first_three(all: Vec<String>) -> String {
+    const MAX: usize = 3;
+    match all.len() {
+        0 => "<unset>".to_owned(),
+        n if n > MAX => format!("{} + {} more...", all[..MAX].join(","), n - MAX),
+        _ => all.join(","),
+    }
+}
+
+/// An EndpointSlice's port numbers.
+fn slice_ports(slice: &Value) -> String {
+    first_three(
+        list(slice, &["ports"])
+            .iter()
+            .map(|p| match p["port"].as_i64() {
+                Some(n) => n.to_string(),
+                None => "<unset>".to_owned(),
+            })
+            .collect(),
+    )
+}
+
+/// An EndpointSlice's addresses.
+fn slice_endpoints(slice: &Value) -> String {
+    first_three(
+        list(slice, &["endpoints"])
+            .iter()
+            .flat_map(|e| list(e, &["addresses"]))
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect(),
+    )
 }
 
 fn first_non_empty<'a>(a: &'a str, b: &'a str) -> &'a str {

@@ -25,13 +25,16 @@ pub struct Args {
     no_agent: bool,
     /// An in-process controller not to run (repeatable): scheduler, nodeipam, replicaset,
     /// deployment, statefulset, daemonset, job, cronjob, garbagecollector, nodelifecycle,
-    /// disruption, resourcequota, horizontalpodautoscaling, persistentvolume-binder; or the
-    /// default StorageClass, local-storage.
-    #[arg(long, env = "WK_DISABLE", value_delimiter = ',', value_parser = ["scheduler", "nodeipam", "replicaset", "deployment", "statefulset", "daemonset", "job", "cronjob", "garbagecollector", "nodelifecycle", "disruption", "resourcequota", "horizontalpodautoscaling", "persistentvolume-binder", "local-storage"])]
+    /// disruption, resourcequota, horizontalpodautoscaling, persistentvolume-binder, endpoint,
+    /// endpointslice; or the default StorageClass, local-storage.
+    #[arg(long, env = "WK_DISABLE", value_delimiter = ',', value_parser = ["scheduler", "nodeipam", "replicaset", "deployment", "statefulset", "daemonset", "job", "cronjob", "garbagecollector", "nodelifecycle", "disruption", "resourcequota", "horizontalpodautoscaling", "persistentvolume-binder", "endpoint", "endpointslice", "local-storage"])]
     disable: Vec<String>,
     /// The range pod addresses come from; each node gets a share of it as its podCIDR.
     #[arg(long, env = "WK_CLUSTER_CIDR", default_value_t = crate::net::CLUSTER_CIDR)]
     cluster_cidr: crate::net::cidr::Cidr,
+    /// The range Services take their ClusterIPs from.
+    #[arg(long, env = "WK_SERVICE_CIDR", default_value_t = crate::net::SERVICE_CIDR)]
+    service_cidr: crate::net::cidr::Cidr,
     /// The prefix length of each node's podCIDR.
     #[arg(long, env = "WK_NODE_CIDR_MASK_SIZE", default_value_t = crate::net::NODE_CIDR_MASK)]
     node_cidr_mask_size: u8,
@@ -73,6 +76,20 @@ pub async fn execute(args: Args) -> anyhow::Result<()> {
             args.cluster_cidr.prefix()
         );
     }
+    if args.service_cidr.covers(args.cluster_cidr) || args.cluster_cidr.covers(args.service_cidr) {
+        anyhow::bail!(
+            "--service-cidr {} and --cluster-cidr {} overlap: Services and pods need ranges of their own",
+            args.service_cidr,
+            args.cluster_cidr
+        );
+    }
+    if args.service_cidr.prefix() > 29 {
+        anyhow::bail!(
+            "--service-cidr {} is too small: it needs at least a /29",
+            args.service_cidr
+        );
+    }
+    config.service_cidr = args.service_cidr;
     config.cluster_cidr = args.cluster_cidr;
     config.node_cidr_mask = args.node_cidr_mask_size;
     let agent = if args.no_agent {

@@ -6,6 +6,8 @@ pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
+pub mod endpoints;
+pub mod endpointslice;
 pub mod gc;
 pub mod job;
 pub mod leader;
@@ -89,6 +91,12 @@ pub fn start(
     }
     if enabled("daemonset") {
         daemonset::start(client, &informers, shutdown);
+    }
+    if enabled("endpoint") {
+        endpoints::start(client, &informers, shutdown);
+    }
+    if enabled("endpointslice") {
+        endpointslice::start(client, &informers, shutdown);
     }
     if enabled("disruption") {
         disruption::start(client, &informers, shutdown);

@@ -952,3 +952,247 @@ async fn autoscaler_without_metrics_reports_it_and_leaves_the_scale_alone() {
     let deployment = api.get(&format!("{DEPLOYMENTS}/web")).await.unwrap();
     assert_eq!(deployment["spec"]["replicas"], 2, "no metrics, no scaling");
 }
+
+const SERVICES: &str = "/api/v1/namespaces/default/services";
+
+fn service(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": spec})
+}
+
+#[tokio::test(start_paused = true)]
+async fn services_get_cluster_ips_and_node_ports_never_twice() {
+    let api = Api::start().await;
+    let kubernetes = api.get(&format!("{SERVICES}/kubernetes")).await.unwrap();
+    assert_eq!(kubernetes["spec"]["clusterIP"], "100.65.0.1");
+    assert_eq!(kubernetes["spec"]["ports"][0]["port"], 443);
+
+    let a = api
+        .create(SERVICES, service("a", json!({"ports": [{"port": 80}]})))
+        .await;
+    let ip = a["spec"]["clusterIP"].as_str().unwrap().to_owned();
+    let parsed: std::net::Ipv4Addr = ip.parse().unwrap();
+    assert!(
+        crate::net::SERVICE_CIDR.contains(parsed) && ip != "100.65.0.1",
+        "{ip}"
+    );
+    assert_eq!(a["spec"]["clusterIPs"], json!([ip]));
+    assert_eq!(a["spec"]["ipFamilies"], json!(["IPv4"]));
+
+    let refuse = |spec: Value, want: &'static str| {
+        let api = &api;
+        async move {
+            let e = api
+                .call(Method::POST, SERVICES, &service("x", spec))
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Some(422), "{e}");
+            assert!(e.to_string().contains(want), "{e}");
+        }
+    };
+    refuse(
+        json!({"clusterIP": ip, "ports": [{"port": 80}]}),
+        "provided IP is already allocated",
+    )
+    .await;
+    refuse(
+        json!({"clusterIP": "100.66.0.5", "ports": [{"port": 80}]}),
+        "is not in the valid range. The range of valid IPs is 100.65.0.0/16",
+    )
+    .await;
+
+    let c = api
+        .create(
+            SERVICES,
+            service(
+                "c",
+                json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30080}]}),
+            ),
+        )
+        .await;
+    assert_eq!(c["spec"]["ports"][0]["nodePort"], 30080);
+    refuse(
+        json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30080}]}),
+        "spec.ports[0].nodePort: Invalid value: 30080: provided port is already allocated",
+    )
+    .await;
+    let lb = api
+        .create(
+            SERVICES,
+            service(
+                "lb",
+                json!({"type": "LoadBalancer", "ports": [{"port": 8200}]}),
+            ),
+        )
+        .await;
+    let port = lb["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
+    assert!((30000..=32767).contains(&port) && port != 30080, "{port}");
+
+    // An update that leaves them out keeps them; one that changes the address is refused.
+    let mut replaced = api.get(&format!("{SERVICES}/a")).await.unwrap();
+    replaced["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("clusterIP");
+    replaced["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("clusterIPs");
+    let kept = api
+        .call(Method::PUT, &format!("{SERVICES}/a"), &replaced)
+        .await
+        .unwrap();
+    assert_eq!(kept["spec"]["clusterIP"], ip.as_str());
+    let moved = api
+        .call(
+            Method::PATCH,
+            &format!("{SERVICES}/a"),
+            &json!({"spec": {"clusterIP": "100.65.9.9", "clusterIPs": ["100.65.9.9"]}}),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        moved.to_string().contains("may not change once set"),
+        "{moved}"
+    );
+    let typed = api
+        .patch(
+            &format!("{SERVICES}/a"),
+            json!({"spec": {"type": "NodePort"}}),
+        )
+        .await;
+    assert!(typed["spec"]["ports"][0]["nodePort"].is_u64(), "{typed:#}");
+
+    // A deleted Service's address is free again at once.
+    api.call(Method::DELETE, &format!("{SERVICES}/a"), &Value::Null)
+        .await
+        .unwrap();
+    let again = api
+        .create(
+            SERVICES,
+            service("f", json!({"clusterIP": ip, "ports": [{"port": 80}]})),
+        )
+        .await;
+    assert_eq!(again["spec"]["clusterIP"], ip.as_str());
+
+    let headless = api
+        .create(
+            SERVICES,
+            service("h", json!({"clusterIP": "None", "ports": [{"port": 80}]})),
+        )
+        .await;
+    assert_eq!(headless["spec"]["clusterIPs"], json!(["None"]));
+    let external = api
+        .create(
+            SERVICES,
+            service(
+                "e",
+                json!({"type": "ExternalName", "externalName": "example.test"}),
+            ),
+        )
+        .await;
+    assert!(external["spec"]["clusterIP"].is_null(), "{external:#}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn endpoints_and_slices_follow_the_ready_pods_of_a_service() {
+    let api = Api::start().await;
+    api.node("n1", json!({})).await;
+    api.run(|c, i, s| {
+        super::endpoints::start(c, i, s);
+        super::endpointslice::start(c, i, s);
+        super::gc::start(c, i, s);
+    });
+    let labels = json!({"app": "hello"});
+    for name in ["hello-a", "hello-b"] {
+        let mut p = pod(name, &labels, Some("n1"));
+        p["spec"]["containers"][0]["ports"] = json!([{"name": "http", "containerPort": 8000}]);
+        api.create(PODS, p).await;
+    }
+    api.create(PODS, pod("other", &json!({"app": "other"}), Some("n1")))
+        .await;
+    api.create(
+        SERVICES,
+        service(
+            "hello-svc",
+            json!({"selector": labels,
+                "ports": [{"name": "web", "port": 8200, "targetPort": "http"}]}),
+        ),
+    )
+    .await;
+    let endpoints = "/api/v1/namespaces/default/endpoints/hello-svc";
+    let slices = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices?labelSelector=kubernetes.io%2Fservice-name%3Dhello-svc";
+    // No pod has an address yet.
+    let empty = api
+        .until("the empty slice", slices, |l| count(l) == 1)
+        .await;
+    assert_eq!(items(&empty)[0]["endpoints"], json!([]));
+
+    api.kubelet("default").await;
+    let ready = api
+        .until("both pods ready behind the Service", endpoints, |e| {
+            e["subsets"][0]["addresses"].as_array().map(Vec::len) == Some(2)
+        })
+        .await;
+    assert_eq!(
+        ready["subsets"][0]["ports"],
+        json!([{"name": "web", "port": 8000, "protocol": "TCP"}])
+    );
+    let pod_a = api.get(&format!("{PODS}/hello-a")).await.unwrap();
+    let ip_a = pod_a["status"]["podIP"].as_str().unwrap().to_owned();
+    assert_eq!(ready["subsets"][0]["addresses"][0]["ip"], ip_a.as_str());
+    assert_eq!(ready["subsets"][0]["addresses"][0]["nodeName"], "n1");
+    let slice = api
+        .until("both in the slice", slices, |l| {
+            items(l)
+                .first()
+                .and_then(|s| s["endpoints"].as_array())
+                .map(Vec::len)
+                == Some(2)
+        })
+        .await;
+    let slice = &items(&slice)[0];
+    assert_eq!(slice["addressType"], "IPv4");
+    assert_eq!(slice["endpoints"][0]["addresses"], json!([ip_a]));
+    assert_eq!(slice["endpoints"][0]["conditions"]["ready"], true);
+    assert_eq!(super::controller_of(slice).unwrap()["kind"], "Service");
+
+    // A pod failing readiness leaves the addresses.
+    api.patch(
+        &format!("{PODS}/hello-a/status"),
+        json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}}),
+    )
+    .await;
+    let unready = api
+        .until("the unready pod moved aside", endpoints, |e| {
+            e["subsets"][0]["notReadyAddresses"][0]["ip"] == ip_a.as_str()
+        })
+        .await;
+    assert_eq!(
+        unready["subsets"][0]["addresses"].as_array().map(Vec::len),
+        Some(1)
+    );
+    api.until("its slice endpoint not ready", slices, |l| {
+        items(l)[0]["endpoints"][0]["conditions"]["ready"] == false
+    })
+    .await;
+
+    // A pod deleted leaves; the Service deleted takes its Endpoints and slices.
+    api.call(Method::DELETE, &format!("{PODS}/hello-b"), &Value::Null)
+        .await
+        .unwrap();
+    api.until("the deleted pod gone", endpoints, |e| {
+        e["subsets"][0]["addresses"].is_null()
+    })
+    .await;
+    api.call(
+        Method::DELETE,
+        &format!("{SERVICES}/hello-svc"),
+        &Value::Null,
+    )
+    .await
+    .unwrap();
+    api.until("the Endpoints gone", endpoints, Value::is_null)
+        .await;
+    api.until("the slices gone", slices, |l| count(l) == 0)
+        .await;
+}

@@ -22,6 +22,11 @@ pub const CLUSTER_CIDR: Cidr = match Cidr::new(Ipv4Addr::new(100, 64, 0, 0), 16)
     Some(c) => c,
     None => panic!("the default cluster CIDR is a valid range"),
 };
+/// The default range Services take their ClusterIPs from (shared address space, never private).
+pub const SERVICE_CIDR: Cidr = match Cidr::new(Ipv4Addr::new(100, 65, 0, 0), 16) {
+    Some(c) => c,
+    None => panic!("the default service CIDR is a valid range"),
+};
 /// The default size of each node's share of it.
 pub const NODE_CIDR_MASK: u8 = 24;
 

@@ -43,10 +43,10 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// Writing the built-in namespaces failed.
-    #[error("creating namespace {name}: {source}")]
+    /// Writing a built-in object (a namespace, the `kubernetes` Service) failed.
+    #[error("creating the built-in {name}: {source}")]
     Bootstrap {
-        /// The namespace.
+        /// The object.
         name: String,
         /// The cause.
         #[source]
@@ -120,6 +120,8 @@ pub struct ServerConfig {
     pub cluster_cidr: crate::net::cidr::Cidr,
     /// The prefix length of each Node's share (its podCIDR).
     pub node_cidr_mask: u8,
+    /// The range Services take their ClusterIPs from.
+    pub service_cidr: crate::net::cidr::Cidr,
     /// The controllers' timings.
     pub controllers: crate::controllers::Settings,
 }
@@ -135,6 +137,7 @@ impl ServerConfig {
             disabled: Vec::new(),
             cluster_cidr: crate::net::CLUSTER_CIDR,
             node_cidr_mask: crate::net::NODE_CIDR_MASK,
+            service_cidr: crate::net::SERVICE_CIDR,
             controllers: crate::controllers::Settings::default(),
         }
     }
@@ -273,9 +276,14 @@ impl Server {
             shutdown.clone(),
             config.bookmark_interval,
             material.ca_pem.clone(),
+            config.service_cidr,
         );
         bootstrap(
             &state,
+            Some(SocketAddr::new(
+                host.parse().unwrap_or(addr.ip()),
+                addr.port(),
+            )),
             !config.disabled.iter().any(|d| d == "local-storage"),
         )
         .await?;
@@ -343,9 +351,14 @@ impl Server {
     }
 }
 
-/// Creates the built-in namespaces (and, with `local_storage`, the default StorageClass, as
-/// k3s deploys its local-path class) and resumes the clean-up of terminating namespaces.
-pub(crate) async fn bootstrap(state: &Arc<ApiState>, local_storage: bool) -> Result<(), Error> {
+/// Creates the built-in namespaces, the `kubernetes` Service (and, with `api`, its Endpoints:
+/// the API server's address), and with `local_storage` the default StorageClass, as k3s
+/// deploys its local-path class; then resumes the clean-up of terminating namespaces.
+pub(crate) async fn bootstrap(
+    state: &Arc<ApiState>,
+    api: Option<SocketAddr>,
+    local_storage: bool,
+) -> Result<(), Error> {
     let namespaces = resources::by_kind("Namespace").expect("namespaces are served");
     let classes = resources::by_kind("StorageClass").expect("storage classes are served");
     let mut built_in: Vec<(&'static resources::ResourceInfo, serde_json::Value)> =
@@ -358,6 +371,10 @@ pub(crate) async fn bootstrap(state: &Arc<ApiState>, local_storage: bool) -> Res
                 )
             })
             .collect();
+    built_in.push((
+        resources::by_kind("Service").expect("services are served"),
+        crate::api::services::kubernetes_service(state.service_cidr),
+    ));
     if local_storage {
         built_in.push((classes, crate::controllers::volume::default_class()));
     }
@@ -366,7 +383,8 @@ pub(crate) async fn bootstrap(state: &Arc<ApiState>, local_storage: bool) -> Res
             .as_str()
             .unwrap_or_default()
             .to_owned();
-        if state.cache.get(&res.key(None, &name)).is_some() {
+        let ns = object["metadata"]["namespace"].as_str();
+        if state.cache.get(&res.key(ns, &name)).is_some() {
             continue;
         }
         match state.create_object(res, object, None, false).await {
@@ -380,6 +398,9 @@ pub(crate) async fn bootstrap(state: &Arc<ApiState>, local_storage: bool) -> Res
             }
         }
     }
+    if let Some(api) = api {
+        api_endpoints(state, api).await?;
+    }
     let (all, _, _) = state.cache.list(&namespaces.prefix(None), None, None, |n| {
         n.pointer("/metadata/deletionTimestamp").is_some()
     });
@@ -392,6 +413,42 @@ pub(crate) async fn bootstrap(state: &Arc<ApiState>, local_storage: bool) -> Res
         }
     }
     Ok(())
+}
+
+/// Points the `kubernetes` Endpoints at the API server's address, as kube-apiserver's
+/// reconciler keeps them (an address or port changed since the last start is corrected).
+async fn api_endpoints(state: &Arc<ApiState>, api: SocketAddr) -> Result<(), Error> {
+    let endpoints = resources::by_kind("Endpoints").expect("endpoints are served");
+    let want = json!([{"addresses": [{"ip": api.ip().to_string()}],
+        "ports": [{"name": "https", "port": api.port(), "protocol": "TCP"}]}]);
+    let object = json!({"apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"name": "kubernetes", "namespace": "default",
+            "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+        "subsets": want});
+    let failed = |source| Error::Bootstrap {
+        name: "kubernetes".into(),
+        source: Box::new(source),
+    };
+    match state
+        .cache
+        .get(&endpoints.key(Some("default"), "kubernetes"))
+    {
+        Some(existing) if existing["subsets"] == want => Ok(()),
+        Some(existing) => {
+            let mut updated = (*existing).clone();
+            updated["subsets"] = want;
+            state
+                .write_update(endpoints, &existing, updated, None, false)
+                .await
+                .map(drop)
+                .map_err(failed)
+        }
+        None => match state.create_object(endpoints, object, None, false).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.reason == "AlreadyExists" => Ok(()),
+            Err(e) => Err(failed(e)),
+        },
+    }
 }
 
 /// Runs the server (and, with `agent`, its built-in node agent) until SIGTERM or SIGINT:

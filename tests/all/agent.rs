@@ -1295,7 +1295,7 @@ fn pods_get_addresses_on_the_node_bridge_and_reach_each_other() {
     import_all(&c);
     let bridge = c.bridge.clone().unwrap();
     let range = c.jsonpath("node", "wk-test", "{.spec.podCIDR}");
-    let prefix = bridge.cluster_cidr.trim_end_matches("0.0/16");
+    let prefix = bridge.cluster_cidr.trim_end_matches("0.0/17");
     assert_eq!(
         range,
         format!("{prefix}0.0/24"),

@@ -33,8 +33,10 @@ pub struct Cluster {
 pub struct Bridge {
     /// The bridge's name (`wkt<N>`).
     pub name: String,
-    /// `100.<64+N>.0.0/16`.
+    /// `100.<64+N>.0.0/17`.
     pub cluster_cidr: String,
+    /// `100.<64+N>.128.0/17`, the cluster's Service range.
+    pub service_cidr: String,
 }
 
 impl Bridge {
@@ -51,7 +53,8 @@ impl Bridge {
             });
         Self {
             name: format!("wkt{n}"),
-            cluster_cidr: format!("100.{}.0.0/16", 64 + n),
+            cluster_cidr: format!("100.{}.0.0/17", 64 + n),
+            service_cidr: format!("100.{}.128.0/17", 64 + n),
         }
     }
 
@@ -201,7 +204,8 @@ impl Cluster {
         let bridge = agent.then(|| Bridge::of(data.path()));
         if let Some(b) = &bridge {
             cmd.args(["--node-name", "wk-test", "--agent-listen", "127.0.0.1:0"])
-                .args(["--bridge", &b.name, "--cluster-cidr", &b.cluster_cidr]);
+                .args(["--bridge", &b.name, "--cluster-cidr", &b.cluster_cidr])
+                .args(["--service-cidr", &b.service_cidr]);
         } else {
             // API tests watch exact event sequences: no scheduler writing to their pods.
             cmd.args(["--no-agent", "--disable", "scheduler"]);

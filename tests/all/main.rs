@@ -13,6 +13,7 @@ mod nodes;
 mod quota;
 mod registry;
 mod server;
+mod services;
 mod storage;
 mod store;
 mod wk_cli;

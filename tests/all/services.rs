@@ -1,0 +1,150 @@
+//! Services through kubectl on the real server with its agent: ClusterIPs from the service
+//! range, NodePorts, and Endpoints and EndpointSlices that follow the pods' readiness.
+
+use crate::agent::{LONG, apply, curl, get, pod, wait_for};
+use crate::guests::import_all;
+use crate::harness::{Cluster, eventually, stderr, stdout};
+
+fn jsonpath(c: &Cluster, what: &[&str], path: &str) -> String {
+    let mut args = vec!["get"];
+    args.extend_from_slice(what);
+    let query = format!("jsonpath={path}");
+    args.extend_from_slice(&["-o", &query]);
+    stdout(&c.kubectl(&args))
+}
+
+fn wait_jsonpath(c: &Cluster, what: &[&str], path: &str, want: &str) {
+    let mut last = String::new();
+    let ok = eventually(LONG, || {
+        last = jsonpath(c, what, path);
+        last == want
+    });
+    assert!(ok, "{what:?} {path} is {last:?}, not {want:?}");
+}
+
+#[test]
+fn a_service_gets_an_address_and_endpoints_that_follow_ready_pods() {
+    let c = Cluster::with_agent();
+    import_all(&c);
+    let bridge = c.bridge.clone().unwrap();
+    let container = |probe: &str| {
+        format!(
+            "  containers:\n  - name: hello\n    image: hello:v1\n    ports: [{{name: http, containerPort: 8000}}]\n{probe}"
+        )
+    };
+    let labelled = |manifest: String| {
+        manifest.replacen("metadata:\n", "metadata:\n  labels: {app: hello}\n", 1)
+    };
+    apply(&c, &labelled(pod("hello-a", &container(""))));
+    // Nothing listens on 8001: this one never becomes ready.
+    apply(
+        &c,
+        &labelled(pod(
+            "hello-b",
+            &container("    readinessProbe: {httpGet: {port: 8001}, periodSeconds: 1}\n"),
+        )),
+    );
+    apply(
+        &c,
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: hello-svc\nspec:\n  selector: {app: hello}\n  ports:\n  - {name: web, port: 8200, targetPort: http}\n",
+    );
+    let cluster_ip = jsonpath(&c, &["svc", "hello-svc"], "{.spec.clusterIP}");
+    let service_prefix = bridge.service_cidr.trim_end_matches("128.0/17");
+    assert!(
+        cluster_ip.starts_with(service_prefix)
+            && cluster_ip.split('.').nth(2).unwrap().parse::<u8>().unwrap() >= 128,
+        "{cluster_ip} is in {}",
+        bridge.service_cidr
+    );
+    wait_for(
+        &c,
+        "hello-a",
+        "{.status.containerStatuses[0].ready}",
+        "true",
+    );
+    wait_for(&c, "hello-b", "{.status.phase}", "Running");
+    let ip_a = get(&c, "hello-a", "{.status.podIP}");
+    let ip_b = get(&c, "hello-b", "{.status.podIP}");
+    wait_jsonpath(
+        &c,
+        &["endpoints", "hello-svc"],
+        "{.subsets[0].addresses[*].ip} {.subsets[0].notReadyAddresses[*].ip} {.subsets[0].ports[0].port}",
+        &format!("{ip_a} {ip_b} 8000"),
+    );
+    let table = stdout(&c.kubectl(&["get", "endpoints", "hello-svc"]));
+    assert!(table.contains(&format!("{ip_a}:8000")), "{table}");
+    assert!(!table.contains(&ip_b), "not ready, not listed: {table}");
+    wait_jsonpath(
+        &c,
+        &[
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=hello-svc",
+        ],
+        "{.items[0].endpoints[?(@.conditions.ready==true)].addresses[0]}",
+        &ip_a,
+    );
+    let slices = stdout(&c.kubectl(&[
+        "get",
+        "endpointslices",
+        "-l",
+        "kubernetes.io/service-name=hello-svc",
+    ]));
+    assert!(
+        slices.contains("IPv4") && slices.contains("8000") && slices.contains(&ip_a),
+        "{slices}"
+    );
+    // The endpoint answers.
+    let (body, ok) = curl(&format!("http://{ip_a}:8000/"));
+    assert!(ok && body == "Hello from wk!\n", "{body}");
+
+    // kubectl's own generator: a NodePort Service for one pod.
+    let out = c.kubectl(&[
+        "expose",
+        "pod",
+        "hello-a",
+        "--name",
+        "direct",
+        "--port",
+        "8300",
+        "--target-port",
+        "8000",
+        "--type",
+        "NodePort",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let node_port: u16 = jsonpath(&c, &["svc", "direct"], "{.spec.ports[0].nodePort}")
+        .parse()
+        .unwrap();
+    assert!((30000..=32767).contains(&node_port), "{node_port}");
+    let services = stdout(&c.kubectl(&["get", "svc"]));
+    assert!(
+        services.contains("kubernetes") && services.contains(&format!("8300:{node_port}/TCP")),
+        "{services}"
+    );
+    wait_jsonpath(
+        &c,
+        &["endpoints", "direct"],
+        "{.subsets[0].addresses[*].ip}",
+        &ip_a,
+    );
+    let clash = c.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: clash\nspec:\n  type: NodePort\n  selector: {{app: hello}}\n  ports:\n  - {{port: 80, nodePort: {node_port}}}\n"),
+    );
+    assert!(!clash.status.success());
+    assert!(
+        stderr(&clash).contains("provided port is already allocated"),
+        "{}",
+        stderr(&clash)
+    );
+
+    // The ready pod deleted: no address left behind the Service.
+    c.kubectl_ok(&["delete", "pod", "hello-a", "--timeout=30s"]);
+    wait_jsonpath(
+        &c,
+        &["endpoints", "hello-svc"],
+        "{.subsets[0].addresses[*].ip} {.subsets[0].notReadyAddresses[*].ip}",
+        &format!(" {ip_b}"),
+    );
+}
