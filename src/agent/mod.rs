@@ -10,6 +10,7 @@ pub mod logs;
 pub mod node;
 pub mod pod;
 pub mod probes;
+pub mod proxy;
 pub mod sandbox;
 pub mod status;
 pub mod trim;
@@ -649,6 +650,12 @@ impl Agent {
             tokio::spawn(sample_usage(shared.clone())),
             tokio::spawn(collect_storage(shared.clone())),
             tokio::spawn(image_gc::run(shared.clone(), config.image_gc)),
+            tokio::spawn(proxy::run(
+                client.clone(),
+                config.address,
+                shared.net.get().and_then(|n| proxy::link_name(n.bridge())),
+                shutdown.clone(),
+            )),
         ];
         Ok(Self {
             shared,

@@ -400,6 +400,7 @@ fn node_may(method: &Method, target: &Target) -> bool {
         "pods" => read || *method == Method::DELETE || target.sub.as_deref() == Some("status"),
         "services"
         | "endpoints"
+        | "endpointslices"
         | "configmaps"
         | "secrets"
         | "namespaces"

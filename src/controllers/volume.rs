@@ -179,11 +179,14 @@ fn fits(volume: &Value, claim: &Value, node: Option<&Value>) -> bool {
                 .as_str()
                 .is_none_or(|u| u.is_empty() || u == uid(claim)));
     let selector = crate::api::selector::LabelSelector::from_json(&c["selector"]);
+    // A volume already bound to this very claim (a binding that lost a race half way) fits.
+    let ours = claim_ref["uid"] == claim["metadata"]["uid"];
     free && !terminating(volume)
-        && matches!(
-            volume["status"]["phase"].as_str(),
-            Some("Available" | "Pending") | None
-        )
+        && (ours
+            || matches!(
+                volume["status"]["phase"].as_str(),
+                Some("Available" | "Pending") | None
+            ))
         && class(v) == class(c)
         && storage(&v["capacity"]) >= storage(&c["resources"]["requests"])
         && modes(&c["accessModes"])
@@ -302,7 +305,15 @@ async fn reconcile_claim(ctx: &Ctx, key: &str) -> Result<Action, Error> {
     }});
     let created = match super::create(&ctx.client, VOLUMES, &volume).await {
         Ok(v) => v,
-        Err(e) if e.code() == Some(409) => return Ok(Action::Await),
+        // Made by an earlier pass whose binding lost a race: finish binding it.
+        Err(e) if e.code() == Some(409) => {
+            return match ctx.client.get(&format!("{VOLUMES}/{volume_name}")).await {
+                Ok(v) if v["spec"]["claimRef"]["uid"] == claim["metadata"]["uid"] => {
+                    bind(ctx, &v, &claim).await
+                }
+                _ => Ok(Action::Await),
+            };
+        }
         Err(e) => {
             record(
                 ctx,
@@ -574,6 +585,14 @@ mod tests {
         let mut taken = volume("1Gi", "slow", rwo.clone());
         taken["spec"]["claimRef"] = json!({"namespace": "ns", "name": "other", "uid": "u2"});
         assert!(!fits(&taken, &claim("512Mi", "slow"), None));
+        // Half bound to this very claim (its own binding lost a race): still its volume; bound
+        // to another, not.
+        let mut half = volume("1Gi", "slow", rwo.clone());
+        half["spec"]["claimRef"] = json!({"namespace": "ns", "name": "data", "uid": "u1"});
+        half["status"]["phase"] = json!("Bound");
+        assert!(fits(&half, &claim("512Mi", "slow"), None));
+        half["spec"]["claimRef"]["uid"] = json!("u0");
+        assert!(!fits(&half, &claim("512Mi", "slow"), None));
         let mut pinned = volume("1Gi", "slow", rwo);
         pinned["spec"]["nodeAffinity"]["required"] = json!({"nodeSelectorTerms": [{"matchExpressions":
             [{"key": "kubernetes.io/hostname", "operator": "In", "values": ["a"]}]}]});

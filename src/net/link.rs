@@ -15,7 +15,7 @@ use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute};
 use rtnetlink::sys::{Socket, TokioSocket, protocols::NETLINK_ROUTE};
 use rtnetlink::{
-    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    Handle, LinkBridge, LinkDummy, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
 };
 
 /// The kernel's limit on interface names (IFNAMSIZ less the NUL).
@@ -191,6 +191,73 @@ pub async fn ensure_bridge(h: &Handle, name: &str, gateway: Ipv4Addr, len: u8) -
     add_address(h, index, gateway, len).await?;
     set_up(h, index).await?;
     Ok(index)
+}
+
+/// Makes the link `name` for host-only addresses (or takes the one there) and sets it up: the
+/// service proxy gives it the ClusterIPs, as kube-proxy's IPVS mode gives `kube-ipvs0` its
+/// Service addresses, so that traffic to them is delivered to this host. It is a dummy link,
+/// or where the kernel has no dummy driver (some VM kernels), a bridge with no ports, which
+/// holds addresses the same way. Returns its index.
+///
+/// # Errors
+/// When netlink fails.
+pub async fn ensure_dummy(h: &Handle, name: &str) -> io::Result<u32> {
+    check_name(name)?;
+    if index(h, name).await?.is_none() {
+        match h.link().add(LinkDummy::new(name).build()).execute().await {
+            Err(e) if errno(&e) == Some(libc::EOPNOTSUPP) => {
+                match h.link().add(LinkBridge::new(name).build()).execute().await {
+                    Err(e) if errno(&e) != Some(libc::EEXIST) => return Err(io_error(e)),
+                    _ => {}
+                }
+            }
+            Err(e) if errno(&e) != Some(libc::EEXIST) => return Err(io_error(e)),
+            _ => {}
+        }
+    }
+    let index = index(h, name)
+        .await?
+        .ok_or_else(|| io::Error::other(format!("the link {name} vanished")))?;
+    set_up(h, index).await?;
+    Ok(index)
+}
+
+/// Makes the host-scoped /32 addresses of the link with index `index` exactly `want`.
+///
+/// # Errors
+/// When netlink fails.
+pub async fn sync_host_addresses(
+    h: &Handle,
+    index: u32,
+    want: &std::collections::HashSet<Ipv4Addr>,
+) -> io::Result<()> {
+    let mut dump = h.address().get().set_link_index_filter(index).execute();
+    let mut held = Vec::new();
+    while let Some(m) = dump.try_next().await.map_err(io_error)? {
+        let ip = m.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Local(IpAddr::V4(ip)) | AddressAttribute::Address(IpAddr::V4(ip)) => {
+                Some(*ip)
+            }
+            _ => None,
+        });
+        if let Some(ip) = ip {
+            held.push((ip, m));
+        }
+    }
+    for (ip, message) in held.iter() {
+        if !want.contains(ip) {
+            match h.address().del(message.clone()).execute().await {
+                Err(e) if errno(&e) != Some(libc::EADDRNOTAVAIL) => return Err(io_error(e)),
+                _ => {}
+            }
+        }
+    }
+    for ip in want {
+        if !held.iter().any(|(h, _)| h == ip) {
+            add_address(h, index, *ip, 32).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Makes a veth pair in one request: `host` up on the bridge with index `bridge`, and its peer

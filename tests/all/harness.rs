@@ -370,6 +370,9 @@ impl Drop for Cluster {
         }
         if let Some(b) = &self.bridge {
             let _ = Command::new("ip").args(["link", "del", &b.name]).output();
+            let _ = Command::new("ip")
+                .args(["link", "del", &format!("{}-svc", b.name)])
+                .output();
         }
     }
 }

@@ -1,7 +1,9 @@
 //! Services through kubectl on the real server with its agent: ClusterIPs from the service
 //! range, NodePorts, and Endpoints and EndpointSlices that follow the pods' readiness.
 
-use crate::agent::{LONG, apply, curl, get, pod, wait_for};
+use std::process::Command;
+
+use crate::agent::{LONG, apply, curl, curl_in, get, pod, wait_for};
 use crate::guests::import_all;
 use crate::harness::{Cluster, eventually, stderr, stdout};
 
@@ -29,7 +31,7 @@ fn a_service_gets_an_address_and_endpoints_that_follow_ready_pods() {
     let bridge = c.bridge.clone().unwrap();
     let container = |probe: &str| {
         format!(
-            "  containers:\n  - name: hello\n    image: hello:v1\n    ports: [{{name: http, containerPort: 8000}}]\n{probe}"
+            "  containers:\n  - name: hello\n    image: hello:v1\n    ports: [{{name: http, containerPort: 8000}}]\n    env:\n    - name: MY_IP\n      valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}\n{probe}"
         )
     };
     let labelled = |manifest: String| {
@@ -94,9 +96,35 @@ fn a_service_gets_an_address_and_endpoints_that_follow_ready_pods() {
         slices.contains("IPv4") && slices.contains("8000") && slices.contains(&ip_a),
         "{slices}"
     );
-    // The endpoint answers.
+    // The endpoint answers, and so does the Service: from the host and from a pod, through
+    // the node's proxy, only ever from the ready pod.
     let (body, ok) = curl(&format!("http://{ip_a}:8000/"));
     assert!(ok && body == "Hello from wk!\n", "{body}");
+    let link = format!("{}-svc", bridge.name);
+    let held = |ip: &str| {
+        let out = Command::new("ip")
+            .args(["-br", "addr", "show", "dev", &link])
+            .output()
+            .unwrap();
+        stdout(&out).contains(&format!("{ip}/32"))
+    };
+    assert!(
+        eventually(LONG, || held(&cluster_ip)),
+        "{cluster_ip} not on {link}:\n{}",
+        crate::agent::tail(&c.log())
+    );
+    let via_service = format!("http://{cluster_ip}:8200/env/MY_IP");
+    assert!(
+        eventually(LONG, || curl(&via_service).0.starts_with(&ip_a)),
+        "{via_service}: {:?}",
+        curl(&via_service)
+    );
+    for _ in 0..6 {
+        let (body, ok) = curl(&via_service);
+        assert!(ok && body.starts_with(&ip_a), "host: {body}");
+        let (body, ok) = curl_in(&c, "hello-b", &via_service);
+        assert!(ok && body.starts_with(&ip_a), "pod: {body}");
+    }
 
     // kubectl's own generator: a NodePort Service for one pod.
     let out = c.kubectl(&[
@@ -128,6 +156,12 @@ fn a_service_gets_an_address_and_endpoints_that_follow_ready_pods() {
         "{.subsets[0].addresses[*].ip}",
         &ip_a,
     );
+    let via_node_port = format!("http://127.0.0.1:{node_port}/env/MY_IP");
+    assert!(
+        eventually(LONG, || curl(&via_node_port).0.starts_with(&ip_a)),
+        "{via_node_port}: {:?}",
+        curl(&via_node_port)
+    );
     let clash = c.kubectl_stdin(
         &["apply", "-f", "-"],
         &format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: clash\nspec:\n  type: NodePort\n  selector: {{app: hello}}\n  ports:\n  - {{port: 80, nodePort: {node_port}}}\n"),
@@ -146,5 +180,16 @@ fn a_service_gets_an_address_and_endpoints_that_follow_ready_pods() {
         &["endpoints", "hello-svc"],
         "{.subsets[0].addresses[*].ip} {.subsets[0].notReadyAddresses[*].ip}",
         &format!(" {ip_b}"),
+    );
+    // No ready endpoint: the Service answers nothing, and its address leaves with it.
+    assert!(
+        eventually(LONG, || !curl(&via_service).1),
+        "{:?}",
+        curl(&via_service)
+    );
+    c.kubectl_ok(&["delete", "svc", "hello-svc"]);
+    assert!(
+        eventually(LONG, || !held(&cluster_ip)),
+        "{cluster_ip} still held"
     );
 }

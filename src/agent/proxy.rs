@@ -1,0 +1,418 @@
+//! The service proxy, in userspace and in the spirit of kube-proxy: each agent serves every
+//! Service's TCP ports and passes each connection to one of the Service's ready endpoints.
+//!
+//! - **ClusterIP:** the ClusterIPs are host addresses on a dummy link of the agent's own
+//!   (`<bridge>-svc`, as kube-proxy's IPVS mode has `kube-ipvs0`), so a pod's connection to
+//!   one, routed to its node through the bridge, arrives at the proxy's listener there.
+//! - **NodePort:** `node IP:nodePort`.
+//!
+//! Endpoints come from the Services' EndpointSlices (ready endpoints only); a change applies as
+//! soon as its watch event arrives, and the connections to an endpoint that has gone are
+//! closed. `sessionAffinity: ClientIP` sends a client to the endpoint it had, for
+//! `timeoutSeconds` (10800 by default).
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::AbortHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::Client;
+use crate::client::informer::{Informer, Informers};
+use crate::controllers::endpoints::SERVICES;
+use crate::controllers::endpointslice::{SERVICE_NAME, SLICES};
+use crate::controllers::{name, namespace};
+
+/// How long a connection to an endpoint may take to open before another is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How many endpoints a connection tries before it is dropped.
+const TRIES: usize = 3;
+/// How long `sessionAffinity: ClientIP` holds by default.
+const AFFINITY: Duration = Duration::from_secs(10_800);
+
+/// ClientIP affinity: how long it holds, and each client's endpoint and last use.
+type Sticky = (
+    Duration,
+    HashMap<IpAddr, (SocketAddr, tokio::time::Instant)>,
+);
+
+/// One Service port's endpoints, and the connections open to each.
+#[derive(Default)]
+struct Pool {
+    backends: Mutex<Vec<SocketAddr>>,
+    next: AtomicUsize,
+    /// With ClientIP affinity: how long it holds, and each client's endpoint and last use.
+    affinity: Mutex<Option<Sticky>>,
+    open: Mutex<HashMap<SocketAddr, Vec<AbortHandle>>>,
+}
+
+impl Pool {
+    /// Sets the endpoints; connections to those no longer among them are closed.
+    fn set(&self, backends: Vec<SocketAddr>, affinity: Option<Duration>) {
+        let gone: Vec<SocketAddr> = {
+            let mut current = self.backends.lock().expect("pool lock");
+            let gone = current
+                .iter()
+                .filter(|b| !backends.contains(b))
+                .copied()
+                .collect();
+            *current = backends;
+            gone
+        };
+        {
+            let mut sticky = self.affinity.lock().expect("pool lock");
+            match (affinity, sticky.as_mut()) {
+                (Some(d), Some((held, clients))) => {
+                    *held = d;
+                    clients.retain(|_, (b, _)| !gone.contains(b));
+                }
+                (Some(d), None) => *sticky = Some((d, HashMap::new())),
+                (None, _) => *sticky = None,
+            }
+        }
+        let mut open = self.open.lock().expect("pool lock");
+        for backend in gone {
+            for conn in open.remove(&backend).unwrap_or_default() {
+                conn.abort();
+            }
+        }
+    }
+
+    /// The endpoints to try for a client, the first choice first.
+    fn choose(&self, client: IpAddr) -> Vec<SocketAddr> {
+        let backends = self.backends.lock().expect("pool lock").clone();
+        if backends.is_empty() {
+            return backends;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % backends.len();
+        let mut order: Vec<SocketAddr> = (0..backends.len())
+            .map(|i| backends[(start + i) % backends.len()])
+            .collect();
+        let mut sticky = self.affinity.lock().expect("pool lock");
+        if let Some((hold, clients)) = sticky.as_mut() {
+            let now = tokio::time::Instant::now();
+            match clients.get(&client) {
+                Some((b, at)) if now.duration_since(*at) < *hold && backends.contains(b) => {
+                    let b = *b;
+                    order.retain(|o| *o != b);
+                    order.insert(0, b);
+                }
+                _ => {}
+            }
+            clients.insert(client, (order[0], now));
+        }
+        order.truncate(TRIES);
+        order
+    }
+
+    fn opened(&self, backend: SocketAddr, conn: AbortHandle) {
+        let mut open = self.open.lock().expect("pool lock");
+        let list = open.entry(backend).or_default();
+        list.retain(|c| !c.is_finished());
+        list.push(conn);
+    }
+}
+
+/// The proxy's state: a listener per address, each with its Service port's pool.
+struct Proxy {
+    client: Client,
+    node_ip: IpAddr,
+    /// The dummy link for ClusterIPs (none without a pod network or privileges).
+    vips: Option<(rtnetlink::Handle, u32)>,
+    services: Arc<Informer>,
+    slices: Arc<Informer>,
+    pools: HashMap<String, Arc<Pool>>,
+    listeners: HashMap<SocketAddr, (String, AbortHandle)>,
+    /// Addresses that could not be served, so each is reported once.
+    failed: HashSet<SocketAddr>,
+    shutdown: CancellationToken,
+}
+
+/// Runs the proxy until `shutdown`. `link` names the dummy link for ClusterIPs; without one
+/// (no pod network, no privileges) only NodePorts are served.
+pub async fn run(
+    client: Client,
+    node_ip: IpAddr,
+    link: Option<String>,
+    shutdown: CancellationToken,
+) {
+    let informers = Informers::default();
+    let services = informers.get(SERVICES);
+    let slices = informers.get(SLICES);
+    let wake = Arc::new(tokio::sync::Notify::new());
+    for informer in [&services, &slices] {
+        let w = wake.clone();
+        informer.on_change(move |_, _| w.notify_one());
+    }
+    informers.start(&client, &shutdown);
+    let vips = match link {
+        Some(name) => match vip_link(&name).await {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::warn!(link = name, error = %e, "ClusterIPs are not served on this node");
+                None
+            }
+        },
+        None => None,
+    };
+    let mut proxy = Proxy {
+        client,
+        node_ip,
+        vips,
+        services: services.clone(),
+        slices: slices.clone(),
+        pools: HashMap::new(),
+        listeners: HashMap::new(),
+        failed: HashSet::new(),
+        shutdown: shutdown.clone(),
+    };
+    tokio::select! {
+        () = async { services.wait_synced().await; slices.wait_synced().await; } => {}
+        () = shutdown.cancelled() => return,
+    }
+    loop {
+        proxy.sync().await;
+        tokio::select! {
+            () = wake.notified() => {}
+            // Listeners that could not bind (an address not yet there) are tried again.
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+            () = shutdown.cancelled() => break,
+        }
+    }
+    for (_, (_, listener)) in proxy.listeners.drain() {
+        listener.abort();
+    }
+    if let Some((h, index)) = &proxy.vips {
+        let _ = crate::net::link::sync_host_addresses(h, *index, &HashSet::new()).await;
+    }
+    drop(proxy.client);
+}
+
+async fn vip_link(name: &str) -> std::io::Result<(rtnetlink::Handle, u32)> {
+    let h = crate::net::link::host_handle()?;
+    let index = crate::net::link::ensure_dummy(&h, name).await?;
+    Ok((h, index))
+}
+
+/// The dummy link's name for an agent whose bridge is `bridge`.
+pub fn link_name(bridge: &str) -> Option<String> {
+    let name = format!("{bridge}-svc");
+    (name.len() <= crate::net::link::MAX_NAME).then_some(name)
+}
+
+impl Proxy {
+    /// Makes the listeners, addresses and pools what the Services and their slices say.
+    async fn sync(&mut self) {
+        // Each address served, with the `namespace/name:port` of its Service port.
+        let mut frontends: HashMap<SocketAddr, String> = HashMap::new();
+        let mut endpoints: HashMap<String, (Vec<SocketAddr>, Option<Duration>)> = HashMap::new();
+        let mut vips = HashSet::new();
+        let slices = self.slices.list();
+        for service in self.services.list() {
+            let spec = &service["spec"];
+            let cluster_ip = spec["clusterIP"]
+                .as_str()
+                .and_then(|ip| ip.parse::<Ipv4Addr>().ok());
+            let affinity = (spec["sessionAffinity"] == "ClientIP").then(|| {
+                spec["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"]
+                    .as_u64()
+                    .map_or(AFFINITY, Duration::from_secs)
+            });
+            let mine: Vec<&Value> = slices
+                .iter()
+                .filter(|s| {
+                    namespace(s) == namespace(&service)
+                        && s["metadata"]["labels"][SERVICE_NAME] == name(&service)
+                })
+                .map(|s| &**s)
+                .collect();
+            for port in spec["ports"].as_array().into_iter().flatten() {
+                if port["protocol"].as_str().unwrap_or("TCP") != "TCP" {
+                    continue;
+                }
+                let port_name = port["name"].as_str().unwrap_or_default();
+                let key = format!("{}/{}:{port_name}", namespace(&service), name(&service));
+                endpoints.insert(key.clone(), (ready_endpoints(&mine, port_name), affinity));
+                let mut serve = |addr: SocketAddr| {
+                    frontends.entry(addr).or_insert_with(|| key.clone());
+                };
+                if let (Some(ip), Some(p)) = (cluster_ip, port["port"].as_u64())
+                    && self.vips.is_some()
+                {
+                    vips.insert(ip);
+                    serve(SocketAddr::new(IpAddr::V4(ip), p as u16));
+                }
+                if let Some(p) = port["nodePort"].as_u64() {
+                    serve(SocketAddr::new(self.node_ip, p as u16));
+                }
+            }
+        }
+        if let Some((h, index)) = &self.vips
+            && let Err(e) = crate::net::link::sync_host_addresses(h, *index, &vips).await
+        {
+            tracing::warn!(error = %e, "could not set the ClusterIPs on this node");
+        }
+        for (key, (backends, affinity)) in &endpoints {
+            self.pools
+                .entry(key.clone())
+                .or_default()
+                .set(backends.clone(), *affinity);
+        }
+        self.pools.retain(|key, pool| {
+            let keep = endpoints.contains_key(key);
+            if !keep {
+                pool.set(Vec::new(), None);
+            }
+            keep
+        });
+        self.listeners.retain(|addr, (key, task)| {
+            let keep = frontends.get(addr) == Some(key);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for (addr, key) in frontends {
+            if self.listeners.contains_key(&addr) {
+                continue;
+            }
+            let Some(pool) = self.pools.get(&key).cloned() else {
+                continue;
+            };
+            match TcpListener::bind(addr).await {
+                Ok(listener) => {
+                    self.failed.remove(&addr);
+                    let task = tokio::spawn(serve(listener, pool, self.shutdown.child_token()));
+                    self.listeners.insert(addr, (key, task.abort_handle()));
+                }
+                Err(e) => {
+                    if self.failed.insert(addr) {
+                        tracing::warn!(%addr, service = key, error = %e, "cannot serve a Service port");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The ready endpoints of a Service port, from its slices.
+fn ready_endpoints(slices: &[&Value], port_name: &str) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for slice in slices {
+        let Some(port) = slice["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"].as_str().unwrap_or_default() == port_name)
+            .and_then(|p| p["port"].as_u64())
+            .and_then(|p| u16::try_from(p).ok())
+        else {
+            continue;
+        };
+        for e in slice["endpoints"].as_array().into_iter().flatten() {
+            if e["conditions"]["ready"] == false {
+                continue;
+            }
+            for a in e["addresses"].as_array().into_iter().flatten() {
+                if let Some(ip) = a.as_str().and_then(|a| a.parse::<IpAddr>().ok()) {
+                    out.push(SocketAddr::new(ip, port));
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Accepts connections on `listener` and passes each to an endpoint of `pool`.
+async fn serve(listener: TcpListener, pool: Arc<Pool>, stop: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = stop.cancelled() => return,
+        };
+        let (inbound, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::debug!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let pool = pool.clone();
+        tokio::spawn(async move { forward(inbound, peer, pool).await });
+    }
+}
+
+/// Connects `inbound` to the first endpoint that answers, then copies both ways until either
+/// side closes, or the endpoint leaves the pool.
+async fn forward(mut inbound: TcpStream, peer: SocketAddr, pool: Arc<Pool>) {
+    for backend in pool.choose(peer.ip()) {
+        let Ok(Ok(mut outbound)) =
+            tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend)).await
+        else {
+            continue;
+        };
+        let _ = inbound.set_nodelay(true);
+        let _ = outbound.set_nodelay(true);
+        let copy = tokio::spawn(async move {
+            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+        });
+        pool.opened(backend, copy.abort_handle());
+        let _ = copy.await;
+        return;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn ready_endpoints_take_the_named_port_and_skip_the_unready() {
+        let slice = serde_json::json!({"ports": [{"name": "web", "port": 8000}],
+            "endpoints": [
+                {"addresses": ["100.64.0.2"], "conditions": {"ready": true}},
+                {"addresses": ["100.64.0.3"], "conditions": {"ready": false}},
+                {"addresses": ["100.64.0.4"], "conditions": {}}]});
+        assert_eq!(
+            ready_endpoints(&[&slice], "web"),
+            [addr("100.64.0.2:8000"), addr("100.64.0.4:8000")]
+        );
+        assert!(ready_endpoints(&[&slice], "other").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_pool_spreads_clients_keeps_affinity_and_closes_gone_endpoints() {
+        let pool = Pool::default();
+        let (a, b) = (addr("100.64.0.2:80"), addr("100.64.0.3:80"));
+        pool.set(vec![a, b], None);
+        let client: IpAddr = "100.64.0.9".parse().unwrap();
+        let firsts: HashSet<SocketAddr> = (0..4).map(|_| pool.choose(client)[0]).collect();
+        assert_eq!(firsts.len(), 2, "round robin");
+
+        pool.set(vec![a, b], Some(Duration::from_secs(60)));
+        let first = pool.choose(client)[0];
+        assert!((0..4).all(|_| pool.choose(client)[0] == first), "sticky");
+
+        let conn = tokio::spawn(std::future::pending::<()>());
+        pool.opened(first, conn.abort_handle());
+        let other = if first == a { b } else { a };
+        pool.set(vec![other], Some(Duration::from_secs(60)));
+        assert!(
+            conn.await.unwrap_err().is_cancelled(),
+            "its connection is closed"
+        );
+        assert_eq!(pool.choose(client), [other]);
+    }
+}
