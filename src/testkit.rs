@@ -174,6 +174,7 @@ impl Api {
         self.patch(
             &format!("/api/v1/nodes/{name}/status"),
             json!({"status": {"capacity": resources, "allocatable": resources,
+                "addresses": [{"type": "InternalIP", "address": next_node_ip()}],
                 "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
                     "lastHeartbeatTime": now, "lastTransitionTime": now}]}}),
         )
@@ -293,6 +294,13 @@ fn next_pod_ip() -> String {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!("100.64.{}.{}", n / 250 % 256, n % 250 + 2)
+}
+
+/// A node address no other node of any test has, in the loopback range.
+fn next_node_ip() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("127.0.{}.{}", n / 250 % 250 + 1, n % 250 + 2)
 }
 
 /// A Lease's microsecond timestamp.

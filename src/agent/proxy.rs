@@ -5,6 +5,9 @@
 //!   (`<bridge>-svc`, as kube-proxy's IPVS mode has `kube-ipvs0`), so a pod's connection to
 //!   one, routed to its node through the bridge, arrives at the proxy's listener there.
 //! - **NodePort:** `node IP:nodePort`.
+//! - **LoadBalancer:** `node IP:port` on every node, as k3s's servicelb (whose ingress list the
+//!   server's servicelb controller keeps).
+//! - **externalIPs:** `externalIP:port` on the nodes where that address is local.
 //!
 //! Endpoints come from the Services' EndpointSlices (ready endpoints only); a change applies as
 //! soon as its watch event arrives, and the connections to an endpoint that has gone are
@@ -250,6 +253,19 @@ impl Proxy {
                 if let Some(p) = port["nodePort"].as_u64() {
                     serve(SocketAddr::new(self.node_ip, p as u16));
                 }
+                let Some(p) = port["port"].as_u64().and_then(|p| u16::try_from(p).ok()) else {
+                    continue;
+                };
+                // A LoadBalancer is served on its port on every node, as k3s's servicelb does.
+                if spec["type"] == "LoadBalancer" {
+                    serve(SocketAddr::new(self.node_ip, p));
+                }
+                // externalIPs are served where they are local (elsewhere the bind fails).
+                for ip in spec["externalIPs"].as_array().into_iter().flatten() {
+                    if let Some(ip) = ip.as_str().and_then(|i| i.parse::<IpAddr>().ok()) {
+                        serve(SocketAddr::new(ip, p));
+                    }
+                }
             }
         }
         if let Some((h, index)) = &self.vips
@@ -289,6 +305,11 @@ impl Proxy {
                     self.failed.remove(&addr);
                     let task = tokio::spawn(serve(listener, pool, self.shutdown.child_token()));
                     self.listeners.insert(addr, (key, task.abort_handle()));
+                }
+                // Not an address of this node (an externalIP of another, a ClusterIP not yet
+                // added): nothing to serve here.
+                Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => {
+                    tracing::debug!(%addr, service = key, "not an address of this node");
                 }
                 Err(e) => {
                     if self.failed.insert(addr) {

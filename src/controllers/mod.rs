@@ -16,6 +16,7 @@ pub mod nodelifecycle;
 pub mod podautoscaler;
 pub mod replicaset;
 pub mod resourcequota;
+pub mod servicelb;
 pub mod statefulset;
 pub mod volume;
 
@@ -97,6 +98,9 @@ pub fn start(
     }
     if enabled("endpointslice") {
         endpointslice::start(client, &informers, shutdown);
+    }
+    if enabled("servicelb") {
+        servicelb::start(client, &informers, shutdown);
     }
     if enabled("disruption") {
         disruption::start(client, &informers, shutdown);

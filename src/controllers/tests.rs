@@ -1196,3 +1196,58 @@ async fn endpoints_and_slices_follow_the_ready_pods_of_a_service() {
     api.until("the slices gone", slices, |l| count(l) == 0)
         .await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn servicelb_lists_the_schedulable_ready_nodes_as_ingress() {
+    let api = Api::start().await;
+    api.node("n1", json!({})).await;
+    api.node("n2", json!({})).await;
+    api.run(super::servicelb::start);
+    let address = |node: &Value| {
+        node["status"]["addresses"][0]["address"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let n2 = address(&api.get("/api/v1/nodes/n2").await.unwrap());
+    let mut both = vec![
+        address(&api.get("/api/v1/nodes/n1").await.unwrap()),
+        n2.clone(),
+    ];
+    both.sort();
+    api.create(
+        SERVICES,
+        service(
+            "front",
+            json!({"type": "LoadBalancer", "ports": [{"port": 80}]}),
+        ),
+    )
+    .await;
+    api.create(SERVICES, service("plain", json!({"ports": [{"port": 80}]})))
+        .await;
+    let ingress = |s: &Value| -> Vec<String> {
+        s["status"]["loadBalancer"]["ingress"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["ip"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let path = format!("{SERVICES}/front");
+    api.until("both nodes listed", &path, |s| ingress(s) == both)
+        .await;
+    api.patch("/api/v1/nodes/n1", json!({"spec": {"unschedulable": true}}))
+        .await;
+    api.until("the cordoned node left out", &path, |s| {
+        ingress(s) == [n2.clone()]
+    })
+    .await;
+    api.patch(&path, json!({"spec": {"type": "ClusterIP"}}))
+        .await;
+    api.until("no ingress once it is no LoadBalancer", &path, |s| {
+        s["status"]["loadBalancer"]["ingress"].is_null()
+    })
+    .await;
+    let plain = api.get(&format!("{SERVICES}/plain")).await.unwrap();
+    assert!(plain["status"]["loadBalancer"]["ingress"].is_null());
+}

@@ -193,3 +193,80 @@ fn a_service_gets_an_address_and_endpoints_that_follow_ready_pods() {
         "{cluster_ip} still held"
     );
 }
+
+#[test]
+fn a_load_balancer_and_external_ips_are_served_on_the_node_with_client_affinity() {
+    // A node address of this test's own, so that its ports clash with no other test's.
+    let c = Cluster::with_agent_args(&["--node-ip", "127.0.0.77"]);
+    import_all(&c);
+    let spec = "  containers:\n  - name: hello\n    image: hello:v1\n    ports: [{containerPort: 8000}]\n    env:\n    - name: MY_IP\n      valueFrom: {fieldRef: {fieldPath: status.podIP}}\n";
+    for name in ["lb-a", "lb-b"] {
+        apply(
+            &c,
+            &pod(name, spec).replacen("metadata:\n", "metadata:\n  labels: {app: lb}\n", 1),
+        );
+    }
+    apply(
+        &c,
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: front\nspec:\n  type: LoadBalancer\n  selector: {app: lb}\n  sessionAffinity: ClientIP\n  externalIPs: [127.0.0.78]\n  ports:\n  - {port: 18200, targetPort: 8000}\n",
+    );
+    wait_jsonpath(
+        &c,
+        &["svc", "front"],
+        "{.status.loadBalancer.ingress[*].ip}",
+        "127.0.0.77",
+    );
+    let table = stdout(&c.kubectl(&["get", "svc", "front"]));
+    assert!(
+        table.contains("127.0.0.77,127.0.0.78") || table.contains("127.0.0.78,127.0.0.77"),
+        "{table}"
+    );
+    for name in ["lb-a", "lb-b"] {
+        wait_for(&c, name, "{.status.containerStatuses[0].ready}", "true");
+    }
+    let ips = [
+        get(&c, "lb-a", "{.status.podIP}"),
+        get(&c, "lb-b", "{.status.podIP}"),
+    ];
+    wait_jsonpath(
+        &c,
+        &["endpoints", "front"],
+        "{.subsets[0].addresses[*].ip}",
+        &format!("{} {}", ips[0], ips[1]),
+    );
+    let node_port = jsonpath(&c, &["svc", "front"], "{.spec.ports[0].nodePort}");
+    for url in [
+        "http://127.0.0.77:18200/env/MY_IP".to_owned(),
+        "http://127.0.0.78:18200/env/MY_IP".to_owned(),
+        format!("http://127.0.0.77:{node_port}/env/MY_IP"),
+    ] {
+        assert!(
+            eventually(LONG, || {
+                let body = curl(&url).0;
+                ips.iter().any(|ip| body.starts_with(ip.as_str()))
+            }),
+            "{url}: {:?}",
+            curl(&url)
+        );
+        // ClientIP affinity: one client, one pod, every time.
+        let first = curl(&url).0;
+        for _ in 0..5 {
+            assert_eq!(curl(&url).0, first, "{url}");
+        }
+    }
+    // A cordoned node serves no LoadBalancer: the ingress follows.
+    c.kubectl_ok(&["cordon", "wk-test"]);
+    wait_jsonpath(
+        &c,
+        &["svc", "front"],
+        "{.status.loadBalancer.ingress[*].ip}",
+        "",
+    );
+    c.kubectl_ok(&["uncordon", "wk-test"]);
+    wait_jsonpath(
+        &c,
+        &["svc", "front"],
+        "{.status.loadBalancer.ingress[*].ip}",
+        "127.0.0.77",
+    );
+}
