@@ -1,5 +1,5 @@
 //! The service proxy, in userspace and in the spirit of kube-proxy: each agent serves every
-//! Service's TCP ports and passes each connection to one of the Service's ready endpoints.
+//! Service's TCP and UDP ports and passes the traffic to one of the Service's ready endpoints.
 //!
 //! - **ClusterIP:** the ClusterIPs are host addresses on a dummy link of the agent's own
 //!   (`<bridge>-svc`, as kube-proxy's IPVS mode has `kube-ipvs0`), so a pod's connection to
@@ -8,6 +8,8 @@
 //! - **LoadBalancer:** `node IP:port` on every node, as k3s's servicelb (whose ingress list the
 //!   server's servicelb controller keeps).
 //! - **externalIPs:** `externalIP:port` on the nodes where that address is local.
+//!
+//! TCP connections are passed through whole; UDP datagrams through a session per client.
 //!
 //! Endpoints come from the Services' EndpointSlices (ready endpoints only); a change applies as
 //! soon as its watch event arrives, and the connections to an endpoint that has gone are
@@ -35,6 +37,8 @@ use crate::controllers::{name, namespace};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How many endpoints a connection tries before it is dropped.
 const TRIES: usize = 3;
+/// How long a UDP session lasts without a reply.
+const UDP_IDLE: Duration = Duration::from_secs(30);
 /// How long `sessionAffinity: ClientIP` holds by default.
 const AFFINITY: Duration = Duration::from_secs(10_800);
 
@@ -121,6 +125,9 @@ impl Pool {
     }
 }
 
+/// An address served, and whether over UDP (else TCP).
+type Front = (SocketAddr, bool);
+
 /// The proxy's state: a listener per address, each with its Service port's pool.
 struct Proxy {
     client: Client,
@@ -130,9 +137,9 @@ struct Proxy {
     services: Arc<Informer>,
     slices: Arc<Informer>,
     pools: HashMap<String, Arc<Pool>>,
-    listeners: HashMap<SocketAddr, (String, AbortHandle)>,
+    listeners: HashMap<Front, (String, AbortHandle)>,
     /// Addresses that could not be served, so each is reported once.
-    failed: HashSet<SocketAddr>,
+    failed: HashSet<Front>,
     shutdown: CancellationToken,
 }
 
@@ -212,7 +219,7 @@ impl Proxy {
     /// Makes the listeners, addresses and pools what the Services and their slices say.
     async fn sync(&mut self) {
         // Each address served, with the `namespace/name:port` of its Service port.
-        let mut frontends: HashMap<SocketAddr, String> = HashMap::new();
+        let mut frontends: HashMap<Front, String> = HashMap::new();
         let mut endpoints: HashMap<String, (Vec<SocketAddr>, Option<Duration>)> = HashMap::new();
         let mut vips = HashSet::new();
         let slices = self.slices.list();
@@ -235,14 +242,17 @@ impl Proxy {
                 .map(|s| &**s)
                 .collect();
             for port in spec["ports"].as_array().into_iter().flatten() {
-                if port["protocol"].as_str().unwrap_or("TCP") != "TCP" {
-                    continue;
-                }
+                let udp = match port["protocol"].as_str().unwrap_or("TCP") {
+                    "TCP" => false,
+                    "UDP" => true,
+                    // SCTP is not proxied.
+                    _ => continue,
+                };
                 let port_name = port["name"].as_str().unwrap_or_default();
                 let key = format!("{}/{}:{port_name}", namespace(&service), name(&service));
                 endpoints.insert(key.clone(), (ready_endpoints(&mine, port_name), affinity));
                 let mut serve = |addr: SocketAddr| {
-                    frontends.entry(addr).or_insert_with(|| key.clone());
+                    frontends.entry((addr, udp)).or_insert_with(|| key.clone());
                 };
                 if let (Some(ip), Some(p)) = (cluster_ip, port["port"].as_u64())
                     && self.vips.is_some()
@@ -293,18 +303,28 @@ impl Proxy {
             }
             keep
         });
-        for (addr, key) in frontends {
-            if self.listeners.contains_key(&addr) {
+        for (front, key) in frontends {
+            if self.listeners.contains_key(&front) {
                 continue;
             }
             let Some(pool) = self.pools.get(&key).cloned() else {
                 continue;
             };
-            match TcpListener::bind(addr).await {
-                Ok(listener) => {
-                    self.failed.remove(&addr);
-                    let task = tokio::spawn(serve(listener, pool, self.shutdown.child_token()));
-                    self.listeners.insert(addr, (key, task.abort_handle()));
+            let (addr, udp) = front;
+            let stop = self.shutdown.child_token();
+            let bound = if udp {
+                tokio::net::UdpSocket::bind(addr)
+                    .await
+                    .map(|socket| tokio::spawn(serve_udp(socket, pool, stop)))
+            } else {
+                TcpListener::bind(addr)
+                    .await
+                    .map(|listener| tokio::spawn(serve(listener, pool, stop)))
+            };
+            match bound {
+                Ok(task) => {
+                    self.failed.remove(&front);
+                    self.listeners.insert(front, (key, task.abort_handle()));
                 }
                 // Not an address of this node (an externalIP of another, a ClusterIP not yet
                 // added): nothing to serve here.
@@ -312,8 +332,8 @@ impl Proxy {
                     tracing::debug!(%addr, service = key, "not an address of this node");
                 }
                 Err(e) => {
-                    if self.failed.insert(addr) {
-                        tracing::warn!(%addr, service = key, error = %e, "cannot serve a Service port");
+                    if self.failed.insert(front) {
+                        tracing::warn!(%addr, udp, service = key, error = %e, "cannot serve a Service port");
                     }
                 }
             }
@@ -371,6 +391,63 @@ async fn serve(listener: TcpListener, pool: Arc<Pool>, stop: CancellationToken) 
     }
 }
 
+/// Relays datagrams on `socket` to endpoints of `pool`: each client gets a session, a socket
+/// of its own connected to one endpoint, whose replies go back to the client from the Service's
+/// address; a session ends after [`UDP_IDLE`] without replies, or when its endpoint leaves.
+async fn serve_udp(socket: tokio::net::UdpSocket, pool: Arc<Pool>, stop: CancellationToken) {
+    let socket = Arc::new(socket);
+    let mut sessions: HashMap<SocketAddr, (Arc<tokio::net::UdpSocket>, AbortHandle)> =
+        HashMap::new();
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let (n, client) = tokio::select! {
+            r = socket.recv_from(&mut buf) => match r {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(error = %e, "udp receive failed");
+                    continue;
+                }
+            },
+            () = stop.cancelled() => break,
+        };
+        sessions.retain(|_, (_, task)| !task.is_finished());
+        if !sessions.contains_key(&client) {
+            let Some(backend) = pool.choose(client.ip()).first().copied() else {
+                continue;
+            };
+            let local = if backend.is_ipv4() {
+                SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
+            } else {
+                SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+            };
+            let Ok(upstream) = tokio::net::UdpSocket::bind(local).await else {
+                continue;
+            };
+            if upstream.connect(backend).await.is_err() {
+                continue;
+            }
+            let upstream = Arc::new(upstream);
+            let (up, front) = (upstream.clone(), socket.clone());
+            let replies = tokio::spawn(async move {
+                let mut buf = vec![0u8; 65_536];
+                while let Ok(Ok(n)) = tokio::time::timeout(UDP_IDLE, up.recv(&mut buf)).await {
+                    if front.send_to(&buf[..n], client).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            pool.opened(backend, replies.abort_handle());
+            sessions.insert(client, (upstream, replies.abort_handle()));
+        }
+        if let Some((upstream, _)) = sessions.get(&client) {
+            let _ = upstream.send(&buf[..n]).await;
+        }
+    }
+    for (_, (_, task)) in sessions {
+        task.abort();
+    }
+}
+
 /// Connects `inbound` to the first endpoint that answers, then copies both ways until either
 /// side closes, or the endpoint leaves the pool.
 async fn forward(mut inbound: TcpStream, peer: SocketAddr, pool: Arc<Pool>) {
@@ -411,6 +488,46 @@ mod tests {
             [addr("100.64.0.2:8000"), addr("100.64.0.4:8000")]
         );
         assert!(ready_endpoints(&[&slice], "other").is_empty());
+    }
+
+    #[tokio::test]
+    async fn udp_is_relayed_per_client_and_a_gone_endpoint_ends_the_session() {
+        let echo = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let backend = echo.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            while let Ok((n, from)) = echo.recv_from(&mut buf).await {
+                let mut reply = b"echo:".to_vec();
+                reply.extend_from_slice(&buf[..n]);
+                let _ = echo.send_to(&reply, from).await;
+            }
+        });
+        let pool = Arc::new(Pool::default());
+        pool.set(vec![backend], None);
+        let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let front_addr = front.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        tokio::spawn(serve_udp(front, pool.clone(), stop.clone()));
+        let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        client.connect(front_addr).await.unwrap();
+        let mut buf = [0u8; 512];
+        for word in ["one", "two"] {
+            client.send(word.as_bytes()).await.unwrap();
+            let n = tokio::time::timeout(Duration::from_secs(5), client.recv(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(&buf[..n], format!("echo:{word}").as_bytes());
+        }
+        // The endpoint leaves: its session is closed, and nothing answers.
+        pool.set(Vec::new(), None);
+        client.send(b"three").await.unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), client.recv(&mut buf))
+                .await
+                .is_err()
+        );
+        stop.cancel();
     }
 
     #[tokio::test]

@@ -270,3 +270,40 @@ fn a_load_balancer_and_external_ips_are_served_on_the_node_with_client_affinity(
         "127.0.0.77",
     );
 }
+
+#[test]
+fn udp_reaches_the_endpoints_a_user_lists_for_a_selectorless_service() {
+    let c = Cluster::with_agent();
+    // An endpoint of the user's own: a UDP echo server on the host.
+    let echo = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = echo.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = echo.recv_from(&mut buf) {
+            let mut reply = b"echo:".to_vec();
+            reply.extend_from_slice(&buf[..n]);
+            let _ = echo.send_to(&reply, from);
+        }
+    });
+    apply(
+        &c,
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: dns-like\nspec:\n  ports:\n  - {{name: q, port: 5353, protocol: UDP}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: dns-like-1\n  labels: {{kubernetes.io/service-name: dns-like}}\naddressType: IPv4\nports:\n- {{name: q, port: {port}, protocol: UDP}}\nendpoints:\n- addresses: [127.0.0.1]\n  conditions: {{ready: true}}\n"
+        ),
+    );
+    // The endpoint controllers leave a Service without a selector alone.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let endpoints = c.kubectl(&["get", "endpoints", "dns-like"]);
+    assert!(!endpoints.status.success(), "{}", stdout(&endpoints));
+    let cluster_ip = jsonpath(&c, &["svc", "dns-like"], "{.spec.clusterIP}");
+    let client = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    client
+        .set_read_timeout(Some(std::time::Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let answered = eventually(LONG, || {
+        let _ = client.send_to(b"ping", (cluster_ip.as_str(), 5353));
+        matches!(client.recv_from(&mut buf), Ok((n, _)) if &buf[..n] == b"echo:ping")
+    });
+    assert!(answered, "no echo through {cluster_ip}:5353/UDP");
+}
