@@ -411,7 +411,9 @@ async fn serve_udp(socket: tokio::net::UdpSocket, pool: Arc<Pool>, stop: Cancell
             () = stop.cancelled() => break,
         };
         sessions.retain(|_, (_, task)| !task.is_finished());
-        if !sessions.contains_key(&client) {
+        let upstream = if let Some((upstream, _)) = sessions.get(&client) {
+            upstream.clone()
+        } else {
             let Some(backend) = pool.choose(client.ip()).first().copied() else {
                 continue;
             };
@@ -437,11 +439,10 @@ async fn serve_udp(socket: tokio::net::UdpSocket, pool: Arc<Pool>, stop: Cancell
                 }
             });
             pool.opened(backend, replies.abort_handle());
-            sessions.insert(client, (upstream, replies.abort_handle()));
-        }
-        if let Some((upstream, _)) = sessions.get(&client) {
-            let _ = upstream.send(&buf[..n]).await;
-        }
+            sessions.insert(client, (upstream.clone(), replies.abort_handle()));
+            upstream
+        };
+        let _ = upstream.send(&buf[..n]).await;
     }
     for (_, (_, task)) in sessions {
         task.abort();
