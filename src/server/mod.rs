@@ -415,35 +415,57 @@ pub(crate) async fn bootstrap(
     Ok(())
 }
 
-/// Points the `kubernetes` Endpoints at the API server's address, as kube-apiserver's
-/// reconciler keeps them (an address or port changed since the last start is corrected).
+/// Points the `kubernetes` Endpoints and EndpointSlice at the API server's address, as
+/// kube-apiserver's reconciler keeps them (an address or port changed since the last start is
+/// corrected), so that the service proxies pass `kubernetes.default` on to it.
 async fn api_endpoints(state: &Arc<ApiState>, api: SocketAddr) -> Result<(), Error> {
-    let endpoints = resources::by_kind("Endpoints").expect("endpoints are served");
-    let want = json!([{"addresses": [{"ip": api.ip().to_string()}],
-        "ports": [{"name": "https", "port": api.port(), "protocol": "TCP"}]}]);
-    let object = json!({"apiVersion": "v1", "kind": "Endpoints",
+    let ip = api.ip().to_string();
+    let port = json!({"name": "https", "port": api.port(), "protocol": "TCP"});
+    let endpoints = json!({"apiVersion": "v1", "kind": "Endpoints",
         "metadata": {"name": "kubernetes", "namespace": "default",
             "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
-        "subsets": want});
+        "subsets": [{"addresses": [{"ip": ip}], "ports": [port]}]});
+    upsert(state, endpoints, &["subsets"]).await?;
+    let slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "kubernetes", "namespace": "default",
+            "labels": {crate::controllers::endpointslice::SERVICE_NAME: "kubernetes"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}],
+        "ports": [port]});
+    upsert(state, slice, &["endpoints", "ports"]).await
+}
+
+/// Creates a built-in object, or brings its `fields` up to date.
+async fn upsert(
+    state: &Arc<ApiState>,
+    object: serde_json::Value,
+    fields: &[&str],
+) -> Result<(), Error> {
+    let kind = object["kind"].as_str().unwrap_or_default().to_owned();
+    let res = resources::by_kind(&kind).expect("built-in kinds are served");
+    let name = object["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let ns = object["metadata"]["namespace"].as_str().map(str::to_owned);
     let failed = |source| Error::Bootstrap {
-        name: "kubernetes".into(),
+        name: format!("{kind} {name}"),
         source: Box::new(source),
     };
-    match state
-        .cache
-        .get(&endpoints.key(Some("default"), "kubernetes"))
-    {
-        Some(existing) if existing["subsets"] == want => Ok(()),
+    match state.cache.get(&res.key(ns.as_deref(), &name)) {
+        Some(existing) if fields.iter().all(|f| existing[*f] == object[*f]) => Ok(()),
         Some(existing) => {
             let mut updated = (*existing).clone();
-            updated["subsets"] = want;
+            for f in fields {
+                updated[*f] = object[*f].clone();
+            }
             state
-                .write_update(endpoints, &existing, updated, None, false)
+                .write_update(res, &existing, updated, None, false)
                 .await
                 .map(drop)
                 .map_err(failed)
         }
-        None => match state.create_object(endpoints, object, None, false).await {
+        None => match state.create_object(res, object, None, false).await {
             Ok(_) => Ok(()),
             Err(e) if e.reason == "AlreadyExists" => Ok(()),
             Err(e) => Err(failed(e)),

@@ -126,6 +126,26 @@ fn a_service_gets_an_address_and_endpoints_that_follow_ready_pods() {
         assert!(ok && body.starts_with(&ip_a), "pod: {body}");
     }
 
+    // Pods reach the API server as `kubernetes.default`, at the range's first address.
+    let api_ip = jsonpath(&c, &["svc", "kubernetes"], "{.spec.clusterIP}");
+    assert_eq!(api_ip, format!("{service_prefix}128.1"));
+    let netns = crate::agent::netns(&c, "hello-b");
+    let healthz = || {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", netns.display()))
+            .args([
+                "curl",
+                "-sk",
+                "-m",
+                "5",
+                &format!("https://{api_ip}/healthz"),
+            ])
+            .output()
+            .unwrap();
+        stdout(&out)
+    };
+    assert!(eventually(LONG, || healthz() == "ok"), "{:?}", healthz());
+
     // kubectl's own generator: a NodePort Service for one pod.
     let out = c.kubectl(&[
         "expose",
