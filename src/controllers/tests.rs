@@ -1251,3 +1251,34 @@ async fn servicelb_lists_the_schedulable_ready_nodes_as_ingress() {
     let plain = api.get(&format!("{SERVICES}/plain")).await.unwrap();
     assert!(plain["status"]["loadBalancer"]["ingress"].is_null());
 }
+
+#[tokio::test(start_paused = true)]
+async fn services_an_older_wk_stored_without_addresses_get_them_at_the_next_start() {
+    let api = Api::start().await;
+    // As an earlier wk stored it: no ClusterIP, no NodePort.
+    let old = json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "old", "namespace": "default", "uid": "u-old",
+            "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"type": "NodePort", "ports": [{"port": 80, "protocol": "TCP"}]}});
+    api.state
+        .cache
+        .store()
+        .create(
+            &crate::api::resources::by_kind("Service")
+                .unwrap()
+                .key(Some("default"), "old"),
+            bytes::Bytes::from(old.to_string()),
+        )
+        .await
+        .unwrap();
+    api.state.cache.sync().await.unwrap();
+    crate::server::bootstrap(&api.state, None, true)
+        .await
+        .unwrap();
+    let service = api.get(&format!("{SERVICES}/old")).await.unwrap();
+    assert!(service["spec"]["clusterIP"].is_string(), "{service:#}");
+    assert!(
+        service["spec"]["ports"][0]["nodePort"].is_u64(),
+        "{service:#}"
+    );
+}

@@ -401,6 +401,7 @@ pub(crate) async fn bootstrap(
     if let Some(api) = api {
         api_endpoints(state, api).await?;
     }
+    allocate_older_services(state).await;
     let (all, _, _) = state.cache.list(&namespaces.prefix(None), None, None, |n| {
         n.pointer("/metadata/deletionTimestamp").is_some()
     });
@@ -433,6 +434,23 @@ async fn api_endpoints(state: &Arc<ApiState>, api: SocketAddr) -> Result<(), Err
         "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}],
         "ports": [port]});
     upsert(state, slice, &["endpoints", "ports"]).await
+}
+
+/// Gives a ClusterIP (and NodePorts) to the Services an earlier wk stored without them, so
+/// that the service proxies serve them.
+async fn allocate_older_services(state: &Arc<ApiState>) {
+    let services = resources::by_kind("Service").expect("services are served");
+    let (all, _, _) = state.cache.list(&services.prefix(None), None, None, |s| {
+        s["spec"]["clusterIP"].is_null() && s["spec"]["type"] != "ExternalName"
+    });
+    for (_, service) in all {
+        if let Err(e) = state
+            .write_update(services, &service, (*service).clone(), None, false)
+            .await
+        {
+            tracing::warn!(service = ?service["metadata"]["name"], error = %e, "could not give an older Service its ClusterIP");
+        }
+    }
 }
 
 /// Creates a built-in object, or brings its `fields` up to date.
