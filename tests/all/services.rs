@@ -327,3 +327,97 @@ fn udp_reaches_the_endpoints_a_user_lists_for_a_selectorless_service() {
     });
     assert!(answered, "no echo through {cluster_ip}:5353/UDP");
 }
+
+#[test]
+fn a_client_looping_through_a_service_sees_no_errors_once_scaling_settles() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let c = Cluster::with_agent();
+    import_all(&c);
+    c.kubectl_ok(&[
+        "create",
+        "deployment",
+        "hello",
+        "--image",
+        "hello:v1",
+        "--replicas=3",
+        "--port=8000",
+    ]);
+    c.kubectl_ok(&[
+        "expose",
+        "deployment",
+        "hello",
+        "--name",
+        "hello-svc",
+        "--port",
+        "8200",
+        "--target-port",
+        "8000",
+    ]);
+    c.kubectl_ok(&["rollout", "status", "deployment", "hello", "--timeout=60s"]);
+    let cluster_ip = jsonpath(&c, &["svc", "hello-svc"], "{.spec.clusterIP}");
+    let ready = |c: &Cluster| {
+        jsonpath(
+            c,
+            &[
+                "endpointslices",
+                "-l",
+                "kubernetes.io/service-name=hello-svc",
+            ],
+            "{.items[0].endpoints[?(@.conditions.ready==true)].addresses[0]}",
+        )
+        .split_whitespace()
+        .count()
+    };
+    assert!(eventually(LONG, || ready(&c) == 3));
+
+    let results: Arc<Mutex<Vec<bool>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = {
+        let (results, stop) = (results.clone(), stop.clone());
+        let url = format!("http://{cluster_ip}:8200/");
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let (body, ok) = curl(&url);
+                results
+                    .lock()
+                    .unwrap()
+                    .push(ok && body == "Hello from wk!\n");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        })
+    };
+    let answered = |from: usize| {
+        results.lock().unwrap()[from..]
+            .iter()
+            .filter(|ok| **ok)
+            .count()
+    };
+    assert!(
+        eventually(LONG, || answered(0) >= 20),
+        "the Service never answered"
+    );
+
+    c.kubectl_ok(&["scale", "deployment", "hello", "--replicas=0"]);
+    assert!(eventually(LONG, || ready(&c) == 0));
+    c.kubectl_ok(&["scale", "deployment", "hello", "--replicas=3"]);
+    c.kubectl_ok(&["rollout", "status", "deployment", "hello", "--timeout=60s"]);
+    assert!(eventually(LONG, || ready(&c) == 3));
+    // Endpoint changes reach the proxy within a second; from then on, no errors.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let settled = results.lock().unwrap().len();
+    assert!(
+        eventually(LONG, || results.lock().unwrap().len() >= settled + 100),
+        "the client stalled"
+    );
+    stop.store(true, Ordering::Relaxed);
+    client.join().unwrap();
+    let after = results.lock().unwrap()[settled..].to_vec();
+    let failed = after.iter().filter(|ok| !**ok).count();
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed after the endpoints settled",
+        after.len()
+    );
+}
