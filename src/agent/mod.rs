@@ -11,6 +11,7 @@ pub mod node;
 pub mod pod;
 pub mod probes;
 pub mod proxy;
+pub mod routes;
 pub mod sandbox;
 pub mod status;
 pub mod trim;
@@ -637,7 +638,7 @@ impl Agent {
             }
         }
         tracing::info!(node = %config.node_name, %endpoint, host_network, pooling = shared.runtime.pooling, "node agent registered");
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(serve),
             tokio::spawn(node::heartbeat(
                 client.clone(),
@@ -657,6 +658,15 @@ impl Agent {
                 shutdown.clone(),
             )),
         ];
+        // Pods on other nodes are reached through routes, once this node has pods of its own.
+        if shared.net.get().is_some() {
+            tasks.push(tokio::spawn(routes::run(
+                client.clone(),
+                config.node_name.clone(),
+                config.address,
+                shutdown.clone(),
+            )));
+        }
         Ok(Self {
             shared,
             endpoint,

@@ -13,6 +13,7 @@ use futures_util::TryStreamExt;
 use nix::sched::{CloneFlags, setns};
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol};
 use rtnetlink::sys::{Socket, TokioSocket, protocols::NETLINK_ROUTE};
 use rtnetlink::{
     Handle, LinkBridge, LinkDummy, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
@@ -321,6 +322,67 @@ pub async fn configure_pod(h: &Handle, ip: Ipv4Addr, len: u8, gateway: Ipv4Addr)
     }
 }
 
+/// The routing protocol number on the routes wk adds, so that it knows (and prunes) its own,
+/// as routing daemons mark theirs.
+pub const ROUTE_PROTOCOL: u8 = 0x77;
+
+/// A route to `destination` (a network and prefix length) via `gateway`.
+pub type Route = (Ipv4Addr, u8, Ipv4Addr);
+
+/// Makes the main table's routes marked [`ROUTE_PROTOCOL`] exactly `want`: host-gw routes to
+/// the other nodes' podCIDRs via their addresses, as flannel's host-gw backend keeps them.
+///
+/// # Errors
+/// When netlink fails (a gateway that no link reaches is refused by the kernel).
+pub async fn sync_routes(h: &Handle, want: &[Route]) -> io::Result<()> {
+    let mut dump = h
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute();
+    let mut held = Vec::new();
+    while let Some(m) = dump.try_next().await.map_err(io_error)? {
+        if m.header.protocol != RouteProtocol::Other(ROUTE_PROTOCOL) {
+            continue;
+        }
+        let mut destination = Ipv4Addr::UNSPECIFIED;
+        let mut gateway = Ipv4Addr::UNSPECIFIED;
+        for a in &m.attributes {
+            match a {
+                RouteAttribute::Destination(RouteAddress::Inet(ip)) => destination = *ip,
+                RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gateway = *ip,
+                _ => {}
+            }
+        }
+        held.push((
+            (destination, m.header.destination_prefix_length, gateway),
+            m,
+        ));
+    }
+    for (route, message) in &held {
+        if !want.contains(route) {
+            match h.route().del(message.clone()).execute().await {
+                Err(e) if errno(&e) != Some(libc::ESRCH) => return Err(io_error(e)),
+                _ => {}
+            }
+        }
+    }
+    for route @ (destination, len, gateway) in want {
+        if held.iter().any(|(r, _)| r == route) {
+            continue;
+        }
+        let message = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(*destination, *len)
+            .gateway(*gateway)
+            .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
+            .build();
+        match h.route().add(message).execute().await {
+            Err(e) if errno(&e) != Some(libc::EEXIST) => return Err(io_error(e)),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Deletes the link `name`; `false` when there was none.
 ///
 /// # Errors
@@ -336,5 +398,86 @@ pub async fn delete(h: &Handle, name: &str) -> io::Result<bool> {
         Ok(()) => Ok(true),
         Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(false),
         Err(e) => Err(io_error(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// In a network namespace of the test's own: routes are added, kept, replaced and pruned,
+    /// and routes wk did not add are left alone.
+    #[tokio::test]
+    async fn host_gw_routes_follow_what_is_wanted() {
+        let dir = tempfile::tempdir().unwrap();
+        let ns = dir.path().join("ns");
+        crate::agent::sandbox::netns::create(&ns).expect("a network namespace (run as root)");
+        let h = netns_handle(&ns).unwrap();
+        let lan = ensure_bridge(&h, "lan0", Ipv4Addr::new(100, 64, 200, 1), 24)
+            .await
+            .unwrap();
+        // A route of someone else's.
+        let theirs = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(Ipv4Addr::new(100, 64, 210, 0), 24)
+            .gateway(Ipv4Addr::new(100, 64, 200, 9))
+            .output_interface(lan)
+            .build();
+        h.route().add(theirs).execute().await.unwrap();
+        let route = |n: u8, via: u8| {
+            (
+                Ipv4Addr::new(100, 64, n, 0),
+                24,
+                Ipv4Addr::new(100, 64, 200, via),
+            )
+        };
+        let ours = |h: Handle| async move {
+            let mut dump = h
+                .route()
+                .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+                .execute();
+            let mut out = Vec::new();
+            while let Some(m) = dump.try_next().await.unwrap() {
+                let dst = m.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
+                    _ => None,
+                });
+                out.push((
+                    dst,
+                    m.header.protocol == RouteProtocol::Other(ROUTE_PROTOCOL),
+                ));
+            }
+            out
+        };
+        sync_routes(&h, &[route(201, 2), route(202, 3)])
+            .await
+            .unwrap();
+        sync_routes(&h, &[route(201, 2), route(202, 3)])
+            .await
+            .unwrap();
+        let seen = ours(h.clone()).await;
+        assert!(
+            seen.contains(&(Some(Ipv4Addr::new(100, 64, 201, 0)), true)),
+            "{seen:?}"
+        );
+        assert!(
+            seen.contains(&(Some(Ipv4Addr::new(100, 64, 202, 0)), true)),
+            "{seen:?}"
+        );
+        sync_routes(&h, &[route(202, 4)]).await.unwrap();
+        let seen = ours(h.clone()).await;
+        let marked: Vec<_> = seen.iter().filter(|(_, ours)| *ours).collect();
+        assert_eq!(
+            marked,
+            [&(Some(Ipv4Addr::new(100, 64, 202, 0)), true)],
+            "{seen:?}"
+        );
+        assert!(
+            seen.contains(&(Some(Ipv4Addr::new(100, 64, 210, 0)), false)),
+            "theirs stays"
+        );
+        sync_routes(&h, &[]).await.unwrap();
+        assert!(ours(h.clone()).await.iter().all(|(_, ours)| !ours));
+        drop(h);
+        crate::agent::sandbox::netns::destroy(&ns);
     }
 }
