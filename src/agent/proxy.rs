@@ -37,6 +37,8 @@ use crate::controllers::{name, namespace};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How many endpoints a connection tries before it is dropped.
 const TRIES: usize = 3;
+/// How often the proxy looks over its listeners when nothing changed.
+const RESYNC: Duration = Duration::from_secs(60);
 /// How long a UDP session lasts without a reply.
 const UDP_IDLE: Duration = Duration::from_secs(30);
 /// How long `sessionAffinity: ClientIP` holds by default.
@@ -187,10 +189,17 @@ pub async fn run(
     }
     loop {
         proxy.sync().await;
+        // Listeners that could not bind are tried again soon; the rest is looked over now
+        // and then (an externalIP may have become local), not so often that an idle agent
+        // keeps its proxy's code paged in.
+        let again = if proxy.failed.is_empty() {
+            RESYNC
+        } else {
+            Duration::from_secs(5)
+        };
         tokio::select! {
             () = wake.notified() => {}
-            // Listeners that could not bind (an address not yet there) are tried again.
-            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+            () = tokio::time::sleep(again) => {}
             () = shutdown.cancelled() => break,
         }
     }

@@ -16,7 +16,7 @@ use crate::net::cidr::Cidr;
 use crate::net::link::Route;
 
 /// How often the routes are checked even when no Node changed (someone may have removed one).
-const RESYNC: Duration = Duration::from_secs(30);
+const RESYNC: Duration = Duration::from_secs(60);
 
 /// The routes this node wants: each other node's podCIDR via its InternalIP. Nodes on this
 /// host (a loopback address, or this node's own) need none: their bridges are local.
