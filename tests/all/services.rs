@@ -26,7 +26,8 @@ fn wait_jsonpath(c: &Cluster, what: &[&str], path: &str, want: &str) {
 
 #[test]
 fn a_service_gets_an_address_and_endpoints_that_follow_ready_pods() {
-    let c = Cluster::with_agent();
+    // A node address of this test's own, so that its NodePort clashes with no other test's.
+    let c = Cluster::with_agent_args(&["--node-ip", "127.0.0.76"]);
     import_all(&c);
     let bridge = c.bridge.clone().unwrap();
     let container = |probe: &str| {
@@ -176,7 +177,7 @@ fn a_service_gets_an_address_and_endpoints_that_follow_ready_pods() {
         "{.subsets[0].addresses[*].ip}",
         &ip_a,
     );
-    let via_node_port = format!("http://127.0.0.1:{node_port}/env/MY_IP");
+    let via_node_port = format!("http://127.0.0.76:{node_port}/env/MY_IP");
     assert!(
         eventually(LONG, || curl(&via_node_port).0.starts_with(&ip_a)),
         "{via_node_port}: {:?}",
