@@ -360,43 +360,20 @@ pub(crate) async fn bootstrap(
     local_storage: bool,
 ) -> Result<(), Error> {
     let namespaces = resources::by_kind("Namespace").expect("namespaces are served");
-    let classes = resources::by_kind("StorageClass").expect("storage classes are served");
-    let mut built_in: Vec<(&'static resources::ResourceInfo, serde_json::Value)> =
+    let mut built_in: Vec<serde_json::Value> =
         ["default", "kube-system", "kube-public", "kube-node-lease"]
             .iter()
-            .map(|name| {
-                (
-                    namespaces,
-                    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
-                )
-            })
+            .map(
+                |name| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
+            )
             .collect();
-    built_in.push((
-        resources::by_kind("Service").expect("services are served"),
-        crate::api::services::kubernetes_service(state.service_cidr),
-    ));
+    built_in.push(crate::api::services::kubernetes_service(state.service_cidr));
     if local_storage {
-        built_in.push((classes, crate::controllers::volume::default_class()));
+        built_in.push(crate::controllers::volume::default_class());
     }
-    for (res, object) in built_in {
-        let name = object["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        let ns = object["metadata"]["namespace"].as_str();
-        if state.cache.get(&res.key(ns, &name)).is_some() {
-            continue;
-        }
-        match state.create_object(res, object, None, false).await {
-            Ok(_) => {}
-            Err(e) if e.reason == "AlreadyExists" => {}
-            Err(source) => {
-                return Err(Error::Bootstrap {
-                    name,
-                    source: Box::new(source),
-                });
-            }
-        }
+    for object in built_in {
+        // Made once; never overwritten (users may change them).
+        upsert(state, object, &[]).await?;
     }
     if let Some(api) = api {
         api_endpoints(state, api).await?;
