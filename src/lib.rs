@@ -11,6 +11,7 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod controllers;
+pub mod dns;
 pub mod net;
 pub mod oci;
 pub mod scheduler;

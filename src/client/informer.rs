@@ -257,6 +257,12 @@ impl Informer {
         }
     }
 
+    /// Fills the cache with `items`, as a first list would (for unit tests of its readers).
+    #[cfg(test)]
+    pub(crate) fn fill(&self, items: Vec<Value>) {
+        self.replace_items(items.into_iter().map(Arc::new).collect(), 1);
+    }
+
     /// Replaces the contents with a fresh list, telling the handlers what changed.
     fn replace(&self, list: &Value) {
         let items = list["items"]

@@ -35,6 +35,9 @@ pub struct Backend {
     pub terminating: bool,
     /// The Service's ports resolved on this pod: name, port and protocol.
     pub ports: Vec<Value>,
+    /// The pod's `hostname`, when its `subdomain` is this Service (a StatefulSet's pods):
+    /// cluster DNS gives it a name under the Service.
+    pub hostname: Option<String>,
 }
 
 /// The selector of a Service that has one (and is not ExternalName).
@@ -100,8 +103,13 @@ pub fn backends(service: &Value, pods: &Informer) -> Vec<Backend> {
                     Some(p)
                 })
                 .collect();
+            let hostname = pod["spec"]["hostname"]
+                .as_str()
+                .filter(|h| !h.is_empty() && pod["spec"]["subdomain"] == *name(service))
+                .map(str::to_owned);
             Some(Backend {
                 ip,
+                hostname,
                 ready: ready(&pod),
                 terminating: terminating(&pod),
                 ports,
@@ -151,6 +159,9 @@ pub fn subsets(service: &Value, backends: &[Backend]) -> Value {
             .entry(Value::Array(ports.clone()).to_string())
             .or_insert_with(|| (ports, Vec::new(), Vec::new()));
         let mut address = json!({"ip": b.ip, "targetRef": target_ref(&b.pod)});
+        if let Some(hostname) = &b.hostname {
+            address["hostname"] = json!(hostname);
+        }
         if let Some(node) = b.pod["spec"]["nodeName"].as_str() {
             address["nodeName"] = json!(node);
         }
@@ -318,6 +329,7 @@ mod tests {
         let backend = |n: &str, ip: &str, port: i64, ready: bool, terminating: bool| Backend {
             pod: pod(n),
             ip: ip.into(),
+            hostname: None,
             ready,
             terminating,
             ports: vec![json!({"port": port, "protocol": "TCP"})],

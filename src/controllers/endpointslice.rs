@@ -69,11 +69,15 @@ pub fn start(client: &Client, informers: &Informers, shutdown: &CancellationToke
 }
 
 /// One endpoint of a slice.
-fn endpoint(b: &Backend) -> Value {
+/// With `publishNotReadyAddresses` every endpoint is ready, as Kubernetes writes it.
+fn endpoint(b: &Backend, publish: bool) -> Value {
     let mut e = json!({"addresses": [b.ip],
-        "conditions": {"ready": b.ready && !b.terminating, "serving": b.ready,
+        "conditions": {"ready": publish || (b.ready && !b.terminating), "serving": b.ready,
             "terminating": b.terminating},
         "targetRef": target_ref(&b.pod)});
+    if let Some(hostname) = &b.hostname {
+        e["hostname"] = json!(hostname);
+    }
     if let Some(node) = b.pod["spec"]["nodeName"].as_str() {
         e["nodeName"] = json!(node);
     }
@@ -82,7 +86,7 @@ fn endpoint(b: &Backend) -> Value {
 
 /// The slices a Service should have: its endpoints grouped by port set, in chunks of
 /// [`MAX_PER_SLICE`]; each is `(ports, endpoints)`.
-fn desired(backends: &[Backend]) -> Vec<(Value, Vec<Value>)> {
+fn desired(backends: &[Backend], publish: bool) -> Vec<(Value, Vec<Value>)> {
     let mut by_ports: BTreeMap<String, (Value, Vec<Value>)> = BTreeMap::new();
     for b in backends.iter().filter(|b| !b.ports.is_empty()) {
         let mut ports = b.ports.clone();
@@ -92,7 +96,7 @@ fn desired(backends: &[Backend]) -> Vec<(Value, Vec<Value>)> {
             .entry(ports.to_string())
             .or_insert_with(|| (ports, Vec::new()))
             .1
-            .push(endpoint(b));
+            .push(endpoint(b, publish));
     }
     by_ports
         .into_values()
@@ -129,23 +133,12 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Action, Error> {
     labels.insert(SERVICE_NAME.into(), json!(svc_name));
     labels.insert(MANAGED_BY.into(), json!(CONTROLLER));
     let labels = Value::Object(labels);
-    let mut want = desired(&backends(&service, &ctx.pods));
+    let publish = service["spec"]["publishNotReadyAddresses"] == true;
+    let mut want = desired(&backends(&service, &ctx.pods), publish);
     // A Service with no endpoints still has one (empty) slice, as Kubernetes keeps it.
     if want.is_empty() {
-        let ports: Vec<Value> = service["spec"]["ports"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|p| {
-                let mut port = json!({"port": p["targetPort"].as_i64().or(p["port"].as_i64()),
-                    "protocol": p["protocol"].as_str().unwrap_or("TCP")});
-                if let Some(n) = p["name"].as_str().filter(|n| !n.is_empty()) {
-                    port["name"] = json!(n);
-                }
-                port
-            })
-            .collect();
-        want.push((Value::Array(ports), Vec::new()));
+        // Kubernetes' placeholder slice carries neither endpoints nor ports.
+        want.push((Value::Null, Vec::new()));
     }
     let count = want.len();
     let mut written = Vec::new();
