@@ -93,6 +93,8 @@ pub struct AgentConfig {
     pub spare_netns: usize,
     /// When unused images are collected.
     pub image_gc: image_gc::Policy,
+    /// The resolv.conf naming the resolvers cluster DNS forwards other names to.
+    pub resolv_conf: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -115,6 +117,7 @@ impl AgentConfig {
             max_module_bytes: wasm::MAX_MODULE_BYTES,
             spare_netns: SPARE_NETNS,
             image_gc: image_gc::Policy::default(),
+            resolv_conf: Some(PathBuf::from("/etc/resolv.conf")),
         }
     }
 }
@@ -182,6 +185,8 @@ pub struct Shared {
     pub spare_netns: Option<sandbox::netns::Pool>,
     /// The pod network, once the Node has its podCIDR (absent without one, or when off).
     pub net: std::sync::OnceLock<Arc<crate::net::PodNetwork>>,
+    /// Cluster DNS, which this node's pods resolve names through.
+    pub dns: std::sync::OnceLock<Arc<crate::dns::ClusterDns>>,
     /// The most pods this node admits (its allocatable pods).
     pub max_pods: std::sync::atomic::AtomicU32,
     /// Stops every worker without deleting anything (agent shutdown).
@@ -573,6 +578,7 @@ impl Agent {
             spare_netns: (!host_network)
                 .then(|| sandbox::netns::Pool::new(data.join("netns-spare"), config.spare_netns)),
             net: std::sync::OnceLock::new(),
+            dns: std::sync::OnceLock::new(),
             max_pods: std::sync::atomic::AtomicU32::new(config.max_pods),
             shutdown: shutdown.clone(),
             pods: Mutex::new(HashMap::new()),
@@ -637,6 +643,18 @@ impl Agent {
                 None => tracing::warn!("pods get no address: only their own loopback"),
             }
         }
+        // The proxy and cluster DNS read the same Services and EndpointSlices.
+        let services_and_slices = crate::client::informer::Informers::default();
+        let dns = Arc::new(crate::dns::ClusterDns::new(
+            services_and_slices.get(crate::controllers::endpoints::SERVICES),
+            services_and_slices.get(crate::controllers::endpointslice::SLICES),
+            config
+                .resolv_conf
+                .as_deref()
+                .map(|p| crate::dns::upstream_from(p, &[]))
+                .unwrap_or_default(),
+        ));
+        let _ = shared.dns.set(dns.clone());
         tracing::info!(node = %config.node_name, %endpoint, host_network, pooling = shared.runtime.pooling, "node agent registered");
         let mut tasks = vec![
             tokio::spawn(serve),
@@ -653,6 +671,8 @@ impl Agent {
             tokio::spawn(image_gc::run(shared.clone(), config.image_gc)),
             tokio::spawn(proxy::run(
                 client.clone(),
+                services_and_slices,
+                dns,
                 config.address,
                 shared.net.get().and_then(|n| proxy::link_name(n.bridge())),
                 shutdown.clone(),

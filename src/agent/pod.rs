@@ -1151,6 +1151,12 @@ impl Worker {
                 .map_or(wasm::DEFAULT_MEMORY_LIMIT, |q| q.value().max(0) as u64),
             cpu_millis: limit("cpu").map(|q| q.millis().max(1) as u64),
             network: true,
+            dns: self.shared.dns.get().map(|dns| {
+                crate::dns::Resolver::new(
+                    dns.clone(),
+                    pod["metadata"]["namespace"].as_str().unwrap_or("default"),
+                )
+            }),
             memory_usage: Arc::new(AtomicU64::new(0)),
             cpu_nanos: Arc::new(AtomicU64::new(0)),
         };

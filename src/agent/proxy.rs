@@ -32,6 +32,7 @@ use crate::client::informer::{Informer, Informers};
 use crate::controllers::endpoints::SERVICES;
 use crate::controllers::endpointslice::{SERVICE_NAME, SLICES};
 use crate::controllers::{name, namespace};
+use crate::dns::ClusterDns;
 
 /// How long a connection to an endpoint may take to open before another is tried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -138,6 +139,8 @@ struct Proxy {
     vips: Option<(rtnetlink::Handle, u32)>,
     services: Arc<Informer>,
     slices: Arc<Informer>,
+    /// Cluster DNS, served at the `kube-dns` Service's addresses.
+    dns: Arc<ClusterDns>,
     pools: HashMap<String, Arc<Pool>>,
     listeners: HashMap<Front, (String, AbortHandle)>,
     /// Addresses that could not be served, so each is reported once.
@@ -149,11 +152,12 @@ struct Proxy {
 /// (no pod network, no privileges) only NodePorts are served.
 pub async fn run(
     client: Client,
+    informers: Informers,
+    dns: Arc<ClusterDns>,
     node_ip: IpAddr,
     link: Option<String>,
     shutdown: CancellationToken,
 ) {
-    let informers = Informers::default();
     let services = informers.get(SERVICES);
     let slices = informers.get(SLICES);
     let wake = Arc::new(tokio::sync::Notify::new());
@@ -174,6 +178,7 @@ pub async fn run(
     };
     let mut proxy = Proxy {
         client,
+        dns,
         node_ip,
         vips,
         services: services.clone(),
@@ -312,6 +317,8 @@ impl Proxy {
             }
             keep
         });
+        // Cluster DNS answers at its Service's ports itself: this node's agent is the server.
+        let dns_key = format!("{}/{}:", crate::dns::SERVICE.0, crate::dns::SERVICE.1);
         for (front, key) in frontends {
             if self.listeners.contains_key(&front) {
                 continue;
@@ -321,7 +328,18 @@ impl Proxy {
             };
             let (addr, udp) = front;
             let stop = self.shutdown.child_token();
-            let bound = if udp {
+            let dns = key.starts_with(&dns_key).then(|| self.dns.clone());
+            let bound = if let Some(dns) = dns {
+                if udp {
+                    tokio::net::UdpSocket::bind(addr)
+                        .await
+                        .map(|socket| tokio::spawn(crate::dns::serve_udp(dns, socket, stop)))
+                } else {
+                    TcpListener::bind(addr)
+                        .await
+                        .map(|listener| tokio::spawn(crate::dns::serve_tcp(dns, listener, stop)))
+                }
+            } else if udp {
                 tokio::net::UdpSocket::bind(addr)
                     .await
                     .map(|socket| tokio::spawn(serve_udp(socket, pool, stop)))

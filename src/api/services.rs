@@ -279,16 +279,23 @@ fn broadcast(range: Cidr) -> Option<Ipv4Addr> {
 }
 
 /// A free address of `range` at random: neither the network nor the last address, nor the
-/// first host, which the `kubernetes` Service holds.
+/// first host, which the `kubernetes` Service holds, nor the tenth, cluster DNS's.
 fn free_ip(range: Cidr, taken: &HashSet<Ipv4Addr>) -> Option<Ipv4Addr> {
     let hosts = range.size().checked_sub(3)?;
     if hosts == 0 {
         return None;
     }
+    let dns = dns_ip(range);
     let start = rand::random::<u64>() % hosts;
     (0..hosts)
         .map(|i| range.host(2 + (start + i) % hosts))
-        .find_map(|ip| ip.filter(|ip| !taken.contains(ip)))
+        .find_map(|ip| ip.filter(|ip| !taken.contains(ip) && Some(*ip) != dns))
+}
+
+/// Cluster DNS's address: the range's tenth host, as Kubernetes clusters conventionally
+/// have it (10.96.0.10, k3s's 10.43.0.10); `None` in a range too small to hold it.
+pub fn dns_ip(range: Cidr) -> Option<Ipv4Addr> {
+    range.host(10).filter(|ip| Some(*ip) != broadcast(range))
 }
 
 /// A free NodePort at random.
@@ -313,6 +320,21 @@ pub fn kubernetes_service(range: Cidr) -> Value {
         "spec": {"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip],
             "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}],
             "sessionAffinity": "None"}})
+}
+
+/// The `kube-dns` Service of `kube-system`: where every node's agent answers cluster DNS,
+/// on port 53 over UDP and TCP. It selects no pods; each agent serves it itself.
+pub fn kube_dns_service(range: Cidr) -> Option<Value> {
+    let ip = dns_ip(range)?.to_string();
+    let (namespace, name) = crate::dns::SERVICE;
+    Some(json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace,
+            "labels": {"k8s-app": "kube-dns", "kubernetes.io/cluster-service": "true",
+                "kubernetes.io/name": "wk-dns"}},
+        "spec": {"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip],
+            "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}],
+            "sessionAffinity": "None"}}))
 }
 
 #[cfg(test)]

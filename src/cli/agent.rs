@@ -42,6 +42,10 @@ pub struct NodeFlags {
     /// starts without waiting for the kernel to make them (each holds one pod address).
     #[arg(long, env = "WK_SPARE_SANDBOXES", default_value_t = crate::agent::SPARE_NETNS)]
     spare_sandboxes: usize,
+    /// The resolv.conf whose nameservers cluster DNS forwards other names to, as the
+    /// kubelet's flag (empty: none, so only cluster names resolve).
+    #[arg(long, env = "WK_RESOLV_CONF", default_value = "/etc/resolv.conf")]
+    resolv_conf: String,
     /// Disk usage (percent of the data directory's filesystem) at which unused images are
     /// removed, least recently used first.
     #[arg(long, default_value_t = 85, value_parser = clap::value_parser!(u8).range(0..=100))]
@@ -112,6 +116,8 @@ impl NodeFlags {
         config.bridge = self.bridge.clone();
         config.max_module_bytes = self.max_module_size.max(1) << 20;
         config.spare_netns = self.spare_sandboxes;
+        config.resolv_conf =
+            (!self.resolv_conf.is_empty()).then(|| PathBuf::from(&self.resolv_conf));
         if self.image_gc_low_threshold > self.image_gc_high_threshold {
             bail!(
                 "--image-gc-low-threshold ({}) must not be above --image-gc-high-threshold ({})",

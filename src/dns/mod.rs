@@ -57,7 +57,7 @@ enum Found {
     /// The records asked for (maybe none: the name exists but has no such records).
     Records(Vec<Record>),
     /// An ExternalName's CNAME; the target's own records follow it.
-    Alias(Record, Name),
+    Alias(Box<Record>, Name),
     /// No such name in the zone.
     NxDomain,
 }
@@ -173,13 +173,23 @@ impl ClusterDns {
         Err(LookupError::NotFound)
     }
 
+    /// The upstream resolvers, less cluster DNS itself (a node whose resolv.conf names it).
+    fn upstream(&self) -> Vec<SocketAddr> {
+        let own = self.address().map(IpAddr::V4);
+        self.upstream
+            .iter()
+            .filter(|s| Some(s.ip()) != own)
+            .copied()
+            .collect()
+    }
+
     /// Asks the upstream resolvers for `name`'s A records, from the node's network.
     async fn ask_upstream(&self, name: Name) -> Result<Vec<IpAddr>, LookupError> {
         let mut query = Message::query();
         query.metadata.recursion_desired = true;
         query.add_query(Query::query(name, RecordType::A));
         let packet = query.to_vec().map_err(|_| LookupError::NotFound)?;
-        let upstream = self.upstream.clone();
+        let upstream = self.upstream();
         let answer = self
             .runtime
             .spawn(async move { forward(&upstream, &packet).await })
@@ -226,7 +236,7 @@ impl ClusterDns {
         loop {
             match self.find(&name, query.query_type()) {
                 None if chased == 0 => {
-                    return match forward(&self.upstream, packet).await {
+                    return match forward(&self.upstream(), packet).await {
                         Some(answer) if tcp || answer.len() <= 512 => Some(answer),
                         Some(answer) => Message::from_vec(&answer)
                             .ok()
@@ -265,7 +275,7 @@ impl ClusterDns {
                     break;
                 }
                 Some(Found::Alias(cname, target)) => {
-                    reply.add_answer(cname);
+                    reply.add_answer(*cname);
                     chased += 1;
                     if chased >= MAX_CHASE
                         || !matches!(query.query_type(), RecordType::A | RecordType::AAAA)
@@ -360,7 +370,7 @@ impl ClusterDns {
             let mut target = target;
             target.set_fqdn(true);
             let cname = Record::from_rdata(name.clone(), TTL, RData::CNAME(CNAME(target.clone())));
-            return Found::Alias(cname, target);
+            return Found::Alias(Box::new(cname), target);
         }
         match spec["clusterIP"].as_str() {
             Some("None") => {

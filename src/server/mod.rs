@@ -352,7 +352,7 @@ impl Server {
 }
 
 /// Creates the built-in namespaces, the `kubernetes` Service (and, with `api`, its Endpoints:
-/// the API server's address), and with `local_storage` the default StorageClass, as k3s
+/// the API server's address), cluster DNS's `kube-dns` Service, and with `local_storage` the default StorageClass, as k3s
 /// deploys its local-path class; then resumes the clean-up of terminating namespaces.
 pub(crate) async fn bootstrap(
     state: &Arc<ApiState>,
@@ -374,6 +374,13 @@ pub(crate) async fn bootstrap(
     for object in built_in {
         // Made once; never overwritten (users may change them).
         upsert(state, object, &[]).await?;
+    }
+    // Cluster DNS's address may be held by a Service an older wk stored: DNS is then not
+    // served, and the server says why instead of refusing to start.
+    if let Some(dns) = crate::api::services::kube_dns_service(state.service_cidr)
+        && let Err(e) = upsert(state, dns, &[]).await
+    {
+        tracing::warn!(error = %e, "cluster DNS has no Service, so pods cannot reach it by address");
     }
     if let Some(api) = api {
         api_endpoints(state, api).await?;

@@ -206,6 +206,10 @@ impl Cluster {
             cmd.args(["--node-name", "wk-test", "--agent-listen", "127.0.0.1:0"])
                 .args(["--bridge", &b.name, "--cluster-cidr", &b.cluster_cidr])
                 .args(["--service-cidr", &b.service_cidr]);
+            // This host's own resolvers are never asked: a test names its upstream.
+            if !extra.contains(&"--resolv-conf") {
+                cmd.args(["--resolv-conf", ""]);
+            }
         } else {
             // API tests watch exact event sequences: no scheduler writing to their pods.
             cmd.args(["--no-agent", "--disable", "scheduler"]);
@@ -501,6 +505,11 @@ impl Cluster {
             .into_iter()
             .chain(["--node-name", name, "--agent-listen", "127.0.0.1:0"])
             .chain(["--pod-network", "none"])
+            .chain(if extra.contains(&"--resolv-conf") {
+                None
+            } else {
+                Some("--resolv-conf=")
+            })
             .chain(extra.iter().copied())
             .map(str::to_owned)
             .collect();

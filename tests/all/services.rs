@@ -422,3 +422,167 @@ fn a_client_looping_through_a_service_sees_no_errors_once_scaling_settles() {
         after.len()
     );
 }
+
+/// A resolver standing in for the node's upstream on `addr`:53 (UDP): `example.test` is
+/// 100.127.0.9, other names are unknown. Runs until the test process ends.
+fn upstream_resolver(addr: &str) {
+    use hickory_proto::op::{Message, OpCode, ResponseCode};
+    use hickory_proto::rr::rdata::A;
+    use hickory_proto::rr::{RData, Record};
+    let socket = std::net::UdpSocket::bind((addr, 53)).expect("bind the test's upstream resolver");
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok((n, peer)) = socket.recv_from(&mut buf) {
+            let Ok(query) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let mut reply = Message::response(query.metadata.id, OpCode::Query);
+            reply.queries = query.queries.clone();
+            match query.queries.first() {
+                Some(q) if q.name().to_ascii() == "example.test." => {
+                    reply.add_answer(Record::from_rdata(
+                        q.name().clone(),
+                        60,
+                        RData::A(A([100, 127, 0, 9].into())),
+                    ));
+                }
+                _ => reply.metadata.response_code = ResponseCode::NXDomain,
+            }
+            let _ = socket.send_to(&reply.to_vec().unwrap(), peer);
+        }
+    });
+}
+
+/// Asks a DNS server over UDP for `name`'s A records.
+fn dig(server: &str, name: &str) -> Vec<String> {
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::{Name, RecordType};
+    let mut q = Message::query();
+    q.metadata.recursion_desired = true;
+    q.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(3)))
+        .unwrap();
+    if socket.send_to(&q.to_vec().unwrap(), (server, 53)).is_err() {
+        return vec!["unreachable".into()];
+    }
+    let mut buf = [0u8; 4096];
+    let Ok(n) = socket.recv(&mut buf) else {
+        return vec!["no answer".into()];
+    };
+    let reply = Message::from_vec(&buf[..n]).unwrap();
+    if reply.answers.is_empty() {
+        return vec![format!("{:?}", reply.metadata.response_code)];
+    }
+    reply.answers.iter().map(|r| r.data.to_string()).collect()
+}
+
+#[test]
+fn pods_resolve_services_and_statefulset_members_through_cluster_dns() {
+    upstream_resolver("127.0.0.79");
+    let dir = tempfile::tempdir().unwrap();
+    let resolv = dir.path().join("resolv.conf");
+    std::fs::write(&resolv, "nameserver 127.0.0.79\n").unwrap();
+    let c = Cluster::with_agent_args(&["--resolv-conf", resolv.to_str().unwrap()]);
+    import_all(&c);
+    let bridge = c.bridge.clone().unwrap();
+    let service_prefix = bridge.service_cidr.trim_end_matches("128.0/17");
+    let dns_ip = jsonpath(
+        &c,
+        &["-n", "kube-system", "svc", "kube-dns"],
+        "{.spec.clusterIP}",
+    );
+    assert_eq!(dns_ip, format!("{service_prefix}128.10"));
+
+    apply(
+        &c,
+        &pod("hello-a", "  containers:\n  - name: hello\n    image: hello:v1\n    ports: [{containerPort: 8000}]\n")
+            .replacen("metadata:\n", "metadata:\n  labels: {app: hello}\n", 1),
+    );
+    apply(
+        &c,
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: hello-svc\nspec:\n  selector: {app: hello}\n  ports:\n  - {name: http, port: 8200, targetPort: 8000}\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  clusterIP: None\n  selector: {app: web}\n  ports:\n  - {name: http, port: 80, targetPort: 8000}\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: alias\nspec:\n  type: ExternalName\n  externalName: hello-svc.default.svc.cluster.local\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: outside\nspec:\n  type: ExternalName\n  externalName: example.test\n---\napiVersion: apps/v1\nkind: StatefulSet\nmetadata:\n  name: web\nspec:\n  serviceName: web\n  replicas: 2\n  selector:\n    matchLabels: {app: web}\n  template:\n    metadata:\n      labels: {app: web}\n    spec:\n      containers:\n      - name: web\n        image: hello:v1\n        ports: [{containerPort: 8000}]\n",
+    );
+    let cluster_ip = jsonpath(&c, &["svc", "hello-svc"], "{.spec.clusterIP}");
+    wait_for(
+        &c,
+        "hello-a",
+        "{.status.containerStatuses[0].ready}",
+        "true",
+    );
+    wait_for(&c, "web-1", "{.status.containerStatuses[0].ready}", "true");
+    let web0 = get(&c, "web-0", "{.status.podIP}");
+    let web1 = get(&c, "web-1", "{.status.podIP}");
+    wait_jsonpath(
+        &c,
+        &["endpointslices", "-l", "kubernetes.io/service-name=web"],
+        "{.items[0].endpoints[*].hostname}",
+        "web-0 web-1",
+    );
+
+    // From the host, at cluster DNS's address: this node's agent answers.
+    let fqdn = "hello-svc.default.svc.cluster.local.";
+    assert!(
+        eventually(LONG, || dig(&dns_ip, fqdn) == [cluster_ip.clone()]),
+        "{fqdn}: {:?}\n{}",
+        dig(&dns_ip, fqdn),
+        crate::agent::tail(&c.log())
+    );
+    assert_eq!(
+        dig(&dns_ip, "web-1.web.default.svc.cluster.local."),
+        [web1.clone()]
+    );
+    assert_eq!(
+        dig(&dns_ip, "nope.default.svc.cluster.local."),
+        ["NXDomain"]
+    );
+    assert_eq!(
+        dig(&dns_ip, "example.test."),
+        ["100.127.0.9"],
+        "forwarded upstream"
+    );
+    assert_eq!(
+        dig(&dns_ip, "outside.default.svc.cluster.local."),
+        ["example.test.", "100.127.0.9"]
+    );
+
+    // A Wasm guest's getaddrinfo goes through wasi:sockets/ip-name-lookup to cluster DNS,
+    // with its namespace's search path.
+    apply(
+        &c,
+        &pod(
+            "resolver",
+            "  restartPolicy: Never\n  containers:\n  - name: resolve\n    image: cmd2:v1\n    args: [resolve, hello-svc, hello-svc.default.svc.cluster.local, web-0.web, web, alias, example.test, kubernetes.default, nope]\n",
+        ),
+    );
+    wait_for(&c, "resolver", "{.status.phase}", "Failed");
+    let logs = c.kubectl_ok(&["logs", "resolver"]);
+    let mut web = [web0.clone(), web1.clone()];
+    web.sort_by_key(|ip| ip.parse::<std::net::Ipv4Addr>().unwrap());
+    for want in [
+        format!("hello-svc {cluster_ip}\n"),
+        format!("hello-svc.default.svc.cluster.local {cluster_ip}\n"),
+        format!("web-0.web {web0}\n"),
+        format!("web {} {}\n", web[0], web[1]),
+        format!("alias {cluster_ip}\n"),
+        "example.test 100.127.0.9\n".to_owned(),
+        format!("kubernetes.default {service_prefix}128.1\n"),
+        "nope error:".to_owned(),
+    ] {
+        assert!(logs.contains(&want), "{want:?} in:\n{logs}");
+    }
+
+    // Outgoing wasi:http to a Service by its short and full names, through the proxy.
+    let ip_a = get(&c, "hello-a", "{.status.podIP}");
+    for name in ["hello-svc", "hello-svc.default.svc.cluster.local", "alias"] {
+        let url = format!("http://{ip_a}:8000/fetch?url=http://{name}:8200/");
+        let (body, ok) = curl(&url);
+        assert!(ok && body == "200 Hello from wk!\n", "{url}: {body}");
+    }
+    let (body, _) = curl(&format!("http://{ip_a}:8000/fetch?url=http://nope:8200/"));
+    assert!(
+        body.starts_with("error:") && body.contains("DnsError"),
+        "{body}"
+    );
+}

@@ -114,7 +114,7 @@ impl HttpService {
             .wasi_builder(Some(&self.stdout), Some(&self.stderr))
             .map_err(|e| e.to_string())?;
         let limiter = Limiter::new(self.spec.memory_limit, self.spec.memory_usage.clone());
-        let mut store = Store::new(&self.engine, p2_state(builder.build(), limiter));
+        let mut store = Store::new(&self.engine, p2_state(builder.build(), limiter, &self.spec));
         store.limiter(|s| &mut s.limiter);
         slice(&mut store, &self.kill, &self.spec);
         let (tx, rx) = tokio::sync::oneshot::channel();

@@ -3,6 +3,7 @@
 //! fingerprint, and the two kinds of container: commands and wasi:http services.
 
 pub mod http;
+pub mod lookup;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -208,6 +209,12 @@ impl Runtime {
             .map_err(|e| Error::Engine(e.to_string()))?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut p2)
             .map_err(|e| Error::Engine(e.to_string()))?;
+        lookup::add_to_linker(&mut p2, |s: &mut P2State| lookup::Lookup {
+            table: &mut s.table,
+            resolver: s.dns.as_ref(),
+            allowed: s.network,
+        })
+        .map_err(|e| Error::Engine(e.to_string()))?;
 
         let mut h = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
@@ -533,6 +540,11 @@ pub struct P2State {
     table: ResourceTable,
     http: WasiHttpCtx,
     limiter: Limiter,
+    /// Cluster DNS for the guest's names.
+    dns: Option<crate::dns::Resolver>,
+    /// Whether the guest may use the network (and so resolve names).
+    network: bool,
+    hooks: lookup::Hooks,
 }
 
 impl WasiView for P2State {
@@ -549,7 +561,7 @@ impl WasiHttpView for P2State {
         WasiHttpCtxView {
             ctx: &mut self.http,
             table: &mut self.table,
-            hooks: Default::default(),
+            hooks: &mut self.hooks,
         }
     }
 }
@@ -582,6 +594,8 @@ pub struct GuestSpec {
     pub cpu_millis: Option<u64>,
     /// Whether the guest may open sockets (inside its pod's namespace).
     pub network: bool,
+    /// Cluster DNS as the pod sees it, for the guest's names.
+    pub dns: Option<crate::dns::Resolver>,
     /// Linear memory in use, for metrics.
     pub memory_usage: Arc<AtomicU64>,
     /// CPU time used, in nanoseconds, for metrics.
@@ -819,7 +833,7 @@ async fn run_inner(
         }
         Loaded::Command(pre) => {
             let mut builder = builder;
-            let mut store = Store::new(engine, p2_state(builder.build(), limiter));
+            let mut store = Store::new(engine, p2_state(builder.build(), limiter, spec));
             store.limiter(|s| &mut s.limiter);
             slice(&mut store, stop, spec);
             let result = async {
@@ -839,7 +853,7 @@ async fn run_inner(
     }
 }
 
-fn p2_state(ctx: WasiCtx, limiter: Limiter) -> P2State {
+fn p2_state(ctx: WasiCtx, limiter: Limiter, spec: &GuestSpec) -> P2State {
     let mut table = ResourceTable::new();
     table.set_max_capacity(100_000);
     P2State {
@@ -847,6 +861,11 @@ fn p2_state(ctx: WasiCtx, limiter: Limiter) -> P2State {
         table,
         http: WasiHttpCtx::new(),
         limiter,
+        dns: spec.dns.clone(),
+        network: spec.network,
+        hooks: lookup::Hooks {
+            resolver: spec.dns.clone(),
+        },
     }
 }
 
@@ -871,7 +890,7 @@ pub async fn call_hook(
         .wasi_builder(Some(stdout), Some(stderr))
         .map_err(|e| e.to_string())?;
     let limiter = Limiter::new(spec.memory_limit, spec.memory_usage.clone());
-    let mut store = Store::new(engine, p2_state(builder.build(), limiter));
+    let mut store = Store::new(engine, p2_state(builder.build(), limiter, spec));
     store.limiter(|s| &mut s.limiter);
     let stop = Stop::default();
     slice(&mut store, &stop, spec);

@@ -17,6 +17,8 @@
 //!   recurse                       unbounded recursion -> stack overflow trap
 //!   serve-tcp PORT REPLY          (wasip2) TCP line-echo server on 127.0.0.1:PORT
 //!   connect-tcp PORT MSG [--retry-ms N]  (wasip2) TCP client, prints the reply line
+//!   resolve NAME...               (wasip2) `NAME ADDR ADDR...` per name, or `NAME error: ...`
+//!                                 (exit 2 if any name failed)
 
 use std::hint::black_box;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -45,10 +47,11 @@ fn main() {
         }
         "serve-tcp" => serve_tcp(rest),
         "connect-tcp" => connect_tcp(rest),
+        "resolve" => resolve(rest),
         other => {
             eprintln!("error: unknown mode {other:?}");
             eprintln!(
-                "usage: command <env-args|ls|write|read|sleep|print-loop|exit|spin|alloc-mb|recurse|serve-tcp|connect-tcp> ..."
+                "usage: command <env-args|ls|write|read|sleep|print-loop|exit|spin|alloc-mb|recurse|serve-tcp|connect-tcp|resolve> ..."
             );
             64
         }
@@ -358,4 +361,24 @@ fn connect_tcp(rest: &[String]) -> i32 {
 /// 127.0.0.1:PORT as a concrete address (no name resolution involved).
 fn loopback(port: u16) -> std::net::SocketAddr {
     std::net::SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+// ---------------------------------------------------------------- resolve
+
+fn resolve(names: &[String]) -> i32 {
+    use std::net::ToSocketAddrs;
+    let mut rc = 0;
+    for name in names {
+        match (name.as_str(), 0u16).to_socket_addrs() {
+            Ok(addrs) => {
+                let ips: Vec<String> = addrs.map(|a| a.ip().to_string()).collect();
+                println!("{name} {}", ips.join(" "));
+            }
+            Err(e) => {
+                println!("{name} error: {e}");
+                rc = 2;
+            }
+        }
+    }
+    rc
 }

@@ -5,6 +5,8 @@
 //!   GET /slow?ms=N    -> sleeps N ms (monotonic-clock pollable), 200 "slow N\n"
 //!   GET /fail         -> 500 "fail\n"
 //!   GET /trap         -> traps (`unreachable`), leaving no response
+//!   GET /fetch?url=U  -> GETs U with wasi:http's outgoing handler; 200 with its status line
+//!                        and body (`200 BODY`), or 502 `error: ...`
 //!   anything else     -> 404 "not found\n"
 //!
 //! Note: `/env/NAME` uses `std::env::var`, which makes the component import
@@ -13,7 +15,8 @@
 use wasip2::clocks::monotonic_clock;
 use wasip2::exports::http::incoming_handler::Guest;
 use wasip2::http::types::{
-    Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
+    Fields, IncomingRequest, Method, OutgoingBody, OutgoingRequest, OutgoingResponse,
+    ResponseOutparam, Scheme,
 };
 
 struct Handler;
@@ -40,6 +43,13 @@ fn route(path: &str, query: &str) -> (u16, String) {
         "/" => (200, "Hello from wk!\n".into()),
         "/fail" => (500, "fail\n".into()),
         "/trap" => core::arch::wasm32::unreachable(),
+        "/fetch" => match query.split('&').find_map(|kv| kv.strip_prefix("url=")) {
+            Some(url) => match fetch(&unescape(url)) {
+                Ok((status, body)) => (200, format!("{status} {body}")),
+                Err(e) => (502, format!("error: {e}\n")),
+            },
+            None => (400, "fetch needs ?url=\n".into()),
+        },
         "/slow" => {
             let ms: u64 = query
                 .split('&')
@@ -78,4 +88,55 @@ fn respond(out: ResponseOutparam, status: u16, body: &[u8]) {
         // `stream` must be dropped before the body is finished.
     }
     OutgoingBody::finish(out_body, None).expect("finish body");
+}
+
+/// `%3A` and friends in a query value.
+fn unescape(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// GETs `url` (`http://host[:port]/path`) and returns its status and body.
+fn fetch(url: &str) -> Result<(u16, String), String> {
+    let rest = url.strip_prefix("http://").ok_or("only http:// URLs")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let request = OutgoingRequest::new(Fields::new());
+    request.set_scheme(Some(&Scheme::Http)).map_err(|()| "scheme")?;
+    request.set_authority(Some(authority)).map_err(|()| "authority")?;
+    request.set_path_with_query(Some(path)).map_err(|()| "path")?;
+    let pending = wasip2::http::outgoing_handler::handle(request, None).map_err(|e| format!("{e:?}"))?;
+    pending.subscribe().block();
+    let response = pending
+        .get()
+        .ok_or("no response")?
+        .map_err(|()| "response taken twice")?
+        .map_err(|e| format!("{e:?}"))?;
+    let status = response.status();
+    let body = response.consume().map_err(|()| "body taken twice")?;
+    let stream = body.stream().map_err(|()| "stream taken twice")?;
+    let mut data = Vec::new();
+    loop {
+        match stream.blocking_read(65_536) {
+            Ok(chunk) => data.extend(chunk),
+            Err(wasip2::io::streams::StreamError::Closed) => break,
+            Err(e) => return Err(format!("reading the body: {e:?}")),
+        }
+    }
+    Ok((status, String::from_utf8_lossy(&data).into_owned()))
 }
