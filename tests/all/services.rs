@@ -531,7 +531,7 @@ fn pods_resolve_services_and_statefulset_members_through_cluster_dns() {
     );
     assert_eq!(
         dig(&dns_ip, "web-1.web.default.svc.cluster.local."),
-        [web1.clone()]
+        std::slice::from_ref(&web1)
     );
     assert_eq!(
         dig(&dns_ip, "nope.default.svc.cluster.local."),
