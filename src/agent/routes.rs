@@ -44,6 +44,21 @@ pub fn wanted(nodes: &[std::sync::Arc<Value>], own_name: &str, own_ip: IpAddr) -
     routes
 }
 
+/// Lets the node forward its pods' packets to other nodes and theirs to its pods, as flannel
+/// and k3s turn forwarding on. A host that forwards already is left as it is.
+fn enable_forwarding() {
+    const FORWARDING: &str = "/proc/sys/net/ipv4/ip_forward";
+    if std::fs::read_to_string(FORWARDING).is_ok_and(|v| v.trim() == "1") {
+        return;
+    }
+    match std::fs::write(FORWARDING, "1") {
+        Ok(()) => tracing::info!("IPv4 forwarding turned on, for pods on other nodes"),
+        Err(e) => {
+            tracing::warn!(error = %e, "IPv4 forwarding is off: pods on other nodes cannot reach this node's pods")
+        }
+    }
+}
+
 /// Keeps the routes until `shutdown`, then removes them.
 pub async fn run(client: Client, own_name: String, own_ip: IpAddr, shutdown: CancellationToken) {
     let h = match crate::net::link::host_handle() {
@@ -53,6 +68,7 @@ pub async fn run(client: Client, own_name: String, own_ip: IpAddr, shutdown: Can
             return;
         }
     };
+    enable_forwarding();
     let informers = Informers::default();
     let nodes = informers.get(crate::controllers::NODES);
     let wake = std::sync::Arc::new(tokio::sync::Notify::new());

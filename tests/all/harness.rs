@@ -31,6 +31,8 @@ pub struct Cluster {
 /// across a restart.
 #[derive(Clone, Debug)]
 pub struct Bridge {
+    /// The cluster's number N, which its names and ranges derive from.
+    pub n: u32,
     /// The bridge's name (`wkt<N>`).
     pub name: String,
     /// `100.<64+N>.0.0/17`.
@@ -40,7 +42,7 @@ pub struct Bridge {
 }
 
 impl Bridge {
-    fn of(data: &std::path::Path) -> Self {
+    pub(crate) fn of(data: &std::path::Path) -> Self {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let file = data.join(".test-bridge");
         let n: u32 = std::fs::read_to_string(&file)
@@ -52,6 +54,7 @@ impl Bridge {
                 n
             });
         Self {
+            n,
             name: format!("wkt{n}"),
             cluster_cidr: format!("100.{}.0.0/17", 64 + n),
             service_cidr: format!("100.{}.128.0/17", 64 + n),
@@ -75,6 +78,12 @@ impl Cluster {
     pub fn start() -> Self {
         let data = tempfile::tempdir().expect("temp dir");
         Self::start_in(data)
+    }
+
+    /// Starts a server with these flags only (besides the data directory and the bookmark
+    /// interval), for callers that pass `--no-agent` and join their own nodes.
+    pub fn serving(args: &[&str]) -> Self {
+        Self::launch(tempfile::tempdir().expect("temp dir"), false, false, args)
     }
 
     /// Starts a server on an existing data directory (for restart tests).
@@ -194,15 +203,15 @@ impl Cluster {
         } else {
             Command::new(WK)
         };
-        cmd.args([
-            "server",
-            "--listen",
-            "127.0.0.1:0",
-            "--bookmark-interval",
-            "1",
-        ]);
+        // A caller that passes `--no-agent` sets up the nodes and the listener itself.
+        let remote = extra.contains(&"--no-agent");
+        cmd.args(["server", "--bookmark-interval", "1"]);
+        if !extra.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
         let bridge = agent.then(|| Bridge::of(data.path()));
-        if let Some(b) = &bridge {
+        if remote {
+        } else if let Some(b) = &bridge {
             cmd.args(["--node-name", "wk-test", "--agent-listen", "127.0.0.1:0"])
                 .args(["--bridge", &b.name, "--cluster-cidr", &b.cluster_cidr])
                 .args(["--service-cidr", &b.service_cidr]);
@@ -486,6 +495,8 @@ pub struct ExtraAgent {
     child: Child,
     /// The command line, to start it again.
     args: Vec<String>,
+    /// The network namespace it runs in (a test host), if not this one.
+    netns: Option<PathBuf>,
     /// The node's name.
     pub name: String,
     /// Its data directory.
@@ -497,29 +508,36 @@ impl Cluster {
     /// Joins another agent as node `name`, with the standard guests imported and extra
     /// `wk agent` flags, and waits until it runs.
     pub fn add_agent(&self, name: &str, extra: &[&str]) -> ExtraAgent {
+        let mut args = vec!["--agent-listen", "127.0.0.1:0", "--pod-network", "none"];
+        args.extend_from_slice(extra);
+        self.join_agent(name, None, &args)
+    }
+
+    /// Joins an agent as node `name` with the standard guests imported and exactly these
+    /// `wk agent` flags (besides server, token, name and data directory), inside the network
+    /// namespace at `netns` (a test host) if given, and waits until it runs.
+    pub fn join_agent(&self, name: &str, netns: Option<PathBuf>, extra: &[&str]) -> ExtraAgent {
         let token =
             std::fs::read_to_string(self.data.path().join("node-token")).expect("node token");
         let dir = tempfile::tempdir().expect("temp dir");
         crate::guests::import_all_to(dir.path());
+        // This host's own resolvers are never asked: a test names its upstream.
+        let resolv = (!extra.contains(&"--resolv-conf")).then_some("--resolv-conf=");
         let mut args: Vec<String> = ["agent", "--server", &self.url, "--token", token.trim()]
             .into_iter()
-            .chain(["--node-name", name, "--agent-listen", "127.0.0.1:0"])
-            .chain(["--pod-network", "none"])
-            .chain(if extra.contains(&"--resolv-conf") {
-                None
-            } else {
-                Some("--resolv-conf=")
-            })
+            .chain(["--node-name", name])
+            .chain(resolv)
             .chain(extra.iter().copied())
             .map(str::to_owned)
             .collect();
         args.push("--data-dir".into());
         args.push(dir.path().to_string_lossy().into_owned());
         let log = Arc::new(Mutex::new(String::new()));
-        let child = ExtraAgent::spawn(&args, &log);
+        let child = ExtraAgent::spawn(&args, netns.as_deref(), &log);
         let agent = ExtraAgent {
             child,
             args,
+            netns,
             name: name.to_owned(),
             dir,
             log,
@@ -530,8 +548,18 @@ impl Cluster {
 }
 
 impl ExtraAgent {
-    fn spawn(args: &[String], log: &Arc<Mutex<String>>) -> Child {
-        let mut child = Command::new(WK)
+    fn spawn(args: &[String], netns: Option<&std::path::Path>, log: &Arc<Mutex<String>>) -> Child {
+        // nsenter joins the network namespace only: the agent's pod namespaces, bind-mounted
+        // in its data directory, stay visible to the test.
+        let mut cmd = match netns {
+            Some(path) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", path.display())).arg(WK);
+                c
+            }
+            None => Command::new(WK),
+        };
+        let mut child = cmd
             .args(args)
             .env("RUST_LOG", "wk=debug,info")
             .stdin(Stdio::null())
@@ -566,7 +594,7 @@ impl ExtraAgent {
     /// waits until it runs.
     pub fn restart(&mut self) {
         self.log.lock().expect("log").clear();
-        self.child = Self::spawn(&self.args, &self.log);
+        self.child = Self::spawn(&self.args, self.netns.as_deref(), &self.log);
         self.wait_running();
     }
 

@@ -9,6 +9,7 @@ mod images;
 mod jobs;
 mod kube_client;
 mod kubectl;
+mod lan;
 mod nodes;
 mod quota;
 mod registry;

@@ -1,6 +1,6 @@
 //! Minimal `wasi:http/proxy` component (wasm32-wasip2) used by wk's tests.
 //!
-//!   GET /             -> 200 "Hello from wk!\n" (text/plain)
+//!   GET /             -> 200 "Hello from wk!\n" (text/plain), or $GREETING when set
 //!   GET /env/NAME     -> 200 value of env var NAME, 404 if unset
 //!   GET /slow?ms=N    -> sleeps N ms (monotonic-clock pollable), 200 "slow N\n"
 //!   GET /fail         -> 500 "fail\n"
@@ -40,7 +40,10 @@ impl Guest for Handler {
 
 fn route(path: &str, query: &str) -> (u16, String) {
     match path {
-        "/" => (200, "Hello from wk!\n".into()),
+        "/" => (
+            200,
+            std::env::var("GREETING").unwrap_or_else(|_| "Hello from wk!\n".into()),
+        ),
         "/fail" => (500, "fail\n".into()),
         "/trap" => core::arch::wasm32::unreachable(),
         "/fetch" => match query.split('&').find_map(|kv| kv.strip_prefix("url=")) {
