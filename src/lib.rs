@@ -12,6 +12,7 @@ pub mod client;
 pub mod clock;
 pub mod controllers;
 pub mod dns;
+pub mod ingress;
 pub mod net;
 pub mod oci;
 pub mod scheduler;

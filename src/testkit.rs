@@ -63,9 +63,16 @@ impl Api {
             String::new(),
             crate::net::SERVICE_CIDR,
         );
-        crate::server::bootstrap(&state, None, true)
-            .await
-            .expect("the cluster bootstraps");
+        crate::server::bootstrap(
+            &state,
+            None,
+            crate::server::Builtins {
+                local_storage: true,
+                ingress: true,
+            },
+        )
+        .await
+        .expect("the cluster bootstraps");
         let client = Client::in_process(
             crate::api::router(state.clone()),
             Some("admin-token".into()),

@@ -95,6 +95,8 @@ pub struct AgentConfig {
     pub image_gc: image_gc::Policy,
     /// The resolv.conf naming the resolvers cluster DNS forwards other names to.
     pub resolv_conf: Option<PathBuf>,
+    /// Where the node serves Ingresses.
+    pub ingress: crate::ingress::Ports,
 }
 
 impl AgentConfig {
@@ -118,6 +120,10 @@ impl AgentConfig {
             spare_netns: SPARE_NETNS,
             image_gc: image_gc::Policy::default(),
             resolv_conf: Some(PathBuf::from("/etc/resolv.conf")),
+            ingress: crate::ingress::Ports {
+                http: 80,
+                https: 443,
+            },
         }
     }
 }
@@ -655,6 +661,14 @@ impl Agent {
                 .unwrap_or_default(),
         ));
         let _ = shared.dns.set(dns.clone());
+        let ingress = crate::ingress::run(
+            client.clone(),
+            services_and_slices.get(crate::controllers::endpoints::SERVICES),
+            services_and_slices.get(crate::controllers::endpointslice::SLICES),
+            config.address,
+            config.ingress,
+            shutdown.clone(),
+        );
         tracing::info!(node = %config.node_name, %endpoint, host_network, pooling = shared.runtime.pooling, "node agent registered");
         let mut tasks = vec![
             tokio::spawn(serve),
@@ -677,6 +691,7 @@ impl Agent {
                 shared.net.get().and_then(|n| proxy::link_name(n.bridge())),
                 shutdown.clone(),
             )),
+            tokio::spawn(ingress),
         ];
         // Pods on other nodes are reached through routes, once this node has pods of its own.
         if shared.net.get().is_some() {

@@ -369,7 +369,7 @@ impl Proxy {
 }
 
 /// The ready endpoints of a Service port, from its slices.
-fn ready_endpoints(slices: &[&Value], port_name: &str) -> Vec<SocketAddr> {
+pub(crate) fn ready_endpoints(slices: &[&Value], port_name: &str) -> Vec<SocketAddr> {
     let mut out = Vec::new();
     for slice in slices {
         let Some(port) = slice["ports"]

@@ -401,6 +401,8 @@ fn node_may(method: &Method, target: &Target) -> bool {
         "services"
         | "endpoints"
         | "endpointslices"
+        | "ingresses"
+        | "ingressclasses"
         | "configmaps"
         | "secrets"
         | "namespaces"

@@ -97,6 +97,8 @@ pub fn normalize(
             typed::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(res, input)
         }
         "EndpointSlice" => typed::<k8s_openapi::api::discovery::v1::EndpointSlice>(res, input),
+        "Ingress" => typed::<k8s_openapi::api::networking::v1::Ingress>(res, input),
+        "IngressClass" => typed::<k8s_openapi::api::networking::v1::IngressClass>(res, input),
         other => Err(ApiError::internal(format!(
             "no typed decoder for kind {other}"
         ))),

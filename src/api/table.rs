@@ -443,6 +443,34 @@ const STORAGE_CLASS: &[Col] = &[
     AGE,
 ];
 
+const INGRESS: &[Col] = &[
+    NAME,
+    col(
+        "Class",
+        "string",
+        "The IngressClass that serves the Ingress.",
+    ),
+    col("Hosts", "string", "The host names its rules match."),
+    col("Address", "string", "The addresses it is served at."),
+    col("Ports", "string", "The ports it is served on."),
+    AGE,
+];
+
+const INGRESS_CLASS: &[Col] = &[
+    NAME,
+    col(
+        "Controller",
+        "string",
+        "The controller that serves Ingresses of this class.",
+    ),
+    col(
+        "Parameters",
+        "string",
+        "The controller's parameters for this class.",
+    ),
+    AGE,
+];
+
 const HPA: &[Col] = &[
     NAME,
     col("Reference", "string", "The target of the autoscaler."),
@@ -587,6 +615,8 @@ fn columns(kind: &str) -> &'static [Col] {
         "PersistentVolumeClaim" => PVC,
         "PersistentVolume" => PV,
         "StorageClass" => STORAGE_CLASS,
+        "Ingress" => INGRESS,
+        "IngressClass" => INGRESS_CLASS,
         "Event" => EVENT,
         _ => DEFAULT,
     }
@@ -673,6 +703,47 @@ pub fn row(kind: &str, obj: &Value, now: Timestamp) -> Value {
             slice_endpoints(obj).into(),
             age(obj, now).into(),
         ],
+        "Ingress" => {
+            let hosts: Vec<&str> = list(obj, &["spec", "rules"])
+                .iter()
+                .filter_map(|r| r["host"].as_str())
+                .collect();
+            let address: Vec<&str> = list(obj, &["status", "loadBalancer", "ingress"])
+                .iter()
+                .filter_map(|i| i["ip"].as_str().or(i["hostname"].as_str()))
+                .collect();
+            let tls = !list(obj, &["spec", "tls"]).is_empty();
+            vec![
+                name(obj).into(),
+                match text(obj, &["spec", "ingressClassName"]) {
+                    "" => "<none>",
+                    class => class,
+                }
+                .into(),
+                if hosts.is_empty() {
+                    "*".to_owned()
+                } else {
+                    hosts.join(",")
+                }
+                .into(),
+                address.join(",").into(),
+                if tls { "80, 443" } else { "80" }.into(),
+                age(obj, now).into(),
+            ]
+        }
+        "IngressClass" => {
+            let p = &obj["spec"]["parameters"];
+            let parameters = match p["kind"].as_str() {
+                Some(kind) => format!("{kind}/{}", p["name"].as_str().unwrap_or_default()),
+                None => "<none>".to_owned(),
+            };
+            vec![
+                name(obj).into(),
+                text(obj, &["spec", "controller"]).into(),
+                parameters.into(),
+                age(obj, now).into(),
+            ]
+        }
         "Lease" => vec![
             name(obj).into(),
             text(obj, &["spec", "holderIdentity"]).into(),

@@ -42,6 +42,12 @@ pub struct NodeFlags {
     /// starts without waiting for the kernel to make them (each holds one pod address).
     #[arg(long, env = "WK_SPARE_SANDBOXES", default_value_t = crate::agent::SPARE_NETNS)]
     spare_sandboxes: usize,
+    /// The port this node serves Ingresses on over HTTP (0: not at all).
+    #[arg(long, env = "WK_INGRESS_HTTP_PORT", default_value_t = 80)]
+    ingress_http_port: u16,
+    /// The port this node serves Ingresses on over HTTPS (0: not at all).
+    #[arg(long, env = "WK_INGRESS_HTTPS_PORT", default_value_t = 443)]
+    ingress_https_port: u16,
     /// The resolv.conf whose nameservers cluster DNS forwards other names to, as the
     /// kubelet's flag (empty: none, so only cluster names resolve).
     #[arg(long, env = "WK_RESOLV_CONF", default_value = "/etc/resolv.conf")]

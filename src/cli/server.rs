@@ -26,8 +26,9 @@ pub struct Args {
     /// An in-process controller not to run (repeatable): scheduler, nodeipam, replicaset,
     /// deployment, statefulset, daemonset, job, cronjob, garbagecollector, nodelifecycle,
     /// disruption, resourcequota, horizontalpodautoscaling, persistentvolume-binder, endpoint,
-    /// endpointslice, servicelb; or the default StorageClass, local-storage.
-    #[arg(long, env = "WK_DISABLE", value_delimiter = ',', value_parser = ["scheduler", "nodeipam", "replicaset", "deployment", "statefulset", "daemonset", "job", "cronjob", "garbagecollector", "nodelifecycle", "disruption", "resourcequota", "horizontalpodautoscaling", "persistentvolume-binder", "endpoint", "endpointslice", "servicelb", "local-storage"])]
+    /// endpointslice, servicelb; the default StorageClass, local-storage; or the built-in
+    /// Ingress controller's IngressClass, ingress.
+    #[arg(long, env = "WK_DISABLE", value_delimiter = ',', value_parser = ["scheduler", "nodeipam", "replicaset", "deployment", "statefulset", "daemonset", "job", "cronjob", "garbagecollector", "nodelifecycle", "disruption", "resourcequota", "horizontalpodautoscaling", "persistentvolume-binder", "endpoint", "endpointslice", "servicelb", "local-storage", "ingress"])]
     disable: Vec<String>,
     /// The range pod addresses come from; each node gets a share of it as its podCIDR.
     #[arg(long, env = "WK_CLUSTER_CIDR", default_value_t = crate::net::CLUSTER_CIDR)]

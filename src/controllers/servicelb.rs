@@ -1,7 +1,7 @@
 //! The service load balancer, as k3s's servicelb: a `type: LoadBalancer` Service is served on
 //! its port by every node's service proxy, so its `status.loadBalancer.ingress` lists the
 //! addresses (InternalIP) of the Ready, schedulable nodes, and follows them as nodes come, go
-//! or are cordoned.
+//! or are cordoned. Ingresses of class `wk`, which every node serves too, get the same list.
 
 use std::sync::Arc;
 
@@ -16,20 +16,40 @@ use crate::client::{Client, Error};
 struct Ctx {
     client: Client,
     services: Arc<Informer>,
+    ingresses: Arc<Informer>,
+    classes: Arc<Informer>,
     nodes: Arc<Informer>,
 }
+
+/// The queue key of an Ingress (Services are queued by their plain key).
+const INGRESS_KEY: &str = "ingress:";
 
 /// Registers the controller's handlers on the shared informers and starts its worker.
 pub fn start(client: &Client, informers: &Informers, shutdown: &CancellationToken) {
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         services: informers.get(SERVICES),
+        ingresses: informers.get(crate::ingress::INGRESSES),
+        classes: informers.get(crate::ingress::CLASSES),
         nodes: informers.get(super::NODES),
     });
     let queue = Queue::new();
     super::enqueue_self(&ctx.services, &queue);
-    // A node's readiness or address changes every LoadBalancer's ingress.
-    let (q, services) = (queue.clone(), ctx.services.clone());
+    let q = queue.clone();
+    ctx.ingresses.on_change(move |old, new| {
+        if let Some(i) = new.or(old) {
+            q.add(format!("{INGRESS_KEY}{}", key_of(i)));
+        }
+    });
+    // The class decides which Ingresses are served.
+    let (q, ingresses) = (queue.clone(), ctx.ingresses.clone());
+    ctx.classes.on_change(move |_, _| {
+        for i in ingresses.list() {
+            q.add(format!("{INGRESS_KEY}{}", key_of(&i)));
+        }
+    });
+    // A node's readiness or address changes every LoadBalancer's and Ingress's addresses.
+    let (q, services, ingresses) = (queue.clone(), ctx.services.clone(), ctx.ingresses.clone());
     ctx.nodes.on_change(move |old, new| {
         if old.map(ingress_of) == new.map(ingress_of) {
             return;
@@ -39,8 +59,16 @@ pub fn start(client: &Client, informers: &Informers, shutdown: &CancellationToke
                 q.add(key_of(&s));
             }
         }
+        for i in ingresses.list() {
+            q.add(format!("{INGRESS_KEY}{}", key_of(&i)));
+        }
     });
-    let informers = vec![ctx.services.clone(), ctx.nodes.clone()];
+    let informers = vec![
+        ctx.services.clone(),
+        ctx.ingresses.clone(),
+        ctx.classes.clone(),
+        ctx.nodes.clone(),
+    ];
     super::run_worker(
         "service-lb-controller",
         informers,
@@ -67,7 +95,23 @@ fn ingress_of(node: &Value) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The addresses of the nodes that serve LoadBalancers and Ingresses, in order.
+fn serving_nodes(ctx: &Ctx) -> Vec<String> {
+    let mut ips: Vec<String> = ctx
+        .nodes
+        .list()
+        .iter()
+        .filter_map(|n| ingress_of(n))
+        .collect();
+    ips.sort();
+    ips.dedup();
+    ips
+}
+
 async fn reconcile(ctx: &Ctx, key: &str) -> Result<Action, Error> {
+    if let Some(key) = key.strip_prefix(INGRESS_KEY) {
+        return reconcile_ingress(ctx, key).await;
+    }
     let Some(service) = ctx.services.get(key) else {
         return Ok(Action::Await);
     };
@@ -75,15 +119,7 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Action, Error> {
         return Ok(Action::Await);
     }
     let want = if service["spec"]["type"] == "LoadBalancer" {
-        let mut ips: Vec<String> = ctx
-            .nodes
-            .list()
-            .iter()
-            .filter_map(|n| ingress_of(n))
-            .collect();
-        ips.sort();
-        ips.dedup();
-        let ingress: Vec<Value> = ips
+        let ingress: Vec<Value> = serving_nodes(ctx)
             .into_iter()
             .map(|ip| json!({"ip": ip, "ipMode": "VIP"}))
             .collect();
@@ -102,6 +138,38 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Action, Error> {
             "status": {"loadBalancer": {"ingress": want}}});
         let written = super::merge_patch(&ctx.client, &path, &patch).await?;
         super::settle(&ctx.services, &[written]).await;
+    }
+    Ok(Action::Await)
+}
+
+/// An Ingress of class `wk` is served on every node: its status lists their addresses. Other
+/// classes' Ingresses are left to their controllers.
+async fn reconcile_ingress(ctx: &Ctx, key: &str) -> Result<Action, Error> {
+    let Some(ingress) = ctx.ingresses.get(key) else {
+        return Ok(Action::Await);
+    };
+    if terminating(&ingress) || !crate::ingress::ours(&ingress, &ctx.classes) {
+        return Ok(Action::Await);
+    }
+    let ips: Vec<Value> = serving_nodes(ctx)
+        .into_iter()
+        .map(|ip| json!({"ip": ip}))
+        .collect();
+    let want = if ips.is_empty() {
+        Value::Null
+    } else {
+        json!(ips)
+    };
+    if ingress["status"]["loadBalancer"]["ingress"] != want {
+        let path = format!(
+            "/apis/networking.k8s.io/v1/namespaces/{}/ingresses/{}/status",
+            namespace(&ingress),
+            name(&ingress)
+        );
+        let patch = json!({"metadata": {"resourceVersion": ingress["metadata"]["resourceVersion"]},
+            "status": {"loadBalancer": {"ingress": want}}});
+        let written = super::merge_patch(&ctx.client, &path, &patch).await?;
+        super::settle(&ctx.ingresses, &[written]).await;
     }
     Ok(Action::Await)
 }

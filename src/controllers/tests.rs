@@ -1272,9 +1272,16 @@ async fn services_an_older_wk_stored_without_addresses_get_them_at_the_next_star
         .await
         .unwrap();
     api.state.cache.sync().await.unwrap();
-    crate::server::bootstrap(&api.state, None, true)
-        .await
-        .unwrap();
+    crate::server::bootstrap(
+        &api.state,
+        None,
+        crate::server::Builtins {
+            local_storage: true,
+            ingress: true,
+        },
+    )
+    .await
+    .unwrap();
     let service = api.get(&format!("{SERVICES}/old")).await.unwrap();
     assert!(service["spec"]["clusterIP"].is_string(), "{service:#}");
     assert!(

@@ -284,7 +284,10 @@ impl Server {
                 host.parse().unwrap_or(addr.ip()),
                 addr.port(),
             )),
-            !config.disabled.iter().any(|d| d == "local-storage"),
+            Builtins {
+                local_storage: !config.disabled.iter().any(|d| d == "local-storage"),
+                ingress: !config.disabled.iter().any(|d| d == "ingress"),
+            },
         )
         .await?;
 
@@ -351,13 +354,22 @@ impl Server {
     }
 }
 
+/// The optional built-in objects the server makes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Builtins {
+    /// The default StorageClass (k3s's local-path).
+    pub local_storage: bool,
+    /// The IngressClass `wk`, which the agents serve.
+    pub ingress: bool,
+}
+
 /// Creates the built-in namespaces, the `kubernetes` Service (and, with `api`, its Endpoints:
-/// the API server's address), cluster DNS's `kube-dns` Service, and with `local_storage` the default StorageClass, as k3s
-/// deploys its local-path class; then resumes the clean-up of terminating namespaces.
+/// the API server's address), cluster DNS's `kube-dns` Service, the default StorageClass (as
+/// k3s deploys its local-path class) and the IngressClass `wk` unless disabled; then resumes the clean-up of terminating namespaces.
 pub(crate) async fn bootstrap(
     state: &Arc<ApiState>,
     api: Option<SocketAddr>,
-    local_storage: bool,
+    builtins: Builtins,
 ) -> Result<(), Error> {
     let namespaces = resources::by_kind("Namespace").expect("namespaces are served");
     let mut built_in: Vec<serde_json::Value> =
@@ -368,8 +380,11 @@ pub(crate) async fn bootstrap(
             )
             .collect();
     built_in.push(crate::api::services::kubernetes_service(state.service_cidr));
-    if local_storage {
+    if builtins.local_storage {
         built_in.push(crate::controllers::volume::default_class());
+    }
+    if builtins.ingress {
+        built_in.push(crate::ingress::ingress_class());
     }
     for object in built_in {
         // Made once; never overwritten (users may change them).

@@ -6,6 +6,7 @@ mod controllers;
 mod guests;
 mod harness;
 mod images;
+mod ingress;
 mod jobs;
 mod kube_client;
 mod kubectl;
