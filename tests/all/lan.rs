@@ -327,3 +327,149 @@ fn the_seed_scenario_runs_across_three_hosts() {
     let out = c.kubectl(&["logs", "client"]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// What pods and Services leave on host `i`: its veths, routes, ClusterIPs and netns mounts,
+/// with the address records, less what its spare namespaces hold.
+fn footprint(lan: &Lan, i: usize) -> (Vec<String>, Vec<String>, Vec<String>, usize, Vec<String>) {
+    let dir = lan.hosts[i]
+        .agent
+        .as_ref()
+        .expect("agent")
+        .dir
+        .path()
+        .to_owned();
+    let mut records = Vec::new();
+    for range in std::fs::read_dir(dir.join("net"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for file in std::fs::read_dir(range.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let text = std::fs::read_to_string(file.path()).unwrap_or_default();
+            let mut lines = text.lines();
+            records.push((
+                lines.next().unwrap_or_default().to_owned(),
+                lines.next().unwrap_or_default().to_owned(),
+            ));
+        }
+    }
+    let spare_links: Vec<String> = records
+        .iter()
+        .filter(|(holder, _)| holder.starts_with("spare-"))
+        .map(|(_, link)| link.clone())
+        .collect();
+    let held: Vec<String> = records
+        .iter()
+        .filter(|(holder, _)| !holder.starts_with("spare-"))
+        .map(|(holder, _)| holder.clone())
+        .collect();
+    let links: Vec<String> = stdout(&lan.run_in(i, &["ip", "-br", "link"]))
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(|l| l.split('@').next().unwrap_or(l).to_owned())
+        .filter(|l| l.starts_with("wkv") && !spare_links.contains(l))
+        .collect();
+    let routes: Vec<String> = stdout(&lan.run_in(i, &["ip", "route"]))
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let vips: Vec<String> =
+        stdout(&lan.run_in(i, &["ip", "-br", "addr", "show", "dev", "wk0-svc"]))
+            .split_whitespace()
+            .skip(2)
+            .map(str::to_owned)
+            .collect();
+    let pod_netns = std::fs::read_dir(dir.join("netns")).map_or(0, |d| d.count());
+    let mut leftover = links;
+    leftover.extend(held);
+    (leftover, routes, vips, pod_netns, spare_links)
+}
+
+#[test]
+fn a_hundred_pods_and_services_come_and_go_without_leaving_anything_behind() {
+    let lan = Lan::start(2);
+    let c = &lan.c;
+    let settled = |i: usize| {
+        let (leftover, _, _, pod_netns, _) = footprint(&lan, i);
+        leftover.is_empty() && pod_netns == 0
+    };
+    for i in 0..2 {
+        assert!(
+            eventually(LONG, || settled(i)),
+            "host {i}: {:?}",
+            footprint(&lan, i)
+        );
+    }
+    let before: Vec<_> = (0..2).map(|i| footprint(&lan, i)).collect();
+    let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: churn\nspec:\n  replicas: 0\n  selector:\n    matchLabels: {app: churn}\n  template:\n    metadata:\n      labels: {app: churn}\n    spec:\n      containers:\n      - name: hello\n        image: hello:v1\n        ports: [{containerPort: 8000}]\n";
+    let out = c.kubectl_stdin(&["apply", "-f", "-"], deployment);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let running = || {
+        stdout(&c.kubectl(&[
+            "get",
+            "pods",
+            "-l",
+            "app=churn",
+            "-o",
+            "jsonpath={.items[*].status.podIP}",
+        ]))
+        .split_whitespace()
+        .count()
+    };
+    // Ten rounds of ten pods, each round with a Service (and its ClusterIP) of its own.
+    for round in 0..10 {
+        let service = format!("churn-{round}");
+        c.kubectl_ok(&[
+            "expose",
+            "deployment",
+            "churn",
+            "--name",
+            &service,
+            "--port",
+            "80",
+            "--target-port",
+            "8000",
+        ]);
+        c.kubectl_ok(&["scale", "deployment", "churn", "--replicas=10"]);
+        assert!(
+            eventually(LONG, || running() == 10),
+            "round {round}: {} running",
+            running()
+        );
+        c.kubectl_ok(&["scale", "deployment", "churn", "--replicas=0"]);
+        c.kubectl_ok(&["delete", "service", &service]);
+        assert!(
+            eventually(LONG, || running() == 0),
+            "round {round}: {} left",
+            running()
+        );
+    }
+    let nodes = stdout(&c.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        "reason=Scheduled",
+        "-o",
+        "jsonpath={.items[*].message}",
+    ]));
+    for host in &lan.hosts {
+        assert!(nodes.contains(&host.name), "no pod ran on {}", host.name);
+    }
+    for i in 0..2 {
+        let mut last = footprint(&lan, i);
+        let clean = eventually(LONG, || {
+            last = footprint(&lan, i);
+            let (leftover, routes, vips, pod_netns, _) = &last;
+            leftover.is_empty() && pod_netns == &0 && routes == &before[i].1 && vips == &before[i].2
+        });
+        assert!(
+            clean,
+            "host {i} after 100 pods: left {:?}, {} pod namespaces; routes {:?} (were {:?}); ClusterIPs {:?} (were {:?})",
+            last.0, last.3, last.1, before[i].1, last.2, before[i].2
+        );
+    }
+}
