@@ -25,7 +25,7 @@ OPENAPI = sorted(p for r in REG for p in glob.glob(r + "k8s-openapi-0.29.*"))[-1
 
 MODULES = [
     "api/core/v1", "api/apps/v1", "api/batch/v1", "api/coordination/v1", "api/policy/v1",
-    "api/autoscaling/v1", "api/autoscaling/v2", "api/storage/v1",
+    "api/autoscaling/v1", "api/autoscaling/v2", "api/storage/v1", "api/networking/v1",
     "apimachinery/pkg/apis/meta/v1", "apimachinery/pkg/api/resource",
     "apimachinery/pkg/util/intstr", "apimachinery/pkg/runtime",
 ]
@@ -35,6 +35,15 @@ json_names = {}
 for path in glob.glob(OPENAPI + "**/*.rs", recursive=True):
     for json, snake in re.findall(r'"([A-Za-z0-9$]+)" => Field::Key_(\w+),', open(path).read()):
         json_names.setdefault(snake.replace("_", "").lower(), json)
+
+
+# Fields Kubernetes' JSON inlines into their parent (`json:",inline"`): their JSON name is `-`.
+INLINE = {
+    ("core.v1.Volume", "volume_source"),
+    ("core.v1.PersistentVolumeSpec", "persistent_volume_source"),
+    ("core.v1.EphemeralContainer", "ephemeral_container_common"),
+    ("networking.v1.IngressRule", "ingress_rule_value"),
+}
 
 
 def camel(snake):
@@ -99,7 +108,8 @@ for module in MODULES:
                 continue
             kind = attr.split(",")[0].split("=")[0].strip()
             label = "repeated" if "repeated" in attr else "optional"
-            line = f"F {tag} {json_name(field)} {kind} {label}"
+            json = "-" if (f"{package(module)}.{name}", field) in INLINE else json_name(field)
+            line = f"F {tag} {json} {kind} {label}"
             if kind == "message":
                 inner = re.search(r"<([^<>]*?(?:<[^<>]*>)?)>$", rust_type).group(1)
                 inner = re.sub(r"^::prost::alloc::vec::Vec<|^::core::option::Option<", "", inner).rstrip(">")

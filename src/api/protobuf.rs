@@ -256,6 +256,9 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// The schema's JSON name of a field whose message Kubernetes' JSON inlines into its parent.
+const INLINE: &str = "-";
+
 fn decode_message(schema: &Schema, name: &str, bytes: &[u8], depth: usize) -> Result<Value, Error> {
     let fields = schema.messages.get(name).ok_or_else(|| Error::Wire {
         message: name.to_string(),
@@ -332,6 +335,11 @@ fn decode_message(schema: &Schema, name: &str, bytes: &[u8], depth: usize) -> Re
                 )? {
                     Some(Value::String(s)) if s.is_empty() && field.kind == Kind::String => {
                         out.remove(field.json)
+                    }
+                    // An inlined message (`json:",inline"`): its fields are the parent's.
+                    Some(Value::Object(inner)) if field.json == INLINE => {
+                        out.extend(inner);
+                        None
                     }
                     Some(v) => out.insert(field.json.to_string(), v),
                     None => out.remove(field.json),

@@ -17,6 +17,7 @@ use crate::client::Client;
 pub mod cluster;
 pub mod images;
 pub mod pods;
+pub mod proxy;
 pub mod scheduler;
 
 /// What to run.

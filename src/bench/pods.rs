@@ -184,7 +184,7 @@ impl Node {
     }
 }
 
-fn hello_pod(name: &str, host_port: Option<u16>) -> Vec<u8> {
+pub(crate) fn hello_pod(name: &str, host_port: Option<u16>) -> Vec<u8> {
     http_pod(name, host_port, "hello:v1", "IfNotPresent")
 }
 
@@ -690,8 +690,22 @@ fn parse_ms(text: &str) -> f64 {
 /// # Errors
 /// When wrk is missing or fails.
 pub fn wrk(url: &str, secs: u64) -> anyhow::Result<Wrk> {
+    wrk_with(url, secs, 32)
+}
+
+/// As [`wrk`], with `connections` connections.
+///
+/// # Errors
+/// When wrk is missing or fails.
+pub fn wrk_with(url: &str, secs: u64, connections: usize) -> anyhow::Result<Wrk> {
     let out = Command::new("wrk")
-        .args(["-t2", "-c32", &format!("-d{secs}s"), "--latency", url])
+        .args([
+            "-t2",
+            &format!("-c{connections}"),
+            &format!("-d{secs}s"),
+            "--latency",
+            url,
+        ])
         .output()
         .context("running wrk (Debian: wrk)")?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -729,7 +743,7 @@ pub struct ServeReport {
     pub ratio: f64,
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())

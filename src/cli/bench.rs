@@ -117,6 +117,28 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// What the service proxy costs: one HTTP pod with wrk at its pod IP, through its
+    /// ClusterIP and through a NodePort, in alternating runs.
+    Proxy {
+        /// The wasi:http component.
+        #[arg(
+            long,
+            default_value = "target/guests/wasm32-wasip2/release/http_hello.wasm"
+        )]
+        wasm: PathBuf,
+        /// Alternating runs of each path.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Seconds per wrk run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Connections wrk keeps open.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// HTTP throughput of one pod against `wasmtime serve` on the same component, with wrk.
     Serve {
         /// The wasi:http component.
@@ -301,6 +323,36 @@ pub async fn execute(args: Args) -> anyhow::Result<()> {
                 );
             }
             println!("median wk / median wasmtime serve: {:.2}", r.ratio);
+            Ok(())
+        }
+        Command::Proxy {
+            wasm,
+            runs,
+            seconds,
+            connections,
+            json,
+        } => {
+            let r = bench::proxy::proxy(&wk, &wasm, runs, seconds, connections).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                return Ok(());
+            }
+            let runs = r.pod_ip.iter().zip(&r.cluster_ip).zip(&r.node_port);
+            for (i, ((pod, vip), port)) in runs.enumerate() {
+                for (name, w) in [("pod IP", pod), ("ClusterIP", vip), ("NodePort", port)] {
+                    println!(
+                        "run {}: {name:<10} {:>9.0} req/s (p50 {:.2} ms, p99 {:.2} ms)",
+                        i + 1,
+                        w.requests_per_second,
+                        w.p50_ms,
+                        w.p99_ms
+                    );
+                }
+            }
+            println!(
+                "median ClusterIP / pod IP: {:.2}   median NodePort / pod IP: {:.2}   ({} connections)",
+                r.cluster_ip_ratio, r.node_port_ratio, r.connections
+            );
             Ok(())
         }
         Command::Api {

@@ -85,10 +85,10 @@ impl Backend {
     fn of(namespace: &str, backend: &Value) -> Option<Self> {
         let service = &backend["service"];
         let port = &service["port"];
-        let port = if port["number"].is_u64() {
-            port["number"].clone()
-        } else {
-            port["name"].clone()
+        // kubectl's protobuf carries `number: 0` beside a name: zero is no number.
+        let port = match port["number"].as_u64() {
+            Some(n) if n > 0 => json!(n),
+            _ => port["name"].clone(),
         };
         Some(Self {
             namespace: namespace.to_owned(),

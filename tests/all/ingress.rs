@@ -153,6 +153,20 @@ fn ingress_routes_hosts_and_paths_to_services_over_http_and_https() {
         "{table}"
     );
 
+    // kubectl's generator sends protobuf, with the rule's value inlined in JSON.
+    c.kubectl_ok(&[
+        "create",
+        "ingress",
+        "made",
+        "--rule=four.example.test/*=two:web",
+    ]);
+    let made = c.kubectl_ok(&[
+        "get", "ingress", "made", "-o",
+        "jsonpath={.spec.rules[0].host} {.spec.rules[0].http.paths[0].pathType} {.spec.rules[0].http.paths[0].backend.service.name}",
+    ]);
+    assert_eq!(made, "four.example.test Prefix two");
+    answers("four.example.test", "http://four.example.test/", "two");
+
     // An Ingress of another class is not served; without the class wk, nothing is.
     apply(
         &c,
