@@ -459,17 +459,17 @@ fn a_hundred_pods_and_services_come_and_go_without_leaving_anything_behind() {
     for host in &lan.hosts {
         assert!(nodes.contains(&host.name), "no pod ran on {}", host.name);
     }
-    for i in 0..2 {
+    for (i, before) in before.iter().enumerate() {
         let mut last = footprint(&lan, i);
         let clean = eventually(LONG, || {
             last = footprint(&lan, i);
             let (leftover, routes, vips, pod_netns, _) = &last;
-            leftover.is_empty() && pod_netns == &0 && routes == &before[i].1 && vips == &before[i].2
+            leftover.is_empty() && pod_netns == &0 && routes == &before.1 && vips == &before.2
         });
         assert!(
             clean,
             "host {i} after 100 pods: left {:?}, {} pod namespaces; routes {:?} (were {:?}); ClusterIPs {:?} (were {:?})",
-            last.0, last.3, last.1, before[i].1, last.2, before[i].2
+            last.0, last.3, last.1, before.1, last.2, before.2
         );
     }
 }
