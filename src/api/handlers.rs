@@ -313,6 +313,19 @@ impl ApiState {
             if res.kind == "PersistentVolumeClaim" {
                 self.admit_claim(&mut object)?;
             }
+            // DefaultIngressClass admission: an Ingress that names no class gets the default.
+            if res.kind == "Ingress"
+                && object["spec"]["ingressClassName"].is_null()
+                && object
+                    .pointer("/metadata/annotations/kubernetes.io~1ingress.class")
+                    .is_none()
+                && let Some(class) = self.default_class(
+                    "IngressClass",
+                    "/metadata/annotations/ingressclass.kubernetes.io~1is-default-class",
+                )
+            {
+                object["spec"]["ingressClassName"] = class;
+            }
         }
         objects::validate(res, &object)?;
         if let Some(who) = updater {
@@ -371,25 +384,31 @@ impl ApiState {
             .map_err(|e| ApiError::forbidden(format!("pods \"{name}\" is forbidden: {e}")))
     }
 
+    /// The name of the class of `kind` (StorageClass, IngressClass) whose annotation at
+    /// `pointer` says it is the default.
+    fn default_class(&self, kind: &str, pointer: &str) -> Option<Value> {
+        let classes = resources::by_kind(kind)?;
+        self.cache
+            .list(&classes.prefix(None), None, None, |c| {
+                c.pointer(pointer) == Some(&json!("true"))
+            })
+            .0
+            .into_iter()
+            .map(|(_, c)| c["metadata"]["name"].clone())
+            .next()
+    }
+
     /// A new claim that names no storage class gets the default one (DefaultStorageClass
     /// admission), and the `kubernetes.io/pvc-protection` finalizer that keeps it while a pod
     /// uses it.
     fn admit_claim(&self, claim: &mut Value) -> ApiResult<()> {
         if claim["spec"]["storageClassName"].is_null()
-            && let Some(class) = resources::by_kind("StorageClass").and_then(|classes| {
-                self.cache
-                    .list(&classes.prefix(None), None, None, |c| {
-                        c.pointer(
-                            "/metadata/annotations/storageclass.kubernetes.io~1is-default-class",
-                        ) == Some(&json!("true"))
-                    })
-                    .0
-                    .into_iter()
-                    .map(|(_, c)| c)
-                    .next()
-            })
+            && let Some(class) = self.default_class(
+                "StorageClass",
+                "/metadata/annotations/storageclass.kubernetes.io~1is-default-class",
+            )
         {
-            claim["spec"]["storageClassName"] = class["metadata"]["name"].clone();
+            claim["spec"]["storageClassName"] = class;
         }
         add_finalizer(claim, crate::controllers::volume::PVC_PROTECTION);
         // LimitRange items of type PersistentVolumeClaim bound the storage asked for.

@@ -153,7 +153,8 @@ fn ingress_routes_hosts_and_paths_to_services_over_http_and_https() {
         "{table}"
     );
 
-    // kubectl's generator sends protobuf, with the rule's value inlined in JSON.
+    // kubectl's generator sends protobuf, with the rule's value inlined in JSON; an Ingress
+    // that names no class gets the default one.
     c.kubectl_ok(&[
         "create",
         "ingress",
@@ -162,9 +163,9 @@ fn ingress_routes_hosts_and_paths_to_services_over_http_and_https() {
     ]);
     let made = c.kubectl_ok(&[
         "get", "ingress", "made", "-o",
-        "jsonpath={.spec.rules[0].host} {.spec.rules[0].http.paths[0].pathType} {.spec.rules[0].http.paths[0].backend.service.name}",
+        "jsonpath={.spec.ingressClassName} {.spec.rules[0].host} {.spec.rules[0].http.paths[0].pathType} {.spec.rules[0].http.paths[0].backend.service.name}",
     ]);
-    assert_eq!(made, "four.example.test Prefix two");
+    assert_eq!(made, "wk four.example.test Prefix two", "the default class is set");
     answers("four.example.test", "http://four.example.test/", "two");
 
     // An Ingress of another class is not served; without the class wk, nothing is.
