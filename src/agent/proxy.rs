@@ -160,11 +160,7 @@ pub async fn run(
 ) {
     let services = informers.get(SERVICES);
     let slices = informers.get(SLICES);
-    let wake = Arc::new(tokio::sync::Notify::new());
-    for informer in [&services, &slices] {
-        let w = wake.clone();
-        informer.on_change(move |_, _| w.notify_one());
-    }
+    let wake = crate::client::informer::wake_on_change(&[&services, &slices]);
     informers.start(&client, &shutdown);
     let vips = match link {
         Some(name) => match vip_link(&name).await {
@@ -400,19 +396,7 @@ pub(crate) fn ready_endpoints(slices: &[&Value], port_name: &str) -> Vec<SocketA
 
 /// Accepts connections on `listener` and passes each to an endpoint of `pool`.
 async fn serve(listener: TcpListener, pool: Arc<Pool>, stop: CancellationToken) {
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            () = stop.cancelled() => return,
-        };
-        let (inbound, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::debug!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    while let Some((inbound, peer)) = crate::net::accept(&listener, &stop).await {
         let pool = pool.clone();
         tokio::spawn(async move { forward(inbound, peer, pool).await });
     }
@@ -426,17 +410,7 @@ async fn serve_udp(socket: tokio::net::UdpSocket, pool: Arc<Pool>, stop: Cancell
     let mut sessions: HashMap<SocketAddr, (Arc<tokio::net::UdpSocket>, AbortHandle)> =
         HashMap::new();
     let mut buf = vec![0u8; 65_536];
-    loop {
-        let (n, client) = tokio::select! {
-            r = socket.recv_from(&mut buf) => match r {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::debug!(error = %e, "udp receive failed");
-                    continue;
-                }
-            },
-            () = stop.cancelled() => break,
-        };
+    while let Some((n, client)) = crate::net::receive(&socket, &mut buf, &stop).await {
         sessions.retain(|_, (_, task)| !task.is_finished());
         let upstream = if let Some((upstream, _)) = sessions.get(&client) {
             upstream.clone()

@@ -71,9 +71,7 @@ pub async fn run(client: Client, own_name: String, own_ip: IpAddr, shutdown: Can
     enable_forwarding();
     let informers = Informers::default();
     let nodes = informers.get(crate::controllers::NODES);
-    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
-    let w = wake.clone();
-    nodes.on_change(move |_, _| w.notify_one());
+    let wake = crate::client::informer::wake_on_change(&[&nodes]);
     informers.start(&client, &shutdown);
     tokio::select! {
         () = nodes.wait_synced() => {}

@@ -30,6 +30,17 @@ pub fn key_of(object: &Value) -> String {
     }
 }
 
+/// A notification that fires whenever one of `informers` sees a change, for loops that
+/// recompute everything they serve rather than handle each event.
+pub fn wake_on_change(informers: &[&Arc<Informer>]) -> Arc<tokio::sync::Notify> {
+    let wake = Arc::new(tokio::sync::Notify::new());
+    for informer in informers {
+        let w = wake.clone();
+        informer.on_change(move |_, _| w.notify_one());
+    }
+    wake
+}
+
 /// The numeric resourceVersion of an object or list (wk's store revision).
 pub fn revision(object: &Value) -> u64 {
     object["metadata"]["resourceVersion"]

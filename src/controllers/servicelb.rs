@@ -127,19 +127,12 @@ async fn reconcile(ctx: &Ctx, key: &str) -> Result<Action, Error> {
     } else {
         Value::Null
     };
-    if service["status"]["loadBalancer"]["ingress"] != want {
-        let path = format!(
-            "/api/v1/namespaces/{}/services/{}/status",
-            namespace(&service),
-            name(&service)
-        );
-        // A merge patch replaces the list whole (or removes it, with null).
-        let patch = json!({"metadata": {"resourceVersion": service["metadata"]["resourceVersion"]},
-            "status": {"loadBalancer": {"ingress": want}}});
-        let written = super::merge_patch(&ctx.client, &path, &patch).await?;
-        super::settle(&ctx.services, &[written]).await;
-    }
-    Ok(Action::Await)
+    let path = format!(
+        "/api/v1/namespaces/{}/services/{}/status",
+        namespace(&service),
+        name(&service)
+    );
+    set_ingress(ctx, &ctx.services, &path, &service, want).await
 }
 
 /// An Ingress of class `wk` is served on every node: its status lists their addresses. Other
@@ -160,16 +153,29 @@ async fn reconcile_ingress(ctx: &Ctx, key: &str) -> Result<Action, Error> {
     } else {
         json!(ips)
     };
-    if ingress["status"]["loadBalancer"]["ingress"] != want {
-        let path = format!(
-            "/apis/networking.k8s.io/v1/namespaces/{}/ingresses/{}/status",
-            namespace(&ingress),
-            name(&ingress)
-        );
-        let patch = json!({"metadata": {"resourceVersion": ingress["metadata"]["resourceVersion"]},
+    let path = format!(
+        "/apis/networking.k8s.io/v1/namespaces/{}/ingresses/{}/status",
+        namespace(&ingress),
+        name(&ingress)
+    );
+    set_ingress(ctx, &ctx.ingresses, &path, &ingress, want).await
+}
+
+/// Sets `status.loadBalancer.ingress` of `object` (a Service or an Ingress, at `path`) to
+/// `want` unless it is that already.
+async fn set_ingress(
+    ctx: &Ctx,
+    informer: &Arc<Informer>,
+    path: &str,
+    object: &Value,
+    want: Value,
+) -> Result<Action, Error> {
+    if object["status"]["loadBalancer"]["ingress"] != want {
+        // A merge patch replaces the list whole (or removes it, with null).
+        let patch = json!({"metadata": {"resourceVersion": object["metadata"]["resourceVersion"]},
             "status": {"loadBalancer": {"ingress": want}}});
-        let written = super::merge_patch(&ctx.client, &path, &patch).await?;
-        super::settle(&ctx.ingresses, &[written]).await;
+        let written = super::merge_patch(&ctx.client, path, &patch).await?;
+        super::settle(informer, &[written]).await;
     }
     Ok(Action::Await)
 }

@@ -625,17 +625,7 @@ pub fn upstream_from(path: &Path, skip: &[IpAddr]) -> Vec<SocketAddr> {
 pub async fn serve_udp(dns: Arc<ClusterDns>, socket: UdpSocket, stop: CancellationToken) {
     let socket = Arc::new(socket);
     let mut buf = vec![0u8; 65_535];
-    loop {
-        let (n, client) = tokio::select! {
-            r = socket.recv_from(&mut buf) => match r {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::debug!(error = %e, "dns receive failed");
-                    continue;
-                }
-            },
-            () = stop.cancelled() => return,
-        };
+    while let Some((n, client)) = crate::net::receive(&socket, &mut buf, &stop).await {
         let packet = buf[..n].to_vec();
         let (dns, socket) = (dns.clone(), socket.clone());
         tokio::spawn(async move {
@@ -648,18 +638,7 @@ pub async fn serve_udp(dns: Arc<ClusterDns>, socket: UdpSocket, stop: Cancellati
 
 /// Answers DNS over TCP on `listener` until `stop`.
 pub async fn serve_tcp(dns: Arc<ClusterDns>, listener: TcpListener, stop: CancellationToken) {
-    loop {
-        let (mut stream, _) = tokio::select! {
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::debug!(error = %e, "dns accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = stop.cancelled() => return,
-        };
+    while let Some((mut stream, _)) = crate::net::accept(&listener, &stop).await {
         let dns = dns.clone();
         tokio::spawn(async move {
             while let Ok(Some(packet)) =

@@ -422,11 +422,7 @@ pub async fn run(
     let own = Informers::default();
     let ingresses = own.get(INGRESSES);
     let classes = own.get(CLASSES);
-    let wake = Arc::new(tokio::sync::Notify::new());
-    for informer in [&ingresses, &classes] {
-        let w = wake.clone();
-        informer.on_change(move |_, _| w.notify_one());
-    }
+    let wake = crate::client::informer::wake_on_change(&[&ingresses, &classes]);
     own.start(&client, &shutdown);
     let fallback = match self_signed(node_ip) {
         Ok(c) => Arc::new(c),
@@ -575,17 +571,7 @@ async fn serve(
     state: Arc<State>,
     stop: CancellationToken,
 ) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = stop.cancelled() => return,
-        };
+    while let Some((stream, peer)) = crate::net::accept(&listener, &stop).await {
         let (state, tls) = (state.clone(), tls.clone());
         tokio::spawn(async move {
             let secure = tls.is_some();

@@ -197,3 +197,41 @@ mod tests {
         assert!(name.len() <= link::MAX_NAME);
     }
 }
+
+/// The next connection on `listener`, or `None` once `stop` is cancelled. A failed accept (out
+/// of descriptors, a connection reset before it was taken) is retried after a pause.
+pub async fn accept(
+    listener: &tokio::net::TcpListener,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    loop {
+        tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => return Some(a),
+                Err(e) => {
+                    tracing::debug!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            () = stop.cancelled() => return None,
+        }
+    }
+}
+
+/// The next datagram on `socket` into `buf`: its length and sender, or `None` once `stop` is
+/// cancelled. A failed receive (an ICMP error for an earlier send) is skipped.
+pub async fn receive(
+    socket: &tokio::net::UdpSocket,
+    buf: &mut [u8],
+    stop: &tokio_util::sync::CancellationToken,
+) -> Option<(usize, std::net::SocketAddr)> {
+    loop {
+        tokio::select! {
+            r = socket.recv_from(buf) => match r {
+                Ok(r) => return Some(r),
+                Err(e) => tracing::debug!(error = %e, "udp receive failed"),
+            },
+            () = stop.cancelled() => return None,
+        }
+    }
+}

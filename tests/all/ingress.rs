@@ -165,7 +165,10 @@ fn ingress_routes_hosts_and_paths_to_services_over_http_and_https() {
         "get", "ingress", "made", "-o",
         "jsonpath={.spec.ingressClassName} {.spec.rules[0].host} {.spec.rules[0].http.paths[0].pathType} {.spec.rules[0].http.paths[0].backend.service.name}",
     ]);
-    assert_eq!(made, "wk four.example.test Prefix two", "the default class is set");
+    assert_eq!(
+        made, "wk four.example.test Prefix two",
+        "the default class is set"
+    );
     answers("four.example.test", "http://four.example.test/", "two");
 
     // An Ingress of another class is not served; without the class wk, nothing is.
