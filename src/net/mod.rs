@@ -186,18 +186,6 @@ impl PodNetwork {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn veth_names_fit_the_kernel_limit() {
-        let name = veth_name("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0");
-        assert_eq!(name, "wkv0f1e2d3c4b5a");
-        assert!(name.len() <= link::MAX_NAME);
-    }
-}
-
 /// The next connection on `listener`, or `None` once `stop` is cancelled. A failed accept (out
 /// of descriptors, a connection reset before it was taken) is retried after a pause.
 pub async fn accept(
@@ -233,5 +221,17 @@ pub async fn receive(
             },
             () = stop.cancelled() => return None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn veth_names_fit_the_kernel_limit() {
+        let name = veth_name("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0");
+        assert_eq!(name, "wkv0f1e2d3c4b5a");
+        assert!(name.len() <= link::MAX_NAME);
     }
 }
