@@ -193,6 +193,8 @@ pub struct Shared {
     pub net: std::sync::OnceLock<Arc<crate::net::PodNetwork>>,
     /// Cluster DNS, which this node's pods resolve names through.
     pub dns: std::sync::OnceLock<Arc<crate::dns::ClusterDns>>,
+    /// The node's resolv.conf, for pods whose DNS policy is the node's.
+    pub resolv_conf: Option<PathBuf>,
     /// The most pods this node admits (its allocatable pods).
     pub max_pods: std::sync::atomic::AtomicU32,
     /// Stops every worker without deleting anything (agent shutdown).
@@ -585,6 +587,7 @@ impl Agent {
                 .then(|| sandbox::netns::Pool::new(data.join("netns-spare"), config.spare_netns)),
             net: std::sync::OnceLock::new(),
             dns: std::sync::OnceLock::new(),
+            resolv_conf: config.resolv_conf.clone(),
             max_pods: std::sync::atomic::AtomicU32::new(config.max_pods),
             shutdown: shutdown.clone(),
             pods: Mutex::new(HashMap::new()),

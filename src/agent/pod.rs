@@ -867,6 +867,22 @@ impl Worker {
                 return Err(self.give_up(sb, "FailedCreatePodSandBox", &m).await);
             }
         };
+        // What a Linux container of the pod mounts as /etc/resolv.conf.
+        let node_resolv = self
+            .shared
+            .resolv_conf
+            .as_deref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default();
+        let resolv = crate::dns::resolv_conf(
+            &pod,
+            self.shared.dns.get().and_then(|d| d.address()),
+            &node_resolv,
+        );
+        if let Err(e) = tokio::fs::write(sb.dir.join("resolv.conf"), resolv).await {
+            let m = format!("Failed to create pod sandbox: writing resolv.conf: {e}");
+            return Err(self.give_up(sb, "FailedCreatePodSandBox", &m).await);
+        }
         let storage = volumes::storage_dir(&self.shared.data_dir);
         let ready = match volumes::prepare(&self.shared.client, &pod, &sb.dir, &storage).await {
             Ok(r) => r,

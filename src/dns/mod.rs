@@ -621,6 +621,81 @@ pub fn upstream_from(path: &Path, skip: &[IpAddr]) -> Vec<SocketAddr> {
         .collect()
 }
 
+/// The resolv.conf a pod's Linux containers see, as the kubelet writes it for the pod's
+/// `dnsPolicy` and `dnsConfig`: with ClusterFirst (the default), cluster DNS at `cluster_dns`
+/// and the namespace's search path with ndots 5; with Default (and ClusterFirst on the host
+/// network), the node's own resolv.conf, `node`; with None, only what `dnsConfig` says.
+/// `dnsConfig`'s nameservers, searches and options are added in each case.
+pub fn resolv_conf(pod: &Value, cluster_dns: Option<Ipv4Addr>, node: &str) -> String {
+    let spec = &pod["spec"];
+    let namespace = pod["metadata"]["namespace"].as_str().unwrap_or("default");
+    let host_network = spec["hostNetwork"] == true;
+    let policy = spec["dnsPolicy"].as_str().unwrap_or("ClusterFirst");
+    let cluster = match (policy, cluster_dns) {
+        ("ClusterFirstWithHostNet", Some(_)) => true,
+        ("ClusterFirst", Some(_)) => !host_network,
+        _ => false,
+    };
+    let (mut servers, mut searches, mut options): (Vec<String>, Vec<String>, Vec<String>) =
+        (Vec::new(), Vec::new(), Vec::new());
+    if cluster {
+        servers.extend(cluster_dns.map(|ip| ip.to_string()));
+        searches.extend([
+            format!("{namespace}.svc.{DOMAIN}"),
+            format!("svc.{DOMAIN}"),
+            DOMAIN.to_owned(),
+        ]);
+        options.push(format!("ndots:{NDOTS}"));
+    } else if policy != "None" {
+        for line in node.lines() {
+            let mut words = line.split_whitespace();
+            match words.next() {
+                Some("nameserver") => servers.extend(words.next().map(str::to_owned)),
+                Some("search" | "domain") => searches.extend(words.map(str::to_owned)),
+                Some("options") => options.extend(words.map(str::to_owned)),
+                _ => {}
+            }
+        }
+    }
+    let config = &spec["dnsConfig"];
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect()
+    };
+    servers.extend(strings(&config["nameservers"]));
+    searches.extend(strings(&config["searches"]));
+    for option in config["options"].as_array().into_iter().flatten() {
+        let Some(name) = option["name"].as_str() else {
+            continue;
+        };
+        options.retain(|o| o.split(':').next() != Some(name));
+        options.push(match option["value"].as_str() {
+            Some(v) => format!("{name}:{v}"),
+            None => name.to_owned(),
+        });
+    }
+    // As the kubelet: at most three nameservers, and each name once.
+    servers.dedup();
+    servers.truncate(3);
+    let mut seen = std::collections::HashSet::new();
+    searches.retain(|s| seen.insert(s.clone()));
+    let mut out = String::new();
+    for server in servers {
+        out.push_str(&format!("nameserver {server}\n"));
+    }
+    if !searches.is_empty() {
+        out.push_str(&format!("search {}\n", searches.join(" ")));
+    }
+    if !options.is_empty() {
+        out.push_str(&format!("options {}\n", options.join(" ")));
+    }
+    out
+}
+
 /// Answers DNS over UDP on `socket` until `stop`.
 pub async fn serve_udp(dns: Arc<ClusterDns>, socket: UdpSocket, stop: CancellationToken) {
     let socket = Arc::new(socket);
@@ -958,6 +1033,54 @@ mod tests {
         let answer = forward_tcp(addr, &q.to_vec().unwrap()).await.unwrap();
         assert_eq!(data(&Message::from_vec(&answer).unwrap()), ["100.65.0.20"]);
         stop.cancel();
+    }
+
+    #[test]
+    fn pods_get_the_resolv_conf_their_dns_policy_asks_for() {
+        let dns = Some(Ipv4Addr::new(100, 65, 0, 10));
+        let node = "search example.test\nnameserver 127.0.0.53\noptions edns0\n";
+        let pod = |spec: Value| json!({"metadata": {"namespace": "shop"}, "spec": spec});
+        assert_eq!(
+            resolv_conf(&pod(json!({})), dns, node),
+            "nameserver 100.65.0.10\nsearch shop.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n"
+        );
+        assert_eq!(
+            resolv_conf(&pod(json!({"dnsPolicy": "Default"})), dns, node),
+            "nameserver 127.0.0.53\nsearch example.test\noptions edns0\n"
+        );
+        assert_eq!(
+            resolv_conf(&pod(json!({"hostNetwork": true})), dns, node),
+            "nameserver 127.0.0.53\nsearch example.test\noptions edns0\n",
+            "ClusterFirst on the host network is the node's"
+        );
+        assert!(
+            resolv_conf(
+                &pod(json!({"hostNetwork": true, "dnsPolicy": "ClusterFirstWithHostNet"})),
+                dns,
+                node
+            )
+            .starts_with("nameserver 100.65.0.10\n")
+        );
+        assert_eq!(
+            resolv_conf(
+                &pod(json!({"dnsPolicy": "None", "dnsConfig": {
+                "nameservers": ["100.66.0.1"], "searches": ["a.test", "a.test"],
+                "options": [{"name": "ndots", "value": "2"}, {"name": "rotate"}]}})),
+                dns,
+                node
+            ),
+            "nameserver 100.66.0.1\nsearch a.test\noptions ndots:2 rotate\n"
+        );
+        assert_eq!(
+            resolv_conf(
+                &pod(json!({"dnsConfig": {"options": [{"name": "ndots", "value": "1"}]}})),
+                dns,
+                node
+            ),
+            "nameserver 100.65.0.10\nsearch shop.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:1\n"
+        );
+        // Without cluster DNS (no kube-dns Service yet), ClusterFirst falls back to the node's.
+        assert!(resolv_conf(&pod(json!({})), None, node).starts_with("nameserver 127.0.0.53\n"));
     }
 
     #[test]

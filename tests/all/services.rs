@@ -573,6 +573,37 @@ fn pods_resolve_services_and_statefulset_members_through_cluster_dns() {
         assert!(logs.contains(&want), "{want:?} in:\n{logs}");
     }
 
+    // The resolv.conf a Linux container of the pod would mount: libc's resolver, inside the
+    // pod's network namespace, asks cluster DNS at its ClusterIP with the search path.
+    let uid = get(&c, "hello-a", "{.metadata.uid}");
+    let resolv = c.agent_dir().join("pods").join(&uid).join("resolv.conf");
+    assert_eq!(
+        std::fs::read_to_string(&resolv).unwrap(),
+        format!(
+            "nameserver {dns_ip}\nsearch default.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n"
+        )
+    );
+    let netns = crate::agent::netns(&c, "hello-a");
+    let getent = |name: &str| {
+        let script = format!(
+            "mount --bind {} /etc/resolv.conf && nsenter --net={} getent ahostsv4 {name}",
+            resolv.display(),
+            netns.display()
+        );
+        let out = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .output()
+            .unwrap();
+        stdout(&out)
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(getent("hello-svc"), cluster_ip);
+    assert_eq!(getent("web-1.web"), web1);
+    assert_eq!(getent("example.test"), "100.127.0.9");
+
     // Outgoing wasi:http to a Service by its short and full names, through the proxy.
     let ip_a = get(&c, "hello-a", "{.status.podIP}");
     for name in ["hello-svc", "hello-svc.default.svc.cluster.local", "alias"] {
