@@ -603,6 +603,12 @@ impl ExtraAgent {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
+    /// Stops the agent as its service manager would (SIGTERM), and waits until it has.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        unsafe { libc_kill(self.child.id() as i32, 15) };
+        wait_timeout(&mut self.child, Duration::from_secs(30))
+    }
+
     /// Kills the agent at once (SIGKILL), as a node that fails.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -330,7 +330,7 @@ fn the_seed_scenario_runs_across_three_hosts() {
 
 /// What pods and Services leave on host `i`: its veths, routes, ClusterIPs and netns mounts,
 /// with the address records, less what its spare namespaces hold.
-fn footprint(lan: &Lan, i: usize) -> (Vec<String>, Vec<String>, Vec<String>, usize, Vec<String>) {
+fn footprint(lan: &Lan, i: usize) -> (Vec<String>, Vec<String>, String, usize, Vec<String>) {
     let dir = lan.hosts[i]
         .agent
         .as_ref()
@@ -373,16 +373,12 @@ fn footprint(lan: &Lan, i: usize) -> (Vec<String>, Vec<String>, Vec<String>, usi
         .map(|l| l.split('@').next().unwrap_or(l).to_owned())
         .filter(|l| l.starts_with("wkv") && !spare_links.contains(l))
         .collect();
-    let routes: Vec<String> = stdout(&lan.run_in(i, &["ip", "route"]))
+    let mut routes: Vec<String> = stdout(&lan.run_in(i, &["ip", "route"]))
         .lines()
         .map(str::to_owned)
         .collect();
-    let vips: Vec<String> =
-        stdout(&lan.run_in(i, &["ip", "-br", "addr", "show", "dev", "wk0-svc"]))
-            .split_whitespace()
-            .skip(2)
-            .map(str::to_owned)
-            .collect();
+    routes.sort();
+    let vips = routes_and_vips(lan, i).1;
     let pod_netns = std::fs::read_dir(dir.join("netns")).map_or(0, |d| d.count());
     let mut leftover = links;
     leftover.extend(held);
@@ -472,4 +468,105 @@ fn a_hundred_pods_and_services_come_and_go_without_leaving_anything_behind() {
             last.0, last.3, last.1, before.1, last.2, before.2
         );
     }
+}
+
+/// wk's own routes on host `i` (routing protocol 0x77), and the ClusterIPs it holds.
+fn routes_and_vips(lan: &Lan, i: usize) -> (String, String) {
+    let routes = stdout(&lan.run_in(i, &["ip", "route", "show", "proto", "0x77"]));
+    let vips = stdout(&lan.run_in(i, &["ip", "-br", "addr", "show", "dev", "wk0-svc"]));
+    let mut vips: Vec<&str> = vips
+        .split_whitespace()
+        .skip(2)
+        .filter(|a| !a.starts_with("fe80:"))
+        .collect();
+    vips.sort_unstable();
+    (routes, vips.join(" "))
+}
+
+#[test]
+fn an_agent_stopped_takes_its_routes_and_service_addresses_and_a_restart_brings_them_back() {
+    let mut lan = Lan::start(2);
+    let manifest = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: far\n  labels: {{app: far}}\nspec:\n  {}\n  containers:\n  - name: hello\n    image: hello:v1\n    ports: [{{containerPort: 8000}}]\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: near\nspec:\n  {}\n  containers:\n  - name: hello\n    image: hello:v1\n    ports: [{{containerPort: 8000}}]\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: far\nspec:\n  selector: {{app: far}}\n  ports:\n  - {{port: 8200, targetPort: 8000}}\n",
+        pinned(&lan.hosts[0].name),
+        pinned(&lan.hosts[1].name),
+    );
+    let out = lan.c.kubectl_stdin(&["apply", "-f", "-"], &manifest);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ready = |name: &str| {
+        stdout(&lan.c.kubectl(&[
+            "get",
+            "pod",
+            name,
+            "-o",
+            "jsonpath={.status.containerStatuses[0].ready}",
+        ])) == "true"
+    };
+    assert!(
+        eventually(LONG, || ready("far") && ready("near")),
+        "pods not ready"
+    );
+    let near_ip = stdout(
+        &lan.c
+            .kubectl(&["get", "pod", "near", "-o", "jsonpath={.status.podIP}"]),
+    );
+    let fetch = |lan: &Lan| {
+        lan.curl_from(
+            1,
+            &format!("http://{near_ip}:8000/fetch?url=http://far:8200/"),
+        )
+        .0
+    };
+    assert!(
+        eventually(LONG, || fetch(&lan) == "200 Hello from wk!\n"),
+        "{:?}",
+        fetch(&lan)
+    );
+    let (routes, vips) = routes_and_vips(&lan, 1);
+    let far_range = stdout(&lan.c.kubectl(&[
+        "get",
+        "node",
+        &lan.hosts[0].name,
+        "-o",
+        "jsonpath={.spec.podCIDR}",
+    ]));
+    assert!(
+        routes.contains(&format!("{far_range} via {}", lan.hosts[0].ip)),
+        "{routes}"
+    );
+    assert!(
+        vips.split(' ').count() >= 3,
+        "kubernetes, kube-dns and far: {vips}"
+    );
+
+    // Stopped, the agent takes its routes and ClusterIPs with it; its pod stays, for the next
+    // agent to adopt.
+    let agent = lan.hosts[1].agent.as_mut().unwrap();
+    assert!(
+        agent.stop().is_some_and(|s| s.success()),
+        "the agent did not stop cleanly"
+    );
+    assert_eq!(routes_and_vips(&lan, 1), (String::new(), String::new()));
+    // Started again, it adopts the pod and puts both back: the pod reaches the Service again.
+    lan.hosts[1].agent.as_mut().unwrap().restart();
+    assert!(
+        eventually(LONG, || routes_and_vips(&lan, 1)
+            == (routes.clone(), vips.clone())),
+        "{:?}",
+        routes_and_vips(&lan, 1)
+    );
+    assert!(
+        eventually(LONG, || fetch(&lan) == "200 Hello from wk!\n"),
+        "{:?}",
+        fetch(&lan)
+    );
+    // Killed (no clean-up), and started again: nothing is doubled.
+    lan.hosts[1].agent.as_mut().unwrap().kill();
+    lan.hosts[1].agent.as_mut().unwrap().restart();
+    assert!(
+        eventually(LONG, || fetch(&lan) == "200 Hello from wk!\n"),
+        "{:?}",
+        fetch(&lan)
+    );
+    assert_eq!(routes_and_vips(&lan, 1), (routes, vips));
 }
