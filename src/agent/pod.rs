@@ -1173,6 +1173,7 @@ impl Worker {
                     pod["metadata"]["namespace"].as_str().unwrap_or("default"),
                 )
             }),
+            slots: self.shared.runtime.slots(),
             memory_usage: Arc::new(AtomicU64::new(0)),
             cpu_nanos: Arc::new(AtomicU64::new(0)),
         };

@@ -1548,3 +1548,42 @@ fn a_second_agent_does_not_take_over_another_node_s_bridge() {
     unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
     let _ = agent.wait();
 }
+
+#[test]
+fn requests_past_the_nodes_instance_pool_wait_for_a_slot_instead_of_failing() {
+    // Two pods allowed: the pool has its least, 16 slots; 48 slow requests at once need more.
+    let c = Cluster::with_agent_args(&["--max-pods", "2"]);
+    import_all(&c);
+    apply(
+        &c,
+        &pod(
+            "slow",
+            "  containers:\n  - name: hello\n    image: hello:v1\n    ports: [{containerPort: 8000}]\n",
+        ),
+    );
+    wait_for(&c, "slow", "{.status.containerStatuses[0].ready}", "true");
+    let ip = get(&c, "slow", "{.status.podIP}");
+    let url = format!("http://{ip}:8000/slow?ms=300");
+    let answers: Vec<String> = (0..48)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let out = Command::new("curl")
+                    .args(["-s", "-m", "30", "-w", " %{http_code}", &url])
+                    .output()
+                    .expect("run curl");
+                stdout(&out)
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    let failed: Vec<&String> = answers.iter().filter(|a| !a.ends_with(" 200")).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of 48 failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+}

@@ -114,7 +114,14 @@ impl HttpService {
             .wasi_builder(Some(&self.stdout), Some(&self.stderr))
             .map_err(|e| e.to_string())?;
         let limiter = Limiter::new(self.spec.memory_limit, self.spec.memory_usage.clone());
-        let mut store = Store::new(&self.engine, p2_state(builder.build(), limiter, &self.spec));
+        // Waiting for a free pool slot counts against the request's time.
+        let Ok(state) =
+            tokio::time::timeout(self.timeout, p2_state(builder.build(), limiter, &self.spec))
+                .await
+        else {
+            return Err(TIMED_OUT.into());
+        };
+        let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         slice(&mut store, &self.kill, &self.spec);
         let (tx, rx) = tokio::sync::oneshot::channel();

@@ -152,6 +152,9 @@ pub struct Runtime {
     max_module_bytes: u64,
     /// Whether the pooling allocator could be set up (else instances are allocated on demand).
     pub pooling: bool,
+    /// The pool's slots (a fiber stack and a component instance each): a guest waits for one
+    /// rather than fail to instantiate when every slot is in use. None without the pool.
+    slots: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// The version of wasmtime wk embeds, for the Node's containerRuntimeVersion.
@@ -246,7 +249,13 @@ impl Runtime {
             loading: Mutex::new(HashMap::new()),
             max_module_bytes,
             pooling,
+            slots: pooling.then(|| Arc::new(tokio::sync::Semaphore::new(slots as usize))),
         }))
+    }
+
+    /// The pool's slots, which every running guest holds one of (None without the pool).
+    pub fn slots(&self) -> Option<Arc<tokio::sync::Semaphore>> {
+        self.slots.clone()
     }
 
     /// The engine.
@@ -532,6 +541,8 @@ impl Drop for Limiter {
 pub struct P1State {
     wasi: WasiP1Ctx,
     limiter: Limiter,
+    /// The pool slot the guest runs in, given back with its store.
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// The store data of a component (command or HTTP handler).
@@ -545,6 +556,8 @@ pub struct P2State {
     /// Whether the guest may use the network (and so resolve names).
     network: bool,
     hooks: lookup::Hooks,
+    /// The pool slot the guest runs in, given back with its store.
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl WasiView for P2State {
@@ -596,6 +609,8 @@ pub struct GuestSpec {
     pub network: bool,
     /// Cluster DNS as the pod sees it, for the guest's names.
     pub dns: Option<crate::dns::Resolver>,
+    /// The node's pool slots (see [`Runtime::slots`]).
+    pub slots: Option<Arc<tokio::sync::Semaphore>>,
     /// Linear memory in use, for metrics.
     pub memory_usage: Arc<AtomicU64>,
     /// CPU time used, in nanoseconds, for metrics.
@@ -810,11 +825,13 @@ async fn run_inner(
     match loaded {
         Loaded::Module(pre) => {
             let mut builder = builder;
+            let slot = slot(spec).await;
             let mut store = Store::new(
                 engine,
                 P1State {
                     wasi: builder.build_p1(),
                     limiter,
+                    _slot: slot,
                 },
             );
             store.limiter(|s| &mut s.limiter);
@@ -833,7 +850,7 @@ async fn run_inner(
         }
         Loaded::Command(pre) => {
             let mut builder = builder;
-            let mut store = Store::new(engine, p2_state(builder.build(), limiter, spec));
+            let mut store = Store::new(engine, p2_state(builder.build(), limiter, spec).await);
             store.limiter(|s| &mut s.limiter);
             slice(&mut store, stop, spec);
             let result = async {
@@ -853,7 +870,23 @@ async fn run_inner(
     }
 }
 
-fn p2_state(ctx: WasiCtx, limiter: Limiter, spec: &GuestSpec) -> P2State {
+/// Waits for a pool slot for one of `spec`'s guests (none needed without the pool).
+async fn slot(spec: &GuestSpec) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let slots = spec.slots.clone()?;
+    match slots.clone().try_acquire_owned() {
+        Ok(permit) => Some(permit),
+        Err(_) => {
+            tracing::debug!(
+                "every slot of the node's instance pool is in use: the guest waits for one"
+            );
+            slots.acquire_owned().await.ok()
+        }
+    }
+}
+
+/// The store data of a component guest, holding its pool slot.
+async fn p2_state(ctx: WasiCtx, limiter: Limiter, spec: &GuestSpec) -> P2State {
+    let slot = slot(spec).await;
     let mut table = ResourceTable::new();
     table.set_max_capacity(100_000);
     P2State {
@@ -866,6 +899,7 @@ fn p2_state(ctx: WasiCtx, limiter: Limiter, spec: &GuestSpec) -> P2State {
         hooks: lookup::Hooks {
             resolver: spec.dns.clone(),
         },
+        _slot: slot,
     }
 }
 
@@ -890,7 +924,7 @@ pub async fn call_hook(
         .wasi_builder(Some(stdout), Some(stderr))
         .map_err(|e| e.to_string())?;
     let limiter = Limiter::new(spec.memory_limit, spec.memory_usage.clone());
-    let mut store = Store::new(engine, p2_state(builder.build(), limiter, spec));
+    let mut store = Store::new(engine, p2_state(builder.build(), limiter, spec).await);
     store.limiter(|s| &mut s.limiter);
     let stop = Stop::default();
     slice(&mut store, &stop, spec);
