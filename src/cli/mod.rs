@@ -77,6 +77,8 @@ enum Command {
     Describe(Verb<describe::Args>),
     /// Create resources from a file or from stdin, or from a generator.
     Create(Verb<create::Args>),
+    /// Run an image as a Deployment, with a Service in front of it when it serves a port.
+    Run(Verb<create::RunArgs>),
     /// Delete resources by file names, stdin, resources and names, or by resources and label selector.
     Delete(Verb<delete::Args>),
     /// Edit a resource on the server with $KUBE_EDITOR or $EDITOR.
@@ -227,6 +229,7 @@ pub fn main() -> ExitCode {
             Command::Get(v) => get::execute(v.args, &v.global.or(&outer)).await,
             Command::Describe(v) => describe::execute(v.args, &v.global.or(&outer)).await,
             Command::Create(v) => create::execute(v.args, &v.global.or(&outer)).await,
+            Command::Run(v) => create::run(v.args, &v.global.or(&outer)).await,
             Command::Delete(v) => delete::execute(v.args, &v.global.or(&outer)).await,
             Command::Edit(v) => edit::execute(v.args, &v.global.or(&outer)).await,
             Command::Scale(v) => scale::execute(v.args, &v.global.or(&outer)).await,

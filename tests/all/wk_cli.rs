@@ -1020,3 +1020,50 @@ fn bad_input_gets_errors_that_name_the_problem() {
     assert_eq!(stdout(&out), "pod/fine created\n");
     assert!(c.wk(&["get", "pod", "fine"]).status.success());
 }
+
+#[test]
+fn run_makes_a_deployment_and_a_service_that_answers() {
+    let c = Cluster::with_agent();
+    crate::guests::import_all(&c);
+    let out = c.wk_ok(&[
+        "run",
+        "web",
+        "--image",
+        "hello:v1",
+        "--port",
+        "8000",
+        "--service-port",
+        "8200",
+        "--replicas",
+        "2",
+    ]);
+    assert_eq!(out, "deployment.apps/web created\nservice/web created\n");
+    let service = c.kubectl_ok(&[
+        "get", "svc", "web", "-o",
+        "jsonpath={.spec.type} {.spec.selector.app} {.spec.ports[0].port} {.spec.ports[0].targetPort}",
+    ]);
+    assert_eq!(service, "ClusterIP web 8200 8000");
+    c.kubectl_ok(&["rollout", "status", "deployment", "web", "--timeout=60s"]);
+    let ip = c.kubectl_ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
+    let url = format!("http://{ip}:8200/");
+    assert!(
+        eventually(LONG, || crate::agent::curl(&url).0 == "Hello from wk!\n"),
+        "{url}: {:?}",
+        crate::agent::curl(&url)
+    );
+    // Without a port there is nothing to put a Service in front of.
+    let out = c.wk(&["run", "job", "--image", "cmd:v1", "--service-port", "80"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("--service-port needs --port"),
+        "{}",
+        stderr(&out)
+    );
+    // Taken names are refused as kubectl refuses them.
+    let out = c.wk(&["run", "web", "--image", "hello:v1"]);
+    assert!(
+        stderr(&out).contains("deployments.apps \"web\" already exists"),
+        "{}",
+        stderr(&out)
+    );
+}
