@@ -447,6 +447,8 @@ pub async fn run(
         () = shutdown.cancelled() => return,
     }
     let mut listeners: Vec<tokio::task::AbortHandle> = Vec::new();
+    // Ports another program holds are tried again at each change, and reported once.
+    let mut refused = std::collections::HashSet::new();
     let mut reported = HashMap::new();
     loop {
         let served: Vec<Arc<Value>> = ingresses
@@ -458,7 +460,15 @@ pub async fn run(
         load_certificates(&client, &served, &certificates, &mut reported).await;
         let enabled = classes.get(CLASS).is_some();
         if enabled && listeners.is_empty() {
-            listeners = listen(node_ip, ports, &state, &certificates, &shutdown).await;
+            listeners = listen(
+                node_ip,
+                ports,
+                &state,
+                &certificates,
+                &shutdown,
+                &mut refused,
+            )
+            .await;
         } else if !enabled {
             for l in listeners.drain(..) {
                 l.abort();
@@ -533,6 +543,7 @@ async fn listen(
     state: &Arc<State>,
     certificates: &Arc<Certificates>,
     shutdown: &CancellationToken,
+    refused: &mut std::collections::HashSet<SocketAddr>,
 ) -> Vec<tokio::task::AbortHandle> {
     let mut tasks = Vec::new();
     for (port, tls) in [(ports.http, false), (ports.https, true)] {
@@ -543,7 +554,9 @@ async fn listen(
         let listener = match TcpListener::bind(addr).await {
             Ok(l) => l,
             Err(e) => {
-                tracing::warn!(%addr, error = %e, "cannot serve Ingresses");
+                if refused.insert(addr) {
+                    tracing::warn!(%addr, error = %e, "cannot serve Ingresses");
+                }
                 continue;
             }
         };
