@@ -1126,6 +1126,10 @@ async fn endpoints_and_slices_follow_the_ready_pods_of_a_service() {
         .until("the empty slice", slices, |l| count(l) == 1)
         .await;
     assert_eq!(items(&empty)[0]["endpoints"], json!([]));
+    assert!(
+        items(&empty)[0]["ports"].is_null(),
+        "Kubernetes' placeholder slice has no ports"
+    );
 
     api.kubelet("default").await;
     let ready = api
@@ -1172,6 +1176,26 @@ async fn endpoints_and_slices_follow_the_ready_pods_of_a_service() {
         Some(1)
     );
     api.until("its slice endpoint not ready", slices, |l| {
+        items(l)[0]["endpoints"][0]["conditions"]["ready"] == false
+    })
+    .await;
+    // publishNotReadyAddresses: every endpoint of the slice is ready, as Kubernetes writes it.
+    api.patch(
+        &format!("{SERVICES}/hello-svc"),
+        json!({"spec": {"publishNotReadyAddresses": true}}),
+    )
+    .await;
+    api.until("the unready pod published", slices, |l| {
+        items(l)[0]["endpoints"][0]["conditions"]["ready"] == true
+            && items(l)[0]["endpoints"][0]["conditions"]["serving"] == false
+    })
+    .await;
+    api.patch(
+        &format!("{SERVICES}/hello-svc"),
+        json!({"spec": {"publishNotReadyAddresses": false}}),
+    )
+    .await;
+    api.until("the unready pod unpublished", slices, |l| {
         items(l)[0]["endpoints"][0]["conditions"]["ready"] == false
     })
     .await;
