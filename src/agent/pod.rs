@@ -868,16 +868,15 @@ impl Worker {
             }
         };
         // What a Linux container of the pod mounts as /etc/resolv.conf.
-        let node_resolv = self
-            .shared
-            .resolv_conf
-            .as_deref()
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .unwrap_or_default();
+        let node_resolv = self.shared.resolv_conf.clone();
         let resolv = crate::dns::resolv_conf(
             &pod,
             self.shared.dns.get().and_then(|d| d.address()),
-            &node_resolv,
+            || {
+                node_resolv
+                    .and_then(|p| std::fs::read_to_string(p).ok())
+                    .unwrap_or_default()
+            },
         );
         if let Err(e) = tokio::fs::write(sb.dir.join("resolv.conf"), resolv).await {
             let m = format!("Failed to create pod sandbox: writing resolv.conf: {e}");

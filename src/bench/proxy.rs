@@ -73,15 +73,12 @@ pub async fn proxy(
         "metadata": {"name": "proxied"},
         "spec": {"type": "NodePort", "selector": {"app": "bench"},
             "ports": [{"port": 8200, "targetPort": 8000}]}});
-    let service = node
-        .client
-        .request(
-            Method::POST,
-            "/api/v1/namespaces/default/services",
-            Some("application/json"),
-            Some(serde_json::to_vec(&service)?),
-        )
-        .await?;
+    let service = crate::controllers::create(
+        &node.client,
+        "/api/v1/namespaces/default/services",
+        &service,
+    )
+    .await?;
     let cluster_ip = service["spec"]["clusterIP"]
         .as_str()
         .unwrap_or_default()

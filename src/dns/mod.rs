@@ -624,9 +624,13 @@ pub fn upstream_from(path: &Path, skip: &[IpAddr]) -> Vec<SocketAddr> {
 /// The resolv.conf a pod's Linux containers see, as the kubelet writes it for the pod's
 /// `dnsPolicy` and `dnsConfig`: with ClusterFirst (the default), cluster DNS at `cluster_dns`
 /// and the namespace's search path with ndots 5; with Default (and ClusterFirst on the host
-/// network), the node's own resolv.conf, `node`; with None, only what `dnsConfig` says.
+/// network), the node's own resolv.conf, which `node` reads (only then); with None, only what `dnsConfig` says.
 /// `dnsConfig`'s nameservers, searches and options are added in each case.
-pub fn resolv_conf(pod: &Value, cluster_dns: Option<Ipv4Addr>, node: &str) -> String {
+pub fn resolv_conf(
+    pod: &Value,
+    cluster_dns: Option<Ipv4Addr>,
+    node: impl FnOnce() -> String,
+) -> String {
     let spec = &pod["spec"];
     let namespace = pod["metadata"]["namespace"].as_str().unwrap_or("default");
     let host_network = spec["hostNetwork"] == true;
@@ -647,7 +651,7 @@ pub fn resolv_conf(pod: &Value, cluster_dns: Option<Ipv4Addr>, node: &str) -> St
         ]);
         options.push(format!("ndots:{NDOTS}"));
     } else if policy != "None" {
-        for line in node.lines() {
+        for line in node().lines() {
             let mut words = line.split_whitespace();
             match words.next() {
                 Some("nameserver") => servers.extend(words.next().map(str::to_owned)),
@@ -1038,7 +1042,7 @@ mod tests {
     #[test]
     fn pods_get_the_resolv_conf_their_dns_policy_asks_for() {
         let dns = Some(Ipv4Addr::new(100, 65, 0, 10));
-        let node = "search example.test\nnameserver 127.0.0.53\noptions edns0\n";
+        let node = || "search example.test\nnameserver 127.0.0.53\noptions edns0\n".to_owned();
         let pod = |spec: Value| json!({"metadata": {"namespace": "shop"}, "spec": spec});
         assert_eq!(
             resolv_conf(&pod(json!({})), dns, node),

@@ -210,8 +210,7 @@ impl Cluster {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
         let bridge = agent.then(|| Bridge::of(data.path()));
-        if remote {
-        } else if let Some(b) = &bridge {
+        if let Some(b) = &bridge {
             cmd.args(["--node-name", "wk-test", "--agent-listen", "127.0.0.1:0"])
                 .args(["--bridge", &b.name, "--cluster-cidr", &b.cluster_cidr])
                 .args(["--service-cidr", &b.service_cidr]);
@@ -219,7 +218,7 @@ impl Cluster {
             if !extra.contains(&"--resolv-conf") {
                 cmd.args(["--resolv-conf", ""]);
             }
-        } else {
+        } else if !remote {
             // API tests watch exact event sequences: no scheduler writing to their pods.
             cmd.args(["--no-agent", "--disable", "scheduler"]);
         }
