@@ -83,12 +83,43 @@ pub struct RedbStore {
     path: PathBuf,
 }
 
+/// Creates an empty database at `path` all at once: it is made under another name and renamed
+/// into place, so a process killed while creating it leaves no half-written file that the next
+/// start would refuse as "not a redb database".
+fn create_whole(path: &Path) -> Result<(), ::redb::DatabaseError> {
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(".creating");
+    let partial = path.with_file_name(name);
+    let io = |e: std::io::Error| ::redb::DatabaseError::Storage(::redb::StorageError::Io(e));
+    match std::fs::remove_file(&partial) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+        _ => {}
+    }
+    drop(Database::create(&partial)?);
+    std::fs::File::open(&partial)
+        .and_then(|f| f.sync_all())
+        .map_err(io)?;
+    std::fs::rename(&partial, path).map_err(io)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+    }
+    Ok(())
+}
+
 impl RedbStore {
     /// Opens the database at `path`, creating it when missing.
     ///
     /// # Errors
     /// [`Error::Open`] when the file cannot be opened or is not a redb database.
     pub fn open(path: &Path) -> Result<Self, Error> {
+        if !path.exists() {
+            create_whole(path).map_err(|source| Error::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+        }
         let repaired = Arc::new(AtomicBool::new(false));
         let flag = repaired.clone();
         let db = Database::builder()

@@ -190,6 +190,23 @@ fn reopening_keeps_every_write_and_the_revision() {
     });
 }
 
+#[tokio::test]
+async fn a_database_half_made_by_a_killed_process_does_not_block_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state.redb");
+    // What a process killed while creating the database leaves behind.
+    std::fs::write(dir.path().join("state.redb.creating"), b"redb\x1a\x0a").unwrap();
+    let store = RedbStore::open(&db).expect("opens beside a half-made file");
+    assert_eq!(
+        store.create("/a", Bytes::from_static(b"1")).await.unwrap(),
+        1
+    );
+    drop(store);
+    assert!(!dir.path().join("state.redb.creating").exists());
+    let store = RedbStore::open(&db).unwrap();
+    assert_eq!(store.current_revision().await.unwrap(), 1);
+}
+
 #[test]
 fn acknowledged_writes_survive_kill_minus_nine() {
     use rand::Rng;
