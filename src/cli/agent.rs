@@ -124,6 +124,10 @@ impl NodeFlags {
         config.spare_netns = self.spare_sandboxes;
         config.resolv_conf =
             (!self.resolv_conf.is_empty()).then(|| PathBuf::from(&self.resolv_conf));
+        config.ingress = crate::ingress::Ports {
+            http: self.ingress_http_port,
+            https: self.ingress_https_port,
+        };
         if self.image_gc_low_threshold > self.image_gc_high_threshold {
             bail!(
                 "--image-gc-low-threshold ({}) must not be above --image-gc-high-threshold ({})",
@@ -202,8 +206,39 @@ pub async fn execute(args: Args) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_duration;
+    use super::{NodeFlags, parse_duration};
+    use clap::Parser;
     use std::time::Duration;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        node: NodeFlags,
+    }
+
+    #[test]
+    fn node_flags_reach_the_agent_config() {
+        let flags = Flags::parse_from([
+            "wk",
+            "--agent-listen",
+            "127.0.0.1:0",
+            "--ingress-http-port",
+            "0",
+            "--ingress-https-port",
+            "8443",
+            "--resolv-conf",
+            "",
+        ]);
+        let config = flags.node.config("/tmp/x".into(), String::new()).unwrap();
+        assert_eq!((config.ingress.http, config.ingress.https), (0, 8443));
+        assert_eq!(config.resolv_conf, None);
+        let defaults = Flags::parse_from(["wk", "--agent-listen", "127.0.0.1:0"]);
+        let config = defaults
+            .node
+            .config("/tmp/x".into(), String::new())
+            .unwrap();
+        assert_eq!((config.ingress.http, config.ingress.https), (80, 443));
+    }
 
     #[test]
     fn durations_read_as_the_kubelet_writes_them() {
