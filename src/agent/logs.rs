@@ -64,7 +64,7 @@ impl ContainerLog {
         LogStream {
             log: self.clone(),
             stream,
-            partial: Arc::new(Mutex::new(Vec::new())),
+            partial: Arc::new(Partial(Mutex::new(Vec::new()), self.clone(), stream)),
         }
     }
 
@@ -108,12 +108,32 @@ impl ContainerLog {
 pub struct LogStream {
     log: Arc<ContainerLog>,
     stream: &'static str,
-    partial: Arc<Mutex<Vec<u8>>>,
+    partial: Arc<Partial>,
+}
+
+/// The bytes of a line not yet ended; recorded as a partial line when the last writer goes.
+struct Partial(Mutex<Vec<u8>>, Arc<ContainerLog>, &'static str);
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if let Ok(rest) = self.0.get_mut()
+            && !rest.is_empty()
+        {
+            self.1.record(self.2, 'P', rest);
+        }
+    }
 }
 
 impl LogStream {
+    /// The same stream for another writer, with its own unfinished line: instances that run
+    /// at once then never splice their lines into each other's.
+    #[must_use]
+    pub fn fork(&self) -> Self {
+        self.log.stream(self.stream)
+    }
+
     fn write_bytes(&self, buf: &[u8]) {
-        let Ok(mut partial) = self.partial.lock() else {
+        let Ok(mut partial) = self.partial.0.lock() else {
             return;
         };
         partial.extend_from_slice(buf);
@@ -127,10 +147,15 @@ impl LogStream {
         }
     }
 
+    /// Records one whole line of wk's own about the container (a line the guest did not write).
+    pub fn line(&self, text: &str) {
+        self.log.record(self.stream, 'F', text.as_bytes());
+    }
+
     /// Writes out a last line that had no newline, as a partial record (so readers show it
     /// without one, as the guest wrote it).
     pub fn finish(&self) {
-        if let Ok(mut partial) = self.partial.lock()
+        if let Ok(mut partial) = self.partial.0.lock()
             && !partial.is_empty()
         {
             let rest = std::mem::take(&mut *partial);

@@ -1762,15 +1762,31 @@ async fn serve_http(
     });
     ctx.started_events(&name, restart).await;
     ctx.shared.live_logs(&path, true);
+    // Requests spread over as many cores as the pod may use, on threads inside its namespace.
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let threads = p
+        .guest
+        .cpu_millis
+        .map_or(cores, |m| {
+            usize::try_from(m.div_ceil(1000)).unwrap_or(cores)
+        })
+        .clamp(1, cores);
+    let workers = (threads > 1)
+        .then(|| {
+            let (_, ns) = sandbox::paths(&ctx.shared.data_dir, &ctx.uid);
+            let ns = sandbox::netns::is_mounted(&ns).then_some(ns);
+            sandbox::worker_runtime(&name, ns.as_deref(), threads)
+        })
+        .flatten();
     let mut serving = Vec::new();
     for (in_pod, listener) in listeners {
         let svc = service.clone();
         let drain = stop.drain.clone();
         let fut = wasm::http::serve(listener, svc, drain);
-        serving.push(if in_pod {
-            handle.spawn(fut)
-        } else {
-            tokio::spawn(fut)
+        serving.push(match (&workers, in_pod) {
+            (Some(rt), _) => rt.spawn(fut),
+            (None, true) => handle.spawn(fut),
+            (None, false) => tokio::spawn(fut),
         });
     }
     let kill_watch = {
@@ -1786,6 +1802,9 @@ async fn serve_http(
     }
     // It holds the service (and so the log file) until aborted.
     kill_watch.abort();
+    if let Some(rt) = workers {
+        rt.shutdown_background();
+    }
     ctx.shared.live_logs(&path, false);
     ctx.set(false, i, |c| {
         c.ready = false;

@@ -1156,6 +1156,52 @@ fn a_pod_s_concurrency_limit_and_request_timeout_hold() {
     );
 }
 
+#[test]
+fn instance_reuse_serves_requests_in_turn_and_is_refused_for_a_component_that_cannot() {
+    let c = Cluster::with_agent();
+    import_all(&c);
+    let pod = |name: &str, reuse: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  annotations: {{{reuse}}}\nspec:\n  nodeName: wk-test\n  containers:\n  - {{name: hello, image: hello:v1, ports: [{{containerPort: 8000}}]}}\n"
+        )
+    };
+    apply(&c, &pod("fresh", ""));
+    apply(&c, &pod("reused", "wk.dev/instance-reuse: \"3\""));
+    apply(&c, &pod("once", "wk.dev/instance-reuse: \"100\""));
+    for name in ["fresh", "reused", "once"] {
+        wait_for(&c, name, "{.status.containerStatuses[0].ready}", "true");
+    }
+    let counts = |name: &str| -> Vec<u32> {
+        (0..6)
+            .map(|_| {
+                let (body, _) = curl_in(&c, name, "http://127.0.0.1:8000/count");
+                let (n, status) = body.split_once('\n').expect("a count");
+                assert_eq!(status, " 200", "{body}");
+                n.parse().expect("a number")
+            })
+            .collect()
+    };
+    // By default every request has an instance of its own.
+    assert_eq!(counts("fresh"), [1; 6]);
+    // With reuse one instance serves requests in turn, three at most.
+    let reused = counts("reused");
+    assert_eq!(reused.iter().max(), Some(&3), "{reused:?}");
+    // A component that fails on its second request: that request is served again on a fresh
+    // instance, reuse is turned off, and the container's log says why.
+    for _ in 0..3 {
+        assert_eq!(
+            curl_in(&c, "once", "http://127.0.0.1:8000/once").0,
+            "once\n 200"
+        );
+    }
+    let log = c.kubectl_ok(&["logs", "once"]);
+    assert!(
+        log.contains("wk.dev/instance-reuse refused") && log.contains("fresh instance"),
+        "{log}"
+    );
+    assert_eq!(counts("once"), [1; 6]);
+}
+
 /// A TCP port nothing listens on now.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -129,6 +129,33 @@ impl Drop for Sandbox {
     }
 }
 
+/// A runtime of `threads` worker threads inside the namespace at `netns` (the node's network
+/// when `None`), for a container whose work should spread over the node's cores: an HTTP
+/// component's requests, each in its own instance. None when it cannot be made.
+pub fn worker_runtime(
+    name: &str,
+    netns: Option<&Path>,
+    threads: usize,
+) -> Option<tokio::runtime::Runtime> {
+    let ns = netns.map(Path::to_owned);
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .max_blocking_threads(threads)
+        .thread_name(format!("pod-{}", name.chars().take(11).collect::<String>()))
+        .on_thread_start(move || {
+            crate::agent::trim::release_unused_stack();
+            if let Some(ns) = &ns
+                && let Err(e) = netns::enter(ns)
+            {
+                tracing::error!(netns = %ns.display(), error = %e, "a pod worker thread could not enter the pod's network namespace");
+            }
+        })
+        .enable_all()
+        .build()
+        .map_err(|e| tracing::warn!(error = %e, "a pod's worker threads could not start; serving on the pod's own thread"))
+        .ok()
+}
+
 /// Removes sandboxes left by an earlier agent whose pods are no longer bound here.
 pub fn clean_orphans(data: &Path, keep: &std::collections::HashSet<String>) -> usize {
     let mut removed = 0;

@@ -3,8 +3,9 @@
 //! concurrency limit and request timeout, and a graceful drain on stop.
 
 use std::convert::Infallible;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -15,8 +16,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use wasmtime::{Engine, Store};
 use wasmtime_wasi_http::WasiHttpView;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use super::{GuestSpec, Limiter, P2State, Stop, p2_state, slice};
@@ -32,14 +33,27 @@ const TIMED_OUT: &str = "the guest did not answer in time";
 pub const CONCURRENCY_ANNOTATION: &str = "wk.dev/max-concurrent-requests";
 /// The pod annotation that sets its request timeout, in seconds.
 pub const TIMEOUT_ANNOTATION: &str = "wk.dev/request-timeout-seconds";
+/// The pod annotation that lets one instance serve up to this many requests, one after another,
+/// instead of a fresh instance for each: faster, but requests then share the guest's state.
+pub const REUSE_ANNOTATION: &str = "wk.dev/instance-reuse";
+/// With reuse, the instances (and so the requests) one container serves at once by default.
+pub const REUSE_CONCURRENCY: usize = 16;
+/// An instance idle this long is dropped, so an idle pod gives its memory back.
+const IDLE_FOR: Duration = Duration::from_secs(30);
+/// Until one instance has answered a second request, a reused instance that takes longer than
+/// this is taken as one that cannot be reused (a fetch-event JS component waits forever).
+const REUSE_TRIAL: Duration = Duration::from_secs(2);
 
 /// How a pod's HTTP containers serve: its concurrency limit and request timeout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Serving {
-    /// Requests served at once, per container; more wait for a slot.
+    /// Requests served at once, per container; more wait for a slot. With reuse, also the
+    /// most instances the container keeps.
     pub max_concurrent: usize,
     /// Time allowed to produce the response headers; past it the client gets 504.
     pub timeout: Duration,
+    /// Requests one instance serves before it is dropped (1: a fresh instance each).
+    pub reuse: u32,
 }
 
 impl Serving {
@@ -59,13 +73,20 @@ impl Serving {
                 },
             }
         };
+        let reuse = number(REUSE_ANNOTATION)?.map_or(1, |n| u32::try_from(n).unwrap_or(u32::MAX));
+        let default = if reuse > 1 {
+            REUSE_CONCURRENCY
+        } else {
+            MAX_CONCURRENT_REQUESTS
+        };
         Ok(Self {
-            max_concurrent: number(CONCURRENCY_ANNOTATION)?.map_or(MAX_CONCURRENT_REQUESTS, |n| {
+            max_concurrent: number(CONCURRENCY_ANNOTATION)?.map_or(default, |n| {
                 usize::try_from(n)
                     .unwrap_or(usize::MAX)
                     .min(Semaphore::MAX_PERMITS)
             }),
             timeout: number(TIMEOUT_ANNOTATION)?.map_or(REQUEST_TIMEOUT, Duration::from_secs),
+            reuse,
         })
     }
 }
@@ -79,8 +100,41 @@ pub struct HttpService {
     stderr: LogStream,
     limit: Semaphore,
     timeout: Duration,
+    /// Requests per instance (1: no reuse).
+    reuse: u32,
+    /// Instances kept idle at most (the concurrency limit: no more are ever in use).
+    max_instances: usize,
+    /// Instances waiting for their next request, the most recently used last.
+    idle: Mutex<Vec<Warm>>,
+    /// Set once a reused instance has failed: every request gets a fresh instance after.
+    refused: AtomicBool,
+    /// Set once a reused instance has answered: reuse works for this component.
+    proven: AtomicBool,
     /// Interrupts in-flight guests when the grace period is over.
     pub kill: Stop,
+}
+
+/// An instance that has served and waits for its next request.
+struct Warm {
+    store: Store<P2State>,
+    proxy: Proxy,
+    served: u32,
+    since: Instant,
+}
+
+/// Why a request failed, and whether it was on an instance that had served before.
+struct Failure {
+    message: String,
+    reused: bool,
+}
+
+impl Failure {
+    fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            reused: false,
+        }
+    }
 }
 
 impl HttpService {
@@ -101,74 +155,226 @@ impl HttpService {
             stderr,
             limit: Semaphore::new(serving.max_concurrent),
             timeout: serving.timeout,
+            reuse: serving.reuse,
+            max_instances: serving.max_concurrent,
+            idle: Mutex::new(Vec::new()),
+            refused: AtomicBool::new(false),
+            proven: AtomicBool::new(false),
             kill: Stop::default(),
         })
     }
 
+    /// An idle instance to serve the next request, dropping those idle too long.
+    fn take_warm(&self) -> Option<Warm> {
+        if self.reuse <= 1 {
+            return None;
+        }
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        idle.retain(|w| w.since.elapsed() < IDLE_FOR);
+        idle.pop()
+    }
+
+    /// Keeps an instance that has just served, if it may serve more.
+    fn put_warm(&self, store: Store<P2State>, proxy: Proxy, served: u32) {
+        if served >= self.reuse
+            || self.refused.load(Ordering::Relaxed)
+            || self.kill.stopped()
+            || store.data().limiter.hit_limit
+        {
+            return;
+        }
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if idle.len() < self.max_instances {
+            idle.push(Warm {
+                store,
+                proxy,
+                served,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Drops the instances that have been idle too long (all of them when `all`).
+    pub fn trim_idle(&self, all: bool) {
+        let dropped = {
+            let mut idle = self
+                .idle
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if all {
+                std::mem::take(&mut *idle)
+            } else {
+                let (keep, old) = std::mem::take(&mut *idle)
+                    .into_iter()
+                    .partition(|w| w.since.elapsed() < IDLE_FOR);
+                *idle = keep;
+                old
+            }
+        };
+        drop(dropped);
+    }
+
+    /// Turns instance reuse off after a reused instance failed, saying so in the agent's log
+    /// and the container's.
+    fn refuse_reuse(&self, why: &str) {
+        if self.refused.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        self.trim_idle(true);
+        let message = format!(
+            "{REUSE_ANNOTATION} refused: an instance failed on a request after the first ({why}); \
+             this component cannot serve more than one request per instance, so every request \
+             now gets a fresh instance"
+        );
+        tracing::warn!(%message, "instance reuse turned off");
+        self.stderr.line(&format!("wk: {message}"));
+    }
+
+    /// Serves one request; a request that failed on a reused instance turns reuse off and, when
+    /// it has no body to replay, is served again on a fresh instance.
     async fn call(
         self: &Arc<Self>,
         req: Request<Incoming>,
     ) -> Result<Response<HyperOutgoingBody>, String> {
-        let mut builder = self
-            .spec
-            .wasi_builder(Some(&self.stdout), Some(&self.stderr))
-            .map_err(|e| e.to_string())?;
-        let limiter = Limiter::new(self.spec.memory_limit, self.spec.memory_usage.clone());
-        // Waiting for a free pool slot counts against the request's time.
-        let Ok(state) =
-            tokio::time::timeout(self.timeout, p2_state(builder.build(), limiter, &self.spec))
+        let bodiless = !req.headers().contains_key(http::header::CONTENT_LENGTH)
+            && !req.headers().contains_key(http::header::TRANSFER_ENCODING);
+        let again = bodiless.then(|| {
+            let mut copy = Request::new(());
+            *copy.method_mut() = req.method().clone();
+            *copy.uri_mut() = req.uri().clone();
+            *copy.version_mut() = req.version();
+            *copy.headers_mut() = req.headers().clone();
+            copy
+        });
+        match self.call_once(req).await {
+            Err(Failure {
+                message,
+                reused: true,
+            }) => {
+                self.refuse_reuse(&message);
+                let Some(again) = again else {
+                    return Err(message);
+                };
+                let empty = http_body_util::Empty::<Bytes>::new()
+                    .map_err(|never: Infallible| -> hyper::Error { match never {} });
+                self.call_once(again.map(|()| empty))
+                    .await
+                    .map_err(|f| f.message)
+            }
+            other => other.map_err(|f| f.message),
+        }
+    }
+
+    async fn call_once<B>(
+        self: &Arc<Self>,
+        req: Request<B>,
+    ) -> Result<Response<HyperOutgoingBody>, Failure>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
+        let (mut store, warm, served) = match self.take_warm() {
+            Some(w) => (w.store, Some(w.proxy), w.served),
+            None => {
+                let mut builder = self
+                    .spec
+                    .wasi_builder(Some(&self.stdout.fork()), Some(&self.stderr.fork()))
+                    .map_err(|e| Failure::new(e.to_string()))?;
+                let limiter = Limiter::new(self.spec.memory_limit, self.spec.memory_usage.clone());
+                // Waiting for a free pool slot counts against the request's time.
+                let Ok(state) = tokio::time::timeout(
+                    self.timeout,
+                    p2_state(builder.build(), limiter, &self.spec),
+                )
                 .await
-        else {
-            return Err(TIMED_OUT.into());
+                else {
+                    return Err(Failure::new(TIMED_OUT));
+                };
+                let mut store = Store::new(&self.engine, state);
+                store.limiter(|s| &mut s.limiter);
+                (store, None, 0)
+            }
         };
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limiter);
+        // Per request, so that CPU time is counted from this request's start.
         slice(&mut store, &self.kill, &self.spec);
         let (tx, rx) = tokio::sync::oneshot::channel();
         let req = store
             .data_mut()
             .http()
             .new_incoming_request(Scheme::Http, req)
-            .map_err(|e| format!("bad request: {e}"))?;
+            .map_err(|e| Failure::new(format!("bad request: {e}")))?;
         let out = store
             .data_mut()
             .http()
             .new_response_outparam(tx)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Failure::new(e.to_string()))?;
         let pre = self.pre.clone();
+        let service = self.clone();
         let task = tokio::spawn(async move {
-            let proxy = pre.instantiate_async(&mut store).await?;
+            let proxy = match warm {
+                Some(proxy) => proxy,
+                None => pre.instantiate_async(&mut store).await?,
+            };
             let result = proxy
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, req, out)
                 .await;
             let hit = store.data().limiter.hit_limit;
-            result.map_err(|e| {
-                if hit {
-                    e.context("OOMKilled: the guest went over its memory limit")
-                } else {
-                    e
+            match result {
+                Ok(()) => {
+                    service.put_warm(store, proxy, served + 1);
+                    Ok(())
                 }
-            })
+                Err(e) if hit => Err(e.context("OOMKilled: the guest went over its memory limit")),
+                Err(e) => Err(e),
+            }
         });
+        let failed = |message: String| Failure {
+            message,
+            reused: served > 0,
+        };
         // Until the guest has answered, a timeout or a client that goes away ends its instance
         // (with its task), so that it holds no slot or memory after.
         let mut guard = AbortOnDrop(Some(task.abort_handle()));
-        let Ok(answer) = tokio::time::timeout(self.timeout, rx).await else {
-            return Err(TIMED_OUT.into());
+        let trial = served > 0 && !self.proven.load(Ordering::Relaxed);
+        let deadline = if trial {
+            REUSE_TRIAL.min(self.timeout)
+        } else {
+            self.timeout
+        };
+        let Ok(answer) = tokio::time::timeout(deadline, rx).await else {
+            return Err(if trial {
+                failed(format!(
+                    "a reused instance did not answer within {}s",
+                    deadline.as_secs_f32()
+                ))
+            } else {
+                Failure::new(TIMED_OUT)
+            });
         };
         match answer {
             Ok(Ok(response)) => {
                 // The guest goes on writing the body.
                 guard.0 = None;
+                if trial {
+                    self.proven.store(true, Ordering::Relaxed);
+                }
                 Ok(response)
             }
-            Ok(Err(code)) => Err(format!("the guest answered with an error: {code:?}")),
-            Err(_) => match task.await {
-                Ok(Ok(())) => Err("the guest returned without setting a response".into()),
-                Ok(Err(e)) => Err(format!("the guest failed: {e:#}")),
-                Err(e) => Err(format!("the guest's task failed: {e}")),
-            },
+            Ok(Err(code)) => Err(failed(format!(
+                "the guest answered with an error: {code:?}"
+            ))),
+            Err(_) => Err(failed(match task.await {
+                Ok(Ok(())) => "the guest returned without setting a response".into(),
+                Ok(Err(e)) => format!("the guest failed: {e:#}"),
+                Err(e) => format!("the guest's task failed: {e}"),
+            })),
         }
     }
 
@@ -228,6 +434,10 @@ pub async fn serve(listener: TcpListener, service: Arc<HttpService>, drain: Stop
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = drain.wait() => break,
+            () = tokio::time::sleep(IDLE_FOR) => {
+                service.trim_idle(false);
+                continue;
+            }
         };
         let Ok((stream, _)) = accepted else {
             // EMFILE and friends: back off instead of spinning.
@@ -249,6 +459,7 @@ pub async fn serve(listener: TcpListener, service: Arc<HttpService>, drain: Stop
     }
     drop(listener);
     graceful.shutdown().await;
+    service.trim_idle(true);
 }
 
 #[cfg(test)]
@@ -262,23 +473,31 @@ mod tests {
             Serving::from_pod(&pod(serde_json::json!({}))).unwrap(),
             Serving {
                 max_concurrent: MAX_CONCURRENT_REQUESTS,
-                timeout: REQUEST_TIMEOUT
+                timeout: REQUEST_TIMEOUT,
+                reuse: 1,
             }
         );
+        let reusing = Serving::from_pod(&pod(serde_json::json!({REUSE_ANNOTATION: "50"}))).unwrap();
+        assert_eq!(
+            (reusing.reuse, reusing.max_concurrent),
+            (50, REUSE_CONCURRENCY)
+        );
         let set = Serving::from_pod(&pod(serde_json::json!({
-            CONCURRENCY_ANNOTATION: "2", TIMEOUT_ANNOTATION: " 5 "})))
+            CONCURRENCY_ANNOTATION: "2", TIMEOUT_ANNOTATION: " 5 ", REUSE_ANNOTATION: "1000"})))
         .unwrap();
         assert_eq!(
             set,
             Serving {
                 max_concurrent: 2,
-                timeout: Duration::from_secs(5)
+                timeout: Duration::from_secs(5),
+                reuse: 1000,
             }
         );
         for bad in ["0", "-1", "ten", "1.5"] {
-            let e = Serving::from_pod(&pod(serde_json::json!({CONCURRENCY_ANNOTATION: bad})))
-                .unwrap_err();
-            assert!(e.contains(CONCURRENCY_ANNOTATION) && e.contains(bad), "{e}");
+            for key in [CONCURRENCY_ANNOTATION, REUSE_ANNOTATION] {
+                let e = Serving::from_pod(&pod(serde_json::json!({key: bad}))).unwrap_err();
+                assert!(e.contains(key) && e.contains(bad), "{e}");
+            }
         }
     }
 }

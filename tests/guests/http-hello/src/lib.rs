@@ -7,10 +7,15 @@
 //!   GET /trap         -> traps (`unreachable`), leaving no response
 //!   GET /fetch?url=U  -> GETs U with wasi:http's outgoing handler; 200 with its status line
 //!                        and body (`200 BODY`), or 502 `error: ...`
+//!   GET /count        -> 200 "N\n": the requests this instance has served, this one included
+//!   GET /once         -> 200 "once\n" in an instance's first request; traps in any later one
+//!                        (a component that cannot be reused)
 //!   anything else     -> 404 "not found\n"
 //!
 //! Note: `/env/NAME` uses `std::env::var`, which makes the component import
 //! `wasi:cli/environment` in addition to the proxy world's imports.
+
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use wasip2::clocks::monotonic_clock;
 use wasip2::exports::http::incoming_handler::Guest;
@@ -21,10 +26,14 @@ use wasip2::http::types::{
 
 struct Handler;
 
+/// Requests this instance has served.
+static SERVED: AtomicU32 = AtomicU32::new(0);
+
 wasip2::http::proxy::export!(Handler);
 
 impl Guest for Handler {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        SERVED.fetch_add(1, Ordering::Relaxed);
         let path_q = request.path_with_query().unwrap_or_else(|| "/".to_string());
         let (path, query) = match path_q.split_once('?') {
             Some((p, q)) => (p, q),
@@ -45,6 +54,9 @@ fn route(path: &str, query: &str) -> (u16, String) {
             std::env::var("GREETING").unwrap_or_else(|_| "Hello from wk!\n".into()),
         ),
         "/fail" => (500, "fail\n".into()),
+        "/count" => (200, format!("{}\n", SERVED.load(Ordering::Relaxed))),
+        "/once" if SERVED.load(Ordering::Relaxed) > 1 => core::arch::wasm32::unreachable(),
+        "/once" => (200, "once\n".into()),
         "/trap" => core::arch::wasm32::unreachable(),
         "/fetch" => match query.split('&').find_map(|kv| kv.strip_prefix("url=")) {
             Some(url) => match fetch(&unescape(url)) {

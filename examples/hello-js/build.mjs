@@ -1,0 +1,45 @@
+// Builds a JS program into a wasi:http component.
+//
+//   node build.mjs hello.js hello.wasm        a Node http program, with the node-http prelude
+//   node build.mjs --plain fetch.js fetch.wasm   a program that is already a wasi:http handler
+//                                                (addEventListener('fetch') or incomingHandler)
+//
+// A Node program is CommonJS: it is wrapped in a function with its own `require`, `module` and
+// `exports`, after node-http.js has set up `require('http')`.
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { componentize } from '@bytecodealliance/componentize-js';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const args = process.argv.slice(2);
+const plain = args[0] === '--plain';
+if (plain) args.shift();
+if (args.length !== 2) {
+  console.error('usage: node build.mjs [--plain] PROGRAM.js OUT.wasm');
+  process.exit(2);
+}
+const [program, out] = args.map((p) => resolve(p));
+
+let sourcePath = program;
+if (!plain) {
+  const build = join(here, 'build');
+  await mkdir(build, { recursive: true });
+  const text = await readFile(program, 'utf8');
+  sourcePath = join(build, 'app.js');
+  await writeFile(
+    sourcePath,
+    `import { incomingHandler } from '../node-http.js';\nexport { incomingHandler };\n` +
+      `(function (exports, require, module, __filename, __dirname) {\n${text}\n})` +
+      `({}, globalThis.require, { exports: {} }, ${JSON.stringify(program)}, ${JSON.stringify(dirname(program))});\n`,
+  );
+}
+
+const started = Date.now();
+const { component } = await componentize({
+  sourcePath,
+  witPath: join(here, 'wit'),
+  worldName: 'hello',
+});
+await writeFile(out, component);
+console.log(`${out}: ${(component.length / 1e6).toFixed(1)} MB in ${((Date.now() - started) / 1000).toFixed(0)} s`);
