@@ -10,6 +10,9 @@ use tokio_util::sync::CancellationToken;
 use crate::agent::{Agent, AgentConfig};
 use crate::client::Client;
 
+/// The port the agent serves logs and metrics on, as the kubelet's.
+const AGENT_PORT: u16 = 10250;
+
 /// The node's own flags, shared by `wk agent` and `wk server`'s built-in agent.
 #[derive(Debug, Clone, clap::Args)]
 pub struct NodeFlags {
@@ -22,9 +25,10 @@ pub struct NodeFlags {
     /// The address reported as the Node's InternalIP.
     #[arg(long, env = "WK_NODE_IP", default_value = "127.0.0.1")]
     node_ip: IpAddr,
-    /// Where the agent serves logs and metrics to the API server (port 0: any free port).
-    #[arg(long, env = "WK_AGENT_LISTEN", default_value = "127.0.0.1:10250")]
-    agent_listen: SocketAddr,
+    /// Where the agent serves logs and metrics to the API server, which reaches it at the
+    /// node's address (port 0: any free port) [default: the node IP, port 10250].
+    #[arg(long, env = "WK_AGENT_LISTEN")]
+    agent_listen: Option<SocketAddr>,
     /// The most pods this node runs.
     #[arg(long, env = "WK_MAX_PODS", default_value_t = 1000)]
     max_pods: u32,
@@ -142,11 +146,14 @@ impl NodeFlags {
         };
         // A taken default port falls back to a free one: the API server learns the port from
         // the Node's daemonEndpoints.
-        config.listen = if std::net::TcpListener::bind(self.agent_listen).is_ok() {
-            self.agent_listen
+        let listen = self
+            .agent_listen
+            .unwrap_or(SocketAddr::new(self.node_ip, AGENT_PORT));
+        config.listen = if std::net::TcpListener::bind(listen).is_ok() {
+            listen
         } else {
-            tracing::warn!(addr = %self.agent_listen, "the agent port is taken; using a free one");
-            SocketAddr::new(self.agent_listen.ip(), 0)
+            tracing::warn!(addr = %listen, "the agent port is taken; using a free one");
+            SocketAddr::new(listen.ip(), 0)
         };
         Ok(config)
     }
@@ -231,6 +238,14 @@ mod tests {
         ]);
         let config = flags.node.config("/tmp/x".into(), String::new()).unwrap();
         assert_eq!((config.ingress.http, config.ingress.https), (0, 8443));
+        // Without --agent-listen the agent listens on the node's address, where the API
+        // server looks for it.
+        let on_node_ip = Flags::parse_from(["wk", "--node-ip", "127.0.0.83"]);
+        let config = on_node_ip
+            .node
+            .config("/tmp/x".into(), String::new())
+            .unwrap();
+        assert_eq!(config.listen.ip().to_string(), "127.0.0.83");
         assert_eq!(config.resolv_conf, None);
         let defaults = Flags::parse_from(["wk", "--agent-listen", "127.0.0.1:0"]);
         let config = defaults

@@ -211,9 +211,19 @@ impl Cluster {
         }
         let bridge = agent.then(|| Bridge::of(data.path()));
         if let Some(b) = &bridge {
-            cmd.args(["--node-name", "wk-test", "--agent-listen", "127.0.0.1:0"])
-                .args(["--bridge", &b.name, "--cluster-cidr", &b.cluster_cidr])
-                .args(["--service-cidr", &b.service_cidr]);
+            // The agent listens on the node's address, where the API server reaches it.
+            let node_ip = extra
+                .iter()
+                .position(|a| *a == "--node-ip")
+                .map_or("127.0.0.1", |i| extra[i + 1]);
+            cmd.args([
+                "--node-name",
+                "wk-test",
+                "--agent-listen",
+                &format!("{node_ip}:0"),
+            ])
+            .args(["--bridge", &b.name, "--cluster-cidr", &b.cluster_cidr])
+            .args(["--service-cidr", &b.service_cidr]);
             // This host's own resolvers are never asked: a test names its upstream.
             if !extra.contains(&"--resolv-conf") {
                 cmd.args(["--resolv-conf", ""]);

@@ -3,6 +3,7 @@
 mod agent;
 mod autoscaling;
 mod controllers;
+mod examples;
 mod guests;
 mod harness;
 mod images;
