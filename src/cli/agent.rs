@@ -238,6 +238,7 @@ mod tests {
         ]);
         let config = flags.node.config("/tmp/x".into(), String::new()).unwrap();
         assert_eq!((config.ingress.http, config.ingress.https), (0, 8443));
+        assert_eq!(config.resolv_conf, None);
         // Without --agent-listen the agent listens on the node's address, where the API
         // server looks for it.
         let on_node_ip = Flags::parse_from(["wk", "--node-ip", "127.0.0.83"]);
@@ -246,7 +247,6 @@ mod tests {
             .config("/tmp/x".into(), String::new())
             .unwrap();
         assert_eq!(config.listen.ip().to_string(), "127.0.0.83");
-        assert_eq!(config.resolv_conf, None);
         let defaults = Flags::parse_from(["wk", "--agent-listen", "127.0.0.1:0"]);
         let config = defaults
             .node
