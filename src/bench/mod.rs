@@ -16,6 +16,7 @@ use crate::client::Client;
 
 pub mod cluster;
 pub mod images;
+pub mod js;
 pub mod pods;
 pub mod proxy;
 pub mod scheduler;

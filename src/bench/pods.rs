@@ -700,7 +700,8 @@ pub fn wrk(url: &str, secs: u64) -> anyhow::Result<Wrk> {
 pub fn wrk_with(url: &str, secs: u64, connections: usize) -> anyhow::Result<Wrk> {
     let out = Command::new("wrk")
         .args([
-            "-t2",
+            // wrk wants a connection per thread at least.
+            &format!("-t{}", connections.clamp(1, 2)),
             &format!("-c{connections}"),
             &format!("-d{secs}s"),
             "--latency",

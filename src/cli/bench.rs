@@ -139,6 +139,34 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A JS component (examples/hello-js) on wk, fresh and reused instances, against native
+    /// Node and `wasmtime serve`, with wrk at several connection counts; and its cold start.
+    Js {
+        /// The component `npm run build` made.
+        #[arg(long, default_value = "examples/hello-js/hello.wasm")]
+        component: PathBuf,
+        /// The Node program it was built from.
+        #[arg(long, default_value = "examples/hello-js/hello.js")]
+        program: PathBuf,
+        /// The wasmtime CLI to compare with (48.0.8).
+        #[arg(long, default_value = "wasmtime")]
+        wasmtime: PathBuf,
+        /// Alternating runs of each setup.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Seconds per wrk run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Connection counts, comma-separated.
+        #[arg(long, default_value = "1,32,256", value_delimiter = ',')]
+        connections: Vec<usize>,
+        /// Requests per instance in the reusing pod.
+        #[arg(long, default_value_t = 1000)]
+        reuse: u32,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// HTTP throughput of one pod against `wasmtime serve` on the same component, with wrk.
     Serve {
         /// The wasi:http component.
@@ -296,6 +324,66 @@ pub async fn execute(args: Args) -> anyhow::Result<()> {
                 r.failover_s,
                 r.grace_s
             );
+            Ok(())
+        }
+        Command::Js {
+            component,
+            program,
+            wasmtime,
+            runs,
+            seconds,
+            connections,
+            reuse,
+            json,
+        } => {
+            let opts = bench::js::JsOptions {
+                component: &component,
+                program: &program,
+                wasmtime: &wasmtime,
+                runs,
+                secs: seconds,
+                connections,
+                reuse,
+            };
+            let r = bench::js::js(&wk, &opts).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                return Ok(());
+            }
+            println!(
+                "cold start (pod created to first 200 OK): {:.1} s compiling, {:.2} s cached",
+                r.cold_start_s, r.cached_start_s
+            );
+            let rps = bench::js::rps;
+            for row in &r.rows {
+                println!(
+                    "{} connections (median req/s of {runs} runs; p99 ms of the median run):",
+                    row.connections
+                );
+                let setups = [
+                    ("node hello.js", &row.node),
+                    ("wasmtime serve (fresh instance)", &row.wasmtime_serve),
+                    ("wk, fresh instance", &row.wk_fresh),
+                    ("wk, fresh instance, one core", &row.wk_fresh_one_core),
+                    ("wk, instance reuse", &row.wk_reuse),
+                ];
+                let peer = rps(&row.wasmtime_serve).max(1e-9);
+                for (name, runs) in setups {
+                    let median = rps(runs);
+                    let p99 = runs
+                        .iter()
+                        .min_by(|a, b| {
+                            (a.requests_per_second - median)
+                                .abs()
+                                .total_cmp(&(b.requests_per_second - median).abs())
+                        })
+                        .map_or(0.0, |w| w.p99_ms);
+                    println!(
+                        "  {name:<34} {median:>9.0} req/s  p99 {p99:>7.2} ms  x{:.2} wasmtime serve",
+                        median / peer
+                    );
+                }
+            }
             Ok(())
         }
         Command::Serve {

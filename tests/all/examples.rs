@@ -176,3 +176,174 @@ fn hello_js_is_built_with_npm_pushed_applied_scaled_rolled_out_and_back() {
     let fetch = c.kubectl_ok(&["logs", "fetch"]);
     assert!(fetch.contains("wk.dev/instance-reuse refused"), "{fetch}");
 }
+
+/// The Rust examples (examples/Cargo.toml), built once for wasm32-wasip2.
+fn rust_example(name: &str) -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let target = root.join("target/examples");
+        run(
+            root,
+            "cargo",
+            &[
+                "build",
+                "--release",
+                "--locked",
+                "--manifest-path",
+                "examples/Cargo.toml",
+                "--target",
+                "wasm32-wasip2",
+                "--target-dir",
+                target.to_str().unwrap(),
+            ],
+        );
+        target.join("wasm32-wasip2/release")
+    });
+    dir.join(format!("{name}.wasm"))
+}
+
+/// A cluster and a registry holding the Rust examples' images, as their READMEs push them.
+fn with_rust_images(node_ip: &str, images: &[(&str, &str)]) -> (Registry, Cluster) {
+    let registry = Registry::start();
+    let c = Cluster::with_agent_args(&["--node-ip", node_ip]);
+    for (file, image) in images {
+        let file = rust_example(file);
+        c.wk_ok(&[
+            "push",
+            file.to_str().unwrap(),
+            &format!("{}/{image}", registry.addr),
+        ]);
+    }
+    (registry, c)
+}
+
+/// An example's manifest, pointed at this test's registry.
+fn manifest(registry: &Registry, path: &str) -> String {
+    let text = std::fs::read_to_string(example(path)).unwrap();
+    assert!(text.contains("127.0.0.1:5000/"), "{path} names no image");
+    text.replace("127.0.0.1:5000", &registry.addr)
+}
+
+fn pod_ip(c: &Cluster, selector: &str) -> String {
+    c.kubectl_ok(&[
+        "get",
+        "pods",
+        "-l",
+        selector,
+        "--field-selector",
+        "status.phase=Running",
+        "-o",
+        "jsonpath={.items[0].status.podIP}",
+    ])
+}
+
+#[test]
+fn hello_rust_serves_through_its_node_port() {
+    let (registry, c) = with_rust_images("127.0.0.82", &[("hello_rust", "hello-rust:v1")]);
+    c.kubectl_apply(&manifest(&registry, "hello-rust/hello.yaml"));
+    c.kubectl_ok(&[
+        "rollout",
+        "status",
+        "deployment/hello-rust",
+        "--timeout=120s",
+    ]);
+    let url = "http://127.0.0.82:30081/";
+    assert!(answers(url, "Hello from Rust on wk!"), "{:?}", curl(url));
+}
+
+#[test]
+fn the_primes_job_completes_three_indexes_and_the_cronjob_runs_on_demand() {
+    let (registry, c) = with_rust_images("127.0.0.1", &[("primes", "primes:v1")]);
+    c.kubectl_apply(&manifest(&registry, "job/job.yaml"));
+    c.kubectl_ok(&[
+        "wait",
+        "--for=condition=Complete",
+        "job/primes",
+        "--timeout=120s",
+    ]);
+    let logs = c.kubectl_ok(&["logs", "-l", "job-name=primes", "--prefix=false"]);
+    for index in 0..3 {
+        assert!(
+            logs.contains(&format!("primes below 200000: 17984 (index {index})")),
+            "{logs}"
+        );
+    }
+    c.kubectl_apply(&manifest(&registry, "job/cronjob.yaml"));
+    c.kubectl_ok(&[
+        "create",
+        "job",
+        "--from=cronjob/primes-nightly",
+        "primes-now",
+    ]);
+    c.kubectl_ok(&[
+        "wait",
+        "--for=condition=Complete",
+        "job/primes-now",
+        "--timeout=120s",
+    ]);
+    let logs = c.kubectl_ok(&["logs", "job/primes-now"]);
+    assert_eq!(logs.trim(), "primes below 1000000: 78498");
+}
+
+#[test]
+fn the_sidecar_and_the_web_container_share_localhost_and_a_volume() {
+    let (registry, c) = with_rust_images(
+        "127.0.0.1",
+        &[("hello_rust", "hello-rust:v1"), ("sidecar", "sidecar:v1")],
+    );
+    c.kubectl_apply(&manifest(&registry, "sidecar/sidecar.yaml"));
+    c.kubectl_ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/sidecar",
+        "--timeout=120s",
+    ]);
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            c.kubectl_ok(&["logs", "sidecar", "-c", "sidecar"])
+                .contains("web answered: written by the sidecar, tick")
+        }),
+        "{}",
+        c.kubectl_ok(&["logs", "sidecar", "-c", "sidecar"])
+    );
+    let ip = c.jsonpath("pod", "sidecar", "{.status.podIP}");
+    let (body, _) = curl(&format!("http://{ip}:8000/file/shared/message.txt"));
+    assert!(body.starts_with("written by the sidecar, tick"), "{body}");
+}
+
+#[test]
+fn config_reaches_the_pods_as_env_and_files_and_a_change_rolls_out() {
+    let (registry, c) = with_rust_images("127.0.0.1", &[("hello_rust", "hello-rust:v1")]);
+    c.kubectl_apply(&manifest(&registry, "config/config.yaml"));
+    c.kubectl_ok(&["rollout", "status", "deployment/greeter", "--timeout=120s"]);
+    let ip = pod_ip(&c, "app=greeter");
+    let get = |ip: &str, path: &str| curl(&format!("http://{ip}:8000{path}")).0;
+    assert_eq!(get(&ip, "/"), "Hello from a ConfigMap!");
+    assert!(
+        get(&ip, "/file/etc/greeter/settings.ini").contains("colour = blue"),
+        "{}",
+        get(&ip, "/file/etc/greeter/settings.ini")
+    );
+    assert_eq!(
+        get(&ip, "/file/etc/greeter-secret/token"),
+        "not-a-real-token"
+    );
+    c.kubectl_ok(&[
+        "patch",
+        "configmap",
+        "greeter",
+        "-p",
+        r#"{"data": {"GREETING": "Hello again!"}}"#,
+    ]);
+    c.kubectl_ok(&["rollout", "restart", "deployment/greeter"]);
+    c.kubectl_ok(&["rollout", "status", "deployment/greeter", "--timeout=120s"]);
+    assert!(
+        eventually(Duration::from_secs(60), || get(
+            &pod_ip(&c, "app=greeter"),
+            "/"
+        ) == "Hello again!"),
+        "{}",
+        get(&pod_ip(&c, "app=greeter"), "/")
+    );
+}

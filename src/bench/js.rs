@@ -1,0 +1,209 @@
+//! `wk bench js`: a JS wasi:http component (examples/hello-js) served by wk, against the same
+//! program on native Node and the same component under `wasmtime serve`, with the same wrk
+//! settings in alternating runs; and the component's cold start, first time and cached.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use http::Method;
+use serde_json::json;
+
+use super::median;
+use super::pods::{Node, Wrk, free_port, wrk_with};
+
+/// What `wk bench js` measures.
+pub struct JsOptions<'a> {
+    /// The component `npm run build` made.
+    pub component: &'a Path,
+    /// The Node program it was built from.
+    pub program: &'a Path,
+    /// The wasmtime CLI (48.0.8).
+    pub wasmtime: &'a Path,
+    /// Alternating runs of each setup, per connection count.
+    pub runs: usize,
+    /// Seconds per wrk run.
+    pub secs: u64,
+    /// Connection counts.
+    pub connections: Vec<usize>,
+    /// Requests per instance for the reusing pod.
+    pub reuse: u32,
+}
+
+/// One connection count's runs.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct JsRow {
+    /// Connections wrk keeps open.
+    pub connections: usize,
+    /// `node PROGRAM`.
+    pub node: Vec<Wrk>,
+    /// `wasmtime serve -Scli` on the component (a fresh instance per request).
+    pub wasmtime_serve: Vec<Wrk>,
+    /// A wk pod, a fresh instance per request, on the node's cores.
+    pub wk_fresh: Vec<Wrk>,
+    /// The same with `limits.cpu: 1`, so one thread.
+    pub wk_fresh_one_core: Vec<Wrk>,
+    /// A wk pod with instance reuse.
+    pub wk_reuse: Vec<Wrk>,
+}
+
+/// Figures of `wk bench js`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct JsReport {
+    /// Pod created to first 200 OK, compiling the component.
+    pub cold_start_s: f64,
+    /// The same for the second pod, the compiled component cached.
+    pub cached_start_s: f64,
+    /// Per connection count.
+    pub rows: Vec<JsRow>,
+}
+
+/// Median req/s of runs.
+pub fn rps(runs: &[Wrk]) -> f64 {
+    median(runs.iter().map(|w| w.requests_per_second).collect())
+}
+
+async fn wait_serving(url: &str, limit: Duration) -> anyhow::Result<Duration> {
+    let began = Instant::now();
+    while !Command::new("curl")
+        .args(["-sf", "-o", "/dev/null", "-m", "2", url])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        if began.elapsed() > limit {
+            bail!("{url} did not answer within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(began.elapsed())
+}
+
+/// A child killed when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Node's own preamble for the program: the port wrk uses, and a writeHead() after the response
+/// was sent ignored as the prelude does (Node throws there, which ends the process).
+const NODE_PREAMBLE: &str = r"
+const http = require('http');
+const writeHead = http.ServerResponse.prototype.writeHead;
+http.ServerResponse.prototype.writeHead = function (...a) {
+  return this.headersSent ? this : writeHead.apply(this, a);
+};
+const listen = http.Server.prototype.listen;
+http.Server.prototype.listen = function (_port, ...rest) {
+  return listen.call(this, Number(process.env.BENCH_PORT), '127.0.0.1', ...rest);
+};
+";
+
+/// Runs `wk bench js`.
+///
+/// # Errors
+/// When a child process, the pods or wrk fail.
+pub async fn js(wk: &Path, opts: &JsOptions<'_>) -> anyhow::Result<JsReport> {
+    // Room in the node's instance pool for 256 requests at once.
+    let node = Node::start(wk, true, 300)?;
+    node.import(wk, opts.component, "hello-js:v1")?;
+    let pod = |name: &str, port: u16, annotations: serde_json::Value, limits: serde_json::Value| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "annotations": annotations},
+            "spec": {"nodeName": "bench", "terminationGracePeriodSeconds": 0, "containers": [{
+                "name": "hello", "image": "hello-js:v1", "imagePullPolicy": "Never",
+                "resources": {"limits": limits},
+                "ports": [{"containerPort": 8000, "hostPort": port}]}]}})
+    };
+    let mut urls = Vec::new();
+    let mut starts = Vec::new();
+    for (name, annotations, limits) in [
+        ("fresh", json!({}), json!({})),
+        (
+            "reuse",
+            json!({crate::agent::wasm::http::REUSE_ANNOTATION: opts.reuse.to_string()}),
+            json!({}),
+        ),
+        ("one-core", json!({}), json!({"cpu": "1"})),
+    ] {
+        let port = free_port()?;
+        let began = Instant::now();
+        node.client
+            .request(
+                Method::POST,
+                "/api/v1/namespaces/default/pods",
+                Some("application/json"),
+                Some(serde_json::to_vec(&pod(name, port, annotations, limits))?),
+            )
+            .await?;
+        let url = format!("http://127.0.0.1:{port}/");
+        wait_serving(&url, Duration::from_secs(600)).await?;
+        starts.push(began.elapsed().as_secs_f64());
+        urls.push(url);
+    }
+
+    let dir = tempfile::tempdir()?;
+    let preamble = dir.path().join("preamble.js");
+    std::fs::write(&preamble, NODE_PREAMBLE)?;
+    let node_port = free_port()?;
+    let _native = Killed(
+        Command::new("node")
+            .arg("-r")
+            .arg(&preamble)
+            .arg(opts.program)
+            .env("BENCH_PORT", node_port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting node")?,
+    );
+    let node_url = format!("http://127.0.0.1:{node_port}/");
+    wait_serving(&node_url, Duration::from_secs(30)).await?;
+
+    let peer_port = free_port()?;
+    let _peer = Killed(
+        Command::new(opts.wasmtime)
+            .args([
+                "serve",
+                "-Scli",
+                "--addr",
+                &format!("127.0.0.1:{peer_port}"),
+            ])
+            .arg(opts.component)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", opts.wasmtime.display()))?,
+    );
+    let peer_url = format!("http://127.0.0.1:{peer_port}/");
+    wait_serving(&peer_url, Duration::from_secs(600)).await?;
+
+    let mut rows = Vec::new();
+    for &connections in &opts.connections {
+        let mut figures: [Vec<Wrk>; 5] = Default::default();
+        for _ in 0..opts.runs {
+            let targets = [&node_url, &peer_url, &urls[0], &urls[2], &urls[1]];
+            for (url, out) in targets.into_iter().zip(figures.iter_mut()) {
+                out.push(wrk_with(url, opts.secs, connections)?);
+            }
+        }
+        let [node, wasmtime_serve, wk_fresh, wk_fresh_one_core, wk_reuse] = figures;
+        rows.push(JsRow {
+            connections,
+            node,
+            wasmtime_serve,
+            wk_fresh,
+            wk_fresh_one_core,
+            wk_reuse,
+        });
+    }
+    Ok(JsReport {
+        cold_start_s: starts[0],
+        cached_start_s: starts[1],
+        rows,
+    })
+}
