@@ -38,7 +38,7 @@ if (!plain) {
 const started = Date.now();
 const { component } = await componentize({
   sourcePath,
-  witPath: join(here, 'wit'),
+  witPath: join(here, '..', 'wit'),
   worldName: 'hello',
 });
 await writeFile(out, component);

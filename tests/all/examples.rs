@@ -347,3 +347,27 @@ fn config_reaches_the_pods_as_env_and_files_and_a_change_rolls_out() {
         get(&pod_ip(&c, "app=greeter"), "/")
     );
 }
+
+#[test]
+fn hello_python_is_built_with_componentize_py_and_serves_reused_instances() {
+    let dir = example("hello-python");
+    run(&dir, "./build.sh", &[]);
+    let registry = Registry::start();
+    let c = Cluster::with_agent_args(&["--node-ip", "127.0.0.84"]);
+    c.wk_ok(&[
+        "push",
+        dir.join("hello.wasm").to_str().unwrap(),
+        &format!("{}/hello-python:v1", registry.addr),
+    ]);
+    c.kubectl_apply(&manifest(&registry, "hello-python/hello.yaml"));
+    c.kubectl_ok(&[
+        "rollout",
+        "status",
+        "deployment/hello-python",
+        &format!("--timeout={}s", ROLLOUT.as_secs()),
+    ]);
+    let url = "http://127.0.0.84:30082/";
+    assert!(answers(url, "Hello from Python on wk!"), "{:?}", curl(url));
+    let logs = c.kubectl_ok(&["logs", "deployment/hello-python"]);
+    assert!(!logs.contains("refused"), "{logs}");
+}
