@@ -1762,14 +1762,15 @@ async fn serve_http(
     });
     ctx.started_events(&name, restart).await;
     ctx.shared.live_logs(&path, true);
-    // Requests spread over as many cores as the pod may use, on threads inside its namespace.
+    // A pod whose CPU limit is over one core serves on that many threads (up to the node's
+    // cores), inside its namespace; otherwise on the pod's own thread. More threads than the
+    // limit allows cannot help, and with fresh instances the page-table work they share costs
+    // more than they add on a small node (BENCHMARKS.md).
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let threads = p
         .guest
         .cpu_millis
-        .map_or(cores, |m| {
-            usize::try_from(m.div_ceil(1000)).unwrap_or(cores)
-        })
+        .map_or(1, |m| usize::try_from(m.div_ceil(1000)).unwrap_or(cores))
         .clamp(1, cores);
     let workers = (threads > 1)
         .then(|| {

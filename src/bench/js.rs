@@ -31,21 +31,23 @@ pub struct JsOptions<'a> {
     pub reuse: u32,
 }
 
+/// One setup's runs at one connection count.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Setup {
+    /// What serves.
+    pub name: String,
+    /// Per run.
+    pub runs: Vec<Wrk>,
+}
+
 /// One connection count's runs.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct JsRow {
     /// Connections wrk keeps open.
     pub connections: usize,
-    /// `node PROGRAM`.
-    pub node: Vec<Wrk>,
-    /// `wasmtime serve -Scli` on the component (a fresh instance per request).
-    pub wasmtime_serve: Vec<Wrk>,
-    /// A wk pod, a fresh instance per request, on the node's cores.
-    pub wk_fresh: Vec<Wrk>,
-    /// The same with `limits.cpu: 1`, so one thread.
-    pub wk_fresh_one_core: Vec<Wrk>,
-    /// A wk pod with instance reuse.
-    pub wk_reuse: Vec<Wrk>,
+    /// `node PROGRAM`, then `wasmtime serve -Scli` on the component (a fresh instance per
+    /// request), then the wk pods.
+    pub setups: Vec<Setup>,
 }
 
 /// Figures of `wk bench js`.
@@ -111,25 +113,31 @@ pub async fn js(wk: &Path, opts: &JsOptions<'_>) -> anyhow::Result<JsReport> {
     // Room in the node's instance pool for 256 requests at once.
     let node = Node::start(wk, true, 300)?;
     node.import(wk, opts.component, "hello-js:v1")?;
-    let pod = |name: &str, port: u16, annotations: serde_json::Value, limits: serde_json::Value| {
+    let pod = |name: &str, port: u16, annotations: serde_json::Value, cpu: &str| {
         json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "annotations": annotations},
             "spec": {"nodeName": "bench", "terminationGracePeriodSeconds": 0, "containers": [{
                 "name": "hello", "image": "hello-js:v1", "imagePullPolicy": "Never",
-                "resources": {"limits": limits},
+                "resources": {"requests": {"cpu": "100m"}, "limits": {"cpu": cpu}},
                 "ports": [{"containerPort": 8000, "hostPort": port}]}]}})
     };
+    // The pods: (name, annotations, CPU limit). A limit over one core gives that many threads.
+    let reuse = json!({crate::agent::wasm::http::REUSE_ANNOTATION: opts.reuse.to_string()});
+    let pods = [
+        ("wk, fresh instance", "fresh", json!({}), "1"),
+        ("wk, fresh instance, 2 threads", "fresh-2", json!({}), "2"),
+        (
+            "wk, fresh instance, 2 made ahead",
+            "prewarm",
+            json!({crate::agent::wasm::http::PREWARM_ANNOTATION: "2"}),
+            "1",
+        ),
+        ("wk, instance reuse", "reuse", reuse.clone(), "1"),
+        ("wk, instance reuse, 2 threads", "reuse-2", reuse, "2"),
+    ];
     let mut urls = Vec::new();
     let mut starts = Vec::new();
-    for (name, annotations, limits) in [
-        ("fresh", json!({}), json!({})),
-        (
-            "reuse",
-            json!({crate::agent::wasm::http::REUSE_ANNOTATION: opts.reuse.to_string()}),
-            json!({}),
-        ),
-        ("one-core", json!({}), json!({"cpu": "1"})),
-    ] {
+    for (_, name, annotations, cpu) in &pods {
         let port = free_port()?;
         let began = Instant::now();
         node.client
@@ -137,7 +145,12 @@ pub async fn js(wk: &Path, opts: &JsOptions<'_>) -> anyhow::Result<JsReport> {
                 Method::POST,
                 "/api/v1/namespaces/default/pods",
                 Some("application/json"),
-                Some(serde_json::to_vec(&pod(name, port, annotations, limits))?),
+                Some(serde_json::to_vec(&pod(
+                    name,
+                    port,
+                    annotations.clone(),
+                    cpu,
+                ))?),
             )
             .await?;
         let url = format!("http://127.0.0.1:{port}/");
@@ -182,23 +195,28 @@ pub async fn js(wk: &Path, opts: &JsOptions<'_>) -> anyhow::Result<JsReport> {
     let peer_url = format!("http://127.0.0.1:{peer_port}/");
     wait_serving(&peer_url, Duration::from_secs(600)).await?;
 
+    let mut names = vec!["node hello.js", "wasmtime serve (fresh instance)"];
+    names.extend(pods.iter().map(|p| p.0));
+    let mut targets = vec![node_url, peer_url];
+    targets.extend(urls);
     let mut rows = Vec::new();
     for &connections in &opts.connections {
-        let mut figures: [Vec<Wrk>; 5] = Default::default();
+        let mut figures = vec![Vec::new(); targets.len()];
         for _ in 0..opts.runs {
-            let targets = [&node_url, &peer_url, &urls[0], &urls[2], &urls[1]];
-            for (url, out) in targets.into_iter().zip(figures.iter_mut()) {
+            for (url, out) in targets.iter().zip(figures.iter_mut()) {
                 out.push(wrk_with(url, opts.secs, connections)?);
             }
         }
-        let [node, wasmtime_serve, wk_fresh, wk_fresh_one_core, wk_reuse] = figures;
         rows.push(JsRow {
             connections,
-            node,
-            wasmtime_serve,
-            wk_fresh,
-            wk_fresh_one_core,
-            wk_reuse,
+            setups: names
+                .iter()
+                .zip(figures)
+                .map(|(name, runs)| Setup {
+                    name: (*name).to_owned(),
+                    runs,
+                })
+                .collect(),
         });
     }
     Ok(JsReport {

@@ -360,15 +360,9 @@ pub async fn execute(args: Args) -> anyhow::Result<()> {
                     "{} connections (median req/s of {runs} runs; p99 ms of the median run):",
                     row.connections
                 );
-                let setups = [
-                    ("node hello.js", &row.node),
-                    ("wasmtime serve (fresh instance)", &row.wasmtime_serve),
-                    ("wk, fresh instance", &row.wk_fresh),
-                    ("wk, fresh instance, one core", &row.wk_fresh_one_core),
-                    ("wk, instance reuse", &row.wk_reuse),
-                ];
-                let peer = rps(&row.wasmtime_serve).max(1e-9);
-                for (name, runs) in setups {
+                let peer = rps(&row.setups[1].runs).max(1e-9);
+                for setup in &row.setups {
+                    let (name, runs) = (&setup.name, &setup.runs);
                     let median = rps(runs);
                     let p99 = runs
                         .iter()

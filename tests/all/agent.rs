@@ -1160,14 +1160,16 @@ fn a_pod_s_concurrency_limit_and_request_timeout_hold() {
 fn instance_reuse_serves_requests_in_turn_and_is_refused_for_a_component_that_cannot() {
     let c = Cluster::with_agent();
     import_all(&c);
-    let pod = |name: &str, reuse: &str| {
+    let pod = |name: &str, annotations: &str, cpu: &str| {
         format!(
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  annotations: {{{reuse}}}\nspec:\n  nodeName: wk-test\n  containers:\n  - {{name: hello, image: hello:v1, ports: [{{containerPort: 8000}}]}}\n"
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  annotations: {{{annotations}}}\nspec:\n  nodeName: wk-test\n  containers:\n  - {{name: hello, image: hello:v1, ports: [{{containerPort: 8000}}], resources: {{limits: {{cpu: \"{cpu}\"}}}}}}\n"
         )
     };
-    apply(&c, &pod("fresh", ""));
-    apply(&c, &pod("reused", "wk.dev/instance-reuse: \"3\""));
-    apply(&c, &pod("once", "wk.dev/instance-reuse: \"100\""));
+    // Fresh instances, two of them made ahead of need.
+    apply(&c, &pod("fresh", "wk.dev/prewarm-instances: \"2\"", "500m"));
+    // Served on two threads (its CPU limit) inside the pod's namespace.
+    apply(&c, &pod("reused", "wk.dev/instance-reuse: \"3\"", "2"));
+    apply(&c, &pod("once", "wk.dev/instance-reuse: \"100\"", "500m"));
     for name in ["fresh", "reused", "once"] {
         wait_for(&c, name, "{.status.containerStatuses[0].ready}", "true");
     }
@@ -1181,7 +1183,8 @@ fn instance_reuse_serves_requests_in_turn_and_is_refused_for_a_component_that_ca
             })
             .collect()
     };
-    // By default every request has an instance of its own.
+    // By default every request has an instance of its own, made ahead or not.
+    assert_eq!(counts("fresh"), [1; 6]);
     assert_eq!(counts("fresh"), [1; 6]);
     // With reuse one instance serves requests in turn, three at most.
     let reused = counts("reused");

@@ -36,6 +36,12 @@ pub const TIMEOUT_ANNOTATION: &str = "wk.dev/request-timeout-seconds";
 /// The pod annotation that lets one instance serve up to this many requests, one after another,
 /// instead of a fresh instance for each: faster, but requests then share the guest's state.
 pub const REUSE_ANNOTATION: &str = "wk.dev/instance-reuse";
+/// The pod annotation that sets how many fresh instances each HTTP container keeps made ahead
+/// of need, off the request's path (default 0: made when a request comes).
+pub const PREWARM_ANNOTATION: &str = "wk.dev/prewarm-instances";
+/// Instances are made ahead only while more of the node's pool slots than this are free, so
+/// that they never keep a request of another pod waiting.
+const PREWARM_SPARE_SLOTS: usize = 8;
 /// With reuse, the instances (and so the requests) one container serves at once by default.
 pub const REUSE_CONCURRENCY: usize = 16;
 /// An instance idle this long is dropped, so an idle pod gives its memory back.
@@ -54,6 +60,8 @@ pub struct Serving {
     pub timeout: Duration,
     /// Requests one instance serves before it is dropped (1: a fresh instance each).
     pub reuse: u32,
+    /// Fresh instances kept made ahead of need, without reuse (0: none).
+    pub prewarm: usize,
 }
 
 impl Serving {
@@ -87,6 +95,13 @@ impl Serving {
             }),
             timeout: number(TIMEOUT_ANNOTATION)?.map_or(REQUEST_TIMEOUT, Duration::from_secs),
             reuse,
+            prewarm: match pod["metadata"]["annotations"][PREWARM_ANNOTATION].as_str() {
+                None => 0,
+                Some(v) => v.trim().parse::<usize>().map_err(|_| {
+                    format!("annotation {PREWARM_ANNOTATION}: {v:?} is not a whole number")
+                })?,
+            }
+            .min(REUSE_CONCURRENCY),
         })
     }
 }
@@ -110,6 +125,10 @@ pub struct HttpService {
     refused: AtomicBool,
     /// Set once a reused instance has answered: reuse works for this component.
     proven: AtomicBool,
+    /// Fresh instances kept made ahead of need (without reuse).
+    prewarm: usize,
+    /// Whether instances are being made ahead now.
+    warming: AtomicBool,
     /// Interrupts in-flight guests when the grace period is over.
     pub kill: Stop,
 }
@@ -160,15 +179,72 @@ impl HttpService {
             idle: Mutex::new(Vec::new()),
             refused: AtomicBool::new(false),
             proven: AtomicBool::new(false),
+            prewarm: serving.prewarm,
+            warming: AtomicBool::new(false),
             kill: Stop::default(),
         })
     }
 
-    /// An idle instance to serve the next request, dropping those idle too long.
-    fn take_warm(&self) -> Option<Warm> {
-        if self.reuse <= 1 {
-            return None;
+    /// A store for a new instance, once a pool slot is free.
+    async fn new_store(&self) -> Result<Store<P2State>, String> {
+        let mut builder = self
+            .spec
+            .wasi_builder(Some(&self.stdout.fork()), Some(&self.stderr.fork()))
+            .map_err(|e| e.to_string())?;
+        let limiter = Limiter::new(self.spec.memory_limit, self.spec.memory_usage.clone());
+        let state = p2_state(builder.build(), limiter, &self.spec).await;
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        Ok(store)
+    }
+
+    /// Without reuse, makes instances ahead of need (up to `prewarm`, while pool slots are
+    /// free), off the request's path. Each still serves one request only.
+    fn prewarm(self: &Arc<Self>) {
+        if self.reuse > 1 || self.prewarm == 0 || self.warming.swap(true, Ordering::AcqRel) {
+            return;
         }
+        let service = self.clone();
+        tokio::spawn(async move {
+            let idle = || {
+                service
+                    .idle
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .len()
+            };
+            while idle() < service.prewarm
+                && !service.kill.stopped()
+                && service
+                    .spec
+                    .slots
+                    .as_ref()
+                    .is_none_or(|s| s.available_permits() > PREWARM_SPARE_SLOTS)
+            {
+                let Ok(mut store) = service.new_store().await else {
+                    break;
+                };
+                slice(&mut store, &service.kill, &service.spec);
+                let Ok(proxy) = service.pre.instantiate_async(&mut store).await else {
+                    break;
+                };
+                service
+                    .idle
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(Warm {
+                        store,
+                        proxy,
+                        served: 0,
+                        since: Instant::now(),
+                    });
+            }
+            service.warming.store(false, Ordering::Release);
+        });
+    }
+
+    /// An instance made ahead or kept from an earlier request, dropping those idle too long.
+    fn take_warm(&self) -> Option<Warm> {
         let mut idle = self
             .idle
             .lock()
@@ -279,26 +355,16 @@ impl HttpService {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
-        let (mut store, warm, served) = match self.take_warm() {
+        let taken = self.take_warm();
+        self.prewarm();
+        let (mut store, warm, served) = match taken {
             Some(w) => (w.store, Some(w.proxy), w.served),
             None => {
-                let mut builder = self
-                    .spec
-                    .wasi_builder(Some(&self.stdout.fork()), Some(&self.stderr.fork()))
-                    .map_err(|e| Failure::new(e.to_string()))?;
-                let limiter = Limiter::new(self.spec.memory_limit, self.spec.memory_usage.clone());
                 // Waiting for a free pool slot counts against the request's time.
-                let Ok(state) = tokio::time::timeout(
-                    self.timeout,
-                    p2_state(builder.build(), limiter, &self.spec),
-                )
-                .await
-                else {
+                let Ok(store) = tokio::time::timeout(self.timeout, self.new_store()).await else {
                     return Err(Failure::new(TIMED_OUT));
                 };
-                let mut store = Store::new(&self.engine, state);
-                store.limiter(|s| &mut s.limiter);
-                (store, None, 0)
+                (store.map_err(Failure::new)?, None, 0)
             }
         };
         // Per request, so that CPU time is counted from this request's start.
@@ -475,6 +541,7 @@ mod tests {
                 max_concurrent: MAX_CONCURRENT_REQUESTS,
                 timeout: REQUEST_TIMEOUT,
                 reuse: 1,
+                prewarm: 0,
             }
         );
         let reusing = Serving::from_pod(&pod(serde_json::json!({REUSE_ANNOTATION: "50"}))).unwrap();
@@ -483,7 +550,7 @@ mod tests {
             (50, REUSE_CONCURRENCY)
         );
         let set = Serving::from_pod(&pod(serde_json::json!({
-            CONCURRENCY_ANNOTATION: "2", TIMEOUT_ANNOTATION: " 5 ", REUSE_ANNOTATION: "1000"})))
+            CONCURRENCY_ANNOTATION: "2", TIMEOUT_ANNOTATION: " 5 ", REUSE_ANNOTATION: "1000", PREWARM_ANNOTATION: "2"})))
         .unwrap();
         assert_eq!(
             set,
@@ -491,10 +558,14 @@ mod tests {
                 max_concurrent: 2,
                 timeout: Duration::from_secs(5),
                 reuse: 1000,
+                prewarm: 2,
             }
         );
         for bad in ["0", "-1", "ten", "1.5"] {
-            for key in [CONCURRENCY_ANNOTATION, REUSE_ANNOTATION] {
+            for key in [CONCURRENCY_ANNOTATION, REUSE_ANNOTATION, PREWARM_ANNOTATION] {
+                if key == PREWARM_ANNOTATION && bad == "0" {
+                    continue;
+                }
                 let e = Serving::from_pod(&pod(serde_json::json!({key: bad}))).unwrap_err();
                 assert!(e.contains(key) && e.contains(bad), "{e}");
             }
