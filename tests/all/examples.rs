@@ -44,11 +44,22 @@ fn npm_ci(dir: &Path) {
     }
 }
 
-fn rollout(c: &Cluster) {
+/// Waits for a Deployment's rollout.
+fn rollout(c: &Cluster, deployment: &str) {
     c.kubectl_ok(&[
         "rollout",
         "status",
-        "deployment/hello",
+        &format!("deployment/{deployment}"),
+        &format!("--timeout={}s", ROLLOUT.as_secs()),
+    ]);
+}
+
+/// `kubectl wait --for=FOR WHAT`.
+fn wait(c: &Cluster, condition: &str, what: &str) {
+    c.kubectl_ok(&[
+        "wait",
+        &format!("--for={condition}"),
+        what,
         &format!("--timeout={}s", ROLLOUT.as_secs()),
     ]);
 }
@@ -104,7 +115,7 @@ fn hello_js_is_built_with_npm_pushed_applied_scaled_rolled_out_and_back() {
     let manifests = std::fs::read_to_string(dir.join("hello.yaml")).unwrap();
     assert!(manifests.contains("image: 127.0.0.1:5000/hello-js:v1"));
     c.kubectl_apply(&manifests.replace("127.0.0.1:5000", &registry.addr));
-    rollout(&c);
+    rollout(&c, "hello");
     let url = "http://127.0.0.81:30080/";
     assert!(answers(url, "Hello Kubernetes!"), "{:?}", curl(url));
     assert_eq!(
@@ -117,7 +128,7 @@ fn hello_js_is_built_with_npm_pushed_applied_scaled_rolled_out_and_back() {
     );
 
     c.kubectl_ok(&["scale", "deployment/hello", "--replicas", "3"]);
-    rollout(&c);
+    rollout(&c, "hello");
     assert!(
         eventually(ROLLOUT, || {
             c.jsonpath("endpoints", "hello-svc", "{.subsets[*].addresses[*].ip}")
@@ -130,7 +141,7 @@ fn hello_js_is_built_with_npm_pushed_applied_scaled_rolled_out_and_back() {
     );
     assert!(answers(url, "Hello Kubernetes!"));
     c.kubectl_ok(&["scale", "deployment/hello", "--replicas", "1"]);
-    rollout(&c);
+    rollout(&c, "hello");
 
     c.kubectl_ok(&[
         "set",
@@ -138,10 +149,10 @@ fn hello_js_is_built_with_npm_pushed_applied_scaled_rolled_out_and_back() {
         "deployment/hello",
         &format!("hello={}", image("v2")),
     ]);
-    rollout(&c);
+    rollout(&c, "hello");
     assert!(answers(url, "Hello again, Kubernetes!"), "{:?}", curl(url));
     c.kubectl_ok(&["rollout", "undo", "deployment/hello"]);
-    rollout(&c);
+    rollout(&c, "hello");
     assert!(answers(url, "Hello Kubernetes!"), "{:?}", curl(url));
     // The misuse was reported at build time, not at every request.
     let logs = c.kubectl_ok(&["logs", "deployment/hello"]);
@@ -157,12 +168,7 @@ fn hello_js_is_built_with_npm_pushed_applied_scaled_rolled_out_and_back() {
     };
     for (name, tag) in [("reused", "v1"), ("fetch", "fetch")] {
         c.kubectl_apply(&pod(name, tag));
-        c.kubectl_ok(&[
-            "wait",
-            "--for=condition=Ready",
-            &format!("pod/{name}"),
-            &format!("--timeout={}s", ROLLOUT.as_secs()),
-        ]);
+        wait(&c, "condition=Ready", &format!("pod/{name}"));
         let port = c.jsonpath("svc", name, "{.spec.ports[0].nodePort}");
         let url = format!("http://127.0.0.81:{port}/");
         assert!(
@@ -242,12 +248,7 @@ fn pod_ip(c: &Cluster, selector: &str) -> String {
 fn hello_rust_serves_through_its_node_port() {
     let (registry, c) = with_rust_images("127.0.0.82", &[("hello_rust", "hello-rust:v1")]);
     c.kubectl_apply(&manifest(&registry, "hello-rust/hello.yaml"));
-    c.kubectl_ok(&[
-        "rollout",
-        "status",
-        "deployment/hello-rust",
-        "--timeout=120s",
-    ]);
+    rollout(&c, "hello-rust");
     let url = "http://127.0.0.82:30081/";
     assert!(answers(url, "Hello from Rust on wk!"), "{:?}", curl(url));
 }
@@ -256,12 +257,7 @@ fn hello_rust_serves_through_its_node_port() {
 fn the_primes_job_completes_three_indexes_and_the_cronjob_runs_on_demand() {
     let (registry, c) = with_rust_images("127.0.0.1", &[("primes", "primes:v1")]);
     c.kubectl_apply(&manifest(&registry, "job/job.yaml"));
-    c.kubectl_ok(&[
-        "wait",
-        "--for=condition=Complete",
-        "job/primes",
-        "--timeout=120s",
-    ]);
+    wait(&c, "condition=Complete", "job/primes");
     let logs = c.kubectl_ok(&["logs", "-l", "job-name=primes", "--prefix=false"]);
     for index in 0..3 {
         assert!(
@@ -276,12 +272,7 @@ fn the_primes_job_completes_three_indexes_and_the_cronjob_runs_on_demand() {
         "--from=cronjob/primes-nightly",
         "primes-now",
     ]);
-    c.kubectl_ok(&[
-        "wait",
-        "--for=condition=Complete",
-        "job/primes-now",
-        "--timeout=120s",
-    ]);
+    wait(&c, "condition=Complete", "job/primes-now");
     let logs = c.kubectl_ok(&["logs", "job/primes-now"]);
     assert_eq!(logs.trim(), "primes below 1000000: 78498");
 }
@@ -293,12 +284,7 @@ fn the_sidecar_and_the_web_container_share_localhost_and_a_volume() {
         &[("hello_rust", "hello-rust:v1"), ("sidecar", "sidecar:v1")],
     );
     c.kubectl_apply(&manifest(&registry, "sidecar/sidecar.yaml"));
-    c.kubectl_ok(&[
-        "wait",
-        "--for=condition=Ready",
-        "pod/sidecar",
-        "--timeout=120s",
-    ]);
+    wait(&c, "condition=Ready", "pod/sidecar");
     assert!(
         eventually(Duration::from_secs(60), || {
             c.kubectl_ok(&["logs", "sidecar", "-c", "sidecar"])
@@ -316,7 +302,7 @@ fn the_sidecar_and_the_web_container_share_localhost_and_a_volume() {
 fn config_reaches_the_pods_as_env_and_files_and_a_change_rolls_out() {
     let (registry, c) = with_rust_images("127.0.0.1", &[("hello_rust", "hello-rust:v1")]);
     c.kubectl_apply(&manifest(&registry, "config/config.yaml"));
-    c.kubectl_ok(&["rollout", "status", "deployment/greeter", "--timeout=120s"]);
+    rollout(&c, "greeter");
     let ip = pod_ip(&c, "app=greeter");
     let get = |ip: &str, path: &str| curl(&format!("http://{ip}:8000{path}")).0;
     assert_eq!(get(&ip, "/"), "Hello from a ConfigMap!");
@@ -337,7 +323,7 @@ fn config_reaches_the_pods_as_env_and_files_and_a_change_rolls_out() {
         r#"{"data": {"GREETING": "Hello again!"}}"#,
     ]);
     c.kubectl_ok(&["rollout", "restart", "deployment/greeter"]);
-    c.kubectl_ok(&["rollout", "status", "deployment/greeter", "--timeout=120s"]);
+    rollout(&c, "greeter");
     assert!(
         eventually(Duration::from_secs(60), || get(
             &pod_ip(&c, "app=greeter"),
@@ -360,12 +346,7 @@ fn hello_python_is_built_with_componentize_py_and_serves_reused_instances() {
         &format!("{}/hello-python:v1", registry.addr),
     ]);
     c.kubectl_apply(&manifest(&registry, "hello-python/hello.yaml"));
-    c.kubectl_ok(&[
-        "rollout",
-        "status",
-        "deployment/hello-python",
-        &format!("--timeout={}s", ROLLOUT.as_secs()),
-    ]);
+    rollout(&c, "hello-python");
     let url = "http://127.0.0.84:30082/";
     assert!(answers(url, "Hello from Python on wk!"), "{:?}", curl(url));
     let logs = c.kubectl_ok(&["logs", "deployment/hello-python"]);
