@@ -6,6 +6,7 @@ pub mod fetch;
 pub mod pull;
 pub mod push;
 pub mod registry;
+pub mod unpack;
 
 pub use pull::{Policy, Pulled, Puller, Unavailable};
 
