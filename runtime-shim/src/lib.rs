@@ -1,0 +1,7 @@
+//! wk's container shim: runs ordinary Linux OCI images with runc, inside a pod's network
+//! namespace and with its volumes, next to its Wasm containers.
+//!
+//! [`spec`] turns an image's config and a container's settings into the OCI runtime spec
+//! (`config.json`) that runc runs.
+
+pub mod spec;
