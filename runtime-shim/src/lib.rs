@@ -2,6 +2,8 @@
 //! namespace and with its volumes, next to its Wasm containers.
 //!
 //! [`spec`] turns an image's config and a container's settings into the OCI runtime spec
-//! (`config.json`) that runc runs.
+//! (`config.json`) that runc runs; [`rootfs`] gives each container a writable root over its
+//! image's read-only one.
 
+pub mod rootfs;
 pub mod spec;

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use wk_shim::rootfs::writable_root;
 use wk_shim::spec::{Container, Image, Mount, Pod, runtime_spec};
 
 /// Docker's default capabilities, as /proc/self/status shows the bounding set (a non-root
@@ -13,6 +14,12 @@ const DOCKER_CAPS: &str = "00000000a80425fb";
 fn rootfs(root: &Path) {
     std::fs::create_dir_all(root.join("bin")).unwrap();
     std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::create_dir_all(root.join("tmp")).unwrap();
+    std::fs::set_permissions(
+        root.join("tmp"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .unwrap();
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static is installed");
     for applet in ["sh", "cat", "grep", "id", "hostname", "echo"] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
@@ -24,12 +31,26 @@ fn rootfs(root: &Path) {
     .unwrap();
 }
 
+/// Releases the container's root even when the test fails, so that no mount is left behind.
+struct Released(Option<wk_shim::rootfs::Writable>);
+
+impl Drop for Released {
+    fn drop(&mut self) {
+        if let Some(w) = self.0.take() {
+            w.release().expect("release the container's root");
+        }
+    }
+}
+
 #[test]
 fn busybox_runs_under_runc_with_the_generated_spec() {
     let dir = tempfile::tempdir().unwrap();
     let bundle = dir.path().join("bundle");
-    let root = bundle.join("rootfs");
-    rootfs(&root);
+    let image_root = dir.path().join("image");
+    rootfs(&image_root);
+    // The container's own writable root over the image's.
+    let writable = Released(Some(writable_root(&image_root, &bundle, true).unwrap()));
+    let root = writable.0.as_ref().unwrap().root.clone();
     let volume = dir.path().join("volume");
     std::fs::create_dir(&volume).unwrap();
     std::fs::set_permissions(&volume, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
@@ -44,7 +65,8 @@ fn busybox_runs_under_runc_with_the_generated_spec() {
     let container = Container {
         args: Some(vec![
             "echo \"$GREETING\"; id -u; hostname; cat /etc/hostname; \
-             grep -E '^(CapBnd|NoNewPrivs)' /proc/self/status; echo written > /data/out"
+             grep -E '^(CapBnd|NoNewPrivs)' /proc/self/status; echo written > /data/out; \
+             echo mine > /tmp/mine"
                 .into(),
         ]),
         env: vec![("GREETING".into(), "hello from runc".into())],
@@ -97,4 +119,12 @@ fn busybox_runs_under_runc_with_the_generated_spec() {
         std::fs::read_to_string(volume.join("out")).unwrap(),
         "written\n"
     );
+    // What the container wrote in its root is its own, not the image's.
+    assert_eq!(
+        std::fs::read_to_string(root.join("tmp/mine")).unwrap(),
+        "mine\n"
+    );
+    assert!(!image_root.join("tmp/mine").exists());
+    drop(writable);
+    assert!(!bundle.exists());
 }
