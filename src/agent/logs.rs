@@ -61,11 +61,11 @@ impl ContainerLog {
 
     /// A writer for one stream (`stdout` or `stderr`).
     pub fn stream(self: &Arc<Self>, stream: &'static str) -> LogStream {
-        LogStream {
+        LogStream(Arc::new(Writer {
             log: self.clone(),
             stream,
-            partial: Arc::new(Partial(Mutex::new(Vec::new()), self.clone(), stream)),
-        }
+            partial: Mutex::new(Vec::new()),
+        }))
     }
 
     /// Appends one record; rotates the file when it is full.
@@ -105,21 +105,22 @@ impl ContainerLog {
 
 /// A guest's stdout or stderr: splits the bytes into lines and records each.
 #[derive(Clone)]
-pub struct LogStream {
+pub struct LogStream(Arc<Writer>);
+
+/// One writer of a stream, with the bytes of its line not yet ended; those are recorded as a
+/// partial line when its last clone goes.
+struct Writer {
     log: Arc<ContainerLog>,
     stream: &'static str,
-    partial: Arc<Partial>,
+    partial: Mutex<Vec<u8>>,
 }
 
-/// The bytes of a line not yet ended; recorded as a partial line when the last writer goes.
-struct Partial(Mutex<Vec<u8>>, Arc<ContainerLog>, &'static str);
-
-impl Drop for Partial {
+impl Drop for Writer {
     fn drop(&mut self) {
-        if let Ok(rest) = self.0.get_mut()
+        if let Ok(rest) = self.partial.get_mut()
             && !rest.is_empty()
         {
-            self.1.record(self.2, 'P', rest);
+            self.log.record(self.stream, 'P', rest);
         }
     }
 }
@@ -129,37 +130,39 @@ impl LogStream {
     /// at once then never splice their lines into each other's.
     #[must_use]
     pub fn fork(&self) -> Self {
-        self.log.stream(self.stream)
+        self.0.log.stream(self.0.stream)
     }
 
     fn write_bytes(&self, buf: &[u8]) {
-        let Ok(mut partial) = self.partial.0.lock() else {
+        let Ok(mut partial) = self.0.partial.lock() else {
             return;
         };
         partial.extend_from_slice(buf);
         while let Some(pos) = partial.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = partial.drain(..=pos).collect();
-            self.log.record(self.stream, 'F', &line[..line.len() - 1]);
+            self.0
+                .log
+                .record(self.0.stream, 'F', &line[..line.len() - 1]);
         }
         while partial.len() >= MAX_LINE {
             let chunk: Vec<u8> = partial.drain(..MAX_LINE).collect();
-            self.log.record(self.stream, 'P', &chunk);
+            self.0.log.record(self.0.stream, 'P', &chunk);
         }
     }
 
     /// Records one whole line of wk's own about the container (a line the guest did not write).
     pub fn line(&self, text: &str) {
-        self.log.record(self.stream, 'F', text.as_bytes());
+        self.0.log.record(self.0.stream, 'F', text.as_bytes());
     }
 
     /// Writes out a last line that had no newline, as a partial record (so readers show it
     /// without one, as the guest wrote it).
     pub fn finish(&self) {
-        if let Ok(mut partial) = self.partial.0.lock()
+        if let Ok(mut partial) = self.0.partial.lock()
             && !partial.is_empty()
         {
             let rest = std::mem::take(&mut *partial);
-            self.log.record(self.stream, 'P', &rest);
+            self.0.log.record(self.0.stream, 'P', &rest);
         }
     }
 }

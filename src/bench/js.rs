@@ -6,12 +6,12 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use http::Method;
 use serde_json::json;
 
-use super::median;
 use super::pods::{Node, Wrk, free_port, wrk_with};
+use super::{median, wait_serving};
 
 /// What `wk bench js` measures.
 pub struct JsOptions<'a> {
@@ -64,21 +64,6 @@ pub struct JsReport {
 /// Median req/s of runs.
 pub fn rps(runs: &[Wrk]) -> f64 {
     median(runs.iter().map(|w| w.requests_per_second).collect())
-}
-
-async fn wait_serving(url: &str, limit: Duration) -> anyhow::Result<Duration> {
-    let began = Instant::now();
-    while !Command::new("curl")
-        .args(["-sf", "-o", "/dev/null", "-m", "2", url])
-        .status()
-        .is_ok_and(|s| s.success())
-    {
-        if began.elapsed() > limit {
-            bail!("{url} did not answer within {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(began.elapsed())
 }
 
 /// A child killed when dropped.

@@ -103,6 +103,22 @@ async fn post(client: &Client, path: &str, body: &Value) -> anyhow::Result<Value
         .await?)
 }
 
+/// Waits until `url` answers 200 (curl), up to `limit`; gives how long that took.
+pub(crate) async fn wait_serving(url: &str, limit: Duration) -> anyhow::Result<Duration> {
+    let began = Instant::now();
+    while !Command::new("curl")
+        .args(["-sf", "-o", "/dev/null", "-m", "2", url])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        if began.elapsed() > limit {
+            anyhow::bail!("{url} did not answer within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(began.elapsed())
+}
+
 /// The median of `v` (the upper one of an even count).
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);

@@ -773,18 +773,7 @@ pub async fn serve(
         )
         .await?;
     let url = format!("http://127.0.0.1:{port}/");
-    let began = Instant::now();
-    while Command::new("curl")
-        .args(["-sf", "-o", "/dev/null", &url])
-        .status()
-        .map(|s| !s.success())
-        .unwrap_or(true)
-    {
-        if began.elapsed() > Duration::from_secs(60) {
-            bail!("the wk pod did not serve");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    super::wait_serving(&url, Duration::from_secs(60)).await?;
     let peer_port = free_port()?;
     let mut peer = Command::new(wasmtime)
         .args([
@@ -799,18 +788,9 @@ pub async fn serve(
         .spawn()
         .with_context(|| format!("starting {}", wasmtime.display()))?;
     let peer_url = format!("http://127.0.0.1:{peer_port}/");
-    let began = Instant::now();
-    while Command::new("curl")
-        .args(["-sf", "-o", "/dev/null", &peer_url])
-        .status()
-        .map(|s| !s.success())
-        .unwrap_or(true)
-    {
-        if began.elapsed() > Duration::from_secs(120) {
-            let _ = peer.kill();
-            bail!("wasmtime serve did not serve");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    if let Err(e) = super::wait_serving(&peer_url, Duration::from_secs(120)).await {
+        let _ = peer.kill();
+        return Err(e.context("wasmtime serve did not serve"));
     }
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for _ in 0..runs {

@@ -3,15 +3,14 @@
 //! alternating runs of the same session.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use http::Method;
 use serde_json::json;
 
-use super::median;
 use super::pods::{Node, Wrk, hello_pod, wrk_with};
+use super::{median, wait_serving};
 
 /// Figures of `wk bench proxy`.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -28,22 +27,6 @@ pub struct ProxyReport {
     pub cluster_ip_ratio: f64,
     /// Median NodePort req/s over median pod IP req/s.
     pub node_port_ratio: f64,
-}
-
-/// Waits until `url` answers 200.
-async fn serving(url: &str) -> anyhow::Result<()> {
-    let began = Instant::now();
-    while !Command::new("curl")
-        .args(["-sf", "-o", "/dev/null", "-m", "2", url])
-        .status()
-        .is_ok_and(|s| s.success())
-    {
-        if began.elapsed() > Duration::from_secs(60) {
-            bail!("{url} did not answer");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(())
 }
 
 /// Runs `wk bench proxy`.
@@ -106,7 +89,7 @@ pub async fn proxy(
         format!("http://127.0.0.1:{node_port}/"),
     ];
     for url in &urls {
-        serving(url).await?;
+        wait_serving(url, Duration::from_secs(60)).await?;
     }
     let mut figures: [Vec<Wrk>; 3] = Default::default();
     for _ in 0..runs {

@@ -141,7 +141,7 @@ pub fn worker_runtime(
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .max_blocking_threads(threads)
-        .thread_name(format!("pod-{}", name.chars().take(11).collect::<String>()))
+        .thread_name(thread_name(name))
         .on_thread_start(move || {
             crate::agent::trim::release_unused_stack();
             if let Some(ns) = &ns
@@ -217,13 +217,18 @@ type PodThread = (
     std::thread::JoinHandle<()>,
 );
 
+/// A pod's threads' name: `pod-` and the start of the pod's (Linux keeps 15 bytes).
+fn thread_name(name: &str) -> String {
+    format!("pod-{}", name.chars().take(11).collect::<String>())
+}
+
 /// Starts the pod's thread, inside `netns` when there is one, with its runtime.
 fn start_thread(name: &str, netns: Option<PathBuf>) -> Result<PodThread, Error> {
     let (handle_tx, handle_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let enter = netns.clone();
     let thread = std::thread::Builder::new()
-        .name(format!("pod-{}", name.chars().take(11).collect::<String>()))
+        .name(thread_name(name))
         .stack_size(512 << 10)
         .spawn(move || {
             // The stack may be one glibc kept from an exited thread, pages and all.

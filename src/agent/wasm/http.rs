@@ -70,17 +70,20 @@ impl Serving {
     /// # Errors
     /// When an annotation is not a positive whole number, naming it.
     pub fn from_pod(pod: &serde_json::Value) -> Result<Self, String> {
-        let number = |key: &str| -> Result<Option<u64>, String> {
+        // A whole number (`least` or more) from an annotation, or None where it is absent.
+        let whole = |key: &str, least: u64| -> Result<Option<u64>, String> {
             match pod["metadata"]["annotations"][key].as_str() {
                 None => Ok(None),
                 Some(v) => match v.trim().parse::<u64>() {
-                    Ok(n) if n > 0 => Ok(Some(n)),
-                    _ => Err(format!(
+                    Ok(n) if n >= least => Ok(Some(n)),
+                    _ if least > 0 => Err(format!(
                         "annotation {key}: {v:?} is not a positive whole number"
                     )),
+                    _ => Err(format!("annotation {key}: {v:?} is not a whole number")),
                 },
             }
         };
+        let number = |key: &str| whole(key, 1);
         let reuse = number(REUSE_ANNOTATION)?.map_or(1, |n| u32::try_from(n).unwrap_or(u32::MAX));
         let default = if reuse > 1 {
             REUSE_CONCURRENCY
@@ -95,13 +98,9 @@ impl Serving {
             }),
             timeout: number(TIMEOUT_ANNOTATION)?.map_or(REQUEST_TIMEOUT, Duration::from_secs),
             reuse,
-            prewarm: match pod["metadata"]["annotations"][PREWARM_ANNOTATION].as_str() {
-                None => 0,
-                Some(v) => v.trim().parse::<usize>().map_err(|_| {
-                    format!("annotation {PREWARM_ANNOTATION}: {v:?} is not a whole number")
-                })?,
-            }
-            .min(REUSE_CONCURRENCY),
+            prewarm: whole(PREWARM_ANNOTATION, 0)?
+                .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX))
+                .min(REUSE_CONCURRENCY),
         })
     }
 }
@@ -243,14 +242,22 @@ impl HttpService {
         });
     }
 
+    /// Whether instances are ever kept (reused or made ahead); otherwise each request makes
+    /// its own and nothing below it touches the idle list.
+    fn keeps_instances(&self) -> bool {
+        self.reuse > 1 || self.prewarm > 0
+    }
+
     /// An instance made ahead or kept from an earlier request, dropping those idle too long.
     fn take_warm(&self) -> Option<Warm> {
-        let mut idle = self
-            .idle
+        if !self.keeps_instances() {
+            return None;
+        }
+        self.trim_idle(false);
+        self.idle
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        idle.retain(|w| w.since.elapsed() < IDLE_FOR);
-        idle.pop()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop()
     }
 
     /// Keeps an instance that has just served, if it may serve more.
@@ -278,21 +285,13 @@ impl HttpService {
 
     /// Drops the instances that have been idle too long (all of them when `all`).
     pub fn trim_idle(&self, all: bool) {
-        let dropped = {
-            let mut idle = self
-                .idle
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if all {
-                std::mem::take(&mut *idle)
-            } else {
-                let (keep, old) = std::mem::take(&mut *idle)
-                    .into_iter()
-                    .partition(|w| w.since.elapsed() < IDLE_FOR);
-                *idle = keep;
-                old
-            }
-        };
+        // Dropped after the lock is let go: giving an instance's memory back takes a while.
+        let dropped: Vec<Warm> = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extract_if(.., |w| all || w.since.elapsed() >= IDLE_FOR)
+            .collect();
         drop(dropped);
     }
 
@@ -318,9 +317,12 @@ impl HttpService {
         self: &Arc<Self>,
         req: Request<Incoming>,
     ) -> Result<Response<HyperOutgoingBody>, String> {
-        let bodiless = !req.headers().contains_key(http::header::CONTENT_LENGTH)
+        // Only a reused instance's failure is served again: without reuse, nothing is copied.
+        let replayable = self.reuse > 1
+            && !self.refused.load(Ordering::Relaxed)
+            && !req.headers().contains_key(http::header::CONTENT_LENGTH)
             && !req.headers().contains_key(http::header::TRANSFER_ENCODING);
-        let again = bodiless.then(|| {
+        let again = replayable.then(|| {
             let mut copy = Request::new(());
             *copy.method_mut() = req.method().clone();
             *copy.uri_mut() = req.uri().clone();
