@@ -1189,6 +1189,14 @@ fn instance_reuse_serves_requests_in_turn_and_is_refused_for_a_component_that_ca
     // With reuse one instance serves requests in turn, three at most.
     let reused = counts("reused");
     assert_eq!(reused.iter().max(), Some(&3), "{reused:?}");
+    // Its worker threads are inside the pod's namespace: the guest reaches the pod's own
+    // localhost (from the node's network nothing listens there).
+    let (body, _) = curl_in(
+        &c,
+        "reused",
+        "http://127.0.0.1:8000/fetch?url=http%3A%2F%2F127.0.0.1%3A8000%2Fcount",
+    );
+    assert!(body.starts_with("200 ") && body.ends_with(" 200"), "{body}");
     // A component that fails on its second request: that request is served again on a fresh
     // instance, reuse is turned off, and the container's log says why.
     for _ in 0..3 {
