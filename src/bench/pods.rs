@@ -51,7 +51,7 @@ fn network_flags(bridge: &str, pods: usize) -> Vec<String> {
         .to_vec()
 }
 
-/// Removes a bench bridge (its pods' veths went with their namespaces).
+/// Removes a bench bridge and its service link (its pods' veths went with their namespaces).
 fn delete_bridge(name: &str) {
     let name = name.to_owned();
     let _ = std::thread::spawn(move || {
@@ -60,6 +60,10 @@ fn delete_bridge(name: &str) {
             .build()?;
         rt.block_on(async {
             let h = crate::net::link::host_handle()?;
+            // The service proxy's dummy link goes with the bridge, as the test harness does.
+            if let Some(vips) = crate::agent::proxy::link_name(&name) {
+                let _ = crate::net::link::delete(&h, &vips).await;
+            }
             crate::net::link::delete(&h, &name).await
         })
     })
