@@ -15,7 +15,8 @@ use crate::api::resources::ResourceInfo;
 /// The annotation client-side apply keeps the applied manifest in.
 pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
-const SMP: &str = "application/strategic-merge-patch+json";
+/// The content type of a strategic merge patch.
+pub(super) const SMP: &str = "application/strategic-merge-patch+json";
 const APPLY_PATCH: &str = "application/apply-patch+yaml";
 
 /// Flags of `wk apply`.

@@ -65,7 +65,7 @@ pub async fn execute(args: Args, global: &Global, cordon: bool) -> anyhow::Resul
             .request(
                 Method::PATCH,
                 &path,
-                Some("application/strategic-merge-patch+json"),
+                Some(super::apply::SMP),
                 Some(serde_json::to_vec(&patch)?),
             )
             .await?;

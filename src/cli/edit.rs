@@ -1,12 +1,16 @@
-//! `wk edit`: fetch an object, open it in `$KUBE_EDITOR` or `$EDITOR`, and PUT it back if
-//! it changed (the resourceVersion it was read at guards against lost updates).
+//! `wk edit`: fetch an object, open it in `$KUBE_EDITOR` or `$EDITOR`, and send what changed
+//! as a strategic merge patch, as kubectl does. Only the edited fields travel, so a concurrent
+//! status write does not make the edit conflict; changing resourceVersion in the editor makes
+//! it a precondition.
 
 use anyhow::{Context, bail};
 use http::Method;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::apply::SMP;
 use super::output::{println, sorted, to_json, to_yaml};
+use crate::api::patch::three_way_merge_patch;
 use super::target::{object_path, object_ref, one_object, scope, with_query};
 use super::{Global, Reported, report};
 
@@ -103,6 +107,12 @@ pub async fn execute(args: Args, global: &Global) -> anyhow::Result<()> {
     if edited["metadata"]["name"] != original["metadata"]["name"] {
         bail!("At least one of apiVersion, kind and name was changed");
     }
+    let patch = three_way_merge_patch(Some(&original), &edited, &original, res.kind)
+        .map_err(|e| anyhow::anyhow!("the edited object cannot be sent as a patch: {e}"))?;
+    if patch.as_object().is_some_and(serde_json::Map::is_empty) {
+        eprintln!("Edit cancelled, no changes made.");
+        return Ok(());
+    }
     let url = with_query(
         &path,
         &[
@@ -113,10 +123,10 @@ pub async fn execute(args: Args, global: &Global) -> anyhow::Result<()> {
     match session
         .client
         .request(
-            Method::PUT,
+            Method::PATCH,
             &url,
-            Some("application/json"),
-            Some(serde_json::to_vec(&edited)?),
+            Some(SMP),
+            Some(serde_json::to_vec(&patch)?),
         )
         .await
     {

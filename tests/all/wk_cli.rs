@@ -674,6 +674,25 @@ fn edit_puts_back_what_the_editor_changed() {
         "127.0.0.1:5000/hello:v2"
     );
 
+    // Another writer changes the object while the editor is open: the edit sends only what
+    // it changed, as kubectl's patch does, so neither change is lost and nothing conflicts.
+    let race = script(
+        "race.sh",
+        "kubectl annotate deployment web other=writer >/dev/null && sed -i 's/hello:v2/hello:v3/' \"$1\"",
+    );
+    let out = wk_env(&c, &["edit", "deployment", "web"], &[("EDITOR", &race)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        c.kubectl_ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image} {.metadata.annotations.other}"
+        ]),
+        "127.0.0.1:5000/hello:v3 writer"
+    );
+
     let out = wk_env(&c, &["edit", "deploy/web"], &[("EDITOR", "true")]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stderr(&out).trim(), "Edit cancelled, no changes made.");
