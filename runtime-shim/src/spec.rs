@@ -10,6 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 /// Why no spec could be made.
@@ -24,7 +25,7 @@ pub enum SpecError {
 }
 
 /// What the image's config says about running it (`config` in the OCI image config).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Image {
     /// ENTRYPOINT.
     pub entrypoint: Vec<String>,
@@ -61,7 +62,7 @@ impl Image {
 }
 
 /// A directory or file of the pod's that the container sees.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Mount {
     /// On the node.
     pub host: PathBuf,
@@ -72,7 +73,7 @@ pub struct Mount {
 }
 
 /// The container's own settings, resolved by the agent.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Container {
     /// `command`, when set.
     pub command: Option<Vec<String>>,
@@ -97,7 +98,7 @@ pub struct Container {
 }
 
 /// What the pod gives each of its containers.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Pod {
     /// The pod's network namespace (None: a namespace of the container's own).
     pub netns: Option<PathBuf>,

@@ -21,7 +21,7 @@ fn rootfs(root: &Path) {
     )
     .unwrap();
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static is installed");
-    for applet in ["sh", "cat", "grep", "id", "hostname", "echo"] {
+    for applet in ["sh", "cat", "grep", "id", "hostname", "echo", "dd"] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
     std::fs::write(
@@ -127,4 +127,107 @@ fn busybox_runs_under_runc_with_the_generated_spec() {
     assert!(!image_root.join("tmp/mine").exists());
     drop(writable);
     assert!(!bundle.exists());
+}
+
+/// Runs `wk-shim run` on a bundle for `container` over a busybox image; returns how it ended
+/// and the log file's text.
+fn shim_run(container: Container) -> (wk_shim::supervise::Ended, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let image_root = dir.path().join("image");
+    rootfs(&image_root);
+    let bundle = dir.path().join("bundle");
+    std::fs::create_dir(&bundle).unwrap();
+    let log = dir.path().join("logs/0.log");
+    let request = wk_shim::supervise::Request {
+        id: format!("wk-shim-run-{}-{}", std::process::id(), rand_suffix()),
+        runc: "runc".into(),
+        runc_root: dir.path().join("state"),
+        image: Image::default(),
+        image_root,
+        container,
+        pod: Pod {
+            hostname: "shim-test".into(),
+            ..Pod::default()
+        },
+        log: log.clone(),
+        overlay: true,
+    };
+    std::fs::write(
+        bundle.join(wk_shim::supervise::REQUEST),
+        serde_json::to_vec(&request).unwrap(),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_wk-shim"))
+        .arg("run")
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ended: wk_shim::supervise::Ended =
+        serde_json::from_slice(&std::fs::read(bundle.join(wk_shim::supervise::ENDED)).unwrap())
+            .unwrap();
+    // The container's root is released and runc forgot the container.
+    assert!(!bundle.join("fs").exists());
+    let state = dir.path().join("state").join(&request.id);
+    assert!(!state.exists(), "runc still has {}", state.display());
+    (ended, std::fs::read_to_string(&log).unwrap_or_default())
+}
+
+fn rand_suffix() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+fn sh(script: &str) -> Container {
+    Container {
+        command: Some(vec!["/bin/sh".into(), "-c".into(), script.into()]),
+        ..Container::default()
+    }
+}
+
+#[test]
+fn the_shim_logs_both_streams_and_reports_the_exit_code() {
+    let (ended, log) = shim_run(sh("echo out; echo err >&2; printf 'no newline'; exit 3"));
+    assert_eq!(ended.code, 3, "{ended:?}");
+    assert!(!ended.oom);
+    assert_eq!(ended.error, None);
+    let records: Vec<(&str, &str, &str)> = log
+        .lines()
+        .map(|l| {
+            let mut f = l.splitn(4, ' ');
+            let (_, stream, tag, text) = (f.next(), f.next(), f.next(), f.next());
+            (stream.unwrap(), tag.unwrap(), text.unwrap_or_default())
+        })
+        .collect();
+    assert!(records.contains(&("stdout", "F", "out")), "{log}");
+    assert!(records.contains(&("stderr", "F", "err")), "{log}");
+    assert!(records.contains(&("stdout", "P", "no newline")), "{log}");
+    let stamp = log.split(' ').next().unwrap();
+    assert!(
+        stamp.len() == 30 && stamp.ends_with('Z'),
+        "RFC 3339 with nanoseconds: {stamp}"
+    );
+}
+
+#[test]
+fn the_shim_reports_an_oom_kill_and_a_program_that_is_not_there() {
+    // dd's 64 MiB buffer does not fit in 16 MiB.
+    let mut hog = sh("dd if=/dev/zero of=/dev/null bs=64M count=1");
+    hog.memory_limit = Some(16 << 20);
+    let (ended, _) = shim_run(hog);
+    assert!(ended.oom, "{ended:?}");
+    assert_eq!(ended.code, 137, "{ended:?}");
+
+    let missing = Container {
+        command: Some(vec!["/bin/not-there".into()]),
+        ..Container::default()
+    };
+    let (ended, _) = shim_run(missing);
+    let error = ended.error.unwrap_or_default();
+    assert!(error.contains("not-there"), "{error}");
 }

@@ -183,24 +183,27 @@ pub async fn environment(
     Ok(vars)
 }
 
+/// A container's `command` or `args` (`key`) with `$(VAR)` expanded; `None` when the spec
+/// does not set it.
+pub fn expanded(container: &Value, key: &str, env: &[(String, String)]) -> Option<Vec<String>> {
+    let vars: HashMap<String, String> = env.iter().cloned().collect();
+    let list = container[key].as_array()?;
+    Some(
+        list.iter()
+            .filter_map(Value::as_str)
+            .map(|s| expand(s, &vars))
+            .collect(),
+    )
+}
+
 /// argv: `command[0]` is argv[0] when the spec gives a command, else the image name; then the
 /// rest of command and args, with `$(VAR)` expanded.
 pub fn argv(container: &Value, env: &[(String, String)]) -> Vec<String> {
-    let vars: HashMap<String, String> = env.iter().cloned().collect();
-    let list = |k: &str| -> Vec<String> {
-        container[k]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .map(|s| expand(s, &vars))
-            .collect()
-    };
-    let mut argv = list("command");
+    let mut argv = expanded(container, "command", env).unwrap_or_default();
     if argv.is_empty() {
         argv.push(container["image"].as_str().unwrap_or("main").to_owned());
     }
-    argv.extend(list("args"));
+    argv.extend(expanded(container, "args", env).unwrap_or_default());
     argv
 }
 

@@ -3,8 +3,10 @@
 //! image is made of. `wk image import` fills it without a registry; [`crate::oci`] pulls into it.
 //!
 //! An image's id is the digest a reference resolves to: the manifest's (or the image index's) for
-//! a pulled image, the Wasm file's own for an imported one. Every image has exactly one Wasm
-//! content blob, the one pods run.
+//! a pulled image, the Wasm file's own for an imported one. A Wasm image has exactly one Wasm
+//! content blob, the one pods run. A Linux image (for the container shim) has its config as
+//! that blob, and its layers, unpacked once into a read-only root (`DATA/rootfs/<config hex>`)
+//! that every container of the image starts from.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
@@ -46,6 +48,15 @@ pub enum Error {
     /// The file is not Wasm.
     #[error("{0} is not a WebAssembly module or component (no \\0asm header)")]
     NotWasm(String),
+    /// A Linux image's layers could not be unpacked.
+    #[error("unpacking layer {layer}: {source}")]
+    Unpack {
+        /// The layer's digest.
+        layer: String,
+        /// Why.
+        #[source]
+        source: crate::oci::unpack::UnpackError,
+    },
     /// An image name that cannot be used.
     #[error("invalid image name {0:?}")]
     Name(String),
@@ -69,18 +80,33 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 pub struct Image {
     /// The image's id, `sha256:<hex>`: what `status.containerStatuses[].imageID` names.
     pub id: String,
-    /// The Wasm content's digest, `sha256:<hex>`.
+    /// The Wasm content's digest, `sha256:<hex>` (a Linux image's config's).
     pub digest: String,
-    /// The Wasm content file.
+    /// The Wasm content file (a Linux image's config).
     pub path: PathBuf,
+    /// A Linux image's layers; `None` for Wasm.
+    pub linux: Option<Linux>,
+}
+
+/// What makes an image a Linux one: its platform and its layers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Linux {
+    /// `linux/amd64`, `linux/arm64/v8`...
+    pub platform: String,
+    /// The layers' digests, bottom first.
+    pub layers: Vec<String>,
 }
 
 /// What one image is made of.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Record {
-    /// The Wasm content's digest.
+    /// The Wasm content's digest (a Linux image's config's).
     pub wasm: String,
+    /// A Linux image's platform and layers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linux: Option<Linux>,
     /// Every blob of the image in the content store (manifests, config, layers, the Wasm).
     #[serde(default)]
     pub blobs: Vec<String>,
@@ -459,8 +485,8 @@ impl Store {
         };
         // Only recorded images: a digest that names some other stored blob (a config, a
         // platform manifest) is not an image to run.
-        let wasm = match index.images.get(&id) {
-            Some(r) => r.wasm.clone(),
+        let (wasm, linux) = match index.images.get(&id) {
+            Some(r) => (r.wasm.clone(), r.linux.clone()),
             None => return Ok(None),
         };
         if check_digest(&wasm).is_err() {
@@ -472,19 +498,77 @@ impl Store {
                 id,
                 digest: wasm,
                 path,
+                linux,
             })),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io(&path)(e)),
         }
     }
 
-    /// Checks that an image's Wasm content still hashes to its digest. Content checked before
-    /// and not changed since (same size, modification time and inode) is not hashed again.
+    /// Checks that an image's Wasm content (a Linux image's config and layers) still hashes to
+    /// its digest. Content checked before and not changed since (same size, modification time
+    /// and inode) is not hashed again.
     ///
     /// # Errors
     /// [`Error::Corrupt`] when it does not.
     pub fn verify(&self, image: &Image) -> Result<(), Error> {
-        self.verify_file(&image.digest, &image.path)
+        self.verify_file(&image.digest, &image.path)?;
+        for layer in image.linux.iter().flat_map(|l| &l.layers) {
+            check_digest(layer)?;
+            self.verify_file(layer, &self.content_path(layer))?;
+        }
+        Ok(())
+    }
+
+    /// Where a Linux image's unpacked root filesystem lives (whether or not it is there).
+    fn rootfs_path(&self, config: &str) -> PathBuf {
+        self.root
+            .join("rootfs")
+            .join(config.trim_start_matches("sha256:"))
+    }
+
+    /// A Linux image's read-only root filesystem, unpacked from its layers the first time it is
+    /// asked for. Containers never write it: each gets a writable root over it. This blocks.
+    ///
+    /// # Errors
+    /// When a layer cannot be read or is refused ([`Error::Unpack`] names the entry).
+    pub fn rootfs(&self, image: &Image) -> Result<PathBuf, Error> {
+        let Some(linux) = &image.linux else {
+            return Err(Error::Remove(format!("{} is not a Linux image", image.id)));
+        };
+        check_digest(&image.digest)?;
+        let root = self.rootfs_path(&image.digest);
+        if root.is_dir() {
+            return Ok(root);
+        }
+        let parent = self.root.join("rootfs");
+        std::fs::create_dir_all(&parent).map_err(io(&parent))?;
+        // Unpacked beside, then renamed into place: a root that is there is whole. Two pods
+        // unpacking the same image at once both finish; the second rename loses and is thrown
+        // away.
+        let tmp = tempfile::Builder::new()
+            .prefix(".unpack-")
+            .tempdir_in(&parent)
+            .map_err(io(&parent))?;
+        let dir = tmp.path().join("root");
+        std::fs::create_dir(&dir).map_err(io(&dir))?;
+        for layer in &linux.layers {
+            check_digest(layer)?;
+            let path = self.content_path(layer);
+            let file = std::fs::File::open(&path).map_err(io(&path))?;
+            crate::oci::unpack::apply_layer(&dir, std::io::BufReader::new(file)).map_err(
+                |source| Error::Unpack {
+                    layer: layer.clone(),
+                    source,
+                },
+            )?;
+        }
+        match std::fs::rename(&dir, &root) {
+            Ok(()) => {}
+            Err(_) if root.is_dir() => {}
+            Err(e) => return Err(io(&root)(e)),
+        }
+        Ok(root)
     }
 
     fn verify_file(&self, digest: &str, path: &Path) -> Result<(), Error> {
@@ -560,6 +644,10 @@ impl Store {
             if check_digest(&blob).is_err() {
                 continue;
             }
+            let unpacked = self.rootfs_path(&blob);
+            if unpacked.is_dir() {
+                let _ = std::fs::remove_dir_all(&unpacked);
+            }
             let path = self.content_path(&blob);
             if let Ok(m) = std::fs::metadata(&path) {
                 freed += m.len();
@@ -602,6 +690,20 @@ impl Store {
             {
                 freed += meta.len();
                 tracing::info!(blob = %name, bytes = meta.len(), "removed content no image uses");
+            }
+        }
+        // Unpacked roots of images gone, and unpacking a crash left half done.
+        let roots = self.root.join("rootfs");
+        for e in std::fs::read_dir(&roots).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let old = e
+                .metadata()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|m| now.duration_since(m).ok())
+                .is_some_and(|d| d >= age);
+            if old && !kept.contains(&name) && std::fs::remove_dir_all(e.path()).is_ok() {
+                tracing::info!(root = %name, "removed an unpacked root no image uses");
             }
         }
         freed
@@ -704,6 +806,7 @@ mod tests {
             id: digest.clone(),
             digest: digest.clone(),
             path,
+            linux: None,
         };
         assert_eq!(store.find("hello:latest").unwrap(), Some(image.clone()));
         assert_eq!(
@@ -756,7 +859,7 @@ mod tests {
             blobs: vec![m.to_owned(), wasm.clone()],
             repos: vec!["reg/app".into()],
             format: "test".into(),
-            created: 0,
+            ..Record::default()
         };
         store.record(&m1, record(&m1), &["reg/app:v1"]).unwrap();
         store

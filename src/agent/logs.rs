@@ -2,8 +2,8 @@
 //! in the CRI format the kubelet uses (`<RFC3339Nano> <stream> <F|P> <text>`), rotated by size, and
 //! read back with kubectl's options (tailLines, sinceSeconds, timestamps, limitBytes, follow).
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Write};
+use std::fs::File;
+use std::io::{self, BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -11,10 +11,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::AsyncWrite;
 
-/// A log file grows to this size before it is rotated (the kubelet's containerLogMaxSize).
-pub const MAX_LOG_BYTES: u64 = 10 * 1024 * 1024;
-/// A partial line is written as a `P` record once it is this long.
-const MAX_LINE: usize = 16 * 1024;
+pub use wk_shim::log::{ContainerLog, MAX_LINE, MAX_LOG_BYTES};
 
 /// The log directory of one container of a pod.
 pub fn container_dir(pod_dir: &Path, container: &str) -> PathBuf {
@@ -26,80 +23,19 @@ pub fn run_file(pod_dir: &Path, container: &str, restart: u32) -> PathBuf {
     container_dir(pod_dir, container).join(format!("{restart}.log"))
 }
 
-/// One container run's log file, shared by its stdout and stderr.
-pub struct ContainerLog {
-    path: PathBuf,
-    /// Opened at the first record, so a container that writes nothing holds no descriptor.
-    file: Mutex<(Option<File>, u64)>,
-    max_bytes: u64,
+/// A guest's streams into a container's log.
+pub trait Streams {
+    /// A writer for one stream (`stdout` or `stderr`).
+    fn stream(&self, stream: &'static str) -> LogStream;
 }
 
-impl ContainerLog {
-    /// Creates (truncates) the log file of a run.
-    ///
-    /// # Errors
-    /// When the file cannot be created.
-    pub fn create(path: PathBuf) -> io::Result<Arc<Self>> {
-        Self::with_limit(path, MAX_LOG_BYTES)
-    }
-
-    /// As [`ContainerLog::create`], rotating at `max_bytes` rather than [`MAX_LOG_BYTES`].
-    ///
-    /// # Errors
-    /// When the file cannot be created.
-    pub fn with_limit(path: PathBuf, max_bytes: u64) -> io::Result<Arc<Self>> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        File::create(&path)?;
-        Ok(Arc::new(Self {
-            path,
-            file: Mutex::new((None, 0)),
-            max_bytes,
-        }))
-    }
-
-    /// A writer for one stream (`stdout` or `stderr`).
-    pub fn stream(self: &Arc<Self>, stream: &'static str) -> LogStream {
+impl Streams for Arc<ContainerLog> {
+    fn stream(&self, stream: &'static str) -> LogStream {
         LogStream(Arc::new(Writer {
             log: self.clone(),
             stream,
             partial: Mutex::new(Vec::new()),
         }))
-    }
-
-    /// Appends one record; rotates the file when it is full.
-    fn record(&self, stream: &str, tag: char, text: &[u8]) {
-        let now = jiff::Timestamp::now();
-        let mut line = Vec::with_capacity(text.len() + 48);
-        let _ = write!(
-            line,
-            "{} {stream} {tag} ",
-            now.strftime("%Y-%m-%dT%H:%M:%S.%9fZ")
-        );
-        line.extend_from_slice(text);
-        line.push(b'\n');
-        let Ok(mut guard) = self.file.lock() else {
-            return;
-        };
-        let (file, size) = &mut *guard;
-        if *size > 0 && *size + line.len() as u64 > self.max_bytes {
-            let rotated = self.path.with_extension("log.1");
-            if std::fs::rename(&self.path, &rotated).is_ok()
-                && let Ok(fresh) = File::create(&self.path)
-            {
-                *file = Some(fresh);
-                *size = 0;
-            }
-        }
-        if file.is_none() {
-            *file = OpenOptions::new().append(true).open(&self.path).ok();
-        }
-        if let Some(f) = file
-            && f.write_all(&line).is_ok()
-        {
-            *size += line.len() as u64;
-        }
     }
 }
 
@@ -137,17 +73,7 @@ impl LogStream {
         let Ok(mut partial) = self.0.partial.lock() else {
             return;
         };
-        partial.extend_from_slice(buf);
-        while let Some(pos) = partial.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = partial.drain(..=pos).collect();
-            self.0
-                .log
-                .record(self.0.stream, 'F', &line[..line.len() - 1]);
-        }
-        while partial.len() >= MAX_LINE {
-            let chunk: Vec<u8> = partial.drain(..MAX_LINE).collect();
-            self.0.log.record(self.0.stream, 'P', &chunk);
-        }
+        self.0.log.write(self.0.stream, &mut partial, buf);
     }
 
     /// Records one whole line of wk's own about the container (a line the guest did not write).

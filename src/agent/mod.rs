@@ -13,6 +13,7 @@ pub mod probes;
 pub mod proxy;
 pub mod routes;
 pub mod sandbox;
+pub mod shim;
 pub mod status;
 pub mod trim;
 pub mod wasm;
@@ -175,6 +176,8 @@ pub struct Shared {
     pub client: Client,
     /// The Wasm runtime.
     pub runtime: Arc<wasm::Runtime>,
+    /// The container shim for Linux images, or why this node cannot run them.
+    pub shim: Result<Arc<shim::Shim>, String>,
     /// The node's images.
     pub images: images::Store,
     /// Pulls images into [`Shared::images`].
@@ -574,9 +577,18 @@ impl Agent {
                 })??
         };
         let images = images::Store::new(&data);
+        let shim = shim::Shim::detect(&data, !host_network).map(Arc::new);
+        if let Err(why) = &shim {
+            tracing::warn!(reason = %why, "Linux containers cannot run on this node; Wasm pods can");
+        }
+        let facts = node::Facts {
+            host_network,
+            no_linux: shim.as_ref().err().cloned(),
+        };
         let shared = Arc::new(Shared {
             client: client.clone(),
             runtime,
+            shim,
             images: images.clone(),
             puller: crate::oci::Puller::new(images.clone(), &data, config.max_module_bytes),
             data_dir: data.clone(),
@@ -600,7 +612,7 @@ impl Agent {
         });
         let (endpoint, serve) = endpoint::bind(&config, shared.clone()).await?;
         config.port = endpoint.port();
-        let node = node::node_object(&config, &images, host_network);
+        let node = node::node_object(&config, &images, &facts);
         // The API may still be starting (an in-process agent races its server): retry a while.
         let mut attempt = 0;
         loop {
@@ -643,7 +655,7 @@ impl Agent {
                         shared
                             .max_pods
                             .store(room, std::sync::atomic::Ordering::Relaxed);
-                        let node = node::node_object(&config, &images, host_network);
+                        let node = node::node_object(&config, &images, &facts);
                         let _ = node::update_status(&client, &node).await;
                     }
                     tracing::info!(range = %net.range(), bridge = net.bridge(), "pod network ready");
@@ -679,7 +691,7 @@ impl Agent {
                 client.clone(),
                 config.clone(),
                 images,
-                host_network,
+                facts,
                 shutdown.clone(),
             )),
             tokio::spawn(watch_pods(shared.clone())),

@@ -88,7 +88,21 @@ fn instance_type() -> Option<String> {
 }
 
 /// The whole Node object this agent registers.
-pub fn node_object(config: &AgentConfig, images: &images::Store, host_network: bool) -> Value {
+/// What the agent found about its node at start, for the Node object.
+#[derive(Clone, Debug, Default)]
+pub struct Facts {
+    /// Pods share the host network: no namespaces could be made.
+    pub host_network: bool,
+    /// Why Linux containers cannot run here; `None` when they can.
+    pub no_linux: Option<String>,
+}
+
+/// The label of nodes that run Linux containers (the `runc` RuntimeClass selects them).
+pub const RUNC_LABEL: &str = "wk.dev/runc";
+
+/// The Node object this agent registers.
+pub fn node_object(config: &AgentConfig, images: &images::Store, facts: &Facts) -> Value {
+    let host_network = facts.host_network;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let capacity = json!({
         "cpu": cpus.to_string(),
@@ -104,6 +118,9 @@ pub fn node_object(config: &AgentConfig, images: &images::Store, host_network: b
     labels.insert("beta.kubernetes.io/arch".into(), json!(crate::arch()));
     if let Some(t) = instance_type().filter(|t| !t.is_empty()) {
         labels.insert("node.kubernetes.io/instance-type".into(), json!(t));
+    }
+    if facts.no_linux.is_none() {
+        labels.insert(RUNC_LABEL.into(), json!("true"));
     }
     for (k, v) in &config.labels {
         labels.insert(k.clone(), json!(v));
@@ -125,7 +142,7 @@ pub fn node_object(config: &AgentConfig, images: &images::Store, host_network: b
         "status": {
             "capacity": capacity,
             "allocatable": capacity,
-            "conditions": conditions(host_network),
+            "conditions": conditions(facts),
             "addresses": [
                 {"type": "InternalIP", "address": config.address.to_string()},
                 {"type": "Hostname", "address": config.node_name},
@@ -148,7 +165,8 @@ pub fn node_object(config: &AgentConfig, images: &images::Store, host_network: b
     })
 }
 
-fn conditions(host_network: bool) -> Value {
+fn conditions(facts: &Facts) -> Value {
+    let host_network = facts.host_network;
     let t = now();
     let c = |ty: &str, status: &str, reason: &str, message: &str| {
         json!({"type": ty, "status": status, "reason": reason, "message": message,
@@ -179,6 +197,15 @@ fn conditions(host_network: bool) -> Value {
             "wk agent has sufficient PID available"
         ),
         c("Ready", "True", "KubeletReady", ready),
+        match &facts.no_linux {
+            None => c(
+                "LinuxContainers",
+                "True",
+                "RuncAvailable",
+                "Linux images run with runc through wk-shim"
+            ),
+            Some(why) => c("LinuxContainers", "False", "RuntimeUnavailable", why),
+        },
     ])
 }
 
@@ -302,7 +329,7 @@ pub async fn heartbeat(
     client: Client,
     config: AgentConfig,
     images: images::Store,
-    host_network: bool,
+    facts: Facts,
     shutdown: CancellationToken,
 ) {
     let name = config.node_name.clone();
@@ -317,7 +344,7 @@ pub async fn heartbeat(
         let result = match node {
             Err(e) if e.code() == Some(404) => {
                 tracing::info!(node = %name, "the Node is gone; registering again");
-                register(&client, &node_object(&config, &images, host_network)).await
+                register(&client, &node_object(&config, &images, &facts)).await
             }
             Err(e) => Err(e),
             Ok(n) => {
@@ -327,7 +354,7 @@ pub async fn heartbeat(
                 if r.is_ok()
                     && (imgs != last_images || last_status.elapsed() >= Duration::from_secs(60))
                 {
-                    r = update_status(&client, &node_object(&config, &images, host_network)).await;
+                    r = update_status(&client, &node_object(&config, &images, &facts)).await;
                     last_status = std::time::Instant::now();
                     last_images = imgs;
                 }

@@ -13,8 +13,9 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::logs::{self, ContainerLog};
+use super::logs::{self, ContainerLog, Streams};
 use super::sandbox::{self, Sandbox, volumes};
+use super::shim::{self, Runnable};
 use super::status::{self, Container, State};
 use super::wasm::{self, Exit, GuestSpec, Loaded, Stop};
 use super::{Shared, env, images, probes};
@@ -65,7 +66,7 @@ impl Backoff {
 #[derive(Clone)]
 struct Prepared {
     spec: Value,
-    loaded: Loaded,
+    loaded: Runnable,
     guest: GuestSpec,
     init: bool,
 }
@@ -742,9 +743,9 @@ impl Worker {
                 guest: p.guest.clone(),
             };
             probes::check(&probe, &ports, handle, &exec).await
-        } else if p.loaded.has_hook(wasm::Hook::PreStop) {
+        } else if let Some(loaded) = p.loaded.wasm().filter(|l| l.has_hook(wasm::Hook::PreStop)) {
             let (loaded, engine, guest) = (
-                p.loaded.clone(),
+                loaded.clone(),
                 self.shared.runtime.engine().clone(),
                 p.guest.clone(),
             );
@@ -916,7 +917,7 @@ impl Worker {
                 index.1 += 1;
             }
             match self
-                .prepare_container(&pod, &spec, &ready, &secrets, init, i)
+                .prepare_container(&pod, &sb, &spec, &ready, &secrets, init, i)
                 .await
             {
                 Ok((loaded, guest)) => out.push(Prepared {
@@ -1038,15 +1039,17 @@ impl Worker {
         out
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn prepare_container(
         &self,
         pod: &Value,
+        sb: &Sandbox,
         spec: &Value,
         ready: &HashMap<String, volumes::Ready>,
         secrets: &[crate::oci::registry::DockerConfig],
         init: bool,
         i: usize,
-    ) -> Result<(Loaded, GuestSpec), Unprepared> {
+    ) -> Result<(Runnable, GuestSpec), Unprepared> {
         let cname = spec["name"].as_str().unwrap_or_default();
         let image_name = spec["image"].as_str().unwrap_or_default();
         let policy = crate::oci::Policy::of(spec["imagePullPolicy"].as_str(), image_name);
@@ -1117,10 +1120,35 @@ impl Worker {
                 .await;
             return Err(Unprepared::Other);
         }
-        let loaded = match self.shared.runtime.load(&image.digest, &image.path).await {
+        let class = pod["spec"]["runtimeClassName"].as_str();
+        let loaded = match (&image.linux, class) {
+            (Some(_), Some(c)) if c != "runc" => Err(format!(
+                "{image_name} is a Linux image, which runtimeClassName {c:?} does not run (it needs \"runc\")"
+            )),
+            (None, Some(c)) if c != "wasmtime" => Err(format!(
+                "{image_name} is a Wasm image, which runtimeClassName {c:?} does not run (it needs \"wasmtime\")"
+            )),
+            (Some(_), _) => match &self.shared.shim {
+                Ok(shim) => self.linux_parts(shim, &image).await,
+                Err(why) => {
+                    let m = format!("Linux containers cannot run on this node: {why}");
+                    self.set_waiting(init, i, "RuntimeUnavailable", &m);
+                    self.event(Some(cname), true, "Failed", &format!("Error: {m}"))
+                        .await;
+                    return Err(Unprepared::Other);
+                }
+            },
+            (None, _) => self
+                .shared
+                .runtime
+                .load(&image.digest, &image.path)
+                .await
+                .map(Parts::Wasm)
+                .map_err(|e| e.to_string()),
+        };
+        let loaded = match loaded {
             Ok(l) => l,
-            Err(e) => {
-                let m = e.to_string();
+            Err(m) => {
                 self.set_waiting(init, i, "CreateContainerError", &m);
                 self.event(Some(cname), true, "Failed", &format!("Error: {m}"))
                     .await;
@@ -1176,7 +1204,64 @@ impl Worker {
             memory_usage: Arc::new(AtomicU64::new(0)),
             cpu_nanos: Arc::new(AtomicU64::new(0)),
         };
-        Ok((loaded, guest))
+        let runnable = match loaded {
+            Parts::Wasm(wasm) => Runnable::Wasm(wasm),
+            Parts::Linux(shim, image_root, config) => {
+                let (dir, hostname) = (&sb.dir, pod_hostname(pod));
+                let etc = shim::etc_files(dir, &hostname, pod["status"]["podIP"].as_str());
+                let etc_files = match etc {
+                    Ok(f) => f,
+                    Err(e) => {
+                        let m = format!("writing the pod's /etc files: {e}");
+                        self.set_waiting(init, i, "CreateContainerError", &m);
+                        return Err(Unprepared::Other);
+                    }
+                };
+                let memory = limit("memory").map(|q| q.value().max(0) as u64);
+                let request = wk_shim::supervise::Request {
+                    id: format!("{}-{cname}", self.uid),
+                    runc: PathBuf::new(),
+                    runc_root: PathBuf::new(),
+                    image: config,
+                    image_root,
+                    container: shim::container(pod, spec, &guest, memory),
+                    pod: wk_shim::spec::Pod {
+                        netns: sb.netns.clone(),
+                        hostname,
+                        etc_files,
+                    },
+                    log: PathBuf::new(),
+                    overlay: true,
+                };
+                let bundle = dir.join("shim").join(cname);
+                Runnable::Linux(Arc::new(shim::Linux::new(shim, request, bundle)))
+            }
+        };
+        Ok((runnable, guest))
+    }
+
+    /// What a Linux image's containers need: the node's shim, the image's unpacked root and
+    /// its config.
+    async fn linux_parts(
+        &self,
+        shim: &Arc<shim::Shim>,
+        image: &images::Image,
+    ) -> Result<Parts, String> {
+        let (store, img) = (self.shared.images.clone(), image.clone());
+        let root = tokio::task::spawn_blocking(move || store.rootfs(&img))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("unpacking image {}: {e}", image.id))?;
+        let raw = tokio::fs::read(&image.path)
+            .await
+            .map_err(|e| format!("reading the image config: {e}"))?;
+        let config: Value = serde_json::from_slice(&raw)
+            .map_err(|e| format!("the image config is not JSON: {e}"))?;
+        Ok(Parts::Linux(
+            shim.clone(),
+            root,
+            wk_shim::spec::Image::from_config(&config),
+        ))
     }
 
     async fn run_once(
@@ -1188,8 +1273,24 @@ impl Worker {
         stop: &Stop,
     ) -> Exit {
         let ctx = self.clone_for_task();
-        run_command_once(&ctx, &sb.handle(), p, i, init, stop).await
+        run_command_once(&ctx, &sb.handle(), p, i, init, stop, stop).await
     }
+}
+
+/// What a container's image gives it to run: a loaded module, or a Linux image's shim, root
+/// and config.
+enum Parts {
+    Wasm(Loaded),
+    Linux(Arc<shim::Shim>, PathBuf, wk_shim::spec::Image),
+}
+
+/// The pod's host name: `spec.hostname`, else its name.
+fn pod_hostname(pod: &Value) -> String {
+    pod["spec"]["hostname"]
+        .as_str()
+        .or(pod["metadata"]["name"].as_str())
+        .unwrap_or_default()
+        .to_owned()
 }
 
 enum PrepareError {
@@ -1285,6 +1386,9 @@ async fn health_checks<F: std::future::Future<Output = ()>>(
     name: &str,
     kill: impl Fn(String) -> F,
 ) {
+    let Some(module) = p.loaded.wasm() else {
+        return;
+    };
     let timing = probes::Timing::of(&json!({}));
     let mut tracker = probes::Tracker::default();
     let sink =
@@ -1295,7 +1399,7 @@ async fn health_checks<F: std::future::Future<Output = ()>>(
     loop {
         tokio::time::sleep(timing.period).await;
         let (loaded, engine, guest) = (
-            p.loaded.clone(),
+            module.clone(),
             ctx.shared.runtime.engine().clone(),
             p.guest.clone(),
         );
@@ -1363,17 +1467,26 @@ async fn run_command_once(
     p: &Prepared,
     i: usize,
     init: bool,
+    drain: &Stop,
     stop: &Stop,
 ) -> Exit {
     let name = p.spec["name"].as_str().unwrap_or_default().to_owned();
     let restart = ctx.restart_count(init, i);
     let path = log_path(ctx, &name, restart);
-    let log = match ContainerLog::create(path.clone()) {
-        Ok(l) => l,
-        Err(e) => return Exit::Failed(format!("creating the log file: {e}")),
+    // A Linux container a previous agent started goes on, with its log.
+    let adopted = matches!(&p.loaded, Runnable::Linux(l) if l.adoptable().is_some());
+    let log = match adopted {
+        true => None,
+        false => match ContainerLog::create(path.clone()) {
+            Ok(l) => Some(l),
+            Err(e) => return Exit::Failed(format!("creating the log file: {e}")),
+        },
     };
     let started_at = status::now();
-    let container_id = format!("wasm://{}/{name}/{restart}", ctx.uid);
+    let container_id = match &p.loaded {
+        Runnable::Wasm(_) => format!("wasm://{}/{name}/{restart}", ctx.uid),
+        Runnable::Linux(l) => format!("runc://{}", l.id()),
+    };
     let gated = has_readiness(&p.spec);
     ctx.set(init, i, |c| {
         c.state = State::Running {
@@ -1382,24 +1495,32 @@ async fn run_command_once(
         c.container_id = container_id.clone();
         c.ready = !init && !gated;
     });
-    ctx.started_events(&name, restart).await;
+    if !adopted {
+        ctx.started_events(&name, restart).await;
+    }
     ctx.shared.live_logs(&path, true);
-    let (loaded, engine, guest, stop2) = (
-        p.loaded.clone(),
-        ctx.shared.runtime.engine().clone(),
-        p.guest.clone(),
-        stop.clone(),
-    );
-    let (out, err) = (log.stream("stdout"), log.stream("stderr"));
-    let task = handle.spawn(async move {
-        wasm::run_command(&loaded, &engine, &guest, &out, &err, &stop2).await
-    });
-    let exit = match task.await {
-        Ok(exit) => exit,
-        Err(e) if e.is_panic() => {
-            Exit::Trap("the host panicked running this container; the agent caught it".into())
+    let exit = match (&p.loaded, log) {
+        (Runnable::Linux(linux), _) => linux.run(&path, drain, stop).await,
+        (Runnable::Wasm(_), None) => Exit::Failed("no log file".into()),
+        (Runnable::Wasm(loaded), Some(log)) => {
+            let (loaded, engine, guest, stop2) = (
+                loaded.clone(),
+                ctx.shared.runtime.engine().clone(),
+                p.guest.clone(),
+                stop.clone(),
+            );
+            let (out, err) = (log.stream("stdout"), log.stream("stderr"));
+            let task = handle.spawn(async move {
+                wasm::run_command(&loaded, &engine, &guest, &out, &err, &stop2).await
+            });
+            match task.await {
+                Ok(exit) => exit,
+                Err(e) if e.is_panic() => Exit::Trap(
+                    "the host panicked running this container; the agent caught it".into(),
+                ),
+                Err(_) => Exit::Killed,
+            }
         }
-        Err(_) => Exit::Killed,
     };
     ctx.shared.live_logs(&path, false);
     let finished_at = status::now();
@@ -1430,11 +1551,12 @@ async fn supervise(
     stop: ContainerStop,
 ) {
     let name = p.spec["name"].as_str().unwrap_or_default().to_owned();
-    let is_http = matches!(p.loaded, Loaded::Http(_));
+    let is_http = p.loaded.is_http();
     // A command exporting wk:pod/lifecycle.pre-stop handles its stop (as a process handles
     // SIGTERM) and gets the grace period to exit; any other command is stopped once its
     // preStop ran, as SIGTERM's default action would.
-    let gentle = is_http || p.loaded.has_hook(wasm::Hook::PreStop);
+    let gentle =
+        is_http || matches!(p.loaded, Runnable::Linux(_)) || p.loaded.has_hook(wasm::Hook::PreStop);
     let mut backoff = Backoff::default();
     loop {
         let started = Instant::now();
@@ -1467,8 +1589,10 @@ async fn supervise(
             run.clone(),
         ));
         let exit = match &p.loaded {
-            Loaded::Http(pre) => serve_http(&ctx, &handle, &p, pre.clone(), i, &run).await,
-            _ => run_command_once(&ctx, &handle, &p, i, false, &run.kill).await,
+            Runnable::Wasm(Loaded::Http(pre)) => {
+                serve_http(&ctx, &handle, &p, pre.clone(), i, &run).await
+            }
+            _ => run_command_once(&ctx, &handle, &p, i, false, &run.drain, &run.kill).await,
         };
         probes.abort();
         link.abort();

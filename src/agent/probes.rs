@@ -8,7 +8,8 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::logs::ContainerLog;
+use super::logs::{ContainerLog, Streams};
+use super::shim::Runnable;
 use super::wasm::{self, Exit, GuestSpec, Loaded, Stop};
 
 /// A probe's timing, with Kubernetes' defaults.
@@ -66,8 +67,8 @@ impl Tracker {
 
 /// What a probe needs to run an exec check.
 pub struct ExecTarget {
-    /// The container's module.
-    pub loaded: Loaded,
+    /// What the container runs.
+    pub loaded: Runnable,
     /// The engine.
     pub engine: wasmtime::Engine,
     /// The container's guest spec (its mounts, env and limits).
@@ -128,18 +129,22 @@ pub async fn check(
         if argv.is_empty() {
             return Err("exec probe has no command".into());
         }
-        if matches!(exec.loaded, Loaded::Http(_)) {
-            return Err(
-                "exec probes need a command module; this container is an HTTP component".into(),
-            );
-        }
+        let loaded = match &exec.loaded {
+            Runnable::Linux(linux) => return linux.exec(&argv, timeout).await,
+            Runnable::Wasm(Loaded::Http(_)) => {
+                return Err(
+                    "exec probes need a command module; this container is an HTTP component".into(),
+                );
+            }
+            Runnable::Wasm(loaded) => loaded.clone(),
+        };
         let mut guest = exec.guest.clone();
         guest.argv = argv;
         // The probe's output goes nowhere: a throw-away log in a temp file.
         let sink = tempfile::NamedTempFile::new().map_err(|e| e.to_string())?;
         let log = ContainerLog::create(sink.path().to_owned()).map_err(|e| e.to_string())?;
         let (out, err) = (log.stream("stdout"), log.stream("stderr"));
-        let (loaded, engine, stop) = (exec.loaded.clone(), exec.engine.clone(), Stop::default());
+        let (engine, stop) = (exec.engine.clone(), Stop::default());
         let stop2 = stop.clone();
         let run = handle.spawn(async move {
             wasm::run_command(&loaded, &engine, &guest, &out, &err, &stop2).await

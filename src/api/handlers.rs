@@ -309,6 +309,7 @@ impl ApiState {
             self.check_namespace_open(ns).await?;
             if res.kind == "Pod" {
                 self.admit_limits(ns, &name, &mut object)?;
+                self.admit_runtime_class(&mut object)?;
             }
             if res.kind == "PersistentVolumeClaim" {
                 self.admit_claim(&mut object)?;
@@ -396,6 +397,37 @@ impl ApiState {
             .into_iter()
             .map(|(_, c)| c["metadata"]["name"].clone())
             .next()
+    }
+
+    /// RuntimeClass admission: a pod naming a class that does not exist is refused, and one
+    /// naming a class with a node selector gets it merged into its own, so the scheduler puts
+    /// it on a node with that runtime.
+    fn admit_runtime_class(&self, pod: &mut Value) -> ApiResult<()> {
+        let Some(class) = pod["spec"]["runtimeClassName"].as_str().map(str::to_owned) else {
+            return Ok(());
+        };
+        let classes = resources::by_kind("RuntimeClass").expect("runtime classes are served");
+        let found = self.cache.get(&classes.key(None, &class)).ok_or_else(|| {
+            ApiError::forbidden(format!("pod rejected: RuntimeClass \"{class}\" not found"))
+        })?;
+        let Some(wanted) = found["scheduling"]["nodeSelector"].as_object() else {
+            return Ok(());
+        };
+        let selector = &mut pod["spec"]["nodeSelector"];
+        if !selector.is_object() {
+            *selector = json!({});
+        }
+        for (k, v) in wanted {
+            match selector.get(k) {
+                Some(have) if have != v => {
+                    return Err(ApiError::forbidden(format!(
+                        "pod rejected: conflict in nodeSelector: RuntimeClass \"{class}\" needs {k}={v}, the pod has {k}={have}"
+                    )));
+                }
+                _ => selector[k] = v.clone(),
+            }
+        }
+        Ok(())
     }
 
     /// A new claim that names no storage class gets the default one (DefaultStorageClass

@@ -403,6 +403,7 @@ fn node_may(method: &Method, target: &Target) -> bool {
         | "endpointslices"
         | "ingresses"
         | "ingressclasses"
+        | "runtimeclasses"
         | "configmaps"
         | "secrets"
         | "namespaces"

@@ -99,6 +99,7 @@ pub fn normalize(
         "EndpointSlice" => typed::<k8s_openapi::api::discovery::v1::EndpointSlice>(res, input),
         "Ingress" => typed::<k8s_openapi::api::networking::v1::Ingress>(res, input),
         "IngressClass" => typed::<k8s_openapi::api::networking::v1::IngressClass>(res, input),
+        "RuntimeClass" => typed::<k8s_openapi::api::node::v1::RuntimeClass>(res, input),
         other => Err(ApiError::internal(format!(
             "no typed decoder for kind {other}"
         ))),

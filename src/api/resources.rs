@@ -471,6 +471,18 @@ pub static RESOURCES: &[ResourceInfo] = &[
         fields: &[],
     },
     ResourceInfo {
+        group: "node.k8s.io",
+        version: "v1",
+        plural: "runtimeclasses",
+        singular: "runtimeclass",
+        kind: "RuntimeClass",
+        namespaced: false,
+        short_names: &[],
+        categories: NONE,
+        subresources: &[],
+        fields: &[],
+    },
+    ResourceInfo {
         group: "policy",
         version: "v1",
         plural: "poddisruptionbudgets",

@@ -456,6 +456,16 @@ const INGRESS: &[Col] = &[
     AGE,
 ];
 
+const RUNTIME_CLASS: &[Col] = &[
+    NAME,
+    col(
+        "Handler",
+        "string",
+        "The runtime that runs the class's pods.",
+    ),
+    AGE,
+];
+
 const INGRESS_CLASS: &[Col] = &[
     NAME,
     col(
@@ -617,6 +627,7 @@ fn columns(kind: &str) -> &'static [Col] {
         "StorageClass" => STORAGE_CLASS,
         "Ingress" => INGRESS,
         "IngressClass" => INGRESS_CLASS,
+        "RuntimeClass" => RUNTIME_CLASS,
         "Event" => EVENT,
         _ => DEFAULT,
     }
@@ -731,6 +742,11 @@ pub fn row(kind: &str, obj: &Value, now: Timestamp) -> Value {
                 age(obj, now).into(),
             ]
         }
+        "RuntimeClass" => vec![
+            name(obj).into(),
+            text(obj, &["handler"]).into(),
+            age(obj, now).into(),
+        ],
         "IngressClass" => {
             let p = &obj["spec"]["parameters"];
             let parameters = match p["kind"].as_str() {

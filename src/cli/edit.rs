@@ -10,9 +10,9 @@ use serde_json::Value;
 
 use super::apply::SMP;
 use super::output::{println, sorted, to_json, to_yaml};
-use crate::api::patch::three_way_merge_patch;
 use super::target::{object_path, object_ref, one_object, scope, with_query};
 use super::{Global, Reported, report};
+use crate::api::patch::three_way_merge_patch;
 
 const HEADER: &str = "# Please edit the object below. Lines beginning with a '#' will be ignored,\n# and an empty file will abort the edit. If an error occurs while saving this file will be\n# reopened with the relevant failures.\n#\n";
 

@@ -115,15 +115,15 @@ pub enum PullError {
     /// A manifest or layer that cannot be used.
     #[error("{0}")]
     Format(String),
-    /// A Linux (or other non-Wasm) container image: the container runtime's, not this one's.
-    #[error(
-        "{reference} is a container image for {platforms}, not Wasm; this node runs Wasm images only (the runc shim is not built yet)"
-    )]
+    /// An image for platforms this node does not run.
+    #[error("{reference} is an image for {platforms}; this node runs {node}")]
     NotWasm {
         /// The image.
         reference: String,
-        /// Its platforms, e.g. `linux/amd64, linux/arm64`.
+        /// Its platforms, e.g. `linux/arm64, linux/s390x`.
         platforms: String,
+        /// What the node runs: `wasi/wasm or linux/amd64`.
+        node: String,
     },
     /// The node's store could not be written.
     #[error("storing the image: {0}")]

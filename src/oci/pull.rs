@@ -4,6 +4,8 @@
 //! What is Wasm (DESIGN.md, OCI): an image manifest with one layer of a Wasm media type (the
 //! CNCF artifact, wasm-to-oci, runwasi's component layer), or a `wasi/wasm` platform image
 //! whose tar layers hold the module at its entrypoint; an index is narrowed to its `wasi` entry.
+//! Any other image is a Linux one if it is for this node's platform (`linux/amd64` on x86-64,
+//! `linux/arm64` on aarch64): its config and tar layers are stored for the container shim.
 
 use std::collections::HashMap;
 use std::io::Read as _;
@@ -214,7 +216,7 @@ impl Puller {
         let mut stored = Vec::new();
         let top_json = parse_json(&top, name)?;
         let image_manifest = if is_index(&top, &top_json) {
-            let entry = pick_wasm_entry(&top_json, name)?;
+            let entry = pick_entry(&top_json, name)?;
             let m = session.manifest(&entry, super::MAX_MANIFEST_BYTES).await?;
             manifests.push(m.digest.clone());
             stored.push(m.clone_parts());
@@ -240,6 +242,7 @@ impl Puller {
                 )
             })
             .collect();
+        let mut linux = None;
         let (wasm, format) = if let Some(layer) = wasm_layers.first() {
             if wasm_layers.len() > 1 {
                 return Err(PullError::Format(format!(
@@ -308,12 +311,25 @@ impl Puller {
             })?;
             let platform = platform_of(&cfg);
             if !is_wasi(&cfg["os"], &cfg["architecture"], &cfg["variant"]) {
-                return Err(PullError::NotWasm {
-                    reference: name.to_owned(),
-                    platforms: platform,
+                if !is_node_linux(&cfg) {
+                    return Err(PullError::NotWasm {
+                        reference: name.to_owned(),
+                        platforms: platform,
+                        node: node_platform(),
+                    });
+                }
+                for layer in &layers {
+                    check_layer_type(layer, name)?;
+                    got.blob(session, &self.store, layer, self.layer_limit, "the layer")
+                        .await?;
+                }
+                linux = Some(images::Linux {
+                    platform,
+                    layers: layers.iter().map(|l| l.digest.clone()).collect(),
                 });
-            }
-            let entry = cfg["config"]["Entrypoint"][0]
+                (config.digest.clone(), "Linux image")
+            } else {
+                let entry = cfg["config"]["Entrypoint"][0]
                 .as_str()
                 .or(cfg["config"]["Cmd"][0].as_str())
                 .ok_or_else(|| {
@@ -322,25 +338,26 @@ impl Puller {
                     ))
                 })?
                 .to_owned();
-            let mut paths = Vec::new();
-            for layer in &layers {
-                let p = got
-                    .blob(session, &self.store, layer, self.layer_limit, "the layer")
-                    .await?;
-                paths.push((layer.clone(), p));
+                let mut paths = Vec::new();
+                for layer in &layers {
+                    let p = got
+                        .blob(session, &self.store, layer, self.layer_limit, "the layer")
+                        .await?;
+                    paths.push((layer.clone(), p));
+                }
+                let working_dir = cfg["config"]["WorkingDir"]
+                    .as_str()
+                    .unwrap_or("/")
+                    .to_owned();
+                let store = self.store.clone();
+                let (n, limit) = (name.to_owned(), self.layer_limit);
+                let digest = tokio::task::spawn_blocking(move || {
+                    extract(&store, &paths, &entry, &working_dir, &n, limit)
+                })
+                .await
+                .map_err(|e| PullError::Setup(e.to_string()))??;
+                (digest, "wasi/wasm image")
             }
-            let working_dir = cfg["config"]["WorkingDir"]
-                .as_str()
-                .unwrap_or("/")
-                .to_owned();
-            let store = self.store.clone();
-            let (n, limit) = (name.to_owned(), self.layer_limit);
-            let digest = tokio::task::spawn_blocking(move || {
-                extract(&store, &paths, &entry, &working_dir, &n, limit)
-            })
-            .await
-            .map_err(|e| PullError::Setup(e.to_string()))??;
-            (digest, "wasi/wasm image")
         };
         for (bytes, digest) in stored {
             if self.store.content_path(&digest).exists() {
@@ -363,6 +380,7 @@ impl Puller {
         let id = top.digest.clone();
         let record = Record {
             wasm: wasm.clone(),
+            linux: linux.clone(),
             blobs,
             repos: vec![images::repository(name)],
             format: format.to_owned(),
@@ -371,7 +389,10 @@ impl Puller {
         let size = self.store.size(&record);
         let index = self.store.index();
         let known = index.images.get(&id).is_some_and(|r| {
-            r.wasm == record.wasm && r.blobs == record.blobs && r.repos.contains(&record.repos[0])
+            r.wasm == record.wasm
+                && r.linux == record.linux
+                && r.blobs == record.blobs
+                && r.repos.contains(&record.repos[0])
         }) && (name.contains('@')
             || index.names.get(&images::normalize(name)) == Some(&id));
         if !known {
@@ -389,6 +410,7 @@ impl Puller {
                 path: self.store.content_path(&wasm),
                 id,
                 digest: wasm,
+                linux,
             },
             size,
             fetched,
@@ -512,13 +534,57 @@ fn platform_of(v: &Value) -> String {
     }
 }
 
-/// The digest of an index's `wasi/wasm` entry.
-fn pick_wasm_entry(index: &Value, name: &str) -> Result<String, PullError> {
+/// This node's Linux architecture, as OCI platforms name it.
+fn node_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "powerpc64" => "ppc64le",
+        other => other,
+    }
+}
+
+/// The platforms this node runs, for messages.
+fn node_platform() -> String {
+    format!("wasi/wasm or linux/{}", node_arch())
+}
+
+/// Whether a platform (an index entry's, or an image config) is Linux on this node's
+/// architecture.
+fn is_node_linux(p: &Value) -> bool {
+    p["os"].as_str() == Some("linux") && p["architecture"].as_str() == Some(node_arch())
+}
+
+/// The layer media types wk unpacks: tar, gzipped or not (unpacking tells them by their
+/// bytes); zstd and the rest are refused by name before anything is fetched.
+fn check_layer_type(layer: &Descriptor, name: &str) -> Result<(), PullError> {
+    let media = layer.media_type.as_str();
+    let base = media
+        .strip_prefix("application/vnd.oci.image.layer.nondistributable.v1.")
+        .or_else(|| media.strip_prefix("application/vnd.oci.image.layer.v1."));
+    let ok = matches!(base, Some("tar" | "tar+gzip"))
+        || media == "application/vnd.docker.image.rootfs.diff.tar.gzip"
+        || media == "application/vnd.docker.image.rootfs.diff.tar"
+        || media.is_empty();
+    if ok {
+        Ok(())
+    } else {
+        Err(PullError::Format(format!(
+            "{name} has a layer of type {media:?} ({}); wk unpacks tar layers, plain or gzip",
+            layer.digest
+        )))
+    }
+}
+
+/// The digest of an index's entry for this node: its `wasi/wasm` entry, else its Linux entry
+/// for the node's architecture.
+fn pick_entry(index: &Value, name: &str) -> Result<String, PullError> {
     let entries = index["manifests"].as_array().cloned().unwrap_or_default();
-    if let Some(e) = entries.iter().find(|e| {
+    let wasi = entries.iter().find(|e| {
         let p = &e["platform"];
         is_wasi(&p["os"], &p["architecture"], &p["variant"])
-    }) {
+    });
+    if let Some(e) = wasi.or_else(|| entries.iter().find(|e| is_node_linux(&e["platform"]))) {
         let d = descriptor(e, "index entry", name)?;
         return Ok(d.digest);
     }
@@ -539,6 +605,7 @@ fn pick_wasm_entry(index: &Value, name: &str) -> Result<String, PullError> {
     Err(PullError::NotWasm {
         reference: name.to_owned(),
         platforms: platforms.join(", "),
+        node: node_platform(),
     })
 }
 
@@ -907,22 +974,50 @@ mod tests {
     }
 
     #[test]
-    fn an_index_is_narrowed_to_its_wasi_entry_and_linux_only_images_are_named() {
+    fn an_index_is_narrowed_to_its_wasi_entry_else_to_the_node_s_linux_one() {
         let d = |c: &str| images::digest_of(c.as_bytes());
+        let arch = node_arch();
         let index = serde_json::json!({"manifests": [
-            {"digest": d("a"), "size": 1, "platform": {"os": "linux", "architecture": "amd64"}},
+            {"digest": d("a"), "size": 1, "platform": {"os": "linux", "architecture": arch}},
             {"digest": d("b"), "size": 1, "platform": {"os": "wasip2", "architecture": "wasm"}},
         ]});
-        assert_eq!(pick_wasm_entry(&index, "img").unwrap(), d("b"));
+        assert_eq!(pick_entry(&index, "img").unwrap(), d("b"));
         let linux = serde_json::json!({"manifests": [
-            {"digest": d("a"), "size": 1, "platform": {"os": "linux", "architecture": "amd64"}},
-            {"digest": d("c"), "size": 1, "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+            {"digest": d("c"), "size": 1, "platform": {"os": "linux", "architecture": "s390x"}},
+            {"digest": d("a"), "size": 1, "platform": {"os": "linux", "architecture": arch}},
         ]});
-        match pick_wasm_entry(&linux, "img") {
-            Err(PullError::NotWasm { platforms, .. }) => {
-                assert_eq!(platforms, "linux/amd64, linux/arm64/v8");
-            }
-            other => panic!("{other:?}"),
+        assert_eq!(pick_entry(&linux, "img").unwrap(), d("a"));
+        let foreign = serde_json::json!({"manifests": [
+            {"digest": d("c"), "size": 1, "platform": {"os": "linux", "architecture": "s390x"}},
+            {"digest": d("e"), "size": 1, "platform": {"os": "windows", "architecture": arch}},
+        ]});
+        let e = pick_entry(&foreign, "img").unwrap_err();
+        assert!(
+            matches!(&e, PullError::NotWasm { platforms, .. } if platforms == &format!("linux/s390x, windows/{arch}")),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .ends_with(&format!("this node runs wasi/wasm or linux/{arch}")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn zstd_layers_are_refused_by_their_type_before_any_fetch() {
+        let layer = |media: &str| Descriptor {
+            media_type: media.into(),
+            digest: images::digest_of(b"l"),
+            size: 1,
+        };
+        for ok in [
+            "application/vnd.oci.image.layer.v1.tar",
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            "application/vnd.docker.image.rootfs.diff.tar.gzip",
+        ] {
+            assert!(check_layer_type(&layer(ok), "img").is_ok(), "{ok}");
         }
+        let e = check_layer_type(&layer("application/vnd.oci.image.layer.v1.tar+zstd"), "img");
+        assert!(e.unwrap_err().to_string().contains("tar+zstd"));
     }
 }

@@ -386,6 +386,7 @@ pub(crate) async fn bootstrap(
     if builtins.ingress {
         built_in.push(crate::ingress::ingress_class());
     }
+    built_in.extend(crate::agent::shim::runtime_classes());
     for object in built_in {
         // Made once; never overwritten (users may change them).
         upsert(state, object, &[]).await?;

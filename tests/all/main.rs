@@ -17,6 +17,7 @@ mod quota;
 mod registry;
 mod server;
 mod services;
+mod shim;
 mod storage;
 mod store;
 mod wk_cli;

@@ -206,17 +206,33 @@ impl Layout {
                 .unwrap();
             b.finish().unwrap();
         }
-        let diff_id = digest(&tar);
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        std::io::Write::write_all(&mut gz, &tar).unwrap();
-        let layer = self.blob(
-            "application/vnd.oci.image.layer.v1.tar+gzip",
-            &gz.finish().unwrap(),
-        );
+        self.image_of(os, arch, serde_json::json!({"Entrypoint": [entry]}), &[tar])
+    }
+
+    /// A single-platform image of `layers` (plain tar archives, stored gzipped), with `config`
+    /// as its config's `config`. Returns the manifest's descriptor.
+    pub fn image_of(
+        &self,
+        os: &str,
+        arch: &str,
+        config: serde_json::Value,
+        layers: &[Vec<u8>],
+    ) -> serde_json::Value {
+        let mut diff_ids = Vec::new();
+        let mut descriptors = Vec::new();
+        for tar in layers {
+            diff_ids.push(digest(tar));
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            std::io::Write::write_all(&mut gz, tar).unwrap();
+            descriptors.push(self.blob(
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+                &gz.finish().unwrap(),
+            ));
+        }
         let config = serde_json::json!({
             "architecture": arch, "os": os,
-            "config": {"Entrypoint": [entry]},
-            "rootfs": {"type": "layers", "diff_ids": [diff_id]}
+            "config": config,
+            "rootfs": {"type": "layers", "diff_ids": diff_ids}
         });
         let config = self.blob(
             "application/vnd.oci.image.config.v1+json",
@@ -225,7 +241,7 @@ impl Layout {
         let manifest = serde_json::json!({
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": config, "layers": [layer]
+            "config": config, "layers": descriptors
         });
         let mut d = self.blob(
             "application/vnd.oci.image.manifest.v1+json",
