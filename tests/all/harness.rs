@@ -2,7 +2,7 @@
 //! the real kubectl and the `wk` client. The server is killed on drop.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -294,6 +294,13 @@ impl Cluster {
         (status, data)
     }
 
+    /// Kills the server at once (SIGKILL), as a node that fails, returning the data directory.
+    pub fn kill(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.data, tempfile::tempdir().expect("temp dir"))
+    }
+
     fn command(&self, program: &str) -> Command {
         let mut c = Command::new(program);
         c.env("HOME", self.home.path())
@@ -378,10 +385,71 @@ impl Cluster {
     }
 }
 
+/// The pids of `wk-shim` processes running containers of the agent at `agent_dir`.
+pub fn shims_of(agent_dir: &Path) -> Vec<u32> {
+    let needle = agent_dir.as_os_str().as_encoded_bytes();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            (args.first()?.ends_with(b"wk-shim")
+                && args.get(2)?.windows(needle.len()).any(|w| w == needle))
+            .then_some(pid)
+        })
+        .collect()
+}
+
+/// Stops the Linux containers an agent left running (they outlive it, for adoption), and
+/// waits for their shims to release their roots.
+pub fn release_containers(agent_dir: &Path) {
+    let root = agent_dir.join("runc");
+    if !root.exists() {
+        return;
+    }
+    let list = Command::new("runc")
+        .arg("--root")
+        .arg(&root)
+        .args(["list", "-q"])
+        .output();
+    for id in list.map(|o| stdout(&o)).unwrap_or_default().lines() {
+        let _ = Command::new("runc")
+            .arg("--root")
+            .arg(&root)
+            .args(["kill", id, "KILL"])
+            .output();
+    }
+    // And each shim's container process by its pid, should runc have lost track of it.
+    for shim in shims_of(agent_dir) {
+        let cmdline = std::fs::read(format!("/proc/{shim}/cmdline")).unwrap_or_default();
+        let bundle = cmdline
+            .split(|b| *b == 0)
+            .nth(2)
+            .map(|b| PathBuf::from(String::from_utf8_lossy(b).into_owned()));
+        let init = bundle
+            .and_then(|b| std::fs::read_to_string(b.join("init.pid")).ok())
+            .and_then(|p| p.trim().parse::<i32>().ok());
+        if let Some(pid) = init {
+            // SAFETY: kill with a valid signal number has no memory effects.
+            unsafe { libc_kill(pid, 9) };
+        }
+    }
+    let gone = eventually(Duration::from_secs(10), || shims_of(agent_dir).is_empty());
+    assert!(
+        gone || std::thread::panicking(),
+        "Linux containers of {} outlived their test",
+        agent_dir.display()
+    );
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        release_containers(&self.data.path().join("agent"));
         // Pods' namespaces outlive a killed agent (for adoption): release them, and with them
         // their veths, then the bridge.
         for dir in ["agent/netns", "agent/netns-spare"] {
@@ -628,6 +696,7 @@ impl ExtraAgent {
 impl Drop for ExtraAgent {
     fn drop(&mut self) {
         self.kill();
+        release_containers(self.dir.path());
         for dir in ["netns", "netns-spare"] {
             for entry in std::fs::read_dir(self.dir.path().join(dir))
                 .into_iter()

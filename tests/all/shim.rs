@@ -119,11 +119,16 @@ fn a_busybox_pod_logs_and_exits_zero_under_runc() {
         get(&c, "busy", "{.status.containerStatuses[0].imageID}")
             .starts_with(&format!("{}/busybox@sha256:", reg.addr)),
     );
+    // stdout and stderr, in the CRI log format kubectl reads. They are separate pipes, so
+    // stderr's line may land anywhere among stdout's, as with the kubelet.
     let logs = c.kubectl_ok(&["logs", "busy"]);
+    let stdout_lines: Vec<&str> = logs.lines().filter(|l| *l != "oops").collect();
     assert_eq!(
-        logs, "hello from busybox\nimage env yes\noops\nbusy\n0\n",
-        "stdout and stderr, in the CRI log format kubectl reads"
+        stdout_lines,
+        ["hello from busybox", "image env yes", "busy", "0"],
+        "{logs}"
     );
+    assert_eq!(logs.lines().filter(|l| *l == "oops").count(), 1, "{logs}");
 }
 
 #[test]
@@ -180,4 +185,179 @@ fn a_wasm_container_and_a_busybox_sidecar_share_localhost_and_an_empty_dir() {
         logs.contains("Hello from wk!")
     });
     assert!(ok, "the Wasm reader's view of the emptyDir: {logs:?}");
+}
+
+#[test]
+fn linux_containers_stop_gracefully_restart_on_failure_and_refuse_escaping_layers() {
+    wk_shim_built();
+    let reg = Registry::start();
+    let c = Cluster::with_agent();
+    let image = push_busybox(&reg);
+    let out = tempfile::tempdir().unwrap();
+    let host = out.path().display();
+    let looping = |name: &str, grace: u32, trap: &str| {
+        pod(
+            name,
+            &format!(
+                "  terminationGracePeriodSeconds: {grace}\n  volumes: [{{name: out, hostPath: {{path: {host}, type: Directory}}}}]\n  containers:\n  - name: main\n    image: {image}\n    command: [sh, -c]\n    args: ['{trap}; echo up > /out/{name}-up; while true; do sleep 1; done']\n    volumeMounts: [{{name: out, mountPath: /out}}]\n"
+            ),
+        )
+    };
+    // SIGTERM reaches the container's process, which exits by itself well within its grace.
+    apply(
+        &c,
+        &looping(
+            "polite",
+            60,
+            "trap \"echo got TERM > /out/polite-term; exit 0\" TERM",
+        ),
+    );
+    // A process that ignores SIGTERM is killed when the grace period is over.
+    apply(&c, &looping("stubborn", 2, "trap \"\" TERM"));
+    // A container that fails is restarted, with the previous run's logs kept.
+    apply(
+        &c,
+        &pod(
+            "crashy",
+            &format!(
+                "  restartPolicy: OnFailure\n  containers:\n  - name: main\n    image: {image}\n    command: [sh, -c, 'echo run; exit 3']\n"
+            ),
+        ),
+    );
+    for name in ["polite", "stubborn"] {
+        wait_for(&c, name, "{.status.containerStatuses[0].ready}", "true");
+        let up = out.path().join(format!("{name}-up"));
+        assert!(eventually(LONG, || up.exists()), "{name} never started");
+    }
+    c.kubectl_ok(&["delete", "pod", "polite", "--timeout=30s"]);
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("polite-term")).unwrap(),
+        "got TERM\n"
+    );
+    c.kubectl_ok(&["delete", "pod", "stubborn", "--timeout=30s"]);
+    assert!(!out.path().join("stubborn-term").exists());
+
+    let mut restarts = 0;
+    assert!(eventually(LONG, || {
+        restarts = get(&c, "crashy", "{.status.containerStatuses[0].restartCount}")
+            .parse()
+            .unwrap_or(0);
+        restarts >= 1
+    }));
+    assert_eq!(
+        get(
+            &c,
+            "crashy",
+            "{.status.containerStatuses[0].lastState.terminated.exitCode}"
+        ),
+        "3"
+    );
+    assert_eq!(
+        c.kubectl_ok(&["logs", "crashy", "--previous"]),
+        "run\n",
+        "the previous run's log"
+    );
+
+    // A layer with an entry that climbs out of the root is refused, naming the entry.
+    let layout = Layout::new();
+    let mut tar = Vec::new();
+    {
+        let mut b = tar::Builder::new(&mut tar);
+        let mut h = tar::Header::new_gnu();
+        let name = b"../../escaped";
+        h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name);
+        h.set_size(3);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append(&h, &b"bad"[..]).unwrap();
+        b.finish().unwrap();
+    }
+    let config = serde_json::json!({"Cmd": ["/bin/sh"]});
+    let bad = layout.image_of("linux", arch(), config, &[busybox_layer(), tar]);
+    layout.top("v1", &[bad]);
+    layout.push("v1", &format!("{}/escape:v1", reg.addr));
+    apply(
+        &c,
+        &pod(
+            "escape",
+            &format!(
+                "  containers:\n  - name: main\n    image: {}/escape:v1\n",
+                reg.addr
+            ),
+        ),
+    );
+    wait_for(
+        &c,
+        "escape",
+        "{.status.containerStatuses[0].state.waiting.reason}",
+        "CreateContainerError",
+    );
+    let message = get(
+        &c,
+        "escape",
+        "{.status.containerStatuses[0].state.waiting.message}",
+    );
+    assert!(
+        message.contains("../../escaped") && message.contains("escapes the root filesystem"),
+        "{message}"
+    );
+    assert!(!c.agent_dir().join("escaped").exists());
+    assert!(!c.agent_dir().parent().unwrap().join("escaped").exists());
+}
+
+#[test]
+fn a_killed_agent_s_running_container_is_adopted_by_the_next_one() {
+    wk_shim_built();
+    let reg = Registry::start();
+    let c = Cluster::with_agent();
+    let image = push_busybox(&reg);
+    apply(
+        &c,
+        &pod(
+            "ticker",
+            &format!(
+                "  containers:\n  - name: main\n    image: {image}\n    command: [sh, -c, 'echo started; i=0; while true; do i=$((i+1)); echo tick $i; sleep 1; done']\n"
+            ),
+        ),
+    );
+    wait_for(&c, "ticker", "{.status.containerStatuses[0].ready}", "true");
+    assert!(eventually(LONG, || c
+        .kubectl_ok(&["logs", "ticker"])
+        .contains("tick 2")));
+    let uid = get(&c, "ticker", "{.metadata.uid}");
+    let init_pid = |dir: &Path| -> u32 {
+        std::fs::read_to_string(dir.join(format!("pods/{uid}/shim/main/init.pid")))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let pid = init_pid(&c.agent_dir());
+    let alive = |pid: u32| Path::new(&format!("/proc/{pid}")).exists();
+
+    let data = c.kill();
+    assert!(alive(pid), "the container outlives its agent");
+    let c = Cluster::with_agent_in(data);
+    wait_for(&c, "ticker", "{.status.containerStatuses[0].ready}", "true");
+    assert_eq!(init_pid(&c.agent_dir()), pid, "the same container, adopted");
+    assert!(alive(pid));
+    assert_eq!(
+        get(&c, "ticker", "{.status.containerStatuses[0].restartCount}"),
+        "0"
+    );
+    let before = c.kubectl_ok(&["logs", "ticker"]).lines().count();
+    assert!(eventually(LONG, || c
+        .kubectl_ok(&["logs", "ticker"])
+        .lines()
+        .count()
+        > before + 1));
+    let logs = c.kubectl_ok(&["logs", "ticker"]);
+    assert_eq!(
+        logs.matches("started").count(),
+        1,
+        "started once, its log kept: {logs}"
+    );
+    c.kubectl_ok(&["delete", "pod", "ticker", "--timeout=60s"]);
+    assert!(!alive(pid), "deleting the pod stops the adopted container");
+    assert!(crate::harness::shims_of(&c.agent_dir()).is_empty());
 }
