@@ -34,6 +34,8 @@ pub const REQUEST: &str = "request.json";
 pub const SHIM_PID: &str = "shim.pid";
 /// The file the shim writes when the container has ended.
 pub const ENDED: &str = "ended.json";
+/// What the shim writes to its stdout once the container's process runs (then it closes it).
+pub const STARTED: &str = "started";
 /// The file runc writes the container's first process's pid to.
 pub const INIT_PID: &str = "init.pid";
 
@@ -239,6 +241,18 @@ fn run_container(bundle: &Path, request: &Request, log: &Arc<ContainerLog>, root
     ended
 }
 
+/// Tells the agent the container runs, on stdout, and closes stdout: the agent may go away
+/// from now on (a write to a pipe it no longer reads is an error this ignores).
+fn say_started() {
+    use std::io::Write as _;
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{STARTED}");
+    let _ = out.flush();
+    if let Ok(null) = std::fs::File::open("/dev/null") {
+        let _ = nix::unistd::dup2_stdout(&null);
+    }
+}
+
 fn start_and_wait(bundle: &Path, request: &Request, cgroup: &str) -> Ended {
     let init = std::fs::read_to_string(bundle.join(INIT_PID))
         .ok()
@@ -249,12 +263,14 @@ fn start_and_wait(bundle: &Path, request: &Request, cgroup: &str) -> Ended {
     match runc(request, bundle)
         .args(["start", &request.id])
         .stdin(Stdio::null())
+        .stdout(Stdio::null())
         .status()
     {
         Ok(s) if s.success() => {}
         Ok(_) => return Ended::failed(runc_error(bundle)),
         Err(e) => return Ended::failed(format!("running {}: {e}", request.runc.display())),
     }
+    say_started();
     // Reaps everything that ends up here (orphans of the container's runc, too) until the
     // container's first process is gone.
     let code = loop {

@@ -1473,13 +1473,16 @@ async fn run_command_once(
     let name = p.spec["name"].as_str().unwrap_or_default().to_owned();
     let restart = ctx.restart_count(init, i);
     let path = log_path(ctx, &name, restart);
-    // A Linux container a previous agent started goes on, with its log.
-    let adopted = matches!(&p.loaded, Runnable::Linux(l) if l.adoptable().is_some());
-    let log = match adopted {
-        true => None,
-        false => match ContainerLog::create(path.clone()) {
-            Ok(l) => Some(l),
+    // What runs: a module with its log, or a Linux container once the shim has started it
+    // (or one a previous agent started, adopted with its log).
+    let run = match &p.loaded {
+        Runnable::Wasm(loaded) => match ContainerLog::create(path.clone()) {
+            Ok(log) => Run::Wasm(loaded.clone(), log),
             Err(e) => return Exit::Failed(format!("creating the log file: {e}")),
+        },
+        Runnable::Linux(linux) => match linux.start(&path).await {
+            Ok(started) => Run::Linux(started),
+            Err(message) => return Exit::Failed(message),
         },
     };
     let started_at = status::now();
@@ -1495,16 +1498,14 @@ async fn run_command_once(
         c.container_id = container_id.clone();
         c.ready = !init && !gated;
     });
-    if !adopted {
+    if !matches!(&run, Run::Linux(s) if s.adopted()) {
         ctx.started_events(&name, restart).await;
     }
     ctx.shared.live_logs(&path, true);
-    let exit = match (&p.loaded, log) {
-        (Runnable::Linux(linux), _) => linux.run(&path, drain, stop).await,
-        (Runnable::Wasm(_), None) => Exit::Failed("no log file".into()),
-        (Runnable::Wasm(loaded), Some(log)) => {
-            let (loaded, engine, guest, stop2) = (
-                loaded.clone(),
+    let exit = match run {
+        Run::Linux(started) => started.wait(drain, stop).await,
+        Run::Wasm(loaded, log) => {
+            let (engine, guest, stop2) = (
                 ctx.shared.runtime.engine().clone(),
                 p.guest.clone(),
                 stop.clone(),
@@ -1529,6 +1530,12 @@ async fn run_command_once(
         c.state = ended(&exit, started_at, finished_at);
     });
     exit
+}
+
+/// One run of a command container, started.
+enum Run<'a> {
+    Wasm(Loaded, Arc<ContainerLog>),
+    Linux(shim::Started<'a>),
 }
 
 /// The terminated state the kubelet shows for a run that ended with `exit`.

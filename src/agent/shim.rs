@@ -193,54 +193,59 @@ impl Linux {
         (ours && running(pid)).then_some(pid)
     }
 
-    /// Runs the container once, logging to `log`, or adopts the run a previous agent started
-    /// ([`Linux::adoptable`]): `drain` sends SIGTERM, `kill` SIGKILL.
-    pub async fn run(&self, log: &Path, drain: &Stop, kill: &Stop) -> Exit {
-        let bundle = &self.bundle;
-        let mut shim = match self.adoptable() {
-            Some(pid) => {
-                tracing::info!(container = %self.request.id, pid, "adopted a running container");
-                Process::Adopted(pid)
-            }
-            None => match self.start(log).await {
-                Ok(child) => Process::Child(child),
-                Err(m) => return Exit::Failed(m),
-            },
-        };
-        let id = self.request.id.as_str();
-        let mut termed = false;
-        let status = loop {
-            tokio::select! {
-                status = shim.wait() => break status,
-                () = drain.wait(), if !termed => {
-                    termed = true;
-                    self.shim.signal(id, bundle, "SIGTERM").await;
-                }
-                () = kill.wait() => {
-                    self.shim.signal(id, bundle, "SIGKILL").await;
-                    break shim.wait().await;
-                }
-            }
-        };
-        let ended = std::fs::read(bundle.join(ENDED))
-            .ok()
-            .and_then(|raw| serde_json::from_slice::<Ended>(&raw).ok());
-        match ended {
-            Some(Ended { error: Some(m), .. }) => Exit::Failed(m),
-            Some(Ended { oom: true, .. }) => Exit::OomKilled,
-            Some(Ended { code, .. }) => Exit::Code(code),
-            None => {
-                let why = std::fs::read_to_string(bundle.join("shim.log")).unwrap_or_default();
-                Exit::Failed(format!(
-                    "the container shim ended ({status}) without a result: {}",
-                    why.trim()
-                ))
-            }
+    /// Starts the container's run, logging to `log`, and returns once its process runs; or
+    /// adopts the run a previous agent started ([`Linux::adoptable`]).
+    ///
+    /// # Errors
+    /// Why the container could not be started.
+    pub async fn start(&self, log: &Path) -> Result<Started<'_>, String> {
+        if let Some(pid) = self.adoptable() {
+            tracing::info!(container = %self.request.id, pid, "adopted a running container");
+            return Ok(Started {
+                linux: self,
+                process: Process::Adopted(pid),
+            });
         }
+        let mut child = self.spawn(log).await?;
+        // The shim says `started` once runc has started the container, then closes its stdout.
+        let mut said = String::new();
+        if let Some(out) = child.stdout.take() {
+            let mut lines = tokio::io::BufReader::new(out);
+            let _ = tokio::io::AsyncBufReadExt::read_line(&mut lines, &mut said).await;
+        }
+        let mut process = Process::Child(child);
+        if said.trim() == wk_shim::supervise::STARTED {
+            return Ok(Started {
+                linux: self,
+                process,
+            });
+        }
+        let status = process.wait().await;
+        Err(match self.ended() {
+            Some(Ended { error: Some(m), .. }) => m,
+            Some(e) => format!("the container ended before it was started ({e:?})"),
+            None => self.no_result(&status),
+        })
+    }
+
+    /// How the last run ended, if the shim has said.
+    fn ended(&self) -> Option<Ended> {
+        std::fs::read(self.bundle.join(ENDED))
+            .ok()
+            .and_then(|raw| serde_json::from_slice::<Ended>(&raw).ok())
+    }
+
+    /// The message for a shim that ended without writing how the container did.
+    fn no_result(&self, status: &str) -> String {
+        let why = std::fs::read_to_string(self.bundle.join("shim.log")).unwrap_or_default();
+        format!(
+            "the container shim ended ({status}) without a result: {}",
+            why.trim()
+        )
     }
 
     /// Writes the bundle and starts a `wk-shim` for it.
-    async fn start(&self, log: &Path) -> Result<tokio::process::Child, String> {
+    async fn spawn(&self, log: &Path) -> Result<tokio::process::Child, String> {
         let bundle = &self.bundle;
         let mut request = self.request.clone();
         request.log = log.to_owned();
@@ -253,7 +258,7 @@ impl Linux {
             .arg("run")
             .arg(bundle)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(shim_log)
             .spawn()
             .map_err(|e| format!("starting {}: {e}", self.shim.binary.display()))
@@ -288,6 +293,45 @@ pub fn runtime_classes() -> [Value; 2] {
         ),
         class("wasmtime", Value::Null),
     ]
+}
+
+/// A Linux container's run, started.
+pub struct Started<'a> {
+    linux: &'a Linux,
+    process: Process,
+}
+
+impl Started<'_> {
+    /// Whether a previous agent started it.
+    pub fn adopted(&self) -> bool {
+        matches!(self.process, Process::Adopted(_))
+    }
+
+    /// Waits for the run to end: `drain` sends SIGTERM, `kill` SIGKILL.
+    pub async fn wait(mut self, drain: &Stop, kill: &Stop) -> Exit {
+        let linux = self.linux;
+        let (id, bundle) = (linux.request.id.as_str(), &linux.bundle);
+        let mut termed = false;
+        let status = loop {
+            tokio::select! {
+                status = self.process.wait() => break status,
+                () = drain.wait(), if !termed => {
+                    termed = true;
+                    linux.shim.signal(id, bundle, "SIGTERM").await;
+                }
+                () = kill.wait() => {
+                    linux.shim.signal(id, bundle, "SIGKILL").await;
+                    break self.process.wait().await;
+                }
+            }
+        };
+        match linux.ended() {
+            Some(Ended { error: Some(m), .. }) => Exit::Failed(m),
+            Some(Ended { oom: true, .. }) => Exit::OomKilled,
+            Some(Ended { code, .. }) => Exit::Code(code),
+            None => Exit::Failed(linux.no_result(&status)),
+        }
+    }
 }
 
 /// A `wk-shim` process: this agent's child, or one adopted from an agent before it.
