@@ -191,7 +191,20 @@ const REFUSED_SYSCALLS: &[&str] = &[
 /// Looks `name` up in the image's /etc/passwd-style file, giving the uid (or gid) and, for
 /// passwd, the primary gid.
 fn lookup(rootfs: &Path, file: &str, name: &str) -> Option<(u32, Option<u32>)> {
-    let text = std::fs::read_to_string(rootfs.join(file)).ok()?;
+    // The image's own file only: a symbolic link on the way (to the node's /etc/shadow, say)
+    // would be followed on the node, outside the container.
+    let mut path = rootfs.to_owned();
+    for part in Path::new(file).components() {
+        path.push(part);
+        if std::fs::symlink_metadata(&path)
+            .ok()?
+            .file_type()
+            .is_symlink()
+        {
+            return None;
+        }
+    }
+    let text = std::fs::read_to_string(&path).ok()?;
     text.lines().find_map(|line| {
         let fields: Vec<&str> = line.split(':').collect();
         (fields.first() == Some(&name)).then(|| {
@@ -461,6 +474,23 @@ mod tests {
         assert_eq!(
             runtime_spec(&stranger, &Container::default(), &pod, root.path()),
             Err(SpecError::UnknownUser("nobody".into()))
+        );
+    }
+
+    #[test]
+    fn a_passwd_that_is_a_symbolic_link_is_not_followed_out_of_the_image() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("passwd"), "web:x:0:0::/:/bin/sh\n").unwrap();
+        let root = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.path().join("etc")).unwrap();
+        assert_eq!(
+            runtime_spec(
+                &image(),
+                &Container::default(),
+                &Pod::default(),
+                root.path()
+            ),
+            Err(SpecError::UnknownUser("web".into()))
         );
     }
 }

@@ -173,6 +173,33 @@ fn pump(
     wait
 }
 
+/// The cgroup a container runs in (under each controller's hierarchy on cgroup v1).
+#[must_use]
+pub fn cgroup(id: &str) -> String {
+    format!("/wk/{id}")
+}
+
+/// A running container's memory in use (bytes) and CPU time used (ns), from its cgroup (v1's
+/// memory and cpuacct controllers, or v2's unified hierarchy).
+#[must_use]
+pub fn usage(id: &str) -> Option<(u64, u64)> {
+    let cg = cgroup(id);
+    let read = |path: String| std::fs::read_to_string(path).ok();
+    let number = |text: Option<String>| text.and_then(|t| t.trim().parse::<u64>().ok());
+    if let Some(memory) = number(read(format!(
+        "/sys/fs/cgroup/memory{cg}/memory.usage_in_bytes"
+    ))) {
+        let cpu = number(read(format!("/sys/fs/cgroup/cpuacct{cg}/cpuacct.usage")));
+        return Some((memory, cpu.unwrap_or(0)));
+    }
+    let memory = number(read(format!("/sys/fs/cgroup{cg}/memory.current")))?;
+    let cpu_us = read(format!("/sys/fs/cgroup{cg}/cpu.stat")).and_then(|t| {
+        t.lines()
+            .find_map(|l| l.strip_prefix("usage_usec ")?.trim().parse::<u64>().ok())
+    });
+    Some((memory, cpu_us.unwrap_or(0).saturating_mul(1000)))
+}
+
 /// Whether the kernel's OOM killer killed a process of the container's memory cgroup (v1's
 /// memory.oom_control, or v2's memory.events).
 fn oom_killed(cgroup: &str) -> bool {
@@ -194,7 +221,7 @@ fn run_container(bundle: &Path, request: &Request, log: &Arc<ContainerLog>, root
         Ok(s) => s,
         Err(e) => return Ended::failed(e.to_string()),
     };
-    let cgroup = format!("/wk/{}", request.id);
+    let cgroup = cgroup(&request.id);
     spec["linux"]["cgroupsPath"] = json!(cgroup);
     let config = serde_json::to_vec_pretty(&spec).unwrap_or_default();
     if let Err(e) = std::fs::write(bundle.join("config.json"), config) {

@@ -98,6 +98,8 @@ pub struct AgentConfig {
     pub resolv_conf: Option<PathBuf>,
     /// Where the node serves Ingresses.
     pub ingress: crate::ingress::Ports,
+    /// The container shim binary (`None`: `wk-shim` next to `wk`, else on PATH).
+    pub container_shim: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -121,6 +123,7 @@ impl AgentConfig {
             spare_netns: SPARE_NETNS,
             image_gc: image_gc::Policy::default(),
             resolv_conf: Some(PathBuf::from("/etc/resolv.conf")),
+            container_shim: None,
             ingress: crate::ingress::Ports {
                 http: 80,
                 https: 443,
@@ -577,7 +580,8 @@ impl Agent {
                 })??
         };
         let images = images::Store::new(&data);
-        let shim = shim::Shim::detect(&data, !host_network).map(Arc::new);
+        let shim = shim::Shim::detect(&data, config.container_shim.as_deref(), !host_network)
+            .map(Arc::new);
         if let Err(why) = &shim {
             tracing::warn!(reason = %why, "Linux containers cannot run on this node; Wasm pods can");
         }

@@ -611,6 +611,8 @@ impl Worker {
                         self.teardown(sb).await;
                     } else {
                         let (dir, ns) = sandbox::paths(&self.shared.data_dir, &self.uid);
+                        let pod_dir = dir.clone();
+                        let _ = tokio::task::spawn_blocking(move || shim::stop_pod(&pod_dir)).await;
                         volumes::unmount_all(&dir);
                         if let Some(net) = self.shared.net.get() {
                             net.detach(&self.uid).await;
@@ -815,8 +817,13 @@ impl Worker {
         PrepareError::Retry
     }
 
-    /// Removes the sandbox: volumes, network, namespace and directory.
+    /// Removes the sandbox: Linux containers still in it (an adopted one whose pod could not
+    /// be prepared again), volumes, network, namespace and directory.
     async fn teardown(&self, sb: Sandbox) {
+        let dir = sb.dir.clone();
+        if dir.join("shim").exists() {
+            let _ = tokio::task::spawn_blocking(move || shim::stop_pod(&dir)).await;
+        }
         volumes::unmount_all(&sb.dir);
         if let Some(net) = self.shared.net.get() {
             net.detach(&self.uid).await;
@@ -1234,7 +1241,8 @@ impl Worker {
                     overlay: true,
                 };
                 let bundle = dir.join("shim").join(cname);
-                Runnable::Linux(Arc::new(shim::Linux::new(shim, request, bundle)))
+                let usage = (guest.memory_usage.clone(), guest.cpu_nanos.clone());
+                Runnable::Linux(Arc::new(shim::Linux::new(shim, request, bundle, usage)))
             }
         };
         Ok((runnable, guest))

@@ -11,12 +11,16 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
 use wk_shim::supervise::{ENDED, Ended, REQUEST, Request, SHIM_PID};
 
 use super::wasm::{Exit, Hook, Loaded, Stop};
+
+/// How often a running Linux container's cgroup is read for metrics.
+const USAGE_SAMPLE: Duration = Duration::from_secs(5);
 
 /// What a container runs: a loaded Wasm module or component, or a Linux image under the shim.
 #[derive(Clone)]
@@ -65,18 +69,27 @@ fn on_path(name: &str) -> Option<PathBuf> {
 }
 
 impl Shim {
-    /// Finds what Linux containers need on this node: `wk-shim` (next to `wk`, else on
-    /// PATH), runc on PATH, root, and namespaces.
+    /// Finds what Linux containers need on this node: the shim (`binary`, else `wk-shim`
+    /// next to `wk`, else on PATH), runc on PATH, root, and namespaces.
     ///
     /// # Errors
     /// Why Linux containers cannot run here; Wasm pods are not concerned.
-    pub fn detect(data: &Path, namespaces: bool) -> Result<Self, String> {
-        let binary = std::env::current_exe()
-            .ok()
-            .and_then(|exe| Some(exe.parent()?.join("wk-shim")))
-            .filter(|p| p.is_file())
-            .or_else(|| on_path("wk-shim"))
-            .ok_or("the container shim wk-shim is not installed next to wk or on PATH")?;
+    pub fn detect(data: &Path, binary: Option<&Path>, namespaces: bool) -> Result<Self, String> {
+        let binary = match binary {
+            Some(b) if b.is_file() => b.to_owned(),
+            Some(b) => {
+                return Err(format!(
+                    "the container shim {} (--container-shim) is not there",
+                    b.display()
+                ));
+            }
+            None => std::env::current_exe()
+                .ok()
+                .and_then(|exe| Some(exe.parent()?.join("wk-shim")))
+                .filter(|p| p.is_file())
+                .or_else(|| on_path("wk-shim"))
+                .ok_or("the container shim wk-shim is not installed next to wk or on PATH")?,
+        };
         let runc = on_path("runc").ok_or("runc is not installed (Debian package runc)")?;
         if !nix::unistd::geteuid().is_root() {
             return Err("runc needs root, and the agent does not run as root".into());
@@ -148,17 +161,26 @@ pub struct Linux {
     pub request: Request,
     /// The run's bundle directory.
     pub bundle: PathBuf,
+    /// The container's memory in use and CPU time used, for metrics (from its cgroup).
+    usage: (Arc<AtomicU64>, Arc<AtomicU64>),
 }
 
 impl Linux {
-    /// A container the node's shim runs, from its request (runc's paths are the shim's).
-    pub fn new(shim: Arc<Shim>, mut request: Request, bundle: PathBuf) -> Self {
+    /// A container the node's shim runs, from its request (runc's paths are the shim's),
+    /// reporting its memory and CPU use into `usage` while it runs.
+    pub fn new(
+        shim: Arc<Shim>,
+        mut request: Request,
+        bundle: PathBuf,
+        usage: (Arc<AtomicU64>, Arc<AtomicU64>),
+    ) -> Self {
         request.runc = shim.runc.clone();
         request.runc_root = shim.root.clone();
         Self {
             shim,
             request,
             bundle,
+            usage,
         }
     }
 
@@ -295,6 +317,71 @@ pub fn runtime_classes() -> [Value; 2] {
     ]
 }
 
+/// Stops every Linux container of the agent whose data directory is `data` and waits for
+/// their shims to end (up to 10 s): for a node taken down for good, and for tests and
+/// benchmarks, since containers outlive their agent. Returns whether none is left. Blocks.
+pub fn stop_all(data: &Path) -> bool {
+    let root = data.join("runc");
+    if let Ok(out) = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(&root)
+        .args(["list", "-q"])
+        .output()
+    {
+        for id in String::from_utf8_lossy(&out.stdout).lines() {
+            let _ = std::process::Command::new("runc")
+                .arg("--root")
+                .arg(&root)
+                .args(["kill", id, "SIGKILL"])
+                .output();
+        }
+    }
+    let pods: Vec<PathBuf> = std::fs::read_dir(data.join("pods"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|pod| pod.path())
+        .collect();
+    pods.iter().all(|pod| stop_pod(pod))
+}
+
+/// Kills the Linux containers still running in a pod's directory (`DATA/pods/<uid>`), by the
+/// pids their shims recorded, and waits for the shims to end (up to 10 s): before a pod's
+/// sandbox goes, nothing of it may run on. Returns whether none is left. Blocks.
+pub fn stop_pod(pod_dir: &Path) -> bool {
+    let pid_in = |bundle: &Path, file: &str| -> Option<i32> {
+        std::fs::read_to_string(bundle.join(file))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let shims: Vec<i32> = std::fs::read_dir(pod_dir.join("shim"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|bundle| {
+            let bundle = bundle.path();
+            let shim = pid_in(&bundle, SHIM_PID).filter(|p| running(*p))?;
+            if let Some(init) = pid_in(&bundle, wk_shim::supervise::INIT_PID) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(init),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            Some(shim)
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while shims.iter().any(|p| running(*p)) {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
 /// A Linux container's run, started.
 pub struct Started<'a> {
     linux: &'a Linux,
@@ -312,9 +399,16 @@ impl Started<'_> {
         let linux = self.linux;
         let (id, bundle) = (linux.request.id.as_str(), &linux.bundle);
         let mut termed = false;
+        let mut sample = tokio::time::interval(USAGE_SAMPLE);
         let status = loop {
             tokio::select! {
                 status = self.process.wait() => break status,
+                _ = sample.tick() => {
+                    if let Some((memory, cpu)) = wk_shim::supervise::usage(id) {
+                        linux.usage.0.store(memory, Ordering::Relaxed);
+                        linux.usage.1.store(cpu, Ordering::Relaxed);
+                    }
+                }
                 () = drain.wait(), if !termed => {
                     termed = true;
                     linux.shim.signal(id, bundle, "SIGTERM").await;
@@ -325,6 +419,7 @@ impl Started<'_> {
                 }
             }
         };
+        linux.usage.0.store(0, Ordering::Relaxed);
         match linux.ended() {
             Some(Ended { error: Some(m), .. }) => Exit::Failed(m),
             Some(Ended { oom: true, .. }) => Exit::OomKilled,

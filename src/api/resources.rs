@@ -516,6 +516,7 @@ pub const GROUPS: &[&str] = &[
     "coordination.k8s.io",
     "discovery.k8s.io",
     "networking.k8s.io",
+    "node.k8s.io",
     "policy",
     "storage.k8s.io",
 ];

@@ -20,6 +20,7 @@ pub mod js;
 pub mod pods;
 pub mod proxy;
 pub mod scheduler;
+pub mod shim;
 
 /// What to run.
 #[derive(Clone, Debug)]

@@ -275,51 +275,13 @@ pub(crate) async fn start_samples(
     for i in 0..=runs {
         let name = format!("{prefix}-{i}");
         let (image_name, policy) = image(i);
-        let list = node
-            .client
-            .get("/api/v1/namespaces/default/pods?limit=1")
-            .await?;
-        let rv = list["metadata"]["resourceVersion"]
-            .as_str()
-            .unwrap_or("0")
-            .to_owned();
-        let mut watch = node
-            .client
-            .watch(
-                &format!("/api/v1/namespaces/default/pods?watch=true&resourceVersion={rv}&fieldSelector=metadata.name%3D{name}"),
-                None,
-            )
-            .await?;
-        let created = node
-            .client
-            .request(
-                Method::POST,
-                "/api/v1/namespaces/default/pods",
-                Some("application/json"),
-                Some(http_pod(&name, None, &image_name, &policy)),
-            )
-            .await?;
-        let t0 = Instant::now();
-        let uid = created["metadata"]["uid"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
+        let creating =
+            Creating::start(node, &name, http_pod(&name, None, &image_name, &policy)).await?;
+        let (t0, uid) = (creating.t0, creating.uid.clone());
         let netns = node.dir.path().join("agent/netns").join(&uid);
         let deadline = t0 + Duration::from_secs(30);
         let prober = std::thread::spawn(move || first_ok(netns, deadline));
-        let t_running = loop {
-            let Some(event) = tokio::time::timeout(Duration::from_secs(30), watch.next())
-                .await
-                .ok()
-                .transpose()?
-                .flatten()
-            else {
-                bail!("pod {name} did not start");
-            };
-            if event["object"]["status"]["phase"] == "Running" {
-                break Instant::now();
-            }
-        };
+        let t_running = creating.running().await?;
         let t_ok = prober
             .join()
             .ok()
@@ -334,6 +296,72 @@ pub(crate) async fn start_samples(
         tokio::time::sleep(settle).await;
     }
     Ok((running, ok))
+}
+
+/// A pod being created, with a watch on it from before the create.
+pub(crate) struct Creating {
+    name: String,
+    watch: crate::client::Watch,
+    /// When the create returned.
+    pub t0: Instant,
+    /// The pod's uid.
+    pub uid: String,
+}
+
+impl Creating {
+    /// Watches for pod `name`, then creates it from `body`.
+    pub async fn start(node: &Node, name: &str, body: Vec<u8>) -> anyhow::Result<Self> {
+        let list = node
+            .client
+            .get("/api/v1/namespaces/default/pods?limit=1")
+            .await?;
+        let rv = list["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or("0")
+            .to_owned();
+        let watch = node
+            .client
+            .watch(
+                &format!("/api/v1/namespaces/default/pods?watch=true&resourceVersion={rv}&fieldSelector=metadata.name%3D{name}"),
+                None,
+            )
+            .await?;
+        let created = node
+            .client
+            .request(
+                Method::POST,
+                "/api/v1/namespaces/default/pods",
+                Some("application/json"),
+                Some(body),
+            )
+            .await?;
+        Ok(Self {
+            name: name.to_owned(),
+            watch,
+            t0: Instant::now(),
+            uid: created["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        })
+    }
+
+    /// When the watch showed the pod Running (within 30 s).
+    pub async fn running(mut self) -> anyhow::Result<Instant> {
+        loop {
+            let Some(event) = tokio::time::timeout(Duration::from_secs(30), self.watch.next())
+                .await
+                .ok()
+                .transpose()?
+                .flatten()
+            else {
+                bail!("pod {} did not start", self.name);
+            };
+            if event["object"]["status"]["phase"] == "Running" {
+                return Ok(Instant::now());
+            }
+        }
+    }
 }
 
 /// The peer: `runc run -d` of a busybox container (create and start, detached), timed to its
@@ -638,8 +666,10 @@ fn release_node(agent_dir: &Path, bridge: &str) {
     delete_bridge(bridge);
 }
 
-/// Removes the network namespaces a stopped bench agent leaves.
+/// Stops the Linux containers and removes the network namespaces a stopped bench agent
+/// leaves.
 pub(crate) fn release_agent(agent_dir: &Path) {
+    crate::agent::shim::stop_all(agent_dir);
     for sub in ["netns", "netns-spare"] {
         for entry in std::fs::read_dir(agent_dir.join(sub))
             .into_iter()

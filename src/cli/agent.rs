@@ -46,6 +46,10 @@ pub struct NodeFlags {
     /// starts without waiting for the kernel to make them (each holds one pod address).
     #[arg(long, env = "WK_SPARE_SANDBOXES", default_value_t = crate::agent::SPARE_NETNS)]
     spare_sandboxes: usize,
+    /// The container shim that runs Linux images (default: `wk-shim` next to `wk`, else on
+    /// PATH).
+    #[arg(long, env = "WK_CONTAINER_SHIM")]
+    container_shim: Option<PathBuf>,
     /// The port this node serves Ingresses on over HTTP (0: not at all).
     #[arg(long, env = "WK_INGRESS_HTTP_PORT", default_value_t = 80)]
     ingress_http_port: u16,
@@ -126,6 +130,7 @@ impl NodeFlags {
         config.bridge = self.bridge.clone();
         config.max_module_bytes = self.max_module_size.max(1) << 20;
         config.spare_netns = self.spare_sandboxes;
+        config.container_shim = self.container_shim.clone();
         config.resolv_conf =
             (!self.resolv_conf.is_empty()).then(|| PathBuf::from(&self.resolv_conf));
         config.ingress = crate::ingress::Ports {

@@ -139,6 +139,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Linux container start through the container shim (runc) against a Wasm pod start on
+    /// the same node, alternating, bound to Running.
+    Shim {
+        /// The wasi:http component the Wasm pods run.
+        #[arg(
+            long,
+            default_value = "target/guests/wasm32-wasip2/release/http_hello.wasm"
+        )]
+        wasm: PathBuf,
+        /// Starts of each kind.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// A JS component (examples/hello-js) on wk, fresh and reused instances, against native
     /// Node and `wasmtime serve`, with wrk at several connection counts; and its cold start.
     Js {
@@ -405,6 +421,25 @@ pub async fn execute(args: Args) -> anyhow::Result<()> {
                 );
             }
             println!("median wk / median wasmtime serve: {:.2}", r.ratio);
+            Ok(())
+        }
+        Command::Shim { wasm, runs, json } => {
+            let r = bench::shim::shim(&wk, &wasm, runs).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                return Ok(());
+            }
+            for (name, l) in [("Wasm pod", &r.wasm), ("Linux pod (runc)", &r.linux)] {
+                println!(
+                    "{name:<18} bound to Running  p50 {:>8.2} ms  p99 {:>8.2} ms",
+                    l.p50_ms, l.p99_ms
+                );
+            }
+            println!(
+                "first of each (compile / unpack): Wasm {:.1} ms, Linux {:.1} ms",
+                r.wasm_first_ms, r.linux_first_ms
+            );
+            println!("Linux p50 / Wasm p50: {:.2}", r.ratio_p50);
             Ok(())
         }
         Command::Proxy {

@@ -278,6 +278,37 @@ fn the_primes_job_completes_three_indexes_and_the_cronjob_runs_on_demand() {
 }
 
 #[test]
+fn the_mixed_pod_runs_busybox_with_runc_beside_the_wasm_web_container() {
+    let (registry, c) = with_rust_images("127.0.0.1", &[("hello_rust", "hello-rust:v1")]);
+    run(
+        &example("mixed"),
+        "./busybox-image.sh",
+        &[&format!("{}/busybox:1", registry.addr)],
+    );
+    c.kubectl_apply(&manifest(&registry, "mixed/mixed.yaml"));
+    wait(&c, "condition=Ready", "pod/mixed");
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            c.kubectl_ok(&["logs", "mixed", "-c", "shell"])
+                .contains("web answered: written by busybox, tick")
+        }),
+        "{}",
+        c.kubectl_ok(&["logs", "mixed", "-c", "shell"])
+    );
+    let ids = c.kubectl_ok(&[
+        "get",
+        "pod",
+        "mixed",
+        "-o",
+        "jsonpath={.status.containerStatuses[*].containerID}",
+    ]);
+    assert!(
+        ids.starts_with("wasm://") && ids.contains(" runc://"),
+        "{ids}"
+    );
+}
+
+#[test]
 fn the_sidecar_and_the_web_container_share_localhost_and_a_volume() {
     let (registry, c) = with_rust_images(
         "127.0.0.1",

@@ -404,40 +404,9 @@ pub fn shims_of(agent_dir: &Path) -> Vec<u32> {
 }
 
 /// Stops the Linux containers an agent left running (they outlive it, for adoption), and
-/// waits for their shims to release their roots.
+/// fails the test if any is left.
 pub fn release_containers(agent_dir: &Path) {
-    let root = agent_dir.join("runc");
-    if !root.exists() {
-        return;
-    }
-    let list = Command::new("runc")
-        .arg("--root")
-        .arg(&root)
-        .args(["list", "-q"])
-        .output();
-    for id in list.map(|o| stdout(&o)).unwrap_or_default().lines() {
-        let _ = Command::new("runc")
-            .arg("--root")
-            .arg(&root)
-            .args(["kill", id, "KILL"])
-            .output();
-    }
-    // And each shim's container process by its pid, should runc have lost track of it.
-    for shim in shims_of(agent_dir) {
-        let cmdline = std::fs::read(format!("/proc/{shim}/cmdline")).unwrap_or_default();
-        let bundle = cmdline
-            .split(|b| *b == 0)
-            .nth(2)
-            .map(|b| PathBuf::from(String::from_utf8_lossy(b).into_owned()));
-        let init = bundle
-            .and_then(|b| std::fs::read_to_string(b.join("init.pid")).ok())
-            .and_then(|p| p.trim().parse::<i32>().ok());
-        if let Some(pid) = init {
-            // SAFETY: kill with a valid signal number has no memory effects.
-            unsafe { libc_kill(pid, 9) };
-        }
-    }
-    let gone = eventually(Duration::from_secs(10), || shims_of(agent_dir).is_empty());
+    let gone = wk::agent::shim::stop_all(agent_dir);
     assert!(
         gone || std::thread::panicking(),
         "Linux containers of {} outlived their test",

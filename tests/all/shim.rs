@@ -11,7 +11,7 @@ use crate::registry::{Layout, Registry};
 
 /// The busybox applets the tests use, as links to the static busybox.
 const APPLETS: &[&str] = &[
-    "sh", "echo", "cat", "sleep", "wget", "id", "hostname", "ls", "true", "false", "trap",
+    "sh", "echo", "cat", "sleep", "wget", "id", "hostname", "ls", "true", "false",
 ];
 
 /// A tar layer of a busybox root: /bin/busybox from Debian's busybox-static and its applets,
@@ -81,6 +81,23 @@ fn push_busybox(reg: &Registry) -> String {
     reference
 }
 
+/// A registry with the busybox image, and a cluster whose node runs Linux containers.
+fn busybox_cluster() -> (Registry, Cluster, String) {
+    wk_shim_built();
+    let reg = Registry::start();
+    let c = Cluster::with_agent();
+    let image = push_busybox(&reg);
+    (reg, c, image)
+}
+
+/// Pushes a test guest as `REGISTRY/name`; returns the reference.
+fn push_guest(c: &Cluster, reg: &Registry, file: &Path, name: &str) -> String {
+    let reference = format!("{}/{name}", reg.addr);
+    let out = c.wk(&["push", file.to_str().unwrap(), &reference]);
+    assert!(out.status.success(), "{}", crate::harness::stderr(&out));
+    reference
+}
+
 fn wk_shim_built() {
     let shim = Path::new(env!("CARGO_BIN_EXE_wk")).with_file_name("wk-shim");
     assert!(
@@ -92,10 +109,7 @@ fn wk_shim_built() {
 
 #[test]
 fn a_busybox_pod_logs_and_exits_zero_under_runc() {
-    wk_shim_built();
-    let reg = Registry::start();
-    let c = Cluster::with_agent();
-    let image = push_busybox(&reg);
+    let (reg, c, image) = busybox_cluster();
     apply(
         &c,
         &pod(
@@ -129,27 +143,143 @@ fn a_busybox_pod_logs_and_exits_zero_under_runc() {
         "{logs}"
     );
     assert_eq!(logs.lines().filter(|l| *l == "oops").count(), 1, "{logs}");
+
+    // The RuntimeClasses: runc selects nodes that run Linux containers, and forces runc.
+    let classes = c.kubectl_ok(&["get", "runtimeclass"]);
+    assert!(
+        classes
+            .lines()
+            .any(|l| l.starts_with("runc ") && l.contains(" runc "))
+            && classes.lines().any(|l| l.starts_with("wasmtime ")),
+        "{classes}"
+    );
+    let sleeper = |name: &str, class: &str| {
+        pod(
+            name,
+            &format!(
+                "  runtimeClassName: {class}\n  restartPolicy: Never\n  containers:\n  - name: main\n    image: {image}\n    command: [\"true\"]\n"
+            ),
+        )
+    };
+    apply(&c, &sleeper("classy", "runc"));
+    assert_eq!(
+        get(&c, "classy", "{.spec.nodeSelector.wk\\.dev/runc}"),
+        "true"
+    );
+    wait_for(&c, "classy", "{.status.phase}", "Succeeded");
+    apply(&c, &sleeper("mismatched", "wasmtime"));
+    wait_for(
+        &c,
+        "mismatched",
+        "{.status.containerStatuses[0].state.waiting.reason}",
+        "CreateContainerError",
+    );
+    assert!(
+        get(
+            &c,
+            "mismatched",
+            "{.status.containerStatuses[0].state.waiting.message}"
+        )
+        .contains("runtimeClassName \"wasmtime\" does not run"),
+    );
+    // A CPU limit is a cgroup quota, and kubectl top reads the container's cgroup.
+    apply(
+        &c,
+        &pod(
+            "spin",
+            &format!(
+                "  containers:\n  - name: main\n    image: {image}\n    command: [sh, -c, 'while true; do :; done']\n    resources: {{limits: {{cpu: 200m, memory: 64Mi}}}}\n"
+            ),
+        ),
+    );
+    let millicores = |text: &str| -> Option<i64> {
+        let line = text.lines().find(|l| l.starts_with("spin"))?;
+        line.split_whitespace()
+            .nth(1)?
+            .strip_suffix('m')?
+            .parse()
+            .ok()
+    };
+    let mut top = String::new();
+    assert!(
+        eventually(LONG, || {
+            top = stdout(&c.kubectl(&["top", "pod", "spin"]));
+            millicores(&top).is_some_and(|m| m > 0)
+        }),
+        "kubectl top pod: {top}"
+    );
+    assert!(
+        millicores(&top).unwrap() <= 400,
+        "a 200m limit holds the spinning shell near 200m, not a core: {top}"
+    );
+    assert!(
+        top.lines()
+            .find(|l| l.starts_with("spin"))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .is_some_and(|m| m.ends_with("Mi")),
+        "{top}"
+    );
+
+    let refused = c.kubectl_stdin(&["apply", "-f", "-"], &sleeper("classless", "nothere"));
+    assert!(!refused.status.success());
+    assert!(
+        crate::harness::stderr(&refused).contains("RuntimeClass \"nothere\" not found"),
+        "{}",
+        crate::harness::stderr(&refused)
+    );
+}
+
+#[test]
+fn a_node_without_the_shim_says_why_and_its_linux_pods_wait_while_wasm_runs() {
+    let reg = Registry::start();
+    let c = Cluster::with_agent_args(&["--container-shim", "/nonexistent/wk-shim"]);
+    let image = push_busybox(&reg);
+    let condition = c.kubectl_ok(&[
+        "get",
+        "node",
+        "wk-test",
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"LinuxContainers\")].status} {.status.conditions[?(@.type==\"LinuxContainers\")].message}",
+    ]);
+    assert!(
+        condition.starts_with("False ") && condition.contains("/nonexistent/wk-shim"),
+        "{condition}"
+    );
+    assert_eq!(
+        c.jsonpath("node", "wk-test", "{.metadata.labels.wk\\.dev/runc}"),
+        ""
+    );
+    apply(
+        &c,
+        &pod(
+            "busy",
+            &format!("  containers:\n  - name: main\n    image: {image}\n"),
+        ),
+    );
+    wait_for(
+        &c,
+        "busy",
+        "{.status.containerStatuses[0].state.waiting.reason}",
+        "RuntimeUnavailable",
+    );
+    let cmd = push_guest(&c, &reg, guests::command_p2(), "cmd:v1");
+    apply(
+        &c,
+        &pod(
+            "wasm",
+            &format!(
+                "  restartPolicy: Never\n  containers:\n  - name: main\n    image: {cmd}\n    args: [exit, \"0\"]\n"
+            ),
+        ),
+    );
+    wait_for(&c, "wasm", "{.status.phase}", "Succeeded");
 }
 
 #[test]
 fn a_wasm_container_and_a_busybox_sidecar_share_localhost_and_an_empty_dir() {
-    wk_shim_built();
-    let reg = Registry::start();
-    let c = Cluster::with_agent();
-    let image = push_busybox(&reg);
-    let r = &reg.addr;
-    let out = c.wk(&[
-        "push",
-        guests::http_hello().to_str().unwrap(),
-        &format!("{r}/hello:v1"),
-    ]);
-    assert!(out.status.success(), "{}", crate::harness::stderr(&out));
-    let out = c.wk(&[
-        "push",
-        guests::command_p2().to_str().unwrap(),
-        &format!("{r}/cmd:v1"),
-    ]);
-    assert!(out.status.success(), "{}", crate::harness::stderr(&out));
+    let (reg, c, image) = busybox_cluster();
+    let hello = push_guest(&c, &reg, guests::http_hello(), "hello:v1");
+    let cmd = push_guest(&c, &reg, guests::command_p2(), "cmd:v1");
     apply(
         &c,
         &pod(
@@ -158,7 +288,7 @@ fn a_wasm_container_and_a_busybox_sidecar_share_localhost_and_an_empty_dir() {
                 "  volumes: [{{name: shared, emptyDir: {{}}}}]
   containers:
   - name: web
-    image: {r}/hello:v1
+    image: {hello}
     ports: [{{containerPort: 8000}}]
   - name: side
     image: {image}
@@ -166,7 +296,7 @@ fn a_wasm_container_and_a_busybox_sidecar_share_localhost_and_an_empty_dir() {
     args: ['until wget -qO /shared/got http://127.0.0.1:8000/; do sleep 0.2; done; cat /shared/got; exec sleep 3600']
     volumeMounts: [{{name: shared, mountPath: /shared}}]
   - name: reader
-    image: {r}/cmd:v1
+    image: {cmd}
     args: [read, /data/got, --wait-ms, '60000']
     volumeMounts: [{{name: shared, mountPath: /data}}]
 "
@@ -189,17 +319,14 @@ fn a_wasm_container_and_a_busybox_sidecar_share_localhost_and_an_empty_dir() {
 
 #[test]
 fn linux_containers_stop_gracefully_restart_on_failure_and_refuse_escaping_layers() {
-    wk_shim_built();
-    let reg = Registry::start();
-    let c = Cluster::with_agent();
-    let image = push_busybox(&reg);
+    let (reg, c, image) = busybox_cluster();
     let out = tempfile::tempdir().unwrap();
     let host = out.path().display();
     let looping = |name: &str, grace: u32, trap: &str| {
         pod(
             name,
             &format!(
-                "  terminationGracePeriodSeconds: {grace}\n  volumes: [{{name: out, hostPath: {{path: {host}, type: Directory}}}}]\n  containers:\n  - name: main\n    image: {image}\n    command: [sh, -c]\n    args: ['{trap}; echo up > /out/{name}-up; while true; do sleep 1; done']\n    volumeMounts: [{{name: out, mountPath: /out}}]\n"
+                "  terminationGracePeriodSeconds: {grace}\n  volumes: [{{name: out, hostPath: {{path: {host}, type: Directory}}}}]\n  containers:\n  - name: main\n    image: {image}\n    command: [sh, -c]\n    args: ['{trap}; echo up > /out/{name}-up; while true; do sleep 1; done']\n    volumeMounts: [{{name: out, mountPath: /out}}]\n    readinessProbe: {{exec: {{command: [cat, /out/{name}-up]}}, periodSeconds: 1}}\n"
             ),
         )
     };
@@ -224,10 +351,10 @@ fn linux_containers_stop_gracefully_restart_on_failure_and_refuse_escaping_layer
             ),
         ),
     );
+    // Ready through the exec probe (runc exec), once the file it reads is there.
     for name in ["polite", "stubborn"] {
         wait_for(&c, name, "{.status.containerStatuses[0].ready}", "true");
-        let up = out.path().join(format!("{name}-up"));
-        assert!(eventually(LONG, || up.exists()), "{name} never started");
+        assert!(out.path().join(format!("{name}-up")).exists());
     }
     c.kubectl_ok(&["delete", "pod", "polite", "--timeout=30s"]);
     assert_eq!(
@@ -307,10 +434,7 @@ fn linux_containers_stop_gracefully_restart_on_failure_and_refuse_escaping_layer
 
 #[test]
 fn a_killed_agent_s_running_container_is_adopted_by_the_next_one() {
-    wk_shim_built();
-    let reg = Registry::start();
-    let c = Cluster::with_agent();
-    let image = push_busybox(&reg);
+    let (_reg, c, image) = busybox_cluster();
     apply(
         &c,
         &pod(

@@ -683,13 +683,11 @@ fn edit_puts_back_what_the_editor_changed() {
     let out = wk_env(&c, &["edit", "deployment", "web"], &[("EDITOR", &race)]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
-        c.kubectl_ok(&[
-            "get",
+        c.jsonpath(
             "deploy",
             "web",
-            "-o",
-            "jsonpath={.spec.template.spec.containers[0].image} {.metadata.annotations.other}"
-        ]),
+            "{.spec.template.spec.containers[0].image} {.metadata.annotations.other}"
+        ),
         "127.0.0.1:5000/hello:v3 writer"
     );
 

@@ -156,9 +156,19 @@ pub fn worker_runtime(
         .ok()
 }
 
-/// Removes sandboxes left by an earlier agent whose pods are no longer bound here.
+/// Removes sandboxes left by an earlier agent whose pods are no longer bound here, with the
+/// Linux containers still running in them.
 pub fn clean_orphans(data: &Path, keep: &std::collections::HashSet<String>) -> usize {
     let mut removed = 0;
+    for pod in std::fs::read_dir(data.join("pods"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if !keep.contains(&*pod.file_name().to_string_lossy()) {
+            crate::agent::shim::stop_pod(&pod.path());
+        }
+    }
     for sub in ["netns", "pods"] {
         let Ok(entries) = std::fs::read_dir(data.join(sub)) else {
             continue;
