@@ -366,7 +366,7 @@ impl Creating {
 
 /// The peer: `runc run -d` of a busybox container (create and start, detached), timed to its
 /// return, on the same machine.
-fn runc_latency(runs: usize) -> anyhow::Result<Latencies> {
+pub(crate) fn runc_latency(runs: usize) -> anyhow::Result<Latencies> {
     let busybox = ["/bin/busybox", "/usr/bin/busybox"]
         .into_iter()
         .find(|p| Path::new(p).exists())

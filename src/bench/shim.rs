@@ -8,6 +8,8 @@
 //! writing its bundle, the `wk-shim` process, an overlay over the image's unpacked root, and
 //! `runc create` and `runc start`. The first pod of each kind is not counted (the Wasm one
 //! compiles the component; the Linux one unpacks the image), and is reported on its own.
+//! `runc run -d` of busybox from a prepared bundle, in the same run, shows what runc alone
+//! takes.
 
 use std::path::Path;
 use std::time::Duration;
@@ -16,7 +18,7 @@ use anyhow::Context;
 use http::Method;
 use serde_json::json;
 
-use super::pods::{Creating, Node, http_pod};
+use super::pods::{Creating, Node, http_pod, runc_latency};
 use super::{Latencies, latencies};
 use crate::agent::images::{self, Linux, Record, Store};
 
@@ -29,6 +31,9 @@ pub struct ShimReport {
     pub linux: Latencies,
     /// Linux p50 / Wasm p50.
     pub ratio_p50: f64,
+    /// `runc run -d` of busybox from a prepared bundle, same machine, same run: what runc
+    /// alone takes, for the shim's and the agent's share of the Linux figure.
+    pub runc_alone: Latencies,
     /// The first Linux pod, which unpacks the image, ms.
     pub linux_first_ms: f64,
     /// The first Wasm pod, which compiles the component, ms.
@@ -142,8 +147,10 @@ pub async fn shim(wk: &Path, http_wasm: &Path, runs: usize) -> anyhow::Result<Sh
         .await?;
     let wasm = latencies(wasm, elapsed);
     let linux = latencies(linux, elapsed);
+    let runc_alone = runc_latency(runs)?;
     Ok(ShimReport {
         ratio_p50: linux.p50_ms / wasm.p50_ms.max(1e-9),
+        runc_alone,
         wasm,
         linux,
         linux_first_ms,

@@ -436,6 +436,10 @@ pub async fn execute(args: Args) -> anyhow::Result<()> {
                 );
             }
             println!(
+                "{:<18} create + start    p50 {:>8.2} ms  p99 {:>8.2} ms",
+                "runc run -d alone", r.runc_alone.p50_ms, r.runc_alone.p99_ms
+            );
+            println!(
                 "first of each (compile / unpack): Wasm {:.1} ms, Linux {:.1} ms",
                 r.wasm_first_ms, r.linux_first_ms
             );
