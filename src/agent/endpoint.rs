@@ -1,5 +1,5 @@
-//! The agent's HTTPS endpoint (the kubelet's port 10250): container logs and usage, for the
-//! API server to proxy. Only the node token is accepted.
+//! The agent's HTTPS endpoint (the kubelet's port 10250): container logs, usage and exec, for
+//! the API server to proxy. Only the node token is accepted.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -63,6 +63,7 @@ pub async fn bind(
         .route("/healthz", get(|| async { "ok" }))
         .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
         .route("/stats/summary", get(summary))
+        .route("/exec/{ns}/{pod}/{container}", get(super::exec::exec))
         .layer(axum::middleware::from_fn(
             move |headers: HeaderMap, req, next: axum::middleware::Next| {
                 let token = token.clone();

@@ -4,6 +4,7 @@
 
 pub mod endpoint;
 pub mod env;
+pub mod exec;
 pub mod image_gc;
 pub mod images;
 pub mod logs;

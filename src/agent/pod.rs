@@ -697,15 +697,17 @@ impl Worker {
                 }
             }
         }
-        // preStop hooks run first and count against the grace period, as in Kubernetes.
+        // preStop hooks run first and count against the grace period, as in Kubernetes. A
+        // container that exits meanwhile (its hook told it to) is not restarted: the pod is
+        // going.
         let drained = tokio::time::timeout(grace, async {
             let hooks = stops.iter().map(|(stop, p)| {
                 let handle = handle.clone();
                 async move {
+                    stop.finished.stop();
                     if let Some(handle) = handle {
                         self.pre_stop(p, &handle, grace).await;
                     }
-                    stop.finished.stop();
                     stop.drain.stop();
                 }
             });

@@ -125,17 +125,23 @@ impl Shim {
         }
     }
 
-    async fn exec(&self, id: &str, argv: &[String], timeout: Duration) -> Result<(), String> {
-        let run = tokio::process::Command::new(&self.runc)
-            .arg("--root")
+    /// `runc exec` of `argv` in container `id`, with its stdout and stderr piped, and stdin
+    /// when `stdin`; killed when dropped.
+    pub fn exec_command(&self, id: &str, argv: &[String], stdin: bool) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new(&self.runc);
+        c.arg("--root")
             .arg(&self.root)
             .args(["exec", id])
             .args(argv)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .output();
+            .kill_on_drop(true);
+        c
+    }
+
+    async fn exec(&self, id: &str, argv: &[String], timeout: Duration) -> Result<(), String> {
+        let run = self.exec_command(id, argv, false).output();
         match tokio::time::timeout(timeout, run).await {
             Ok(Ok(out)) if out.status.success() => Ok(()),
             Ok(Ok(out)) => Err(format!(

@@ -1521,10 +1521,8 @@ async fn spend_disruption_budget(
     Err(ApiError::conflict(pdbs, "eviction"))
 }
 
-/// A client for a node's agent endpoint (its InternalIP and kubelet port), authenticated with
-/// the node token. The agent's certificate is self-signed, so it is not verified; the agent
-/// checks the token.
-pub(super) fn agent_client(state: &ApiState, node: &Value) -> Option<crate::client::Client> {
+/// A node's agent endpoint: `host:port` of its InternalIP and kubelet port.
+pub(super) fn agent_address(node: &Value) -> Option<String> {
     let address = node["status"]["addresses"]
         .as_array()
         .into_iter()
@@ -1532,24 +1530,30 @@ pub(super) fn agent_client(state: &ApiState, node: &Value) -> Option<crate::clie
         .find(|a| a["type"] == "InternalIP")
         .and_then(|a| a["address"].as_str())?;
     let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"].as_u64()?;
-    let host = if address.contains(':') {
-        format!("[{address}]")
+    Some(if address.contains(':') {
+        format!("[{address}]:{port}")
     } else {
-        address.to_owned()
-    };
+        format!("{address}:{port}")
+    })
+}
+
+/// A client for a node's agent endpoint, authenticated with the node token. The agent's
+/// certificate is self-signed, so it is not verified; the agent checks the token.
+pub(super) fn agent_client(state: &ApiState, node: &Value) -> Option<crate::client::Client> {
     crate::client::Client::new(
-        &format!("https://{host}:{port}"),
+        &format!("https://{}", agent_address(node)?),
         Some(state.tokens.node.clone()),
         None,
     )
     .ok()
 }
 
-async fn pod_log(state: &Arc<ApiState>, ctx: &Ctx) -> ApiResult<Response> {
-    let t = &ctx.target;
-    let pod = state.read(t).await?;
-    let ns = t.namespace.as_deref().unwrap_or("default");
-    let name = t.name.as_deref().unwrap_or_default();
+/// The container of `pod` a log or exec request names (`container=`), or its only one.
+///
+/// # Errors
+/// 400 when the name is not one of the pod's, or when the pod has several and none is named.
+pub(super) fn pick_container(pod: &Value, requested: Option<&str>) -> ApiResult<String> {
+    let name = meta_str(pod, "name").unwrap_or_default();
     let names: Vec<&str> = pod["spec"]["containers"]
         .as_array()
         .into_iter()
@@ -1562,21 +1566,26 @@ async fn pod_log(state: &Arc<ApiState>, ctx: &Ctx) -> ApiResult<Response> {
         )
         .filter_map(|c| c["name"].as_str())
         .collect();
-    let container = match ctx.query.get("container").filter(|c| !c.is_empty()) {
-        Some(c) if names.contains(&c) => c.to_owned(),
-        Some(c) => {
-            return Err(ApiError::bad_request(format!(
-                "container {c} is not valid for pod {name}"
-            )));
-        }
-        None if names.len() == 1 => names[0].to_owned(),
-        None => {
-            return Err(ApiError::bad_request(format!(
-                "a container name must be specified for pod {name}, choose one of: [{}]",
-                names.join(" ")
-            )));
-        }
-    };
+    match requested.filter(|c| !c.is_empty()) {
+        Some(c) if names.contains(&c) => Ok(c.to_owned()),
+        Some(c) => Err(ApiError::bad_request(format!(
+            "container {c} is not valid for pod {name}"
+        ))),
+        None if names.len() == 1 => Ok(names[0].to_owned()),
+        None => Err(ApiError::bad_request(format!(
+            "a container name must be specified for pod {name}, choose one of: [{}]",
+            names.join(" ")
+        ))),
+    }
+}
+
+/// The Node a pod is bound to.
+///
+/// # Errors
+/// 400 when the pod is not bound yet; 503 when its node is not registered.
+pub(super) fn node_of(state: &ApiState, pod: &Value, container: &str) -> ApiResult<Arc<Value>> {
+    let ns = meta_str(pod, "namespace").unwrap_or("default");
+    let name = meta_str(pod, "name").unwrap_or_default();
     let node_name = pod["spec"]["nodeName"].as_str().unwrap_or_default();
     if node_name.is_empty() {
         return Err(ApiError::bad_request(format!(
@@ -1584,14 +1593,21 @@ async fn pod_log(state: &Arc<ApiState>, ctx: &Ctx) -> ApiResult<Response> {
         )));
     }
     let nodes = resources::by_kind("Node").expect("nodes are served");
-    let node = state
-        .cache
-        .get(&nodes.key(None, node_name))
-        .ok_or_else(|| {
-            ApiError::unavailable(format!(
-                "node {node_name} of pod {ns}/{name} is not registered"
-            ))
-        })?;
+    state.cache.get(&nodes.key(None, node_name)).ok_or_else(|| {
+        ApiError::unavailable(format!(
+            "node {node_name} of pod {ns}/{name} is not registered"
+        ))
+    })
+}
+
+async fn pod_log(state: &Arc<ApiState>, ctx: &Ctx) -> ApiResult<Response> {
+    let t = &ctx.target;
+    let pod = state.read(t).await?;
+    let ns = t.namespace.as_deref().unwrap_or("default");
+    let name = t.name.as_deref().unwrap_or_default();
+    let container = pick_container(&pod, ctx.query.get("container"))?;
+    let node = node_of(state, &pod, &container)?;
+    let node_name = meta_str(&node, "name").unwrap_or_default();
     let client = agent_client(state, &node).ok_or_else(|| {
         ApiError::unavailable(format!(
             "node {node_name} of pod {ns}/{name} has no reachable agent"

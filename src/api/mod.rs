@@ -9,6 +9,7 @@ pub mod apply;
 pub mod convert;
 pub mod discovery;
 pub mod error;
+pub mod exec;
 pub mod handlers;
 pub mod metrics;
 pub mod objects;
@@ -155,6 +156,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/version", get(discovery::version))
         .route("/api", get(discovery::core_versions))
         .route("/apis", get(discovery::group_list))
+        .route("/api/v1/namespaces/{ns}/pods/{name}/exec", any(exec::exec))
         .route("/api/{*rest}", any(dispatch))
         .route("/apis/{*rest}", any(dispatch))
         .route("/openapi/v3", get(discovery::openapi_index))

@@ -315,6 +315,16 @@ fn a_wasm_container_and_a_busybox_sidecar_share_localhost_and_an_empty_dir() {
         logs.contains("Hello from wk!")
     });
     assert!(ok, "the Wasm reader's view of the emptyDir: {logs:?}");
+    // kubectl exec reaches the Linux container, and says why not for a Wasm one.
+    let out = c.kubectl(&["exec", "mixed", "-c", "side", "--", "cat", "/shared/got"]);
+    assert_eq!(stdout(&out), "Hello from wk!\n", "{}", crate::harness::stderr(&out));
+    let out = c.kubectl(&["exec", "mixed", "-c", "web", "--", "ls"]);
+    assert!(!out.status.success());
+    assert!(
+        crate::harness::stderr(&out).contains("is a Wasm container"),
+        "{}",
+        crate::harness::stderr(&out)
+    );
 }
 
 #[test]
@@ -480,6 +490,37 @@ fn a_killed_agent_s_running_container_is_adopted_by_the_next_one() {
         logs.matches("started").count(),
         1,
         "started once, its log kept: {logs}"
+    );
+    // kubectl exec (a WebSocket through the API server to the agent, then runc exec) into
+    // the adopted container: both streams, the exit code, and stdin.
+    let out = c.kubectl(&[
+        "exec",
+        "ticker",
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
+    assert_eq!(stdout(&out), "out\n");
+    assert!(
+        crate::harness::stderr(&out).starts_with("err\n"),
+        "{}",
+        crate::harness::stderr(&out)
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "kubectl exits with the command's code: {}",
+        crate::harness::stderr(&out)
+    );
+    let out = c.kubectl_stdin(&["exec", "-i", "ticker", "--", "cat"], "through stdin\n");
+    assert!(out.status.success(), "{}", crate::harness::stderr(&out));
+    assert_eq!(stdout(&out), "through stdin\n");
+    let out = c.kubectl(&["exec", "ticker", "-c", "nothere", "--", "true"]);
+    assert!(
+        crate::harness::stderr(&out).contains("container nothere is not valid for pod ticker"),
+        "{}",
+        crate::harness::stderr(&out)
     );
     c.kubectl_ok(&["delete", "pod", "ticker", "--timeout=60s"]);
     assert!(!alive(pid), "deleting the pod stops the adopted container");
