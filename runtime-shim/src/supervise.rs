@@ -173,6 +173,21 @@ fn pump(
     wait
 }
 
+/// Which limits the node's cgroups can enforce: memory, and CPU quota (v2's
+/// `cgroup.controllers`, or v1's memory and cpu hierarchies).
+#[must_use]
+pub fn controllers() -> (bool, bool) {
+    let root = Path::new("/sys/fs/cgroup");
+    if let Ok(list) = std::fs::read_to_string(root.join("cgroup.controllers")) {
+        let has = |c: &str| list.split_whitespace().any(|x| x == c);
+        return (has("memory"), has("cpu"));
+    }
+    (
+        root.join("memory/memory.limit_in_bytes").exists(),
+        root.join("cpu/cpu.cfs_quota_us").exists(),
+    )
+}
+
 /// The cgroup a container runs in (under each controller's hierarchy on cgroup v1).
 #[must_use]
 pub fn cgroup(id: &str) -> String {

@@ -1226,14 +1226,39 @@ impl Worker {
                         return Err(Unprepared::Other);
                     }
                 };
+                // A limit the node's cgroups cannot enforce is said, not silently kept.
                 let memory = limit("memory").map(|q| q.value().max(0) as u64);
+                let mut container = shim::container(pod, spec, &guest, memory);
+                let (memory_ok, cpu_ok) = shim.controllers;
+                for (set, ok, what, controller) in [
+                    (
+                        container.memory_limit.is_some(),
+                        memory_ok,
+                        "limits.memory",
+                        "memory",
+                    ),
+                    (container.cpu_millis.is_some(), cpu_ok, "limits.cpu", "cpu"),
+                ] {
+                    if set && !ok {
+                        let m = format!(
+                            "{what} is not enforced: this node's cgroups have no {controller} controller"
+                        );
+                        self.event(Some(cname), true, "LimitNotEnforced", &m).await;
+                    }
+                }
+                if !memory_ok {
+                    container.memory_limit = None;
+                }
+                if !cpu_ok {
+                    container.cpu_millis = None;
+                }
                 let request = wk_shim::supervise::Request {
                     id: format!("{}-{cname}", self.uid),
                     runc: PathBuf::new(),
                     runc_root: PathBuf::new(),
                     image: config,
                     image_root,
-                    container: shim::container(pod, spec, &guest, memory),
+                    container,
                     pod: wk_shim::spec::Pod {
                         netns: sb.netns.clone(),
                         hostname,

@@ -57,6 +57,8 @@ pub struct Shim {
     binary: PathBuf,
     runc: PathBuf,
     root: PathBuf,
+    /// Whether the node's cgroups enforce memory and CPU limits.
+    pub controllers: (bool, bool),
 }
 
 /// A program on PATH.
@@ -97,10 +99,19 @@ impl Shim {
         if !namespaces {
             return Err("this node cannot make namespaces".into());
         }
+        let controllers = wk_shim::supervise::controllers();
+        if !controllers.0 || !controllers.1 {
+            tracing::warn!(
+                memory = controllers.0,
+                cpu = controllers.1,
+                "the node's cgroups cannot enforce every limit on Linux containers"
+            );
+        }
         Ok(Self {
             binary,
             runc,
             root: data.join("runc"),
+            controllers,
         })
     }
 

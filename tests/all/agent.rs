@@ -1031,6 +1031,27 @@ fn a_component_s_wit_hooks_stop_it_gracefully_and_check_its_health() {
     assert!(!events.contains("FailedPreStopHook"), "{events}");
 }
 
+/// `kubectl top pod NAME` once the pod uses CPU: the output, its millicores and its memory
+/// column. CPU is a rate: it needs two samples, 10 s apart.
+pub(crate) fn busy_top(c: &Cluster, name: &str) -> (String, i64, String) {
+    let columns = |text: &str| -> Option<(i64, String)> {
+        let line = text.lines().find(|l| l.starts_with(name))?;
+        let mut fields = line.split_whitespace().skip(1);
+        let cpu = fields.next()?.strip_suffix('m')?.parse().ok()?;
+        Some((cpu, fields.next()?.to_owned()))
+    };
+    let mut top = String::new();
+    assert!(
+        eventually(LONG, || {
+            top = stdout(&c.kubectl(&["top", "pod", name]));
+            columns(&top).is_some_and(|(m, _)| m > 0)
+        }),
+        "kubectl top pod: {top}"
+    );
+    let (cpu, memory) = columns(&top).unwrap();
+    (top, cpu, memory)
+}
+
 #[test]
 fn top_reports_pod_and_node_usage_through_the_metrics_api() {
     let c = Cluster::with_agent();
@@ -1043,36 +1064,11 @@ fn top_reports_pod_and_node_usage_through_the_metrics_api() {
         ),
     );
     wait_for(&c, "busy", "{.status.phase}", "Running");
-    // CPU is a rate: it needs two samples, 10 s apart.
-    let millicores = |text: &str| -> Option<i64> {
-        let line = text.lines().find(|l| l.starts_with("busy"))?;
-        line.split_whitespace()
-            .nth(1)?
-            .strip_suffix('m')?
-            .parse()
-            .ok()
-    };
-    let mut top = String::new();
-    assert!(
-        eventually(LONG, || {
-            top = stdout(&c.kubectl(&["top", "pod", "busy"]));
-            millicores(&top).is_some_and(|m| m > 0)
-        }),
-        "kubectl top pod: {top}"
-    );
-    let used = millicores(&top).unwrap();
+    let (top, used, mem) = busy_top(&c, "busy");
     assert!(
         used <= 400,
         "a 200m limit keeps the spinning guest near 200m, not a core: {top}"
     );
-    let mem = top
-        .lines()
-        .find(|l| l.starts_with("busy"))
-        .unwrap()
-        .split_whitespace()
-        .nth(2)
-        .unwrap()
-        .to_owned();
     assert!(mem.ends_with("Mi"), "{top}");
     let nodes = c.kubectl_ok(&["top", "node"]);
     assert!(
