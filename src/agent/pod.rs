@@ -1226,31 +1226,11 @@ impl Worker {
                         return Err(Unprepared::Other);
                     }
                 };
-                // A limit the node's cgroups cannot enforce is said, not silently kept.
                 let memory = limit("memory").map(|q| q.value().max(0) as u64);
                 let mut container = shim::container(pod, spec, &guest, memory);
-                let (memory_ok, cpu_ok) = shim.controllers;
-                for (set, ok, what, controller) in [
-                    (
-                        container.memory_limit.is_some(),
-                        memory_ok,
-                        "limits.memory",
-                        "memory",
-                    ),
-                    (container.cpu_millis.is_some(), cpu_ok, "limits.cpu", "cpu"),
-                ] {
-                    if set && !ok {
-                        let m = format!(
-                            "{what} is not enforced: this node's cgroups have no {controller} controller"
-                        );
-                        self.event(Some(cname), true, "LimitNotEnforced", &m).await;
-                    }
-                }
-                if !memory_ok {
-                    container.memory_limit = None;
-                }
-                if !cpu_ok {
-                    container.cpu_millis = None;
+                // A limit the node's cgroups cannot enforce is said, not silently kept.
+                for m in shim::drop_unenforced(&mut container, shim.controllers) {
+                    self.event(Some(cname), true, "LimitNotEnforced", &m).await;
                 }
                 let request = wk_shim::supervise::Request {
                     id: format!("{}-{cname}", self.uid),

@@ -523,6 +523,25 @@ pub fn container(
     }
 }
 
+/// Drops the limits the node's cgroups cannot enforce (`controllers`: memory, CPU) from a
+/// container's settings; returns a message for each, for a warning event.
+pub fn drop_unenforced(
+    container: &mut wk_shim::spec::Container,
+    (memory, cpu): (bool, bool),
+) -> Vec<String> {
+    let mut dropped = Vec::new();
+    let message = |what: &str, controller: &str| {
+        format!("{what} is not enforced: this node's cgroups have no {controller} controller")
+    };
+    if !memory && container.memory_limit.take().is_some() {
+        dropped.push(message("limits.memory", "memory"));
+    }
+    if !cpu && container.cpu_millis.take().is_some() {
+        dropped.push(message("limits.cpu", "cpu"));
+    }
+    dropped
+}
+
 /// The files a pod's Linux containers see as /etc/hosts, /etc/hostname and /etc/resolv.conf
 /// (resolv.conf is written with the sandbox), as the kubelet writes them.
 ///
@@ -546,4 +565,34 @@ pub fn etc_files(
         ("/etc/hostname".into(), dir.join("hostname")),
         ("/etc/resolv.conf".into(), dir.join("resolv.conf")),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_the_cgroups_cannot_enforce_are_dropped_and_said() {
+        let limited = || wk_shim::spec::Container {
+            memory_limit: Some(64 << 20),
+            cpu_millis: Some(200),
+            ..wk_shim::spec::Container::default()
+        };
+        let mut c = limited();
+        assert!(drop_unenforced(&mut c, (true, true)).is_empty());
+        assert_eq!((c.memory_limit, c.cpu_millis), (Some(64 << 20), Some(200)));
+        let mut c = limited();
+        let said = drop_unenforced(&mut c, (false, true));
+        assert_eq!(
+            said,
+            ["limits.memory is not enforced: this node's cgroups have no memory controller"]
+        );
+        assert_eq!((c.memory_limit, c.cpu_millis), (None, Some(200)));
+        let mut c = limited();
+        assert_eq!(drop_unenforced(&mut c, (false, false)).len(), 2);
+        assert_eq!((c.memory_limit, c.cpu_millis), (None, None));
+        // No limit asked for: nothing to say.
+        let mut c = wk_shim::spec::Container::default();
+        assert!(drop_unenforced(&mut c, (false, false)).is_empty());
+    }
 }

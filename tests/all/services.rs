@@ -372,18 +372,31 @@ fn a_client_looping_through_a_service_sees_no_errors_once_scaling_settles() {
     };
     assert!(eventually(LONG, || ready(&c) == 3));
 
-    let results: Arc<Mutex<Vec<bool>>> = Arc::default();
+    // Each request's outcome: whether it got the answer, and what it got otherwise.
+    let results: Arc<Mutex<Vec<Result<(), String>>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
+    let began = std::time::Instant::now();
     let client = {
         let (results, stop) = (results.clone(), stop.clone());
         let url = format!("http://{cluster_ip}:8200/");
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                let (body, ok) = curl(&url);
-                results
-                    .lock()
-                    .unwrap()
-                    .push(ok && body == "Hello from wk!\n");
+                let out = std::process::Command::new("curl")
+                    .args(["-sS", "-m", "10", &url])
+                    .output()
+                    .expect("run curl");
+                let body = stdout(&out);
+                let outcome = if out.status.success() && body == "Hello from wk!\n" {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "at {:.2} s: {} {body:?} {}",
+                        began.elapsed().as_secs_f64(),
+                        out.status,
+                        crate::harness::stderr(&out).trim()
+                    ))
+                };
+                results.lock().unwrap().push(outcome);
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
         })
@@ -391,7 +404,7 @@ fn a_client_looping_through_a_service_sees_no_errors_once_scaling_settles() {
     let answered = |from: usize| {
         results.lock().unwrap()[from..]
             .iter()
-            .filter(|ok| **ok)
+            .filter(|r| r.is_ok())
             .count()
     };
     assert!(
@@ -407,6 +420,7 @@ fn a_client_looping_through_a_service_sees_no_errors_once_scaling_settles() {
     // Endpoint changes reach the proxy within a second; from then on, no errors.
     std::thread::sleep(std::time::Duration::from_secs(1));
     let settled = results.lock().unwrap().len();
+    let settled_at = began.elapsed().as_secs_f64();
     assert!(
         eventually(LONG, || results.lock().unwrap().len() >= settled + 100),
         "the client stalled"
@@ -414,12 +428,13 @@ fn a_client_looping_through_a_service_sees_no_errors_once_scaling_settles() {
     stop.store(true, Ordering::Relaxed);
     client.join().unwrap();
     let after = results.lock().unwrap()[settled..].to_vec();
-    let failed = after.iter().filter(|ok| !**ok).count();
-    assert_eq!(
-        failed,
-        0,
-        "{failed} of {} requests failed after the endpoints settled",
-        after.len()
+    let failed: Vec<&String> = after.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed after the endpoints settled (at {settled_at:.2} s): {failed:?}\nserver log:\n{}",
+        failed.len(),
+        after.len(),
+        crate::agent::tail(&c.log())
     );
 }
 

@@ -11,7 +11,7 @@ use crate::registry::{Layout, Registry};
 
 /// The busybox applets the tests use, as links to the static busybox.
 const APPLETS: &[&str] = &[
-    "sh", "echo", "cat", "sleep", "wget", "id", "hostname", "ls", "true", "false",
+    "sh", "echo", "cat", "sleep", "wget", "id", "hostname", "ls", "true", "false", "nslookup",
 ];
 
 /// A tar layer of a busybox root: /bin/busybox from Debian's busybox-static and its applets,
@@ -500,6 +500,21 @@ fn a_killed_agent_s_running_container_is_adopted_by_the_next_one() {
     let out = c.kubectl_stdin(&["exec", "-i", "ticker", "--", "cat"], "through stdin\n");
     assert!(out.status.success(), "{}", crate::harness::stderr(&out));
     assert_eq!(stdout(&out), "through stdin\n");
+    // The container resolves cluster names through cluster DNS, by the resolv.conf the pod
+    // mounts (the search path makes `kubernetes.default` whole).
+    let service_ip = c.jsonpath("service", "kubernetes", "{.spec.clusterIP}");
+    let resolv = c.kubectl_ok(&["exec", "ticker", "--", "cat", "/etc/resolv.conf"]);
+    assert!(
+        resolv.contains("search default.svc.cluster.local svc.cluster.local cluster.local"),
+        "{resolv}"
+    );
+    let looked_up = c.kubectl(&["exec", "ticker", "--", "nslookup", "kubernetes.default"]);
+    assert!(
+        stdout(&looked_up).contains(&service_ip),
+        "{} {}",
+        stdout(&looked_up),
+        crate::harness::stderr(&looked_up)
+    );
     let out = c.kubectl(&["exec", "ticker", "-c", "nothere", "--", "true"]);
     assert!(
         crate::harness::stderr(&out).contains("container nothere is not valid for pod ticker"),
