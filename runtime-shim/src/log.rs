@@ -80,6 +80,14 @@ impl ContainerLog {
         }
     }
 
+    /// Records a stream's last line that had no newline, as a partial record (so readers
+    /// show it without one, as it was written), and empties `partial`.
+    pub fn finish(&self, stream: &str, partial: &mut Vec<u8>) {
+        if !partial.is_empty() {
+            self.record(stream, 'P', &std::mem::take(partial));
+        }
+    }
+
     /// Records what a stream wrote, line by line: `partial` holds the stream's line not yet
     /// ended, and is recorded as `P` records once it reaches [`MAX_LINE`].
     pub fn write(&self, stream: &str, partial: &mut Vec<u8>, buf: &[u8]) {

@@ -165,9 +165,7 @@ fn pump(
                 Err(_) => break,
             }
         }
-        if !partial.is_empty() {
-            log.record(stream, 'P', &partial);
-        }
+        log.finish(stream, &mut partial);
         let _ = done.send(());
     });
     wait
@@ -208,24 +206,21 @@ pub fn usage(id: &str) -> Option<(u64, u64)> {
         return Some((memory, cpu.unwrap_or(0)));
     }
     let memory = number(read(format!("/sys/fs/cgroup{cg}/memory.current")))?;
-    let cpu_us = read(format!("/sys/fs/cgroup{cg}/cpu.stat")).and_then(|t| {
-        t.lines()
-            .find_map(|l| l.strip_prefix("usage_usec ")?.trim().parse::<u64>().ok())
-    });
+    let cpu_us = keyed(&format!("/sys/fs/cgroup{cg}/cpu.stat"), "usage_usec");
     Some((memory, cpu_us.unwrap_or(0).saturating_mul(1000)))
+}
+
+/// The number on the line `KEY N` of a cgroup file (memory.events, cpu.stat...).
+fn keyed(path: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// Whether the kernel's OOM killer killed a process of the container's memory cgroup (v1's
 /// memory.oom_control, or v2's memory.events).
 fn oom_killed(cgroup: &str) -> bool {
-    let count = |path: String| {
-        std::fs::read_to_string(path).ok().and_then(|text| {
-            text.lines().find_map(|l| {
-                l.strip_prefix("oom_kill ")
-                    .and_then(|n| n.trim().parse::<u64>().ok())
-            })
-        })
-    };
+    let count = |path: String| keyed(&path, "oom_kill");
     let v1 = count(format!("/sys/fs/cgroup/memory{cgroup}/memory.oom_control"));
     let v2 = count(format!("/sys/fs/cgroup{cgroup}/memory.events"));
     v1.or(v2).is_some_and(|n| n > 0)

@@ -164,7 +164,8 @@ async fn run(mut socket: WebSocket, mut command: tokio::process::Command, query:
                     _ => stderr = None,
                 }
             }
-            message = socket.recv(), if stdin.is_some() || (stdout.is_some() || stderr.is_some()) => {
+            // Read even once stdin is closed: a closed socket means kubectl went away.
+            message = socket.recv() => {
                 match message {
                     Some(Ok(Message::Binary(data))) => match data.split_first() {
                         Some((&STDIN, rest)) if !rest.is_empty() => {
@@ -185,7 +186,6 @@ async fn run(mut socket: WebSocket, mut command: tokio::process::Command, query:
                     }
                 }
             }
-            else => break,
         }
         if stdout.is_none() && stderr.is_none() {
             break;

@@ -527,17 +527,15 @@ impl Store {
             .join(config.trim_start_matches("sha256:"))
     }
 
-    /// A Linux image's read-only root filesystem, unpacked from its layers the first time it is
-    /// asked for. Containers never write it: each gets a writable root over it. This blocks.
+    /// The read-only root filesystem of the Linux image with config digest `config`, unpacked
+    /// from its layers the first time it is asked for. Containers never write it: each gets a
+    /// writable root over it. This blocks.
     ///
     /// # Errors
     /// When a layer cannot be read or is refused ([`Error::Unpack`] names the entry).
-    pub fn rootfs(&self, image: &Image) -> Result<PathBuf, Error> {
-        let Some(linux) = &image.linux else {
-            return Err(Error::Remove(format!("{} is not a Linux image", image.id)));
-        };
-        check_digest(&image.digest)?;
-        let root = self.rootfs_path(&image.digest);
+    pub fn rootfs(&self, config: &str, linux: &Linux) -> Result<PathBuf, Error> {
+        check_digest(config)?;
+        let root = self.rootfs_path(config);
         if root.is_dir() {
             return Ok(root);
         }

@@ -53,10 +53,8 @@ struct Writer {
 
 impl Drop for Writer {
     fn drop(&mut self) {
-        if let Ok(rest) = self.partial.get_mut()
-            && !rest.is_empty()
-        {
-            self.log.record(self.stream, 'P', rest);
+        if let Ok(rest) = self.partial.get_mut() {
+            self.log.finish(self.stream, rest);
         }
     }
 }
@@ -84,11 +82,8 @@ impl LogStream {
     /// Writes out a last line that had no newline, as a partial record (so readers show it
     /// without one, as the guest wrote it).
     pub fn finish(&self) {
-        if let Ok(mut partial) = self.0.partial.lock()
-            && !partial.is_empty()
-        {
-            let rest = std::mem::take(&mut *partial);
-            self.0.log.record(self.0.stream, 'P', &rest);
+        if let Ok(mut partial) = self.0.partial.lock() {
+            self.0.log.finish(self.0.stream, &mut partial);
         }
     }
 }

@@ -1137,8 +1137,8 @@ impl Worker {
             (None, Some(c)) if c != "wasmtime" => Err(format!(
                 "{image_name} is a Wasm image, which runtimeClassName {c:?} does not run (it needs \"wasmtime\")"
             )),
-            (Some(_), _) => match &self.shared.shim {
-                Ok(shim) => self.linux_parts(shim, &image).await,
+            (Some(linux), _) => match &self.shared.shim {
+                Ok(shim) => self.linux_parts(shim, &image, linux).await,
                 Err(why) => {
                     let m = format!("Linux containers cannot run on this node: {why}");
                     self.set_waiting(init, i, "RuntimeUnavailable", &m);
@@ -1261,9 +1261,14 @@ impl Worker {
         &self,
         shim: &Arc<shim::Shim>,
         image: &images::Image,
+        linux: &images::Linux,
     ) -> Result<Parts, String> {
-        let (store, img) = (self.shared.images.clone(), image.clone());
-        let root = tokio::task::spawn_blocking(move || store.rootfs(&img))
+        let (store, config, linux) = (
+            self.shared.images.clone(),
+            image.digest.clone(),
+            linux.clone(),
+        );
+        let root = tokio::task::spawn_blocking(move || store.rootfs(&config, &linux))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("unpacking image {}: {e}", image.id))?;

@@ -220,16 +220,7 @@ impl Linux {
         if self.bundle.join(ENDED).exists() {
             return None;
         }
-        let pid: i32 = std::fs::read_to_string(self.bundle.join(SHIM_PID))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()?;
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let ours = args.first().is_some_and(|a| a.ends_with(b"wk-shim"))
-            && args.get(2) == Some(&self.bundle.as_os_str().as_encoded_bytes());
-        (ours && running(pid)).then_some(pid)
+        live_shim(&self.bundle)
     }
 
     /// Starts the container's run, logging to `log`, and returns once its process runs; or
@@ -366,20 +357,13 @@ pub fn stop_all(data: &Path) -> bool {
 /// pids their shims recorded, and waits for the shims to end (up to 10 s): before a pod's
 /// sandbox goes, nothing of it may run on. Returns whether none is left. Blocks.
 pub fn stop_pod(pod_dir: &Path) -> bool {
-    let pid_in = |bundle: &Path, file: &str| -> Option<i32> {
-        std::fs::read_to_string(bundle.join(file))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    };
     let shims: Vec<i32> = std::fs::read_dir(pod_dir.join("shim"))
         .into_iter()
         .flatten()
         .flatten()
         .filter_map(|bundle| {
             let bundle = bundle.path();
-            let shim = pid_in(&bundle, SHIM_PID).filter(|p| running(*p))?;
+            let shim = live_shim(&bundle)?;
             if let Some(init) = pid_in(&bundle, wk_shim::supervise::INIT_PID) {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(init),
@@ -470,6 +454,26 @@ impl Process {
             }
         }
     }
+}
+
+/// The pid a bundle's file (`shim.pid`, `init.pid`) records.
+fn pid_in(bundle: &Path, file: &str) -> Option<i32> {
+    std::fs::read_to_string(bundle.join(file))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The pid of the `wk-shim` running `bundle`, if it still runs: the pid its `shim.pid`
+/// records, alive, and a `wk-shim run` of this bundle (not another process that got the pid).
+fn live_shim(bundle: &Path) -> Option<i32> {
+    let pid = pid_in(bundle, SHIM_PID)?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let ours = args.first().is_some_and(|a| a.ends_with(b"wk-shim"))
+        && args.get(2) == Some(&bundle.as_os_str().as_encoded_bytes());
+    (ours && running(pid)).then_some(pid)
 }
 
 /// Whether a process is alive (not gone, not a zombie).

@@ -40,34 +40,47 @@ pub struct ShimReport {
     pub wasm_first_ms: f64,
 }
 
-/// Stores a busybox Linux image (one plain tar layer: /bin/busybox and the `sh` and `sleep`
-/// applets) in a node's store as `name`.
+/// A tar layer of a busybox root: /bin/busybox from Debian's busybox-static with `applets`
+/// linked to it, /etc/passwd (root, nobody) and /tmp. The benchmarks and the tests build their
+/// Linux images from it.
 ///
 /// # Errors
-/// When busybox-static is not installed or the store cannot be written.
-pub fn store_busybox(store: &Store, name: &str) -> anyhow::Result<()> {
+/// When busybox-static is not installed.
+pub fn busybox_layer(applets: &[&str]) -> anyhow::Result<Vec<u8>> {
     let busybox = std::fs::read("/bin/busybox")
         .context("reading /bin/busybox (install Debian's busybox-static)")?;
     let mut tar = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(tar::EntryType::Directory);
-    h.set_mode(0o755);
-    h.set_size(0);
-    h.set_cksum();
-    tar.append_data(&mut h, "bin", std::io::empty())?;
-    let mut h = tar::Header::new_gnu();
-    h.set_size(busybox.len() as u64);
-    h.set_mode(0o755);
-    h.set_cksum();
-    tar.append_data(&mut h, "bin/busybox", busybox.as_slice())?;
-    for applet in ["sh", "sleep"] {
+    let mut file = |path: &str, mode: u32, kind: tar::EntryType, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        tar.append_data(&mut h, path, data)
+    };
+    file("bin", 0o755, tar::EntryType::Directory, &[])?;
+    file("etc", 0o755, tar::EntryType::Directory, &[])?;
+    file("tmp", 0o1777, tar::EntryType::Directory, &[])?;
+    file("bin/busybox", 0o755, tar::EntryType::Regular, &busybox)?;
+    let passwd = b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n";
+    file("etc/passwd", 0o644, tar::EntryType::Regular, passwd)?;
+    for applet in applets {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Symlink);
         h.set_mode(0o777);
         h.set_size(0);
         tar.append_link(&mut h, format!("bin/{applet}"), "busybox")?;
     }
-    let layer = tar.into_inner()?;
+    Ok(tar.into_inner()?)
+}
+
+/// Stores a busybox Linux image ([`busybox_layer`] with `sh` and `sleep`) in a node's store
+/// as `name`.
+///
+/// # Errors
+/// When busybox-static is not installed or the store cannot be written.
+pub fn store_busybox(store: &Store, name: &str) -> anyhow::Result<()> {
+    let layer = busybox_layer(&["sh", "sleep"])?;
     let config = json!({"architecture": crate::arch(), "os": "linux",
         "config": {"Cmd": ["sh"], "Env": ["PATH=/bin"]},
         "rootfs": {"type": "layers", "diff_ids": [images::digest_of(&layer)]}});

@@ -117,7 +117,7 @@ pub enum PullError {
     Format(String),
     /// An image for platforms this node does not run.
     #[error("{reference} is an image for {platforms}; this node runs {node}")]
-    NotWasm {
+    OtherPlatform {
         /// The image.
         reference: String,
         /// Its platforms, e.g. `linux/arm64, linux/s390x`.

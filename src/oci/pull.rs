@@ -312,7 +312,7 @@ impl Puller {
             let platform = platform_of(&cfg);
             if !is_wasi(&cfg["os"], &cfg["architecture"], &cfg["variant"]) {
                 if !is_node_linux(&cfg) {
-                    return Err(PullError::NotWasm {
+                    return Err(PullError::OtherPlatform {
                         reference: name.to_owned(),
                         platforms: platform,
                         node: node_platform(),
@@ -534,25 +534,15 @@ fn platform_of(v: &Value) -> String {
     }
 }
 
-/// This node's Linux architecture, as OCI platforms name it.
-fn node_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "powerpc64" => "ppc64le",
-        other => other,
-    }
-}
-
 /// The platforms this node runs, for messages.
 fn node_platform() -> String {
-    format!("wasi/wasm or linux/{}", node_arch())
+    format!("wasi/wasm or linux/{}", crate::arch())
 }
 
 /// Whether a platform (an index entry's, or an image config) is Linux on this node's
 /// architecture.
 fn is_node_linux(p: &Value) -> bool {
-    p["os"].as_str() == Some("linux") && p["architecture"].as_str() == Some(node_arch())
+    p["os"].as_str() == Some("linux") && p["architecture"].as_str() == Some(crate::arch())
 }
 
 /// The layer media types wk unpacks: tar, gzipped or not (unpacking tells them by their
@@ -602,7 +592,7 @@ fn pick_entry(index: &Value, name: &str) -> Result<String, PullError> {
             "the image index of {name} is empty"
         )));
     }
-    Err(PullError::NotWasm {
+    Err(PullError::OtherPlatform {
         reference: name.to_owned(),
         platforms: platforms.join(", "),
         node: node_platform(),
@@ -976,7 +966,7 @@ mod tests {
     #[test]
     fn an_index_is_narrowed_to_its_wasi_entry_else_to_the_node_s_linux_one() {
         let d = |c: &str| images::digest_of(c.as_bytes());
-        let arch = node_arch();
+        let arch = crate::arch();
         let index = serde_json::json!({"manifests": [
             {"digest": d("a"), "size": 1, "platform": {"os": "linux", "architecture": arch}},
             {"digest": d("b"), "size": 1, "platform": {"os": "wasip2", "architecture": "wasm"}},
@@ -993,7 +983,7 @@ mod tests {
         ]});
         let e = pick_entry(&foreign, "img").unwrap_err();
         assert!(
-            matches!(&e, PullError::NotWasm { platforms, .. } if platforms == &format!("linux/s390x, windows/{arch}")),
+            matches!(&e, PullError::OtherPlatform { platforms, .. } if platforms == &format!("linux/s390x, windows/{arch}")),
             "{e:?}"
         );
         assert!(

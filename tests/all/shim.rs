@@ -14,58 +14,9 @@ const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "sleep", "wget", "id", "hostname", "ls", "true", "false", "nslookup",
 ];
 
-/// A tar layer of a busybox root: /bin/busybox from Debian's busybox-static and its applets,
-/// /etc/passwd, /tmp.
+/// The busybox layer the tests' image is made of (the benchmarks use the same).
 fn busybox_layer() -> Vec<u8> {
-    let busybox =
-        std::fs::read("/bin/busybox").expect("busybox-static is installed (Debian busybox-static)");
-    let mut tar = Vec::new();
-    {
-        let mut b = tar::Builder::new(&mut tar);
-        let dir = |b: &mut tar::Builder<&mut Vec<u8>>, path: &str, mode: u32| {
-            let mut h = tar::Header::new_gnu();
-            h.set_entry_type(tar::EntryType::Directory);
-            h.set_mode(mode);
-            h.set_size(0);
-            h.set_cksum();
-            b.append_data(&mut h, path, std::io::empty()).unwrap();
-        };
-        dir(&mut b, "bin", 0o755);
-        dir(&mut b, "etc", 0o755);
-        dir(&mut b, "tmp", 0o1777);
-        let mut h = tar::Header::new_gnu();
-        h.set_size(busybox.len() as u64);
-        h.set_mode(0o755);
-        h.set_cksum();
-        b.append_data(&mut h, "bin/busybox", busybox.as_slice())
-            .unwrap();
-        for applet in APPLETS {
-            let mut h = tar::Header::new_gnu();
-            h.set_entry_type(tar::EntryType::Symlink);
-            h.set_size(0);
-            h.set_mode(0o777);
-            b.append_link(&mut h, format!("bin/{applet}"), "busybox")
-                .unwrap();
-        }
-        let passwd = b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n";
-        let mut h = tar::Header::new_gnu();
-        h.set_size(passwd.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append_data(&mut h, "etc/passwd", passwd.as_slice())
-            .unwrap();
-        b.finish().unwrap();
-    }
-    tar
-}
-
-/// This machine's architecture as OCI platforms name it.
-fn arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    }
+    wk::bench::shim::busybox_layer(APPLETS).expect("busybox-static is installed")
 }
 
 /// Pushes a busybox image (an index with this node's Linux entry and a foreign one) as
@@ -73,7 +24,7 @@ fn arch() -> &'static str {
 fn push_busybox(reg: &Registry) -> String {
     let layout = Layout::new();
     let config = serde_json::json!({"Cmd": ["sh"], "Env": ["PATH=/bin", "FROM_IMAGE=yes"]});
-    let linux = layout.image_of("linux", arch(), config, &[busybox_layer()]);
+    let linux = layout.image_of("linux", wk::arch(), config, &[busybox_layer()]);
     let foreign = layout.image("linux", "s390x", "/bin/sh", b"\x7fELF not really");
     layout.top("v1", &[foreign, linux]);
     let reference = format!("{}/busybox:v1", reg.addr);
@@ -394,7 +345,7 @@ fn linux_containers_stop_gracefully_restart_on_failure_and_refuse_escaping_layer
         b.finish().unwrap();
     }
     let config = serde_json::json!({"Cmd": ["/bin/sh"]});
-    let bad = layout.image_of("linux", arch(), config, &[busybox_layer(), tar]);
+    let bad = layout.image_of("linux", wk::arch(), config, &[busybox_layer(), tar]);
     layout.top("v1", &[bad]);
     layout.push("v1", &format!("{}/escape:v1", reg.addr));
     apply(
