@@ -34,10 +34,15 @@ use crate::controllers::endpointslice::{SERVICE_NAME, SLICES};
 use crate::controllers::{name, namespace};
 use crate::dns::ClusterDns;
 
-/// How long a connection to an endpoint may take to open before another is tried.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// How many endpoints a connection tries before it is dropped.
-const TRIES: usize = 3;
+/// How long each try to open a connection to an endpoint may take: each try takes an endpoint
+/// from the Service's endpoints as they are then, not yet tried by this connection, as
+/// kube-proxy's userspace mode did with the same timeouts.
+const DIAL_TIMEOUTS: [Duration; 4] = [
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+];
 /// How often the proxy looks over its listeners when nothing changed.
 const RESYNC: Duration = Duration::from_secs(60);
 /// How long a UDP session lasts without a reply.
@@ -87,44 +92,57 @@ impl Pool {
         }
         let mut open = self.open.lock().expect("pool lock");
         for backend in gone {
-            for conn in open.remove(&backend).unwrap_or_default() {
+            let conns = open.remove(&backend).unwrap_or_default();
+            let live = conns.iter().filter(|c| !c.is_finished()).count();
+            if live > 0 {
+                tracing::debug!(%backend, connections = live, "endpoint gone; closing its connections");
+            }
+            for conn in conns {
                 conn.abort();
             }
         }
     }
 
-    /// The endpoints to try for a client, the first choice first.
-    fn choose(&self, client: IpAddr) -> Vec<SocketAddr> {
-        let backends = self.backends.lock().expect("pool lock").clone();
-        if backends.is_empty() {
-            return backends;
-        }
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % backends.len();
-        let mut order: Vec<SocketAddr> = (0..backends.len())
-            .map(|i| backends[(start + i) % backends.len()])
+    /// The endpoint for a client's next try, other than those in `tried`: the one its
+    /// affinity holds, else the next in turn. With affinity, the client is held to it from now.
+    fn choose(&self, client: IpAddr, tried: &[SocketAddr]) -> Option<SocketAddr> {
+        let backends: Vec<SocketAddr> = self
+            .backends
+            .lock()
+            .expect("pool lock")
+            .iter()
+            .filter(|b| !tried.contains(b))
+            .copied()
             .collect();
+        if backends.is_empty() {
+            return None;
+        }
+        let mut pick = backends[self.next.fetch_add(1, Ordering::Relaxed) % backends.len()];
         let mut sticky = self.affinity.lock().expect("pool lock");
         if let Some((hold, clients)) = sticky.as_mut() {
             let now = tokio::time::Instant::now();
-            match clients.get(&client) {
-                Some((b, at)) if now.duration_since(*at) < *hold && backends.contains(b) => {
-                    let b = *b;
-                    order.retain(|o| *o != b);
-                    order.insert(0, b);
-                }
-                _ => {}
+            if let Some((b, at)) = clients.get(&client)
+                && now.duration_since(*at) < *hold
+                && backends.contains(b)
+            {
+                pick = *b;
             }
-            clients.insert(client, (order[0], now));
+            clients.insert(client, (pick, now));
         }
-        order.truncate(TRIES);
-        order
+        Some(pick)
     }
 
-    fn opened(&self, backend: SocketAddr, conn: AbortHandle) {
+    /// Records a connection open to `backend`, to be closed when it leaves; false (and not
+    /// recorded) when it has left already, while the connection was being opened.
+    fn opened(&self, backend: SocketAddr, conn: AbortHandle) -> bool {
         let mut open = self.open.lock().expect("pool lock");
+        if !self.backends.lock().expect("pool lock").contains(&backend) {
+            return false;
+        }
         let list = open.entry(backend).or_default();
         list.retain(|c| !c.is_finished());
         list.push(conn);
+        true
     }
 }
 
@@ -415,7 +433,7 @@ async fn serve_udp(socket: tokio::net::UdpSocket, pool: Arc<Pool>, stop: Cancell
         let upstream = if let Some((upstream, _)) = sessions.get(&client) {
             upstream.clone()
         } else {
-            let Some(backend) = pool.choose(client.ip()).first().copied() else {
+            let Some(backend) = pool.choose(client.ip(), &[]) else {
                 continue;
             };
             let local = if backend.is_ipv4() {
@@ -439,7 +457,10 @@ async fn serve_udp(socket: tokio::net::UdpSocket, pool: Arc<Pool>, stop: Cancell
                     }
                 }
             });
-            pool.opened(backend, replies.abort_handle());
+            if !pool.opened(backend, replies.abort_handle()) {
+                replies.abort();
+                continue;
+            }
             sessions.insert(client, (upstream.clone(), replies.abort_handle()));
             upstream
         };
@@ -450,24 +471,42 @@ async fn serve_udp(socket: tokio::net::UdpSocket, pool: Arc<Pool>, stop: Cancell
     }
 }
 
-/// Connects `inbound` to the first endpoint that answers, then copies both ways until either
-/// side closes, or the endpoint leaves the pool.
+/// Connects `inbound` to an endpoint that answers, then copies both ways until either side
+/// closes, or the endpoint leaves the pool. Each try takes an endpoint from the pool as it is
+/// then, so a connection that comes while the endpoints change lands on a current one.
 async fn forward(mut inbound: TcpStream, peer: SocketAddr, pool: Arc<Pool>) {
-    for backend in pool.choose(peer.ip()) {
-        let Ok(Ok(mut outbound)) =
-            tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend)).await
-        else {
-            continue;
+    let mut tried = Vec::new();
+    let mut failed = Vec::new();
+    for limit in DIAL_TIMEOUTS {
+        let Some(backend) = pool.choose(peer.ip(), &tried) else {
+            break;
+        };
+        tried.push(backend);
+        let mut outbound = match tokio::time::timeout(limit, TcpStream::connect(backend)).await {
+            Ok(Ok(outbound)) => outbound,
+            Ok(Err(e)) => {
+                failed.push(format!("{backend}: {e}"));
+                continue;
+            }
+            Err(_) => {
+                failed.push(format!("{backend}: no answer in {limit:?}"));
+                continue;
+            }
         };
         let _ = inbound.set_nodelay(true);
         let _ = outbound.set_nodelay(true);
         let copy = tokio::spawn(async move {
-            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            if let Err(e) = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await {
+                tracing::debug!(client = %peer, %backend, error = %e, "proxied connection failed");
+            }
         });
-        pool.opened(backend, copy.abort_handle());
+        if !pool.opened(backend, copy.abort_handle()) {
+            copy.abort();
+        }
         let _ = copy.await;
         return;
     }
+    tracing::debug!(client = %peer, ?failed, "no endpoint took the connection");
 }
 
 #[cfg(test)]
@@ -533,26 +572,71 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_connection_tries_another_endpoint_when_one_refuses() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let live = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live_addr = live.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = live.accept().await {
+                tokio::spawn(async move { s.write_all(b"hi").await });
+            }
+        });
+        // Bound and let go: nothing listens there, so a connection is refused.
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let pool = Arc::new(Pool::default());
+        pool.set(vec![dead, live_addr], None);
+        let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let front_addr = front.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        tokio::spawn(serve(front, pool, stop.clone()));
+        // Round robin starts every other connection at the dead endpoint.
+        for _ in 0..4 {
+            let mut c = TcpStream::connect(front_addr).await.unwrap();
+            let mut got = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut got))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(got, b"hi");
+        }
+        stop.cancel();
+    }
+
+    #[tokio::test]
     async fn a_pool_spreads_clients_keeps_affinity_and_closes_gone_endpoints() {
         let pool = Pool::default();
         let (a, b) = (addr("100.64.0.2:80"), addr("100.64.0.3:80"));
         pool.set(vec![a, b], None);
         let client: IpAddr = "100.64.0.9".parse().unwrap();
-        let firsts: HashSet<SocketAddr> = (0..4).map(|_| pool.choose(client)[0]).collect();
+        let firsts: HashSet<SocketAddr> = (0..4).filter_map(|_| pool.choose(client, &[])).collect();
         assert_eq!(firsts.len(), 2, "round robin");
 
         pool.set(vec![a, b], Some(Duration::from_secs(60)));
-        let first = pool.choose(client)[0];
-        assert!((0..4).all(|_| pool.choose(client)[0] == first), "sticky");
+        let first = pool.choose(client, &[]).unwrap();
+        assert!(
+            (0..4).all(|_| pool.choose(client, &[]) == Some(first)),
+            "sticky"
+        );
+        let other = if first == a { b } else { a };
+        // A try that failed moves the client, and it stays where it went.
+        assert_eq!(pool.choose(client, &[first]), Some(other));
+        assert_eq!(pool.choose(client, &[]), Some(other));
+        assert_eq!(pool.choose(client, &[a, b]), None);
 
         let conn = tokio::spawn(std::future::pending::<()>());
-        pool.opened(first, conn.abort_handle());
-        let other = if first == a { b } else { a };
-        pool.set(vec![other], Some(Duration::from_secs(60)));
+        assert!(pool.opened(other, conn.abort_handle()));
+        pool.set(vec![first], Some(Duration::from_secs(60)));
         assert!(
             conn.await.unwrap_err().is_cancelled(),
             "its connection is closed"
         );
-        assert_eq!(pool.choose(client), [other]);
+        assert_eq!(pool.choose(client, &[]), Some(first));
+        // A connection opened while its endpoint left is not kept.
+        let late = tokio::spawn(std::future::pending::<()>());
+        assert!(!pool.opened(other, late.abort_handle()));
+        late.abort();
     }
 }

@@ -372,8 +372,10 @@ fn a_client_looping_through_a_service_sees_no_errors_once_scaling_settles() {
     };
     assert!(eventually(LONG, || ready(&c) == 3));
 
-    // Each request's outcome: whether it got the answer, and what it got otherwise.
-    let results: Arc<Mutex<Vec<Result<(), String>>>> = Arc::default();
+    // Each request's start (seconds into the loop) and outcome: whether it got the answer,
+    // and what it got otherwise.
+    type Outcome = (f64, Result<(), String>);
+    let results: Arc<Mutex<Vec<Outcome>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let began = std::time::Instant::now();
     let client = {
@@ -381,6 +383,7 @@ fn a_client_looping_through_a_service_sees_no_errors_once_scaling_settles() {
         let url = format!("http://{cluster_ip}:8200/");
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
+                let start = began.elapsed().as_secs_f64();
                 let out = std::process::Command::new("curl")
                     .args(["-sS", "-m", "10", &url])
                     .output()
@@ -390,13 +393,13 @@ fn a_client_looping_through_a_service_sees_no_errors_once_scaling_settles() {
                     Ok(())
                 } else {
                     Err(format!(
-                        "at {:.2} s: {} {body:?} {}",
+                        "from {start:.2} to {:.2} s: {} {body:?} {}",
                         began.elapsed().as_secs_f64(),
                         out.status,
                         crate::harness::stderr(&out).trim()
                     ))
                 };
-                results.lock().unwrap().push(outcome);
+                results.lock().unwrap().push((start, outcome));
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
         })
@@ -404,7 +407,7 @@ fn a_client_looping_through_a_service_sees_no_errors_once_scaling_settles() {
     let answered = |from: usize| {
         results.lock().unwrap()[from..]
             .iter()
-            .filter(|r| r.is_ok())
+            .filter(|(_, r)| r.is_ok())
             .count()
     };
     assert!(
@@ -417,23 +420,35 @@ fn a_client_looping_through_a_service_sees_no_errors_once_scaling_settles() {
     c.kubectl_ok(&["scale", "deployment", "hello", "--replicas=3"]);
     c.kubectl_ok(&["rollout", "status", "deployment", "hello", "--timeout=60s"]);
     assert!(eventually(LONG, || ready(&c) == 3));
-    // Endpoint changes reach the proxy within a second; from then on, no errors.
+    // Endpoint changes reach the proxy within a second; no request made from then on fails.
+    // (One made before may still have been on its way through an endpoint that went.)
     std::thread::sleep(std::time::Duration::from_secs(1));
-    let settled = results.lock().unwrap().len();
     let settled_at = began.elapsed().as_secs_f64();
+    let after = |results: &[Outcome]| -> Vec<Outcome> {
+        results
+            .iter()
+            .filter(|(start, _)| *start >= settled_at)
+            .cloned()
+            .collect()
+    };
     assert!(
-        eventually(LONG, || results.lock().unwrap().len() >= settled + 100),
+        eventually(LONG, || after(&results.lock().unwrap()).len() >= 100),
         "the client stalled"
     );
     stop.store(true, Ordering::Relaxed);
     client.join().unwrap();
-    let after = results.lock().unwrap()[settled..].to_vec();
-    let failed: Vec<&String> = after.iter().filter_map(|r| r.as_ref().err()).collect();
+    let after = after(&results.lock().unwrap());
+    let failed: Vec<&String> = after.iter().filter_map(|(_, r)| r.as_ref().err()).collect();
     assert!(
         failed.is_empty(),
-        "{} of {} requests failed after the endpoints settled (at {settled_at:.2} s): {failed:?}\nserver log:\n{}",
+        "{} of {} requests failed after the endpoints settled (at {settled_at:.2} s): {failed:?}\nthe proxy's log:\n{}\nserver log:\n{}",
         failed.len(),
         after.len(),
+        c.log()
+            .lines()
+            .filter(|l| l.contains("proxy"))
+            .collect::<Vec<_>>()
+            .join("\n"),
         crate::agent::tail(&c.log())
     );
 }
