@@ -91,6 +91,9 @@ pub struct AgentConfig {
     pub bridge: String,
     /// The largest module or component the node compiles.
     pub max_module_bytes: u64,
+    /// How much of a freed instance slot's written memory is reset in place rather than
+    /// unmapped (0: none; see [`wasm::Runtime::new`]).
+    pub keep_resident: usize,
     /// How many network namespaces are kept made ahead of need.
     pub spare_netns: usize,
     /// When unused images are collected.
@@ -121,6 +124,7 @@ impl AgentConfig {
             pod_network: true,
             bridge: crate::net::BRIDGE.to_owned(),
             max_module_bytes: wasm::MAX_MODULE_BYTES,
+            keep_resident: wasm::KEEP_RESIDENT,
             spare_netns: SPARE_NETNS,
             image_gc: image_gc::Policy::default(),
             resolv_conf: Some(PathBuf::from("/etc/resolv.conf")),
@@ -568,12 +572,13 @@ impl Agent {
                 .unwrap_or(true)
         };
         let runtime = {
-            let (cache, max, module) = (
+            let (cache, max, module, keep) = (
                 data.join("cache").join("wasm"),
                 config.max_pods,
                 config.max_module_bytes,
+                config.keep_resident,
             );
-            tokio::task::spawn_blocking(move || wasm::Runtime::new(&cache, max, module))
+            tokio::task::spawn_blocking(move || wasm::Runtime::new(&cache, max, module, keep))
                 .await
                 .map_err(|e| Error::Endpoint {
                     addr: config.listen,
@@ -689,7 +694,7 @@ impl Agent {
             config.ingress,
             shutdown.clone(),
         );
-        tracing::info!(node = %config.node_name, %endpoint, host_network, pooling = shared.runtime.pooling, "node agent registered");
+        tracing::info!(node = %config.node_name, %endpoint, host_network, pooling = shared.runtime.pooling, reset_in_place = shared.runtime.reset_in_place, "node agent registered");
         let mut tasks = vec![
             tokio::spawn(serve),
             tokio::spawn(node::heartbeat(

@@ -292,10 +292,10 @@ pub async fn images(
 
 async fn fresh_runtime(cache: &Path) -> anyhow::Result<Arc<wasm::Runtime>> {
     let cache = cache.to_owned();
-    Ok(
-        tokio::task::spawn_blocking(move || wasm::Runtime::new(&cache, 4, wasm::MAX_MODULE_BYTES))
-            .await??,
-    )
+    Ok(tokio::task::spawn_blocking(move || {
+        wasm::Runtime::new(&cache, 4, wasm::MAX_MODULE_BYTES, wasm::KEEP_RESIDENT)
+    })
+    .await??)
 }
 
 #[cfg(test)]

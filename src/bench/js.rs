@@ -10,7 +10,7 @@ use anyhow::Context;
 use http::Method;
 use serde_json::json;
 
-use super::pods::{Node, Wrk, free_port, wrk_with};
+use super::pods::{Node, Wrk, free_port, release_agent, start_agent_with, wrk_with};
 use super::{median, wait_serving};
 
 /// What `wk bench js` measures.
@@ -66,8 +66,20 @@ pub fn rps(runs: &[Wrk]) -> f64 {
     median(runs.iter().map(|w| w.requests_per_second).collect())
 }
 
+/// The node whose agent unmaps freed instance memory (`--wasm-keep-resident 0`).
+const UNMAPPED: &str = "bench-unmapped";
+
 /// A child killed when dropped.
 struct Killed(Child);
+
+/// A bench agent's data directory, its namespaces removed when dropped (after its agent).
+struct Released<'a>(&'a Path);
+
+impl Drop for Released<'_> {
+    fn drop(&mut self) {
+        release_agent(self.0);
+    }
+}
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -98,31 +110,62 @@ pub async fn js(wk: &Path, opts: &JsOptions<'_>) -> anyhow::Result<JsReport> {
     // Room in the node's instance pool for 256 requests at once.
     let node = Node::start(wk, true, 300)?;
     node.import(wk, opts.component, "hello-js:v1")?;
-    let pod = |name: &str, port: u16, annotations: serde_json::Value, cpu: &str| {
+    // A second node that unmaps a freed instance's memory instead of resetting it in place,
+    // to show what that step is worth.
+    let flags = ["--wasm-keep-resident", "0", "--pod-network", "none"];
+    let flags = flags.map(str::to_owned);
+    let (agent, agent_dir) = start_agent_with(wk, &node, UNMAPPED, 300, &flags)?;
+    let _release = Released(agent_dir.path());
+    let _agent = Killed(agent);
+    let store = crate::agent::images::Store::new(agent_dir.path());
+    let (digest, _) = store.add(std::fs::File::open(opts.component)?)?;
+    store.tag("hello-js:v1", &digest)?;
+    let pod = |node: &str, name: &str, port: u16, annotations: serde_json::Value, cpu: &str| {
         json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "annotations": annotations},
-            "spec": {"nodeName": "bench", "terminationGracePeriodSeconds": 0, "containers": [{
+            "spec": {"nodeName": node, "terminationGracePeriodSeconds": 0, "containers": [{
                 "name": "hello", "image": "hello-js:v1", "imagePullPolicy": "Never",
                 "resources": {"requests": {"cpu": "100m"}, "limits": {"cpu": cpu}},
                 "ports": [{"containerPort": 8000, "hostPort": port}]}]}})
     };
-    // The pods: (name, annotations, CPU limit). A limit over one core gives that many threads.
+    // The pods: (name, node, annotations, CPU limit). A limit over one core gives that many
+    // threads.
     let reuse = json!({crate::agent::wasm::http::REUSE_ANNOTATION: opts.reuse.to_string()});
     let pods = [
-        ("wk, fresh instance", "fresh", json!({}), "1"),
-        ("wk, fresh instance, 2 threads", "fresh-2", json!({}), "2"),
+        ("wk, fresh instance", "fresh", "bench", json!({}), "1"),
+        (
+            "wk, fresh instance, 2 threads",
+            "fresh-2",
+            "bench",
+            json!({}),
+            "2",
+        ),
         (
             "wk, fresh instance, 2 made ahead",
             "prewarm",
+            "bench",
             json!({crate::agent::wasm::http::PREWARM_ANNOTATION: "2"}),
             "1",
         ),
-        ("wk, instance reuse", "reuse", reuse.clone(), "1"),
-        ("wk, instance reuse, 2 threads", "reuse-2", reuse, "2"),
+        ("wk, instance reuse", "reuse", "bench", reuse.clone(), "1"),
+        (
+            "wk, instance reuse, 2 threads",
+            "reuse-2",
+            "bench",
+            reuse,
+            "2",
+        ),
+        (
+            "wk, fresh instance, memory unmapped",
+            "unmapped",
+            UNMAPPED,
+            json!({}),
+            "1",
+        ),
     ];
     let mut urls = Vec::new();
     let mut starts = Vec::new();
-    for (_, name, annotations, cpu) in &pods {
+    for (_, name, on, annotations, cpu) in &pods {
         let port = free_port()?;
         let began = Instant::now();
         node.client
@@ -131,6 +174,7 @@ pub async fn js(wk: &Path, opts: &JsOptions<'_>) -> anyhow::Result<JsReport> {
                 "/api/v1/namespaces/default/pods",
                 Some("application/json"),
                 Some(serde_json::to_vec(&pod(
+                    on,
                     name,
                     port,
                     annotations.clone(),

@@ -389,7 +389,7 @@ pub async fn execute(args: Args) -> anyhow::Result<()> {
                         })
                         .map_or(0.0, |w| w.p99_ms);
                     println!(
-                        "  {name:<34} {median:>9.0} req/s  p99 {p99:>7.2} ms  x{:.2} wasmtime serve",
+                        "  {name:<36} {median:>9.0} req/s  p99 {p99:>7.2} ms  x{:.2} wasmtime serve",
                         median / peer
                     );
                 }
@@ -497,7 +497,7 @@ pub async fn execute(args: Args) -> anyhow::Result<()> {
             }
             let row = |name: &str, l: &bench::Latencies| {
                 println!(
-                    "{name:<34} {:>10.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms",
+                    "{name:<36} {:>10.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms",
                     l.per_second, l.p50_ms, l.p99_ms
                 )
             };

@@ -31,6 +31,11 @@ pub const EPOCH: Duration = Duration::from_millis(10);
 pub const DEFAULT_MEMORY_LIMIT: u64 = 1 << 30;
 /// Wasm stack per instance; deep recursion traps with a stack overflow at this depth.
 const MAX_WASM_STACK: usize = 512 << 10;
+/// Of each freed instance slot's linear memory, how much of what the guest wrote is put back in
+/// place rather than unmapped, by default (see [`Runtime::new`]).
+pub const KEEP_RESIDENT: usize = 4 << 20;
+/// The same for its tables.
+const TABLE_KEEP_RESIDENT: usize = 1 << 20;
 
 /// The largest module or component a node compiles by default: far above real services
 /// (a JS engine component is about 14 MB), far below what Cranelift needs gigabytes for.
@@ -152,6 +157,9 @@ pub struct Runtime {
     max_module_bytes: u64,
     /// Whether the pooling allocator could be set up (else instances are allocated on demand).
     pub pooling: bool,
+    /// Whether a freed slot's written pages are reset in place (PAGEMAP_SCAN) rather than
+    /// unmapped.
+    pub reset_in_place: bool,
     /// The pool's slots (a fiber stack and a component instance each): a guest waits for one
     /// rather than fail to instantiate when every slot is in use. None without the pool.
     slots: Option<Arc<tokio::sync::Semaphore>>,
@@ -173,6 +181,8 @@ fn engine_config(pool: Option<PoolingAllocationConfig>) -> Config {
 
 impl Runtime {
     /// Builds the engine and linkers; the pool is sized for `max_pods` concurrent instances.
+    /// `keep_resident` bounds how much of a freed slot's written memory is reset in place
+    /// (0: none).
     ///
     /// # Errors
     /// When neither a pooled nor an on-demand engine can be built.
@@ -180,6 +190,7 @@ impl Runtime {
         cache_root: &Path,
         max_pods: u32,
         max_module_bytes: u64,
+        keep_resident: usize,
     ) -> Result<Arc<Self>, Error> {
         let mut pool = PoolingAllocationConfig::new();
         let slots = max_pods.clamp(16, 1000);
@@ -191,8 +202,20 @@ impl Runtime {
             .max_memory_size(DEFAULT_MEMORY_LIMIT as usize)
             .max_memories_per_module(2)
             .max_tables_per_module(2)
-            .max_unused_warm_slots(16)
-            .linear_memory_keep_resident(0);
+            .max_unused_warm_slots(16);
+        // Where the kernel can say which pages an instance wrote (PAGEMAP_SCAN, Linux 6.7+),
+        // a freed slot's written pages (up to `keep_resident` of them) are copied back from
+        // the memory image in place instead of being unmapped, so the module's next instance
+        // in that slot takes no copy-on-write faults (nor the TLB shootdowns each costs) on
+        // them. Each of the warm slots holds those pages. Without the scan, keeping memory
+        // resident would copy every slot's first bytes, written or not: it stays off.
+        let reset_in_place =
+            keep_resident > 0 && PoolingAllocationConfig::is_pagemap_scan_available();
+        if reset_in_place {
+            pool.pagemap_scan(wasmtime::Enabled::Yes)
+                .linear_memory_keep_resident(keep_resident)
+                .table_keep_resident(TABLE_KEEP_RESIDENT.min(keep_resident));
+        }
         // The pool reserves address space up front; where that is refused (ulimit -v, small
         // 32-bit spaces) fall back to allocating on demand.
         let (engine, pooling) = match Engine::new(&engine_config(Some(pool))) {
@@ -249,6 +272,7 @@ impl Runtime {
             loading: Mutex::new(HashMap::new()),
             max_module_bytes,
             pooling,
+            reset_in_place: pooling && reset_in_place,
             slots: pooling.then(|| Arc::new(tokio::sync::Semaphore::new(slots as usize))),
         }))
     }
@@ -368,26 +392,27 @@ impl Runtime {
             source,
         })?;
         let _one_at_a_time = self.compiling.lock();
-        let (artifact, blob) = if is_component(&bytes)
-            || first_form(&bytes).starts_with("(component")
-        {
-            let c =
-                Component::new(&self.engine, &bytes).map_err(|e| compile_err(format!("{e:#}")))?;
-            let blob = c.serialize().map_err(|e| compile_err(e.to_string()))?;
-            (Artifact::Component(c), blob)
+        let compiled = if is_component(&bytes) || first_form(&bytes).starts_with("(component") {
+            Component::new(&self.engine, &bytes)
+                .and_then(|c| Ok((c.serialize()?, Artifact::Component(c))))
         } else {
-            let m = Module::new(&self.engine, &bytes).map_err(|e| compile_err(format!("{e:#}")))?;
-            let blob = m.serialize().map_err(|e| compile_err(e.to_string()))?;
-            (Artifact::Module(m), blob)
+            Module::new(&self.engine, &bytes)
+                .and_then(|m| Ok((m.serialize()?, Artifact::Module(m))))
         };
-        let tmp = cached.with_extension("tmp");
-        if std::fs::write(&tmp, &blob)
-            .and_then(|()| std::fs::rename(&tmp, &cached))
-            .is_err()
-        {
-            tracing::warn!(path = %cached.display(), "could not write the compiled artifact to the cache");
-        }
-        self.prepare(artifact)
+        drop(bytes);
+        let compiled = compiled.map(|(blob, artifact)| {
+            let tmp = cached.with_extension("tmp");
+            if std::fs::write(&tmp, &blob)
+                .and_then(|()| std::fs::rename(&tmp, &cached))
+                .is_err()
+            {
+                tracing::warn!(path = %cached.display(), "could not write the compiled artifact to the cache");
+            }
+            artifact
+        });
+        // What the compile allocated is freed now, whether it succeeded or not.
+        crate::agent::trim::release_free_heap();
+        self.prepare(compiled.map_err(|e| compile_err(format!("{e:#}")))?)
     }
 
     fn prepare(&self, artifact: Artifact) -> Result<Loaded, Error> {
@@ -972,7 +997,13 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn pods_starting_together_share_one_load_and_a_bad_module_fails_once() {
         let dir = tempfile::tempdir().unwrap();
-        let runtime = Runtime::new(&dir.path().join("cache"), 16, MAX_MODULE_BYTES).unwrap();
+        let runtime = Runtime::new(
+            &dir.path().join("cache"),
+            16,
+            MAX_MODULE_BYTES,
+            KEEP_RESIDENT,
+        )
+        .unwrap();
         let module = dir.path().join("m.wat");
         std::fs::write(
             &module,
@@ -1022,21 +1053,63 @@ mod tests {
         let cache = dir.path().join("cache");
         let module = dir.path().join("m.wat");
         std::fs::write(&module, "(module (func (export \"_start\")))").unwrap();
-        let first = Runtime::new(&cache, 4, MAX_MODULE_BYTES).unwrap();
+        let first = Runtime::new(&cache, 4, MAX_MODULE_BYTES, KEEP_RESIDENT).unwrap();
         first.load("sha256:m", &module).await.unwrap();
         drop(first);
         // The source is gone: only the artifact kept under the engine's fingerprint can load.
         std::fs::remove_file(&module).unwrap();
-        let again = Runtime::new(&cache, 4, MAX_MODULE_BYTES).unwrap();
+        let again = Runtime::new(&cache, 4, MAX_MODULE_BYTES, KEEP_RESIDENT).unwrap();
         assert!(matches!(
             again.load("sha256:m", &module).await,
             Ok(Loaded::Module(_))
         ));
         again.forget("sha256:m");
-        let again = Runtime::new(&cache, 4, MAX_MODULE_BYTES).unwrap();
+        let again = Runtime::new(&cache, 4, MAX_MODULE_BYTES, KEEP_RESIDENT).unwrap();
         assert!(
             again.load("sha256:m", &module).await.is_err(),
             "forget drops the artifact"
         );
+    }
+
+    /// A slot's next instance sees the module's initial memory, whether its last guest's
+    /// writes were reset in place (inside and beyond `keep_resident`) or unmapped.
+    #[test]
+    fn an_instance_never_sees_what_the_last_one_in_its_slot_wrote() {
+        // 256 pages (16 MiB): a data segment at 0, zeroed pages at 1 MiB and at 8 MiB, past
+        // the 4 MiB kept resident.
+        let wat = r#"(module
+            (memory (export "memory") 256)
+            (data (i32.const 0) "\29\00\00\00")
+            (func (export "touch") (result i32)
+                (local $seen i32)
+                (local.set $seen (i32.add (i32.load (i32.const 0))
+                    (i32.add (i32.load (i32.const 0x100000)) (i32.load (i32.const 0x800000)))))
+                (i32.store (i32.const 0) (i32.const 99))
+                (i32.store (i32.const 0x100000) (i32.const 7))
+                (i32.store (i32.const 0x800000) (i32.const 7))
+                (local.get $seen)))"#;
+        for keep in [KEEP_RESIDENT, 0] {
+            let dir = tempfile::tempdir().unwrap();
+            let runtime = Runtime::new(dir.path(), 4, MAX_MODULE_BYTES, keep).unwrap();
+            assert!(runtime.pooling);
+            assert_eq!(
+                runtime.reset_in_place,
+                keep > 0 && PoolingAllocationConfig::is_pagemap_scan_available()
+            );
+            let module = Module::new(&runtime.engine, wat).unwrap();
+            for round in 0..20 {
+                let mut store = Store::new(&runtime.engine, ());
+                store.set_epoch_deadline(1 << 20);
+                let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
+                let touch = instance
+                    .get_typed_func::<(), i32>(&mut store, "touch")
+                    .unwrap();
+                assert_eq!(
+                    touch.call(&mut store, ()).unwrap(),
+                    41,
+                    "keep {keep}, round {round}"
+                );
+            }
+        }
     }
 }
