@@ -222,8 +222,14 @@ fn first_ok(netns: PathBuf, deadline: Instant) -> Option<Instant> {
         }
         std::thread::sleep(Duration::from_micros(200));
     }
+    first_ok_at("127.0.0.1:8000".parse().ok()?, deadline)
+}
+
+/// GET / on `addr` until it answers 200: when it did, or None by `deadline`.
+pub(crate) fn first_ok_at(addr: std::net::SocketAddr, deadline: Instant) -> Option<Instant> {
     while Instant::now() < deadline {
-        if let Ok(mut s) = std::net::TcpStream::connect("127.0.0.1:8000") {
+        if let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
             let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n");
             let mut head = [0u8; 16];
             if s.read(&mut head).is_ok_and(|n| n >= 12) && &head[9..12] == b"200" {
@@ -347,7 +353,25 @@ impl Creating {
     }
 
     /// When the watch showed the pod Running (within 30 s).
-    pub async fn running(mut self) -> anyhow::Result<Instant> {
+    pub async fn running(self) -> anyhow::Result<Instant> {
+        self.until("start", |pod| pod["status"]["phase"] == "Running")
+            .await
+    }
+
+    /// When the watch showed the pod's Ready condition True (within 30 s).
+    pub async fn ready(self) -> anyhow::Result<Instant> {
+        self.until("become Ready", |pod| {
+            pod["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+        .await
+    }
+
+    /// When the watch first showed the pod as `done` says (within 30 s).
+    async fn until(mut self, what: &str, done: impl Fn(&Value) -> bool) -> anyhow::Result<Instant> {
         loop {
             let Some(event) = tokio::time::timeout(Duration::from_secs(30), self.watch.next())
                 .await
@@ -355,9 +379,9 @@ impl Creating {
                 .transpose()?
                 .flatten()
             else {
-                bail!("pod {} did not start", self.name);
+                bail!("pod {} did not {what}", self.name);
             };
-            if event["object"]["status"]["phase"] == "Running" {
+            if done(&event["object"]) {
                 return Ok(Instant::now());
             }
         }

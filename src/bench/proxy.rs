@@ -1,6 +1,7 @@
 //! `wk bench proxy`: what the service proxy costs. One HTTP pod, measured with wrk at its pod
 //! IP (the peer: no proxy at all), through its Service's ClusterIP and through a NodePort, in
-//! alternating runs of the same session.
+//! alternating runs of the same session; and how long after a new pod is Ready its Service
+//! sends it traffic.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -9,7 +10,7 @@ use anyhow::bail;
 use http::Method;
 use serde_json::json;
 
-use super::pods::{Node, Wrk, hello_pod, wrk_with};
+use super::pods::{Creating, Node, Wrk, first_ok_at, hello_pod, http_pod, wrk_with};
 use super::{median, wait_serving};
 
 /// Figures of `wk bench proxy`.
@@ -27,6 +28,11 @@ pub struct ProxyReport {
     pub cluster_ip_ratio: f64,
     /// Median NodePort req/s over median pod IP req/s.
     pub node_port_ratio: f64,
+    /// Per new pod, ms from the watch showing it Ready to its Service's ClusterIP answering
+    /// from it.
+    pub ready_to_traffic_ms: Vec<f64>,
+    /// Their median.
+    pub ready_to_traffic_median_ms: f64,
 }
 
 /// Runs `wk bench proxy`.
@@ -99,7 +105,10 @@ pub async fn proxy(
     }
     let rps = |w: &[Wrk]| median(w.iter().map(|w| w.requests_per_second).collect());
     let [pod_ip, cluster_ip, node_port] = figures;
+    let ready_to_traffic_ms = ready_to_traffic(&node, runs.max(1)).await?;
     Ok(ProxyReport {
+        ready_to_traffic_median_ms: median(ready_to_traffic_ms.clone()),
+        ready_to_traffic_ms,
         connections,
         cluster_ip_ratio: rps(&cluster_ip) / rps(&pod_ip).max(1e-9),
         node_port_ratio: rps(&node_port) / rps(&pod_ip).max(1e-9),
@@ -107,4 +116,59 @@ pub async fn proxy(
         cluster_ip,
         node_port,
     })
+}
+
+/// `runs` times, a new pod behind a Service of its own (no other endpoint): ms from a watch
+/// showing the pod Ready to the Service's ClusterIP answering 200 from it, which a client on the
+/// node tries every fraction of a millisecond. Each pod is deleted, and the ClusterIP stops
+/// answering, before the next.
+async fn ready_to_traffic(node: &Node, runs: usize) -> anyhow::Result<Vec<f64>> {
+    let service = json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "ready"},
+        "spec": {"selector": {"app": "ready"}, "ports": [{"port": 8200, "targetPort": 8000}]}});
+    let service = crate::controllers::create(
+        &node.client,
+        "/api/v1/namespaces/default/services",
+        &service,
+    )
+    .await?;
+    let ip: std::net::IpAddr = service["spec"]["clusterIP"]
+        .as_str()
+        .unwrap_or_default()
+        .parse()?;
+    let vip = std::net::SocketAddr::new(ip, 8200);
+    let mut out = Vec::new();
+    for i in 0..runs {
+        let name = format!("ready-{i}");
+        let mut body: serde_json::Value =
+            serde_json::from_slice(&http_pod(&name, None, "hello:v1", "IfNotPresent"))?;
+        body["metadata"]["labels"]["app"] = json!("ready");
+        let creating = Creating::start(node, &name, serde_json::to_vec(&body)?).await?;
+        let deadline = creating.t0 + Duration::from_secs(30);
+        let prober = std::thread::spawn(move || first_ok_at(vip, deadline));
+        let ready = creating.ready().await?;
+        let Some(answered) = prober.join().ok().flatten() else {
+            bail!("{vip} never answered from pod {name}");
+        };
+        // Signed: the proxy may hear of the endpoint before the watch delivers Ready.
+        out.push(match answered.checked_duration_since(ready) {
+            Some(after) => after.as_secs_f64() * 1000.0,
+            None => -(ready - answered).as_secs_f64() * 1000.0,
+        });
+        node.client
+            .request(
+                Method::DELETE,
+                &format!("/api/v1/namespaces/default/pods/{name}"),
+                None,
+                None,
+            )
+            .await?;
+        let began = Instant::now();
+        while first_ok_at(vip, Instant::now() + Duration::from_millis(100)).is_some() {
+            if began.elapsed() > Duration::from_secs(30) {
+                bail!("{vip} still answers 30 s after pod {name} was deleted");
+            }
+        }
+    }
+    Ok(out)
 }

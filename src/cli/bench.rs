@@ -118,7 +118,8 @@ enum Command {
         json: bool,
     },
     /// What the service proxy costs: one HTTP pod with wrk at its pod IP, through its
-    /// ClusterIP and through a NodePort, in alternating runs.
+    /// ClusterIP and through a NodePort, in alternating runs; then, as many times, how long
+    /// after a new pod is Ready its Service sends it traffic.
     Proxy {
         /// The wasi:http component.
         #[arg(
@@ -473,6 +474,16 @@ pub async fn execute(args: Args) -> anyhow::Result<()> {
             println!(
                 "median ClusterIP / pod IP: {:.2}   median NodePort / pod IP: {:.2}   ({} connections)",
                 r.cluster_ip_ratio, r.node_port_ratio, r.connections
+            );
+            let each: Vec<String> = r
+                .ready_to_traffic_ms
+                .iter()
+                .map(|ms| format!("{ms:.0}"))
+                .collect();
+            println!(
+                "pod Ready to traffic through its ClusterIP: median {:.0} ms (runs: {} ms)",
+                r.ready_to_traffic_median_ms,
+                each.join(", ")
             );
             Ok(())
         }
