@@ -5,6 +5,7 @@
 pub mod endpoint;
 pub mod env;
 pub mod exec;
+pub mod handoff;
 pub mod image_gc;
 pub mod images;
 pub mod logs;
@@ -96,6 +97,9 @@ pub struct AgentConfig {
     pub keep_resident: usize,
     /// How many network namespaces are kept made ahead of need.
     pub spare_netns: usize,
+    /// Whether the service proxy hands connections for this node's Wasm HTTP servers straight
+    /// to them ([`handoff`]) rather than relaying them.
+    pub proxy_handoff: bool,
     /// When unused images are collected.
     pub image_gc: image_gc::Policy,
     /// The resolv.conf naming the resolvers cluster DNS forwards other names to.
@@ -126,6 +130,7 @@ impl AgentConfig {
             max_module_bytes: wasm::MAX_MODULE_BYTES,
             keep_resident: wasm::KEEP_RESIDENT,
             spare_netns: SPARE_NETNS,
+            proxy_handoff: true,
             image_gc: image_gc::Policy::default(),
             resolv_conf: Some(PathBuf::from("/etc/resolv.conf")),
             container_shim: None,
@@ -221,6 +226,8 @@ pub struct Shared {
     /// Held shared while a container resolves (and maybe pulls) its image and marks it used,
     /// and exclusively while image garbage collection removes anything.
     pub image_lock: tokio::sync::RwLock<()>,
+    /// The HTTP servers of this node's Wasm pods, which the service proxy hands connections to.
+    pub local_http: Arc<handoff::LocalServers>,
     /// The image ids each running pod's containers use, by uid (image GC spares them).
     images_in_use: Mutex<HashMap<String, Vec<String>>>,
     /// CPU rates from the last samples.
@@ -618,6 +625,7 @@ impl Agent {
             images_in_use: Mutex::new(HashMap::new()),
             gc_wake: tokio::sync::Notify::new(),
             image_lock: tokio::sync::RwLock::new(()),
+            local_http: Arc::default(),
             rates: Mutex::new(Rates::default()),
         });
         let (endpoint, serve) = endpoint::bind(&config, shared.clone()).await?;
@@ -714,6 +722,7 @@ impl Agent {
                 dns,
                 config.address,
                 shared.net.get().and_then(|n| proxy::link_name(n.bridge())),
+                config.proxy_handoff.then(|| shared.local_http.clone()),
                 shutdown.clone(),
             )),
             tokio::spawn(ingress),

@@ -1930,11 +1930,23 @@ async fn serve_http(
             sandbox::worker_runtime(&name, ns.as_deref(), threads)
         })
         .flatten();
+    // The service proxy hands this node's connections for the pod's ports straight over.
+    let pod_ip = ctx.pod.borrow()["status"]["podIP"]
+        .as_str()
+        .and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
     let mut serving = Vec::new();
     for (in_pod, listener) in listeners {
+        let handoffs = pod_ip
+            .filter(|_| in_pod)
+            .zip(listener.local_addr().ok())
+            .map(|(ip, bound)| {
+                ctx.shared
+                    .local_http
+                    .register(std::net::SocketAddr::new(ip, bound.port()))
+            });
         let svc = service.clone();
         let drain = stop.drain.clone();
-        let fut = wasm::http::serve(listener, svc, drain);
+        let fut = wasm::http::serve(listener, handoffs, svc, drain);
         serving.push(match (&workers, in_pod) {
             (Some(rt), _) => rt.spawn(fut),
             (None, true) => handle.spawn(fut),

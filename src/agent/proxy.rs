@@ -9,7 +9,9 @@
 //!   server's servicelb controller keeps).
 //! - **externalIPs:** `externalIP:port` on the nodes where that address is local.
 //!
-//! TCP connections are passed through whole; UDP datagrams through a session per client.
+//! TCP connections are passed through whole, except that a connection whose endpoint is a Wasm
+//! pod's HTTP server on this node is handed to that server itself ([`crate::agent::handoff`]);
+//! UDP datagrams go through a session per client.
 //!
 //! Endpoints come from the Services' EndpointSlices (ready endpoints only); a change applies as
 //! soon as its watch event arrives, and the connections to an endpoint that has gone are
@@ -27,6 +29,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::agent::handoff::LocalServers;
 use crate::client::Client;
 use crate::client::informer::{Informer, Informers};
 use crate::controllers::endpoints::SERVICES;
@@ -159,6 +162,9 @@ struct Proxy {
     slices: Arc<Informer>,
     /// Cluster DNS, served at the `kube-dns` Service's addresses.
     dns: Arc<ClusterDns>,
+    /// This node's Wasm HTTP servers, which take their connections without a relay (none:
+    /// every connection is relayed).
+    local: Option<Arc<LocalServers>>,
     pools: HashMap<String, Arc<Pool>>,
     listeners: HashMap<Front, (String, AbortHandle)>,
     /// Addresses that could not be served, so each is reported once.
@@ -174,6 +180,7 @@ pub async fn run(
     dns: Arc<ClusterDns>,
     node_ip: IpAddr,
     link: Option<String>,
+    local: Option<Arc<LocalServers>>,
     shutdown: CancellationToken,
 ) {
     let services = informers.get(SERVICES);
@@ -193,6 +200,7 @@ pub async fn run(
     let mut proxy = Proxy {
         client,
         dns,
+        local,
         node_ip,
         vips,
         services: services.clone(),
@@ -360,7 +368,7 @@ impl Proxy {
             } else {
                 TcpListener::bind(addr)
                     .await
-                    .map(|listener| tokio::spawn(serve(listener, pool, stop)))
+                    .map(|listener| tokio::spawn(serve(listener, pool, self.local.clone(), stop)))
             };
             match bound {
                 Ok(task) => {
@@ -413,10 +421,15 @@ pub(crate) fn ready_endpoints(slices: &[&Value], port_name: &str) -> Vec<SocketA
 }
 
 /// Accepts connections on `listener` and passes each to an endpoint of `pool`.
-async fn serve(listener: TcpListener, pool: Arc<Pool>, stop: CancellationToken) {
+async fn serve(
+    listener: TcpListener,
+    pool: Arc<Pool>,
+    local: Option<Arc<LocalServers>>,
+    stop: CancellationToken,
+) {
     while let Some((inbound, peer)) = crate::net::accept(&listener, &stop).await {
-        let pool = pool.clone();
-        tokio::spawn(async move { forward(inbound, peer, pool).await });
+        let (pool, local) = (pool.clone(), local.clone());
+        tokio::spawn(async move { forward(inbound, peer, pool, local.as_deref()).await });
     }
 }
 
@@ -473,8 +486,14 @@ async fn serve_udp(socket: tokio::net::UdpSocket, pool: Arc<Pool>, stop: Cancell
 
 /// Connects `inbound` to an endpoint that answers, then copies both ways until either side
 /// closes, or the endpoint leaves the pool. Each try takes an endpoint from the pool as it is
-/// then, so a connection that comes while the endpoints change lands on a current one.
-async fn forward(mut inbound: TcpStream, peer: SocketAddr, pool: Arc<Pool>) {
+/// then, so a connection that comes while the endpoints change lands on a current one. An
+/// endpoint served by this agent (`local`) takes the connection itself.
+async fn forward(
+    mut inbound: TcpStream,
+    peer: SocketAddr,
+    pool: Arc<Pool>,
+    local: Option<&LocalServers>,
+) {
     let mut tried = Vec::new();
     let mut failed = Vec::new();
     for limit in DIAL_TIMEOUTS {
@@ -482,6 +501,21 @@ async fn forward(mut inbound: TcpStream, peer: SocketAddr, pool: Arc<Pool>) {
             break;
         };
         tried.push(backend);
+        let handed = match local {
+            Some(local) => local.hand(backend, inbound),
+            None => Err(inbound),
+        };
+        inbound = match handed {
+            Ok(handed) => {
+                let served = tokio::spawn(handed.finished());
+                if !pool.opened(backend, served.abort_handle()) {
+                    served.abort();
+                }
+                let _ = served.await;
+                return;
+            }
+            Err(inbound) => inbound,
+        };
         let mut outbound = match tokio::time::timeout(limit, TcpStream::connect(backend)).await {
             Ok(Ok(outbound)) => outbound,
             Ok(Err(e)) => {
@@ -591,7 +625,7 @@ mod tests {
         let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let front_addr = front.local_addr().unwrap();
         let stop = CancellationToken::new();
-        tokio::spawn(serve(front, pool, stop.clone()));
+        tokio::spawn(serve(front, pool, None, stop.clone()));
         // Round robin starts every other connection at the dead endpoint.
         for _ in 0..4 {
             let mut c = TcpStream::connect(front_addr).await.unwrap();

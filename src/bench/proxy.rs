@@ -1,7 +1,8 @@
 //! `wk bench proxy`: what the service proxy costs. One HTTP pod, measured with wrk at its pod
 //! IP (the peer: no proxy at all), through its Service's ClusterIP and through a NodePort, in
-//! alternating runs of the same session; and how long after a new pod is Ready its Service
-//! sends it traffic.
+//! alternating runs of the same session, on a node that hands such connections to the pod's
+//! server and on one that relays them; and how long after a new pod is Ready its Service sends
+//! it traffic.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -18,6 +19,22 @@ use super::{median, wait_serving};
 pub struct ProxyReport {
     /// Connections wrk keeps open.
     pub connections: usize,
+    /// The node as it runs by default: the proxy hands connections for the pod's HTTP server
+    /// to that server.
+    pub handoff: ProxyRuns,
+    /// A node that relays every connection (`--proxy-handoff false`), as the proxy does for
+    /// endpoints that are not Wasm HTTP servers of its own node.
+    pub relay: ProxyRuns,
+    /// Per new pod, ms from the watch showing it Ready to its Service's ClusterIP answering
+    /// from it (on the default node).
+    pub ready_to_traffic_ms: Vec<f64>,
+    /// Their median.
+    pub ready_to_traffic_median_ms: f64,
+}
+
+/// One node's alternating wrk runs.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProxyRuns {
     /// Straight to the pod's address, per run.
     pub pod_ip: Vec<Wrk>,
     /// Through the Service's ClusterIP, per run.
@@ -28,17 +45,12 @@ pub struct ProxyReport {
     pub cluster_ip_ratio: f64,
     /// Median NodePort req/s over median pod IP req/s.
     pub node_port_ratio: f64,
-    /// Per new pod, ms from the watch showing it Ready to its Service's ClusterIP answering
-    /// from it.
-    pub ready_to_traffic_ms: Vec<f64>,
-    /// Their median.
-    pub ready_to_traffic_median_ms: f64,
 }
 
-/// Runs `wk bench proxy`.
+/// Runs `wk bench proxy`: the default node, then a relaying one.
 ///
 /// # Errors
-/// When the node, the pod or wrk fails.
+/// When a node, the pod or wrk fails.
 pub async fn proxy(
     wk: &Path,
     http_wasm: &Path,
@@ -46,9 +58,30 @@ pub async fn proxy(
     secs: u64,
     connections: usize,
 ) -> anyhow::Result<ProxyReport> {
+    let (handoff, ready_to_traffic_ms) = {
+        let node = proxied_node(wk, http_wasm, &[]).await?;
+        let runs_of = measure(&node, runs, secs, connections).await?;
+        (runs_of, ready_to_traffic(&node, runs.max(1)).await?)
+    };
+    let relay = {
+        let node = proxied_node(wk, http_wasm, &["--proxy-handoff", "false"]).await?;
+        measure(&node, runs, secs, connections).await?
+    };
+    Ok(ProxyReport {
+        connections,
+        handoff,
+        relay,
+        ready_to_traffic_median_ms: median(ready_to_traffic_ms.clone()),
+        ready_to_traffic_ms,
+    })
+}
+
+/// A node (with `wk server` flags `extra`) serving one HTTP pod, `proxied`, behind a NodePort
+/// Service of the same name.
+async fn proxied_node(wk: &Path, http_wasm: &Path, extra: &[&str]) -> anyhow::Result<Node> {
     // A node's instance pool has a slot per allowed pod (16 at least): room for 64 requests
     // in flight takes a node of 100 pods.
-    let node = Node::start(wk, true, 100)?;
+    let node = Node::start_with(wk, true, 100, extra)?;
     node.import(wk, http_wasm, "hello:v1")?;
     node.client
         .request(
@@ -62,12 +95,26 @@ pub async fn proxy(
         "metadata": {"name": "proxied"},
         "spec": {"type": "NodePort", "selector": {"app": "bench"},
             "ports": [{"port": 8200, "targetPort": 8000}]}});
-    let service = crate::controllers::create(
+    crate::controllers::create(
         &node.client,
         "/api/v1/namespaces/default/services",
         &service,
     )
     .await?;
+    Ok(node)
+}
+
+/// wrk at the pod's address, its Service's ClusterIP and its NodePort, in turn, `runs` times.
+async fn measure(
+    node: &Node,
+    runs: usize,
+    secs: u64,
+    connections: usize,
+) -> anyhow::Result<ProxyRuns> {
+    let service = node
+        .client
+        .get("/api/v1/namespaces/default/services/proxied")
+        .await?;
     let cluster_ip = service["spec"]["clusterIP"]
         .as_str()
         .unwrap_or_default()
@@ -105,11 +152,7 @@ pub async fn proxy(
     }
     let rps = |w: &[Wrk]| median(w.iter().map(|w| w.requests_per_second).collect());
     let [pod_ip, cluster_ip, node_port] = figures;
-    let ready_to_traffic_ms = ready_to_traffic(&node, runs.max(1)).await?;
-    Ok(ProxyReport {
-        ready_to_traffic_median_ms: median(ready_to_traffic_ms.clone()),
-        ready_to_traffic_ms,
-        connections,
+    Ok(ProxyRuns {
         cluster_ip_ratio: rps(&cluster_ip) / rps(&pod_ip).max(1e-9),
         node_port_ratio: rps(&node_port) / rps(&pod_ip).max(1e-9),
         pod_ip,

@@ -51,6 +51,11 @@ pub struct NodeFlags {
     /// starts without waiting for the kernel to make them (each holds one pod address).
     #[arg(long, env = "WK_SPARE_SANDBOXES", default_value_t = crate::agent::SPARE_NETNS)]
     spare_sandboxes: usize,
+    /// Whether the service proxy gives a connection whose endpoint is a Wasm pod's HTTP server
+    /// on this node to that server itself (true), or relays it over a second connection to
+    /// the pod's address, as it does for every other endpoint (false).
+    #[arg(long, env = "WK_PROXY_HANDOFF", default_value_t = true, action = clap::ArgAction::Set)]
+    proxy_handoff: bool,
     /// The container shim that runs Linux images (default: `wk-shim` next to `wk`, else on
     /// PATH).
     #[arg(long, env = "WK_CONTAINER_SHIM")]
@@ -143,6 +148,7 @@ impl NodeFlags {
         }
         config.keep_resident = self.wasm_keep_resident << 20;
         config.spare_netns = self.spare_sandboxes;
+        config.proxy_handoff = self.proxy_handoff;
         config.container_shim = self.container_shim.clone();
         config.resolv_conf =
             (!self.resolv_conf.is_empty()).then(|| PathBuf::from(&self.resolv_conf));
@@ -272,6 +278,12 @@ mod tests {
             .unwrap();
         assert_eq!((config.ingress.http, config.ingress.https), (80, 443));
         assert_eq!(config.keep_resident, crate::agent::wasm::KEEP_RESIDENT);
+        assert!(config.proxy_handoff);
+        let relay = Flags::parse_from(["wk", "--proxy-handoff", "false"])
+            .node
+            .config("/tmp/x".into(), String::new())
+            .unwrap();
+        assert!(!relay.proxy_handoff);
 
         let keep = |mib: &str| {
             Flags::parse_from(["wk", "--wasm-keep-resident", mib])

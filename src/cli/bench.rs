@@ -118,8 +118,9 @@ enum Command {
         json: bool,
     },
     /// What the service proxy costs: one HTTP pod with wrk at its pod IP, through its
-    /// ClusterIP and through a NodePort, in alternating runs; then, as many times, how long
-    /// after a new pod is Ready its Service sends it traffic.
+    /// ClusterIP and through a NodePort, in alternating runs, on a node that hands such
+    /// connections to the pod's server and on one that relays them; then, as many times, how
+    /// long after a new pod is Ready its Service sends it traffic.
     Proxy {
         /// The wasi:http component.
         #[arg(
@@ -459,22 +460,28 @@ pub async fn execute(args: Args) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&r)?);
                 return Ok(());
             }
-            let runs = r.pod_ip.iter().zip(&r.cluster_ip).zip(&r.node_port);
-            for (i, ((pod, vip), port)) in runs.enumerate() {
-                for (name, w) in [("pod IP", pod), ("ClusterIP", vip), ("NodePort", port)] {
-                    println!(
-                        "run {}: {name:<10} {:>9.0} req/s (p50 {:.2} ms, p99 {:.2} ms)",
-                        i + 1,
-                        w.requests_per_second,
-                        w.p50_ms,
-                        w.p99_ms
-                    );
+            for (node, runs) in [("handoff", &r.handoff), ("relay", &r.relay)] {
+                let each = runs
+                    .pod_ip
+                    .iter()
+                    .zip(&runs.cluster_ip)
+                    .zip(&runs.node_port);
+                for (i, ((pod, vip), port)) in each.enumerate() {
+                    for (name, w) in [("pod IP", pod), ("ClusterIP", vip), ("NodePort", port)] {
+                        println!(
+                            "{node:<7} run {}: {name:<10} {:>9.0} req/s (p50 {:.2} ms, p99 {:.2} ms)",
+                            i + 1,
+                            w.requests_per_second,
+                            w.p50_ms,
+                            w.p99_ms
+                        );
+                    }
                 }
+                println!(
+                    "{node:<7} median ClusterIP / pod IP: {:.2}   median NodePort / pod IP: {:.2}   ({} connections)",
+                    runs.cluster_ip_ratio, runs.node_port_ratio, r.connections
+                );
             }
-            println!(
-                "median ClusterIP / pod IP: {:.2}   median NodePort / pod IP: {:.2}   ({} connections)",
-                r.cluster_ip_ratio, r.node_port_ratio, r.connections
-            );
             let each: Vec<String> = r
                 .ready_to_traffic_ms
                 .iter()

@@ -1,6 +1,7 @@
 //! Services through kubectl on the real server with its agent: ClusterIPs from the service
 //! range, NodePorts, and Endpoints and EndpointSlices that follow the pods' readiness.
 
+use std::io::{Read, Write};
 use std::process::Command;
 
 use crate::agent::{LONG, apply, curl, curl_in, get, pod, wait_for};
@@ -192,6 +193,48 @@ fn a_service_gets_an_address_and_endpoints_that_follow_ready_pods() {
         stderr(&clash).contains("provided port is already allocated"),
         "{}",
         stderr(&clash)
+    );
+
+    // The proxy hands a connection for a Wasm pod of its own node straight to the pod's
+    // server: no second connection to the pod's address, which a relay would open. One kept
+    // open is closed when its endpoint leaves the Service (relabelled out of it here), while
+    // the pod runs on.
+    let mut kept = std::net::TcpStream::connect((cluster_ip.as_str(), 8200)).unwrap();
+    kept.set_read_timeout(Some(LONG)).unwrap();
+    kept.write_all(b"GET /env/MY_IP HTTP/1.1\r\nHost: hello-svc\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains(&ip_a) {
+        let n = kept.read(&mut buf).unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let to_pod = Command::new("nsenter")
+        .arg(format!(
+            "--net={}",
+            crate::agent::netns(&c, "hello-a").display()
+        ))
+        .args(["ss", "-Htn", "state", "established", "( sport = :8000 )"])
+        .output()
+        .unwrap();
+    assert!(to_pod.status.success(), "{}", stderr(&to_pod));
+    assert_eq!(stdout(&to_pod).trim(), "", "a connection into the pod");
+    c.kubectl_ok(&["label", "pod", "hello-a", "app=moved", "--overwrite"]);
+    let closed_at = std::time::Instant::now();
+    let end = kept.read(&mut buf);
+    assert!(
+        matches!(end, Ok(0))
+            || end
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{end:?} after {:?}",
+        closed_at.elapsed()
+    );
+    let (body, ok) = curl(&format!("http://{ip_a}:8000/"));
+    assert!(
+        ok && body == "Hello from wk!\n",
+        "the pod serves on: {body}"
     );
 
     // The ready pod deleted: no address left behind the Service.

@@ -494,23 +494,39 @@ fn plain(status: StatusCode, text: &str) -> Response<HyperOutgoingBody> {
     r
 }
 
-/// Serves `service` on `listener` until `drain` is asked for, then stops accepting and waits
-/// for in-flight connections to finish.
-pub async fn serve(listener: TcpListener, service: Arc<HttpService>, drain: Stop) {
+/// Serves `service` on `listener`, and the connections the service proxy hands over, until
+/// `drain` is asked for; then stops accepting and waits for in-flight connections to finish.
+pub async fn serve(
+    listener: TcpListener,
+    mut handoffs: Option<crate::agent::handoff::Handoffs>,
+    service: Arc<HttpService>,
+    drain: Stop,
+) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+        let (stream, handed) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => (stream, None),
+                Err(_) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            handoff = async {
+                match &mut handoffs {
+                    Some(h) => h.next().await,
+                    None => std::future::pending().await,
+                }
+            } => match tokio::net::TcpStream::from_std(handoff.stream) {
+                Ok(stream) => (stream, Some((handoff.cut, handoff.done))),
+                Err(_) => continue,
+            },
             () = drain.wait() => break,
             () = tokio::time::sleep(IDLE_FOR) => {
                 service.trim_idle(false);
                 continue;
             }
-        };
-        let Ok((stream, _)) = accepted else {
-            // EMFILE and friends: back off instead of spinning.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
         };
         let _ = stream.set_nodelay(true);
         let svc = service.clone();
@@ -522,10 +538,23 @@ pub async fn serve(listener: TcpListener, service: Arc<HttpService>, drain: Stop
             );
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
-            let _ = conn.await;
+            match handed {
+                None => {
+                    let _ = conn.await;
+                }
+                // The proxy may cut a connection it handed over (its endpoint left the
+                // Service); `done` tells it when the connection is over.
+                Some((cut, done)) => {
+                    tokio::select! {
+                        _ = conn => {}
+                        () = cut.cancelled() => {}
+                    }
+                    drop(done);
+                }
+            }
         });
     }
-    drop(listener);
+    drop((listener, handoffs));
     graceful.shutdown().await;
     service.trim_idle(true);
 }
