@@ -1885,19 +1885,24 @@ async fn serve_http(
     );
     // Bind every port first, so a clash is reported before the container counts as started.
     let mut listeners = Vec::new();
+    let mut host_listeners = Vec::new();
     for (port, host_port) in &ports {
         let port = *port;
         let bound = handle
             .spawn(async move { tokio::net::TcpListener::bind(("0.0.0.0", port)).await })
             .await;
         match bound {
-            Ok(Ok(l)) => listeners.push((true, l)),
+            Ok(Ok(l)) => listeners.push(l),
             Ok(Err(e)) => return Exit::Failed(format!("listening on port {port} in the pod: {e}")),
             Err(e) => return Exit::Failed(e.to_string()),
         }
         if let Some(hp) = host_port {
-            match tokio::net::TcpListener::bind(("0.0.0.0", *hp)).await {
-                Ok(l) => listeners.push((false, l)),
+            // Bound here, in the node's namespace, and served on the pod's own thread with
+            // its containerPort (registered with that thread's runtime there).
+            let bound = std::net::TcpListener::bind(("0.0.0.0", *hp))
+                .and_then(|l| l.set_nonblocking(true).map(|()| l));
+            match bound {
+                Ok(l) => host_listeners.push(l),
                 Err(e) => return Exit::Failed(format!("hostPort {hp}: {e}")),
             }
         }
@@ -1915,8 +1920,8 @@ async fn serve_http(
     ctx.shared.live_logs(&path, true);
     // A pod whose CPU limit is over one core serves on that many threads (up to the node's
     // cores), inside its namespace; otherwise on the pod's own thread. More threads than the
-    // limit allows cannot help, and with fresh instances the page-table work they share costs
-    // more than they add on a small node (BENCHMARKS.md).
+    // limit allows cannot help, and worker threads for every pod would cost each idle pod
+    // more memory than issue 3's budget (ADR 011).
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let threads = p
         .guest
@@ -1934,24 +1939,29 @@ async fn serve_http(
     let pod_ip = ctx.pod.borrow()["status"]["podIP"]
         .as_str()
         .and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
+    let spawn =
+        |fut: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>| match &workers {
+            Some(rt) => rt.spawn(fut),
+            None => handle.spawn(fut),
+        };
     let mut serving = Vec::new();
-    for (in_pod, listener) in listeners {
-        let handoffs = pod_ip
-            .filter(|_| in_pod)
-            .zip(listener.local_addr().ok())
-            .map(|(ip, bound)| {
-                ctx.shared
-                    .local_http
-                    .register(std::net::SocketAddr::new(ip, bound.port()))
-            });
-        let svc = service.clone();
-        let drain = stop.drain.clone();
-        let fut = wasm::http::serve(listener, handoffs, svc, drain);
-        serving.push(match (&workers, in_pod) {
-            (Some(rt), _) => rt.spawn(fut),
-            (None, true) => handle.spawn(fut),
-            (None, false) => tokio::spawn(fut),
+    for listener in listeners {
+        let handoffs = pod_ip.zip(listener.local_addr().ok()).map(|(ip, bound)| {
+            ctx.shared
+                .local_http
+                .register(std::net::SocketAddr::new(ip, bound.port()))
         });
+        let fut = wasm::http::serve(listener, handoffs, service.clone(), stop.drain.clone());
+        serving.push(spawn(Box::pin(fut)));
+    }
+    for listener in host_listeners {
+        let (svc, drain) = (service.clone(), stop.drain.clone());
+        serving.push(spawn(Box::pin(async move {
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(l) => wasm::http::serve(l, None, svc, drain).await,
+                Err(e) => tracing::warn!(error = %e, "hostPort listener not served"),
+            }
+        })));
     }
     let kill_watch = {
         let kill = stop.kill.clone();

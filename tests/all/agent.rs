@@ -1209,6 +1209,37 @@ fn instance_reuse_serves_requests_in_turn_and_is_refused_for_a_component_that_ca
     assert_eq!(counts("once"), [1; 6]);
 }
 
+#[test]
+fn a_host_port_is_served_inside_the_pod() {
+    let c = Cluster::with_agent();
+    import_all(&c);
+    let port = free_port();
+    apply(
+        &c,
+        &pod(
+            "on-host-port",
+            &format!(
+                "  containers:\n  - name: hello\n    image: hello:v1\n    env: [{{name: GREETING, value: \"from the pod on {port}\"}}]\n    ports: [{{containerPort: 8000, hostPort: {port}}}]\n"
+            ),
+        ),
+    );
+    wait_for(
+        &c,
+        "on-host-port",
+        "{.status.containerStatuses[0].ready}",
+        "true",
+    );
+    let (body, _) = curl(&format!("http://127.0.0.1:{port}/"));
+    assert_eq!(body, format!("from the pod on {port}"));
+    // A connection to the hostPort is served on the pod's own thread, inside its namespace
+    // and limits: the guest's own request to 127.0.0.1:8000 reaches the pod's localhost (on
+    // the node's, nothing of this pod listens there).
+    let (body, _) = curl(&format!(
+        "http://127.0.0.1:{port}/fetch?url=http%3A%2F%2F127.0.0.1%3A8000%2F"
+    ));
+    assert_eq!(body, format!("200 from the pod on {port}"));
+}
+
 /// A TCP port nothing listens on now.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -369,8 +369,6 @@ impl HttpService {
                 (store.map_err(Failure::new)?, None, 0)
             }
         };
-        // Per request, so that CPU time is counted from this request's start.
-        slice(&mut store, &self.kill, &self.spec);
         let (tx, rx) = tokio::sync::oneshot::channel();
         let req = store
             .data_mut()
@@ -385,6 +383,12 @@ impl HttpService {
         let pre = self.pre.clone();
         let service = self.clone();
         let task = tokio::spawn(async move {
+            // Set when the task first runs, not when it is spawned: CPU time is counted from
+            // here, and a deadline set earlier could have passed while the task waited its
+            // turn behind the other connections (at 256 connections on one thread, more
+            // than a tick), so every guest yielded at once and held its instance (and pool
+            // slot) through another whole round of the queue.
+            slice(&mut store, &service.kill, &service.spec);
             let proxy = match warm {
                 Some(proxy) => proxy,
                 None => pre.instantiate_async(&mut store).await?,

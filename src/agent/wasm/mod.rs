@@ -1082,6 +1082,17 @@ mod tests {
         usage.ru_minflt
     }
 
+    /// Calls `export` (no arguments, an i32 back) on a fresh instance of `module`.
+    fn call_fresh(runtime: &Runtime, module: &Module, export: &str) -> i32 {
+        let mut store = Store::new(&runtime.engine, ());
+        store.set_epoch_deadline(1 << 20);
+        let instance = wasmtime::Instance::new(&mut store, module, &[]).unwrap();
+        let f = instance
+            .get_typed_func::<(), i32>(&mut store, export)
+            .unwrap();
+        f.call(&mut store, ()).unwrap()
+    }
+
     /// Reset in place covers writes scattered over many runs of pages (as a JS engine's heap
     /// makes): the next instance in the slot takes no fault on them. wasmtime 48 as released
     /// stopped after 32 runs and unmapped the rest (docs/adr/014-vendored-wasmtime.md). Where
@@ -1105,17 +1116,11 @@ mod tests {
         let runtime = Runtime::new(dir.path(), 4, MAX_MODULE_BYTES, KEEP_RESIDENT).unwrap();
         let module = Module::new(&runtime.engine, wat).unwrap();
         let round = || {
-            let mut store = Store::new(&runtime.engine, ());
-            store.set_epoch_deadline(1 << 20);
-            let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
-            let scatter = instance
-                .get_typed_func::<(), i32>(&mut store, "scatter")
-                .unwrap();
             assert_eq!(
-                scatter.call(&mut store, ()).unwrap(),
+                call_fresh(&runtime, &module, "scatter"),
                 0,
                 "a page kept a write"
-            );
+            )
         };
         for _ in 0..3 {
             round();
@@ -1159,14 +1164,8 @@ mod tests {
             );
             let module = Module::new(&runtime.engine, wat).unwrap();
             for round in 0..20 {
-                let mut store = Store::new(&runtime.engine, ());
-                store.set_epoch_deadline(1 << 20);
-                let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
-                let touch = instance
-                    .get_typed_func::<(), i32>(&mut store, "touch")
-                    .unwrap();
                 assert_eq!(
-                    touch.call(&mut store, ()).unwrap(),
+                    call_fresh(&runtime, &module, "touch"),
                     41,
                     "keep {keep}, round {round}"
                 );
