@@ -1919,22 +1919,27 @@ async fn serve_http(
     ctx.started_events(&name, restart).await;
     ctx.shared.live_logs(&path, true);
     // A pod whose CPU limit is over one core serves on that many threads (up to the node's
-    // cores), inside its namespace; otherwise on the pod's own thread. More threads than the
-    // limit allows cannot help, and worker threads for every pod would cost each idle pod
-    // more memory than issue 3's budget (ADR 011).
+    // cores), inside its namespace; one with a limit of a core or less, on the pod's own
+    // thread: more threads than the limit allows cannot help (ADR 011).
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let threads = p
         .guest
         .cpu_millis
         .map_or(1, |m| usize::try_from(m.div_ceil(1000)).unwrap_or(cores))
         .clamp(1, cores);
+    let netns = || {
+        let (_, ns) = sandbox::paths(&ctx.shared.data_dir, &ctx.uid);
+        sandbox::netns::is_mounted(&ns).then_some(ns)
+    };
     let workers = (threads > 1)
-        .then(|| {
-            let (_, ns) = sandbox::paths(&ctx.shared.data_dir, &ctx.uid);
-            let ns = sandbox::netns::is_mounted(&ns).then_some(ns);
-            sandbox::worker_runtime(&name, ns.as_deref(), threads)
-        })
+        .then(|| sandbox::worker_runtime(&name, netns().as_deref(), threads))
         .flatten();
+    // Without a CPU limit the pod may use every core, as on Kubernetes, but worker threads
+    // start only once it has two connections open at once and stop when it has none.
+    let spread = (p.guest.cpu_millis.is_none() && cores > 1).then(|| {
+        let (name, ns) = (name.clone(), netns());
+        wasm::http::Spread::new(move || sandbox::worker_runtime(&name, ns.as_deref(), cores))
+    });
     // The service proxy hands this node's connections for the pod's ports straight over.
     let pod_ip = ctx.pod.borrow()["status"]["podIP"]
         .as_str()
@@ -1951,14 +1956,20 @@ async fn serve_http(
                 .local_http
                 .register(std::net::SocketAddr::new(ip, bound.port()))
         });
-        let fut = wasm::http::serve(listener, handoffs, service.clone(), stop.drain.clone());
+        let fut = wasm::http::serve(
+            listener,
+            handoffs,
+            service.clone(),
+            stop.drain.clone(),
+            spread.clone(),
+        );
         serving.push(spawn(Box::pin(fut)));
     }
     for listener in host_listeners {
-        let (svc, drain) = (service.clone(), stop.drain.clone());
+        let (svc, drain, spread) = (service.clone(), stop.drain.clone(), spread.clone());
         serving.push(spawn(Box::pin(async move {
             match tokio::net::TcpListener::from_std(listener) {
-                Ok(l) => wasm::http::serve(l, None, svc, drain).await,
+                Ok(l) => wasm::http::serve(l, None, svc, drain, spread).await,
                 Err(e) => tracing::warn!(error = %e, "hostPort listener not served"),
             }
         })));
@@ -1978,6 +1989,9 @@ async fn serve_http(
     kill_watch.abort();
     if let Some(rt) = workers {
         rt.shutdown_background();
+    }
+    if let Some(spread) = spread {
+        spread.stop();
     }
     ctx.shared.live_logs(&path, false);
     ctx.set(false, i, |c| {

@@ -120,47 +120,52 @@ pub async fn js(wk: &Path, opts: &JsOptions<'_>) -> anyhow::Result<JsReport> {
     let store = crate::agent::images::Store::new(agent_dir.path());
     let (digest, _) = store.add(std::fs::File::open(opts.component)?)?;
     store.tag("hello-js:v1", &digest)?;
-    let pod = |node: &str, name: &str, port: u16, annotations: serde_json::Value, cpu: &str| {
-        json!({"apiVersion": "v1", "kind": "Pod",
+    let pod =
+        |node: &str, name: &str, port: u16, annotations: serde_json::Value, cpu: Option<&str>| {
+            let mut resources = json!({"requests": {"cpu": "100m"}});
+            if let Some(cpu) = cpu {
+                resources["limits"] = json!({"cpu": cpu});
+            }
+            json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "annotations": annotations},
             "spec": {"nodeName": node, "terminationGracePeriodSeconds": 0, "containers": [{
                 "name": "hello", "image": "hello-js:v1", "imagePullPolicy": "Never",
-                "resources": {"requests": {"cpu": "100m"}, "limits": {"cpu": cpu}},
+                "resources": resources,
                 "ports": [{"containerPort": 8000, "hostPort": port}]}]}})
-    };
-    // The pods: (name, node, annotations, CPU limit). A limit over one core gives that many
-    // threads.
+        };
+    // The pods: (name, node, annotations, CPU limit). Without a limit a busy pod spreads over
+    // the node's cores; a limit of one core keeps it on its own thread.
     let reuse = json!({crate::agent::wasm::http::REUSE_ANNOTATION: opts.reuse.to_string()});
     let pods = [
-        ("wk, fresh instance", "fresh", "bench", json!({}), "1"),
+        ("wk, fresh instance", "fresh", "bench", json!({}), None),
         (
-            "wk, fresh instance, 2 threads",
-            "fresh-2",
+            "wk, fresh instance, one core",
+            "fresh-1",
             "bench",
             json!({}),
-            "2",
+            Some("1"),
         ),
         (
-            "wk, fresh instance, 2 made ahead",
+            "wk, fresh instance, one core, 2 made ahead",
             "prewarm",
             "bench",
             json!({crate::agent::wasm::http::PREWARM_ANNOTATION: "2"}),
-            "1",
+            Some("1"),
         ),
-        ("wk, instance reuse", "reuse", "bench", reuse.clone(), "1"),
+        ("wk, instance reuse", "reuse", "bench", reuse.clone(), None),
         (
-            "wk, instance reuse, 2 threads",
-            "reuse-2",
+            "wk, instance reuse, one core",
+            "reuse-1",
             "bench",
             reuse,
-            "2",
+            Some("1"),
         ),
         (
-            "wk, fresh instance, memory unmapped",
+            "wk, fresh instance, one core, memory unmapped",
             "unmapped",
             UNMAPPED,
             json!({}),
-            "1",
+            Some("1"),
         ),
     ];
     let mut urls = Vec::new();
@@ -178,7 +183,7 @@ pub async fn js(wk: &Path, opts: &JsOptions<'_>) -> anyhow::Result<JsReport> {
                     name,
                     port,
                     annotations.clone(),
-                    cpu,
+                    *cpu,
                 ))?),
             )
             .await?;

@@ -1240,6 +1240,93 @@ fn a_host_port_is_served_inside_the_pod() {
     assert_eq!(body, format!("200 from the pod on {port}"));
 }
 
+/// Threads of process `pid` named `name`.
+fn threads_named(pid: u32, name: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|comm| comm.trim() == name)
+        })
+        .count()
+}
+
+#[test]
+fn a_busy_pod_without_a_cpu_limit_spreads_over_the_cores_and_an_idle_one_does_not() {
+    assert!(
+        std::thread::available_parallelism().unwrap().get() > 1,
+        "this test needs a machine with two cores or more"
+    );
+    let c = Cluster::with_agent();
+    import_all(&c);
+    apply(
+        &c,
+        &pod(
+            "busy",
+            "  containers:\n  - {name: spreads, image: hello:v1, ports: [{containerPort: 8000}]}\n",
+        ),
+    );
+    wait_for(&c, "busy", "{.status.containerStatuses[0].ready}", "true");
+    let pid = c.pid();
+    // Worker threads are named after the container.
+    let workers = || threads_named(pid, "pod-spreads");
+    // One connection at a time is served on the pod's own thread.
+    for _ in 0..3 {
+        assert_eq!(
+            curl_in(&c, "busy", "http://127.0.0.1:8000/").0,
+            "Hello from wk!\n 200"
+        );
+    }
+    assert_eq!(workers(), 0, "an idle pod has no worker threads");
+    // Two open at once start its worker threads.
+    let ns = netns(&c, "busy");
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            Command::new("nsenter")
+                .arg(format!("--net={}", ns.display()))
+                .args([
+                    "curl",
+                    "-s",
+                    "-m",
+                    "20",
+                    "http://127.0.0.1:8000/slow?ms=3000",
+                ])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("run nsenter curl")
+        })
+        .collect();
+    let mut seen = 0;
+    assert!(
+        eventually(LONG, || {
+            seen = workers();
+            seen >= 2
+        }),
+        "worker threads while two requests are open: {seen}"
+    );
+    // A connection made now is served there, inside the pod's namespace: the guest reaches
+    // the pod's own localhost.
+    let (body, _) = curl_in(
+        &c,
+        "busy",
+        "http://127.0.0.1:8000/fetch?url=http%3A%2F%2F127.0.0.1%3A8000%2F",
+    );
+    assert_eq!(body, "200 Hello from wk!\n 200");
+    for child in slow {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(stdout(&out), "slow 3000\n");
+    }
+    // They end with the pod.
+    let out = c.kubectl(&["delete", "pod", "busy", "--wait=true"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        eventually(LONG, || workers() == 0),
+        "worker threads left after the pod: {}",
+        workers()
+    );
+}
+
 /// A TCP port nothing listens on now.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -498,13 +498,122 @@ fn plain(status: StatusCode, text: &str) -> Response<HyperOutgoingBody> {
     r
 }
 
+/// Worker threads that a pod without a CPU limit spreads its connections over once it has
+/// two open at once, and lets go after it has had none open for a while: a busy pod uses the
+/// node's cores, and an idle one keeps only its own thread and memory (ADR 015).
+pub struct Spread {
+    make: Box<dyn Fn() -> Option<tokio::runtime::Runtime> + Send + Sync>,
+    /// How long the workers outlive the pod's last open connection.
+    idle: Duration,
+    state: Mutex<SpreadState>,
+}
+
+#[derive(Default)]
+struct SpreadState {
+    workers: Option<tokio::runtime::Runtime>,
+    /// Connections open on the pod's listeners, wherever they are served.
+    open: usize,
+    /// When the last one closed.
+    closed_at: Option<Instant>,
+}
+
+/// One open connection, counted in its [`Spread`] until dropped.
+pub struct Open(Arc<Spread>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.open -= 1;
+        if state.open == 0 {
+            state.closed_at = Some(Instant::now());
+        }
+    }
+}
+
+impl Spread {
+    /// `make` starts the worker threads (inside the pod's namespace); None when it cannot.
+    pub fn new(
+        make: impl Fn() -> Option<tokio::runtime::Runtime> + Send + Sync + 'static,
+    ) -> Arc<Self> {
+        Self::idle_after(IDLE_FOR, make)
+    }
+
+    fn idle_after(
+        idle: Duration,
+        make: impl Fn() -> Option<tokio::runtime::Runtime> + Send + Sync + 'static,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            make: Box::new(make),
+            idle,
+            state: Mutex::new(SpreadState::default()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SpreadState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts a newly accepted connection and says where to serve it: on the worker threads
+    /// (started now if this is the second open connection), or here when there are none.
+    fn place(self: &Arc<Self>) -> (Option<tokio::runtime::Handle>, Open) {
+        let mut state = self.lock();
+        // A pod probed now and then never has its listener idle: a quiet spell since the
+        // last connection closed also ends the workers.
+        self.release(&mut state);
+        state.open += 1;
+        if state.workers.is_none() && state.open >= 2 {
+            state.workers = (self.make)();
+        }
+        let workers = state.workers.as_ref().map(|rt| rt.handle().clone());
+        drop(state);
+        (workers, Open(self.clone()))
+    }
+
+    /// Stops the worker threads when no connection has been open for a while.
+    fn release_if_idle(&self) {
+        self.release(&mut self.lock());
+    }
+
+    fn release(&self, state: &mut SpreadState) {
+        if state.open == 0
+            && state.closed_at.is_none_or(|t| t.elapsed() >= self.idle)
+            && let Some(rt) = state.workers.take()
+        {
+            rt.shutdown_background();
+        }
+    }
+
+    /// Whether the worker threads are running.
+    pub fn has_workers(&self) -> bool {
+        self.lock().workers.is_some()
+    }
+
+    /// Stops the worker threads, without waiting for what runs on them. Call it where the
+    /// serving ended, not on one of those threads.
+    pub fn stop(&self) {
+        if let Some(rt) = self.lock().workers.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Drop for Spread {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// Serves `service` on `listener`, and the connections the service proxy hands over, until
 /// `drain` is asked for; then stops accepting and waits for in-flight connections to finish.
+/// With `spread`, connections move to worker threads while the pod is busy.
 pub async fn serve(
     listener: TcpListener,
     mut handoffs: Option<crate::agent::handoff::Handoffs>,
     service: Arc<HttpService>,
     drain: Stop,
+    spread: Option<Arc<Spread>>,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
@@ -529,34 +638,63 @@ pub async fn serve(
             () = drain.wait() => break,
             () = tokio::time::sleep(IDLE_FOR) => {
                 service.trim_idle(false);
+                if let Some(spread) = &spread {
+                    spread.release_if_idle();
+                }
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
-        let svc = service.clone();
-        let conn = hyper::server::conn::http1::Builder::new()
-            .keep_alive(true)
-            .serve_connection(
-                TokioIo::new(stream),
-                hyper::service::service_fn(move |req| svc.clone().handle(req)),
-            );
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            match handed {
-                None => {
-                    let _ = conn.await;
-                }
-                // The proxy may cut a connection it handed over (its endpoint left the
-                // Service); `done` tells it when the connection is over.
-                Some((cut, done)) => {
-                    tokio::select! {
-                        _ = conn => {}
-                        () = cut.cancelled() => {}
+        let serve_one = {
+            let svc = service.clone();
+            let watcher = graceful.watcher();
+            move |stream: tokio::net::TcpStream| async move {
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(true)
+                    .serve_connection(
+                        TokioIo::new(stream),
+                        hyper::service::service_fn(move |req| svc.clone().handle(req)),
+                    );
+                let conn = watcher.watch(conn);
+                match handed {
+                    None => {
+                        let _ = conn.await;
                     }
-                    drop(done);
+                    // The proxy may cut a connection it handed over (its endpoint left the
+                    // Service); `done` tells it when the connection is over.
+                    Some((cut, done)) => {
+                        tokio::select! {
+                            _ = conn => {}
+                            () = cut.cancelled() => {}
+                        }
+                        drop(done);
+                    }
                 }
             }
-        });
+        };
+        match spread.as_ref().map(|s| s.place()) {
+            // On the pod's worker threads: the stream moves to their reactor.
+            Some((Some(workers), open)) => match stream.into_std() {
+                Ok(stream) => {
+                    workers.spawn(async move {
+                        if let Ok(stream) = tokio::net::TcpStream::from_std(stream) {
+                            serve_one(stream).await;
+                        }
+                        drop(open);
+                    });
+                }
+                Err(_) => drop(open),
+            },
+            Some((None, open)) => {
+                tokio::spawn(async move {
+                    serve_one(stream).await;
+                    drop(open);
+                });
+            }
+            None => {
+                tokio::spawn(serve_one(stream));
+            }
+        }
     }
     drop((listener, handoffs));
     graceful.shutdown().await;
@@ -566,6 +704,45 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn workers_start_with_the_second_open_connection_and_stop_after_a_quiet_spell() {
+        let made = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = made.clone();
+        let spread = Spread::idle_after(Duration::from_secs(1), move || {
+            counted.fetch_add(1, Ordering::Relaxed);
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .build()
+                .ok()
+        });
+        // One connection at a time stays here.
+        let (here, first) = spread.place();
+        assert!(here.is_none() && !spread.has_workers());
+        // The second open at once goes to the workers, and so does the next while they run.
+        let (there, second) = spread.place();
+        assert!(there.is_some() && spread.has_workers());
+        drop(first);
+        let (still, third) = spread.place();
+        assert!(still.is_some());
+        drop((second, third));
+        // Idle, but not for long enough yet.
+        spread.release_if_idle();
+        assert!(spread.has_workers());
+        std::thread::sleep(Duration::from_millis(1100));
+        // After a quiet spell the next connection finds them gone and is served here.
+        let (here, alone) = spread.place();
+        assert!(here.is_none() && !spread.has_workers());
+        drop(alone);
+        assert_eq!(made.load(Ordering::Relaxed), 1);
+        // Busy again: started again; the pod's end stops them.
+        let both = (spread.place(), spread.place());
+        assert!(spread.has_workers());
+        spread.stop();
+        assert!(!spread.has_workers());
+        drop(both);
+        assert_eq!(made.load(Ordering::Relaxed), 2);
+    }
 
     #[test]
     fn serving_settings_come_from_annotations_and_bad_ones_are_named() {
