@@ -577,23 +577,27 @@ impl Spread {
     }
 
     fn release(&self, state: &mut SpreadState) {
-        if state.open == 0
-            && state.closed_at.is_none_or(|t| t.elapsed() >= self.idle)
-            && let Some(rt) = state.workers.take()
-        {
-            rt.shutdown_background();
+        if state.open == 0 && state.closed_at.is_none_or(|t| t.elapsed() >= self.idle) {
+            state.stop_workers();
         }
     }
 
     /// Whether the worker threads are running.
-    pub fn has_workers(&self) -> bool {
+    #[cfg(test)]
+    fn has_workers(&self) -> bool {
         self.lock().workers.is_some()
     }
 
     /// Stops the worker threads, without waiting for what runs on them. Call it where the
     /// serving ended, not on one of those threads.
     pub fn stop(&self) {
-        if let Some(rt) = self.lock().workers.take() {
+        self.lock().stop_workers();
+    }
+}
+
+impl SpreadState {
+    fn stop_workers(&mut self) {
+        if let Some(rt) = self.workers.take() {
             rt.shutdown_background();
         }
     }
@@ -672,10 +676,11 @@ pub async fn serve(
                 }
             }
         };
-        match spread.as_ref().map(|s| s.place()) {
+        let (workers, open) = spread.as_ref().map(|s| s.place()).unzip();
+        match workers.flatten() {
             // On the pod's worker threads: the stream moves to their reactor.
-            Some((Some(workers), open)) => match stream.into_std() {
-                Ok(stream) => {
+            Some(workers) => {
+                if let Ok(stream) = stream.into_std() {
                     workers.spawn(async move {
                         if let Ok(stream) = tokio::net::TcpStream::from_std(stream) {
                             serve_one(stream).await;
@@ -683,16 +688,12 @@ pub async fn serve(
                         drop(open);
                     });
                 }
-                Err(_) => drop(open),
-            },
-            Some((None, open)) => {
+            }
+            None => {
                 tokio::spawn(async move {
                     serve_one(stream).await;
                     drop(open);
                 });
-            }
-            None => {
-                tokio::spawn(serve_one(stream));
             }
         }
     }
