@@ -14,13 +14,13 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use wasmtime::{Engine, Store};
+use wasmtime::Engine;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use super::{GuestSpec, Limiter, P2State, Stop, p2_state, slice};
+use super::{Guest, GuestSpec, Limiter, P2State, Stop, p2_state, slice};
 use crate::agent::logs::LogStream;
 
 /// Requests one pod serves at once by default; more wait for a slot.
@@ -134,7 +134,7 @@ pub struct HttpService {
 
 /// An instance that has served and waits for its next request.
 struct Warm {
-    store: Store<P2State>,
+    store: Guest<P2State>,
     proxy: Proxy,
     served: u32,
     since: Instant,
@@ -185,16 +185,14 @@ impl HttpService {
     }
 
     /// A store for a new instance, once a pool slot is free.
-    async fn new_store(&self) -> Result<Store<P2State>, String> {
+    async fn new_store(&self) -> Result<Guest<P2State>, String> {
         let mut builder = self
             .spec
             .wasi_builder(Some(&self.stdout.fork()), Some(&self.stderr.fork()))
             .map_err(|e| e.to_string())?;
         let limiter = Limiter::new(self.spec.memory_limit, self.spec.memory_usage.clone());
-        let state = p2_state(builder.build(), limiter, &self.spec).await;
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limiter);
-        Ok(store)
+        let state = p2_state(builder.build(), limiter, &self.spec);
+        Ok(Guest::new(&self.engine, self.spec.slots.as_ref(), state).await)
     }
 
     /// Without reuse, makes instances ahead of need (up to `prewarm`, while pool slots are
@@ -261,7 +259,7 @@ impl HttpService {
     }
 
     /// Keeps an instance that has just served, if it may serve more.
-    fn put_warm(&self, store: Store<P2State>, proxy: Proxy, served: u32) {
+    fn put_warm(&self, store: Guest<P2State>, proxy: Proxy, served: u32) {
         if served >= self.reuse
             || self.refused.load(Ordering::Relaxed)
             || self.kill.stopped()

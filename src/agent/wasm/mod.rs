@@ -173,6 +173,17 @@ fn engine_config(pool: Option<PoolingAllocationConfig>) -> Config {
     cfg.epoch_interruption(true);
     cfg.max_wasm_stack(MAX_WASM_STACK);
     cfg.parallel_compilation(true);
+    // For profiling guests with perf: `perfmap` names their compiled functions in
+    // /tmp/perf-PID.map, `jitdump` writes jit-PID.dump for `perf inject --jit`.
+    match std::env::var("WK_WASM_PROFILER").as_deref() {
+        Ok("perfmap") => {
+            cfg.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
+        Ok("jitdump") => {
+            cfg.profiler(wasmtime::ProfilingStrategy::JitDump);
+        }
+        _ => {}
+    }
     if let Some(pool) = pool {
         cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
@@ -566,8 +577,6 @@ impl Drop for Limiter {
 pub struct P1State {
     wasi: WasiP1Ctx,
     limiter: Limiter,
-    /// The pool slot the guest runs in, given back with its store.
-    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// The store data of a component (command or HTTP handler).
@@ -581,8 +590,69 @@ pub struct P2State {
     /// Whether the guest may use the network (and so resolve names).
     network: bool,
     hooks: lookup::Hooks,
-    /// The pool slot the guest runs in, given back with its store.
+}
+
+/// Store data with a memory limiter.
+trait Limited: Sized + Send + 'static {
+    fn limiter(&mut self) -> &mut Limiter;
+}
+
+impl Limited for P1State {
+    fn limiter(&mut self) -> &mut Limiter {
+        &mut self.limiter
+    }
+}
+
+impl Limited for P2State {
+    fn limiter(&mut self) -> &mut Limiter {
+        &mut self.limiter
+    }
+}
+
+/// A guest's store and the node's pool slot its instances take. The fields drop in order: the
+/// store, and its instances with it, goes back to the pool before the slot is given back, so a
+/// guest that waited for the slot (on another pod's thread, or another of this pod's workers)
+/// finds the pool's room free. A slot held in the store's data would be given back first:
+/// wasmtime drops a store's data before its instances.
+struct Guest<T: 'static> {
+    store: Store<T>,
     _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl<T: Limited> Guest<T> {
+    /// A store for `data` with its limiter, once one of the node's pool slots is free.
+    async fn new(engine: &Engine, slots: Option<&Arc<tokio::sync::Semaphore>>, data: T) -> Self {
+        let slot = slot(slots).await;
+        let mut store = Store::new(engine, data);
+        store.limiter(|s| s.limiter());
+        Self { store, _slot: slot }
+    }
+}
+
+impl<T: 'static> std::ops::Deref for Guest<T> {
+    type Target = Store<T>;
+    fn deref(&self) -> &Store<T> {
+        &self.store
+    }
+}
+
+impl<T: 'static> std::ops::DerefMut for Guest<T> {
+    fn deref_mut(&mut self) -> &mut Store<T> {
+        &mut self.store
+    }
+}
+
+impl<T: 'static> wasmtime::AsContext for Guest<T> {
+    type Data = T;
+    fn as_context(&self) -> wasmtime::StoreContext<'_, T> {
+        self.store.as_context()
+    }
+}
+
+impl<T: 'static> wasmtime::AsContextMut for Guest<T> {
+    fn as_context_mut(&mut self) -> wasmtime::StoreContextMut<'_, T> {
+        self.store.as_context_mut()
+    }
 }
 
 impl WasiView for P2State {
@@ -850,16 +920,11 @@ async fn run_inner(
     match loaded {
         Loaded::Module(pre) => {
             let mut builder = builder;
-            let slot = slot(spec).await;
-            let mut store = Store::new(
-                engine,
-                P1State {
-                    wasi: builder.build_p1(),
-                    limiter,
-                    _slot: slot,
-                },
-            );
-            store.limiter(|s| &mut s.limiter);
+            let data = P1State {
+                wasi: builder.build_p1(),
+                limiter,
+            };
+            let mut store = Guest::new(engine, spec.slots.as_ref(), data).await;
             slice(&mut store, stop, spec);
             let result = async {
                 let instance = pre.instantiate_async(&mut store).await?;
@@ -875,8 +940,12 @@ async fn run_inner(
         }
         Loaded::Command(pre) => {
             let mut builder = builder;
-            let mut store = Store::new(engine, p2_state(builder.build(), limiter, spec).await);
-            store.limiter(|s| &mut s.limiter);
+            let mut store = Guest::new(
+                engine,
+                spec.slots.as_ref(),
+                p2_state(builder.build(), limiter, spec),
+            )
+            .await;
             slice(&mut store, stop, spec);
             let result = async {
                 let command = pre.instantiate_async(&mut store).await?;
@@ -895,23 +964,24 @@ async fn run_inner(
     }
 }
 
-/// Waits for a pool slot for one of `spec`'s guests (none needed without the pool).
-async fn slot(spec: &GuestSpec) -> Option<tokio::sync::OwnedSemaphorePermit> {
-    let slots = spec.slots.clone()?;
+/// Waits for one of the node's pool `slots` (none needed without the pool).
+async fn slot(
+    slots: Option<&Arc<tokio::sync::Semaphore>>,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let slots = slots?;
     match slots.clone().try_acquire_owned() {
         Ok(permit) => Some(permit),
         Err(_) => {
             tracing::debug!(
                 "every slot of the node's instance pool is in use: the guest waits for one"
             );
-            slots.acquire_owned().await.ok()
+            slots.clone().acquire_owned().await.ok()
         }
     }
 }
 
-/// The store data of a component guest, holding its pool slot.
-async fn p2_state(ctx: WasiCtx, limiter: Limiter, spec: &GuestSpec) -> P2State {
-    let slot = slot(spec).await;
+/// The store data of a component guest.
+fn p2_state(ctx: WasiCtx, limiter: Limiter, spec: &GuestSpec) -> P2State {
     let mut table = ResourceTable::new();
     table.set_max_capacity(100_000);
     P2State {
@@ -924,7 +994,6 @@ async fn p2_state(ctx: WasiCtx, limiter: Limiter, spec: &GuestSpec) -> P2State {
         hooks: lookup::Hooks {
             resolver: spec.dns.clone(),
         },
-        _slot: slot,
     }
 }
 
@@ -949,8 +1018,12 @@ pub async fn call_hook(
         .wasi_builder(Some(stdout), Some(stderr))
         .map_err(|e| e.to_string())?;
     let limiter = Limiter::new(spec.memory_limit, spec.memory_usage.clone());
-    let mut store = Store::new(engine, p2_state(builder.build(), limiter, spec).await);
-    store.limiter(|s| &mut s.limiter);
+    let mut store = Guest::new(
+        engine,
+        spec.slots.as_ref(),
+        p2_state(builder.build(), limiter, spec),
+    )
+    .await;
     let stop = Stop::default();
     slice(&mut store, &stop, spec);
     let (iface, func) = hook.names();
@@ -1171,5 +1244,69 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A guest's pool slot is given back only once its store's instances are back in the pool,
+    /// so a guest that got the slot, on whichever thread, always finds room. With the slot in
+    /// the store's data, wasmtime gave it back first, and instantiating raced the last guest's
+    /// teardown (a pod's worker threads, or two pods' threads).
+    #[test]
+    fn a_guest_given_a_freed_slot_always_finds_room_in_the_pool() {
+        // Two memories per instance fill the pool's memories (two per slot) when every slot is
+        // in use; writing 4 MiB makes giving the memory back take a while.
+        let wat = r#"(module
+            (memory (export "a") 256)
+            (memory 1)
+            (func (export "fill") (result i32)
+                (memory.fill (i32.const 0) (i32.const 1) (i32.const 0x400000))
+                (i32.const 0)))"#;
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = Runtime::new(dir.path(), 1, MAX_MODULE_BYTES, 0).unwrap();
+        assert!(runtime.pooling);
+        let module = Module::new(&runtime.engine, wat).unwrap();
+        let slots = runtime.slots();
+        let total = slots.as_ref().unwrap().available_permits();
+        let failures = Arc::new(AtomicU64::new(0));
+        let threads: Vec<_> = (0..total + 4)
+            .map(|_| {
+                let (engine, module, slots) =
+                    (runtime.engine.clone(), module.clone(), slots.clone());
+                let failures = failures.clone();
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .build()
+                        .unwrap();
+                    rt.block_on(async {
+                        for _ in 0..40 {
+                            let data = P1State {
+                                wasi: WasiCtxBuilder::new().build_p1(),
+                                limiter: Limiter::new(1 << 30, Arc::default()),
+                            };
+                            let mut guest = Guest::new(&engine, slots.as_ref(), data).await;
+                            guest.set_epoch_deadline(1 << 20);
+                            match wasmtime::Instance::new(&mut guest, &module, &[]) {
+                                Ok(instance) => {
+                                    let fill = instance
+                                        .get_typed_func::<(), i32>(&mut guest, "fill")
+                                        .unwrap();
+                                    assert_eq!(fill.call(&mut guest, ()).unwrap(), 0);
+                                }
+                                Err(_) => {
+                                    failures.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                        }
+                    });
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(
+            failures.load(Ordering::Relaxed),
+            0,
+            "instantiations refused by the pool"
+        );
     }
 }
