@@ -92,17 +92,32 @@ class Server {
   }
 }
 
+// Every request pays for what its message and response objects do up front, so they do little:
+// the method, URL and headers are read from the host when first asked for, and the response
+// keeps no header map until a header is set.
 class IncomingMessage {
   constructor(request) {
-    const method = request.method();
-    this.method = method.tag === 'other' ? method.val : method.tag.toUpperCase();
-    this.url = request.pathWithQuery() ?? '/';
-    this.httpVersion = '1.1';
     this.request = request;
-    this.parsed = null;
-    this.events = { data: [], end: [] };
-    this.encoding = null;
-    this.pumping = false;
+  }
+  get method() {
+    if (this.fields?.method === undefined) {
+      const method = this.request.method();
+      this.own().method = method.tag === 'other' ? method.val : method.tag.toUpperCase();
+    }
+    return this.fields.method;
+  }
+  set method(value) {
+    this.own().method = value;
+  }
+  get url() {
+    if (this.fields?.url === undefined) this.own().url = this.request.pathWithQuery() ?? '/';
+    return this.fields.url;
+  }
+  set url(value) {
+    this.own().url = value;
+  }
+  own() {
+    return (this.fields ??= {});
   }
   // Headers are decoded when first asked for: a handler that never looks costs nothing.
   get headers() {
@@ -149,6 +164,7 @@ class IncomingMessage {
     return chunks;
   }
   on(event, fn) {
+    this.events ??= { data: [], end: [] };
     if (event in this.events) {
       this.events[event].push(fn);
       if (!this.pumping) {
@@ -174,13 +190,7 @@ class IncomingMessage {
 
 class ServerResponse {
   constructor(finished) {
-    this.statusCode = 200;
-    this.statusMessage = '';
-    this.headers = new Map();
     this.chunks = [];
-    this.headersSent = false;
-    this.writableEnded = false;
-    this.finished = false;
     this.onEnd = finished;
   }
   setHeader(name, value) {
@@ -188,20 +198,20 @@ class ServerResponse {
       warnOnce(`setHeader(${JSON.stringify(name)}) after the headers were sent is ignored (Node throws ERR_HTTP_HEADERS_SENT)`);
       return this;
     }
-    this.headers.set(String(name).toLowerCase(), [String(name), value]);
+    (this.headerMap ??= new Map()).set(String(name).toLowerCase(), [String(name), value]);
     return this;
   }
   getHeader(name) {
-    return this.headers.get(String(name).toLowerCase())?.[1];
+    return this.headerMap?.get(String(name).toLowerCase())?.[1];
   }
   hasHeader(name) {
-    return this.headers.has(String(name).toLowerCase());
+    return this.headerMap?.has(String(name).toLowerCase()) ?? false;
   }
   removeHeader(name) {
-    this.headers.delete(String(name).toLowerCase());
+    this.headerMap?.delete(String(name).toLowerCase());
   }
   getHeaders() {
-    return Object.fromEntries([...this.headers].map(([k, [, v]]) => [k, v]));
+    return Object.fromEntries([...(this.headerMap ?? [])].map(([k, [, v]]) => [k, v]));
   }
   writeHead(status, message, headers) {
     if (this.headersSent) {
@@ -239,22 +249,57 @@ class ServerResponse {
   }
 }
 
+// Defaults on the prototypes: an instance gets its own property only when one is set.
+Object.assign(IncomingMessage.prototype, {
+  httpVersion: '1.1',
+  parsed: null,
+  events: null,
+  encoding: null,
+  pumping: false,
+  fields: null,
+});
+Object.assign(ServerResponse.prototype, {
+  statusCode: 200,
+  statusMessage: '',
+  headerMap: null,
+  headersSent: false,
+  writableEnded: false,
+  finished: false,
+});
+
+// The last Content-Length sent, encoded: a program answers with the same length again and again.
+let lastLength = -1;
+let lastLengthBytes = null;
+
 // Writes a finished ServerResponse into the wasi:http response outparam.
 function send(resp, out) {
-  const length = resp.chunks.reduce((n, c) => n + c.length, 0);
+  let length = 0;
+  for (const c of resp.chunks) length += c.length;
   const list = [];
-  for (const [name, value] of resp.headers.values()) {
-    for (const v of Array.isArray(value) ? value : [value]) list.push([name, encoder.encode(String(v))]);
+  const headers = resp.headerMap;
+  if (headers) {
+    for (const [name, value] of headers.values()) {
+      for (const v of Array.isArray(value) ? value : [value]) list.push([name, encoder.encode(String(v))]);
+    }
   }
-  if (!resp.headers.has('content-length') && !resp.headers.has('transfer-encoding')) {
-    list.push(['content-length', encoder.encode(String(length))]);
+  if (!headers?.has('content-length') && !headers?.has('transfer-encoding')) {
+    if (length !== lastLength) {
+      lastLength = length;
+      lastLengthBytes = encoder.encode(String(length));
+    }
+    list.push(['content-length', lastLengthBytes]);
   }
   const response = new OutgoingResponse(Fields.fromList(list));
-  response.setStatusCode(resp.statusCode);
+  // A new response's status is 200 already.
+  if (resp.statusCode !== 200) response.setStatusCode(resp.statusCode);
   const body = response.body();
   ResponseOutparam.set(out, { tag: 'ok', val: response });
   const stream = body.write();
   for (const chunk of resp.chunks) {
+    if (chunk.length <= 4096) {
+      if (chunk.length > 0) stream.blockingWriteAndFlush(chunk);
+      continue;
+    }
     // blocking-write-and-flush takes at most 4096 bytes at a time.
     for (let at = 0; at < chunk.length; at += 4096) {
       stream.blockingWriteAndFlush(chunk.subarray(at, at + 4096));

@@ -99,6 +99,14 @@ fn hello_js_is_built_with_npm_pushed_applied_scaled_rolled_out_and_back() {
         &["build.mjs", v2.to_str().unwrap(), v2_wasm.to_str().unwrap()],
     );
     run(&dir, "npm", &["run", "build:fetch"]);
+    // A program that uses the rest of what the prelude gives (tests/js/node-api.js).
+    let api_wasm = work.path().join("api.wasm");
+    let api = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js/node-api.js");
+    run(
+        &dir,
+        "node",
+        &["build.mjs", api.to_str().unwrap(), api_wasm.to_str().unwrap()],
+    );
 
     let registry = Registry::start();
     let c = Cluster::with_agent_args(&["--node-ip", "127.0.0.81"]);
@@ -107,6 +115,7 @@ fn hello_js_is_built_with_npm_pushed_applied_scaled_rolled_out_and_back() {
         (dir.join("hello.wasm"), "v1"),
         (v2_wasm, "v2"),
         (dir.join("fetch.wasm"), "fetch"),
+        (api_wasm, "api"),
     ] {
         c.wk_ok(&["push", file.to_str().unwrap(), &image(tag)]);
     }
@@ -166,6 +175,35 @@ fn hello_js_is_built_with_npm_pushed_applied_scaled_rolled_out_and_back() {
             image(tag)
         )
     };
+    // The request's method, URL, headers and body reach the program, and its status, headers
+    // and writes reach the client, on a reused instance as on a fresh one: nothing of one
+    // request is left in the next.
+    c.kubectl_apply(&pod("api", "api"));
+    wait(&c, "condition=Ready", "pod/api");
+    let port = c.jsonpath("svc", "api", "{.spec.ports[0].nodePort}");
+    let call = |args: &[&str], path: &str| {
+        let out = Command::new("curl")
+            .args(["-s", "-i", "-m", "10"])
+            .args(args)
+            .arg(format!("http://127.0.0.81:{port}{path}"))
+            .output()
+            .unwrap();
+        stdout(&out).replace("\r\n", "\n").to_lowercase()
+    };
+    for _ in 0..3 {
+        let post = call(&["-d", "ping", "-A", "tester"], "/echo?q=1");
+        assert!(post.starts_with("http/1.1 201"), "{post}");
+        for line in ["x-method: post\n", "x-agent: tester\n", "content-type: text/plain\n"] {
+            assert!(post.contains(line), "{line:?} in {post}");
+        }
+        assert!(post.ends_with("\n\npost /echo?q=1 1.1 ping"), "{post}");
+        let get = call(&[], "/other");
+        assert!(get.starts_with("http/1.1 200"), "{get}");
+        assert!(get.contains("x-method: get\n"), "{get}");
+        assert!(!get.contains("x-agent"), "{get}");
+        assert!(get.ends_with("\n\nget /other 1.1"), "{get}");
+    }
+
     for (name, tag) in [("reused", "v1"), ("fetch", "fetch")] {
         c.kubectl_apply(&pod(name, tag));
         wait(&c, "condition=Ready", &format!("pod/{name}"));
