@@ -221,8 +221,9 @@ impl HttpService {
                 let Ok(mut store) = service.new_store().await else {
                     break;
                 };
-                slice(&mut store, &service.kill, &service.spec);
-                let Ok(proxy) = service.pre.instantiate_async(&mut store).await else {
+                let meter = slice(&mut store, &service.kill, &service.spec);
+                let made = meter.run(service.pre.instantiate_async(&mut store)).await;
+                let Ok(proxy) = made else {
                     break;
                 };
                 service
@@ -381,20 +382,25 @@ impl HttpService {
         let pre = self.pre.clone();
         let service = self.clone();
         let task = tokio::spawn(async move {
-            // Set when the task first runs, not when it is spawned: CPU time is counted from
-            // here, and a deadline set earlier could have passed while the task waited its
+            // Set when the task first runs, not when it is spawned: a deadline set earlier
+            // could have passed while the task waited its
             // turn behind the other connections (at 256 connections on one thread, more
             // than a tick), so every guest yielded at once and held its instance (and pool
             // slot) through another whole round of the queue.
-            slice(&mut store, &service.kill, &service.spec);
-            let proxy = match warm {
-                Some(proxy) => proxy,
-                None => pre.instantiate_async(&mut store).await?,
-            };
-            let result = proxy
-                .wasi_http_incoming_handler()
-                .call_handle(&mut store, req, out)
-                .await;
+            let meter = slice(&mut store, &service.kill, &service.spec);
+            let (proxy, result) = meter
+                .run(async {
+                    let proxy = match warm {
+                        Some(proxy) => proxy,
+                        None => pre.instantiate_async(&mut store).await?,
+                    };
+                    let result = proxy
+                        .wasi_http_incoming_handler()
+                        .call_handle(&mut store, req, out)
+                        .await;
+                    Ok::<_, wasmtime::Error>((proxy, result))
+                })
+                .await?;
             let hit = store.data().limiter.hit_limit;
             match result {
                 Ok(()) => {

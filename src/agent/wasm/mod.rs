@@ -828,20 +828,29 @@ impl Stop {
 
 /// Installs the epoch callback: a stop interrupts the guest; a CPU limit makes it sleep off
 /// the time it used beyond its share; otherwise it yields so other tasks run.
-fn slice<T: 'static>(store: &mut Store<T>, stop: &Stop, spec: &GuestSpec) {
+fn slice<T: 'static>(store: &mut Store<T>, stop: &Stop, spec: &GuestSpec) -> Arc<Meter> {
+    slice_with(store, stop, spec.cpu_millis, &spec.cpu_nanos)
+}
+
+fn slice_with<T: 'static>(
+    store: &mut Store<T>,
+    stop: &Stop,
+    cpu_millis: Option<u64>,
+    used: &Arc<AtomicU64>,
+) -> Arc<Meter> {
     store.set_epoch_deadline(1);
     let flag = stop.flag.clone();
-    let cpu_millis = spec.cpu_millis;
-    let used = spec.cpu_nanos.clone();
-    let mut last = thread_cpu_nanos();
+    let meter = Arc::new(Meter {
+        used: used.clone(),
+        mark: AtomicU64::new(thread_cpu_nanos()),
+        carried: AtomicU64::new(0),
+    });
+    let at_tick = meter.clone();
     store.epoch_deadline_callback(move |_| {
         if flag.load(Ordering::Relaxed) {
             return Ok(UpdateDeadline::Interrupt);
         }
-        let now = thread_cpu_nanos();
-        let spent = now.saturating_sub(last);
-        last = now;
-        used.fetch_add(spent, Ordering::Relaxed);
+        let spent = at_tick.tick();
         match cpu_millis {
             // Over a tick of wall time the guest may use millis/1000 of it; sleeping
             // spent * (1000/millis - 1) keeps it at that share.
@@ -855,6 +864,45 @@ fn slice<T: 'static>(store: &mut Store<T>, stop: &Stop, spec: &GuestSpec) {
             _ => Ok(UpdateDeadline::Yield(1)),
         }
     });
+    meter
+}
+
+/// A guest's CPU time, counted poll by poll on the thread that polls it: what runs on that
+/// thread between two polls (other tasks) is not the guest's, a task on a pod's worker threads
+/// may be polled on a different thread each time, and a call shorter than a tick counts too.
+struct Meter {
+    /// The container's total.
+    used: Arc<AtomicU64>,
+    /// The thread's CPU time when the current poll began, or at the last tick within it.
+    mark: AtomicU64,
+    /// CPU time since the last tick, in the polls before the current one.
+    carried: AtomicU64,
+}
+
+impl Meter {
+    /// At a tick (inside a poll): the guest's CPU time since the last one.
+    fn tick(&self) -> u64 {
+        let now = thread_cpu_nanos();
+        now.saturating_sub(self.mark.swap(now, Ordering::Relaxed))
+            + self.carried.swap(0, Ordering::Relaxed)
+    }
+
+    /// Runs the guest's `work`, counting the CPU time of each poll.
+    async fn run<F: std::future::Future>(&self, work: F) -> F::Output {
+        let mut work = std::pin::pin!(work);
+        std::future::poll_fn(|cx| {
+            let start = thread_cpu_nanos();
+            self.mark.store(start, Ordering::Relaxed);
+            let polled = work.as_mut().poll(cx);
+            let end = thread_cpu_nanos();
+            let since_mark = end.saturating_sub(self.mark.load(Ordering::Relaxed));
+            self.carried.fetch_add(since_mark, Ordering::Relaxed);
+            self.used
+                .fetch_add(end.saturating_sub(start), Ordering::Relaxed);
+            polled
+        })
+        .await
+    }
 }
 
 /// CPU time of the calling thread, in nanoseconds.
@@ -925,13 +973,14 @@ async fn run_inner(
                 limiter,
             };
             let mut store = Guest::new(engine, spec.slots.as_ref(), data).await;
-            slice(&mut store, stop, spec);
-            let result = async {
-                let instance = pre.instantiate_async(&mut store).await?;
-                let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
-                start.call_async(&mut store, ()).await
-            }
-            .await;
+            let meter = slice(&mut store, stop, spec);
+            let result = meter
+                .run(async {
+                    let instance = pre.instantiate_async(&mut store).await?;
+                    let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+                    start.call_async(&mut store, ()).await
+                })
+                .await;
             let hit = store.data().limiter.hit_limit;
             match result {
                 Ok(()) => Exit::Code(0),
@@ -946,12 +995,13 @@ async fn run_inner(
                 p2_state(builder.build(), limiter, spec),
             )
             .await;
-            slice(&mut store, stop, spec);
-            let result = async {
-                let command = pre.instantiate_async(&mut store).await?;
-                command.wasi_cli_run().call_run(&mut store).await
-            }
-            .await;
+            let meter = slice(&mut store, stop, spec);
+            let result = meter
+                .run(async {
+                    let command = pre.instantiate_async(&mut store).await?;
+                    command.wasi_cli_run().call_run(&mut store).await
+                })
+                .await;
             let hit = store.data().limiter.hit_limit;
             match result {
                 Ok(Ok(())) => Exit::Code(0),
@@ -1025,9 +1075,9 @@ pub async fn call_hook(
     )
     .await;
     let stop = Stop::default();
-    slice(&mut store, &stop, spec);
+    let meter = slice(&mut store, &stop, spec);
     let (iface, func) = hook.names();
-    let call = async {
+    let call = meter.run(async {
         let instance = pre
             .instantiate_async(&mut store)
             .await
@@ -1046,7 +1096,7 @@ pub async fn call_hook(
             .await
             .map_err(|e| format!("{e:#}"))?;
         result
-    };
+    });
     let result = tokio::time::timeout(timeout, call).await;
     stdout.finish();
     stderr.finish();
@@ -1307,6 +1357,62 @@ mod tests {
             failures.load(Ordering::Relaxed),
             0,
             "instantiations refused by the pool"
+        );
+    }
+
+    /// A guest's calls shorter than an epoch tick count as its CPU time (they counted only
+    /// where a tick fell inside one), and only its own polls do.
+    #[test]
+    fn a_guest_s_short_calls_are_counted_as_its_cpu_time() {
+        let wat = r#"(module
+            (func (export "spin") (param $n i32) (result i32)
+                (loop $again
+                    (local.set $n (i32.sub (local.get $n) (i32.const 1)))
+                    (br_if $again (i32.gt_s (local.get $n) (i32.const 0))))
+                (local.get $n)))"#;
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = Runtime::new(dir.path(), 4, MAX_MODULE_BYTES, KEEP_RESIDENT).unwrap();
+        let module = Module::new(&runtime.engine, wat).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let used = Arc::new(AtomicU64::new(0));
+        let (inside, calls) = rt.block_on(async {
+            let mut store = Store::new(&runtime.engine, ());
+            let stop = Stop::default();
+            let meter = slice_with(&mut store, &stop, None, &used);
+            let instance = meter
+                .run(wasmtime::Instance::new_async(&mut store, &module, &[]))
+                .await
+                .unwrap();
+            let spin = instance
+                .get_typed_func::<i32, i32>(&mut store, "spin")
+                .unwrap();
+            used.store(0, Ordering::Relaxed);
+            let began = thread_cpu_nanos();
+            let (mut inside, mut calls) = (0, 0);
+            // Calls of about a millisecond, well under a tick, for 100 ms, with a millisecond
+            // of other work on the thread between them, which is not the guest's.
+            while thread_cpu_nanos() - began < 100_000_000 {
+                let meter = slice_with(&mut store, &stop, None, &used);
+                let call = thread_cpu_nanos();
+                meter
+                    .run(spin.call_async(&mut store, 500_000))
+                    .await
+                    .unwrap();
+                inside += thread_cpu_nanos() - call;
+                let busy = thread_cpu_nanos();
+                while thread_cpu_nanos() - busy < 1_000_000 {}
+                calls += 1;
+            }
+            (inside, calls)
+        });
+        let counted = used.load(Ordering::Relaxed);
+        assert!(calls > 10, "{calls} calls");
+        assert!(
+            counted > inside * 9 / 10 && counted <= inside,
+            "{counted} ns counted of {inside} ns in {calls} calls"
         );
     }
 }
