@@ -105,7 +105,11 @@ fn hello_js_is_built_with_npm_pushed_applied_scaled_rolled_out_and_back() {
     run(
         &dir,
         "node",
-        &["build.mjs", api.to_str().unwrap(), api_wasm.to_str().unwrap()],
+        &[
+            "build.mjs",
+            api.to_str().unwrap(),
+            api_wasm.to_str().unwrap(),
+        ],
     );
 
     let registry = Registry::start();
@@ -193,7 +197,11 @@ fn hello_js_is_built_with_npm_pushed_applied_scaled_rolled_out_and_back() {
     for _ in 0..3 {
         let post = call(&["-d", "ping", "-A", "tester"], "/echo?q=1");
         assert!(post.starts_with("http/1.1 201"), "{post}");
-        for line in ["x-method: post\n", "x-agent: tester\n", "content-type: text/plain\n"] {
+        for line in [
+            "x-method: post\n",
+            "x-agent: tester\n",
+            "content-type: text/plain\n",
+        ] {
             assert!(post.contains(line), "{line:?} in {post}");
         }
         assert!(post.ends_with("\n\npost /echo?q=1 1.1 ping"), "{post}");
