@@ -383,10 +383,10 @@ impl HttpService {
         let service = self.clone();
         let task = tokio::spawn(async move {
             // Set when the task first runs, not when it is spawned: a deadline set earlier
-            // could have passed while the task waited its
-            // turn behind the other connections (at 256 connections on one thread, more
-            // than a tick), so every guest yielded at once and held its instance (and pool
-            // slot) through another whole round of the queue.
+            // could have passed while the task waited its turn behind the other connections
+            // (at 256 connections on one thread, more than a tick), so every guest yielded at
+            // once and held its instance (and pool slot) through another whole round of the
+            // queue.
             let meter = slice(&mut store, &service.kill, &service.spec);
             let (proxy, result) = meter
                 .run(async {
