@@ -1182,6 +1182,25 @@ fn instance_reuse_serves_requests_in_turn_and_is_refused_for_a_component_that_ca
     // By default every request has an instance of its own, made ahead or not.
     assert_eq!(counts("fresh"), [1; 6]);
     assert_eq!(counts("fresh"), [1; 6]);
+    // The two made ahead wait with their memory (about 1 MiB each for this guest), which the
+    // metrics API counts; a pod that keeps none holds none between requests (checked below).
+    let memory_mi = |name: &str| -> Option<u64> {
+        let top = stdout(&c.kubectl(&["top", "pod", name]));
+        let line = top.lines().find(|l| l.starts_with(name))?;
+        line.split_whitespace()
+            .nth(2)?
+            .strip_suffix("Mi")?
+            .parse()
+            .ok()
+    };
+    let mut made_ahead = None;
+    assert!(
+        eventually(LONG, || {
+            made_ahead = memory_mi("fresh");
+            made_ahead.is_some_and(|m| m >= 2)
+        }),
+        "kubectl top pod fresh: {made_ahead:?} MiB, not two instances' worth"
+    );
     // With reuse one instance serves requests in turn, three at most.
     let reused = counts("reused");
     assert_eq!(reused.iter().max(), Some(&3), "{reused:?}");
@@ -1207,6 +1226,14 @@ fn instance_reuse_serves_requests_in_turn_and_is_refused_for_a_component_that_ca
         "{log}"
     );
     assert_eq!(counts("once"), [1; 6]);
+    let mut kept = None;
+    assert!(
+        eventually(LONG, || {
+            kept = memory_mi("once");
+            kept == Some(0)
+        }),
+        "kubectl top pod once: {kept:?} MiB after its requests"
+    );
 }
 
 #[test]

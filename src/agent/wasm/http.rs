@@ -195,6 +195,19 @@ impl HttpService {
         Ok(Guest::new(&self.engine, self.spec.slots.as_ref(), state).await)
     }
 
+    /// Drops an instance that has served its last request, then makes the next ones ahead
+    /// (with `prewarm`). With no other request in the pod this waits a turn first, so that
+    /// the connection writes the response before the slot's memory is reset and an instance
+    /// made on the pod's thread; under load the slot is reset at once, so that the next
+    /// request takes it back while its memory is warm.
+    async fn replace(self: &Arc<Self>, spent: Guest<P2State>) {
+        if self.quiet() {
+            tokio::task::yield_now().await;
+        }
+        drop(spent);
+        self.prewarm();
+    }
+
     /// Without reuse, makes instances ahead of need (up to `prewarm`, while pool slots are
     /// free), off the request's path. Each still serves one request only.
     fn prewarm(self: &Arc<Self>) {
@@ -259,27 +272,36 @@ impl HttpService {
             .pop()
     }
 
-    /// Keeps an instance that has just served, if it may serve more.
-    fn put_warm(&self, store: Guest<P2State>, proxy: Proxy, served: u32) {
+    /// Whether no other request than the one finishing is being served or waiting for a turn
+    /// (the finishing one may still hold its permit until its connection takes the response).
+    fn quiet(&self) -> bool {
+        self.limit.available_permits() + 1 >= self.max_instances
+    }
+
+    /// Keeps an instance that has just served, if it may serve more; otherwise gives it back
+    /// to be dropped.
+    fn put_warm(&self, store: Guest<P2State>, proxy: Proxy, served: u32) -> Option<Guest<P2State>> {
         if served >= self.reuse
             || self.refused.load(Ordering::Relaxed)
             || self.kill.stopped()
             || store.data().limiter.hit_limit
         {
-            return;
+            return Some(store);
         }
         let mut idle = self
             .idle
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if idle.len() < self.max_instances {
-            idle.push(Warm {
-                store,
-                proxy,
-                served,
-                since: Instant::now(),
-            });
+        if idle.len() >= self.max_instances {
+            return Some(store);
         }
+        idle.push(Warm {
+            store,
+            proxy,
+            served,
+            since: Instant::now(),
+        });
+        None
     }
 
     /// Drops the instances that have been idle too long (all of them when `all`).
@@ -357,7 +379,6 @@ impl HttpService {
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
         let taken = self.take_warm();
-        self.prewarm();
         let (mut store, warm, served) = match taken {
             Some(w) => (w.store, Some(w.proxy), w.served),
             None => {
@@ -404,7 +425,9 @@ impl HttpService {
             let hit = store.data().limiter.hit_limit;
             match result {
                 Ok(()) => {
-                    service.put_warm(store, proxy, served + 1);
+                    if let Some(spent) = service.put_warm(store, proxy, served + 1) {
+                        service.replace(spent).await;
+                    }
                     Ok(())
                 }
                 Err(e) if hit => Err(e.context("OOMKilled: the guest went over its memory limit")),
