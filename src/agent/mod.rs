@@ -799,7 +799,12 @@ struct Workers {
 }
 
 impl Workers {
-    fn dispatch(&mut self, pod: Value) {
+    fn dispatch(&mut self, mut pod: Value) {
+        // Each pod's worker keeps its object as long as the pod runs, and nothing here reads
+        // who manages which field (several KB per pod, a copy each time kubectl applies).
+        if let Some(meta) = pod["metadata"].as_object_mut() {
+            meta.remove("managedFields");
+        }
         let uid = pod["metadata"]["uid"]
             .as_str()
             .unwrap_or_default()
@@ -956,8 +961,8 @@ async fn watch_pods(shared: Arc<Shared>) {
                 () = shared.shutdown.cancelled() => return,
             };
             match event {
-                Ok(Some(event)) => {
-                    let object = event["object"].clone();
+                Ok(Some(mut event)) => {
+                    let object = event["object"].take();
                     if let Some(v) = object["metadata"]["resourceVersion"].as_str() {
                         rv = v.to_owned();
                     }

@@ -358,7 +358,8 @@ async fn write_status(
     mut changes: watch::Receiver<u64>,
     policy: String,
 ) {
-    let mut last: Option<Value> = None;
+    // What was last written, as a digest: a pod keeps no copy of its status for this.
+    let mut last: Option<u64> = None;
     loop {
         if changes.changed().await.is_err() {
             return;
@@ -380,16 +381,18 @@ async fn write_status(
         let mut status = status::pod_status(&reporter.snapshot(), &policy);
         status["qosClass"] = json!(status::qos_class(&object["spec"]));
         // Conditions carry transition times: compare without them.
-        let strip = |s: &Value| {
-            let mut s = s.clone();
+        let digest = {
+            let mut s = status.clone();
             if let Some(c) = s["conditions"].as_array_mut() {
                 for c in c {
                     c.as_object_mut().map(|m| m.remove("lastTransitionTime"));
                 }
             }
-            s
+            let mut h = std::hash::DefaultHasher::new();
+            std::hash::Hash::hash(&s.to_string(), &mut h);
+            std::hash::Hasher::finish(&h)
         };
-        if last.as_ref().map(strip) == Some(strip(&status)) {
+        if last == Some(digest) {
             reporter.written.send_replace(generation);
             continue;
         }
@@ -410,7 +413,7 @@ async fn write_status(
                 .await
             {
                 Ok(_) => {
-                    last = Some(status.clone());
+                    last = Some(digest);
                     reporter.written.send_replace(generation);
                     break;
                 }
