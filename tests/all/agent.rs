@@ -1031,24 +1031,26 @@ fn a_component_s_wit_hooks_stop_it_gracefully_and_check_its_health() {
     assert!(!events.contains("FailedPreStopHook"), "{events}");
 }
 
+/// The millicores and memory column of pod `name`'s row in `kubectl top pod` output.
+fn top_columns(text: &str, name: &str) -> Option<(i64, String)> {
+    let line = text.lines().find(|l| l.starts_with(name))?;
+    let mut fields = line.split_whitespace().skip(1);
+    let cpu = fields.next()?.strip_suffix('m')?.parse().ok()?;
+    Some((cpu, fields.next()?.to_owned()))
+}
+
 /// `kubectl top pod NAME` once the pod uses CPU: the output, its millicores and its memory
 /// column. CPU is a rate: it needs two samples, 10 s apart.
 pub(crate) fn busy_top(c: &Cluster, name: &str) -> (String, i64, String) {
-    let columns = |text: &str| -> Option<(i64, String)> {
-        let line = text.lines().find(|l| l.starts_with(name))?;
-        let mut fields = line.split_whitespace().skip(1);
-        let cpu = fields.next()?.strip_suffix('m')?.parse().ok()?;
-        Some((cpu, fields.next()?.to_owned()))
-    };
     let mut top = String::new();
     assert!(
         eventually(LONG, || {
             top = stdout(&c.kubectl(&["top", "pod", name]));
-            columns(&top).is_some_and(|(m, _)| m > 0)
+            top_columns(&top, name).is_some_and(|(m, _)| m > 0)
         }),
         "kubectl top pod: {top}"
     );
-    let (cpu, memory) = columns(&top).unwrap();
+    let (cpu, memory) = top_columns(&top, name).unwrap();
     (top, cpu, memory)
 }
 
@@ -1186,12 +1188,8 @@ fn instance_reuse_serves_requests_in_turn_and_is_refused_for_a_component_that_ca
     // metrics API counts; a pod that keeps none holds none between requests (checked below).
     let memory_mi = |name: &str| -> Option<u64> {
         let top = stdout(&c.kubectl(&["top", "pod", name]));
-        let line = top.lines().find(|l| l.starts_with(name))?;
-        line.split_whitespace()
-            .nth(2)?
-            .strip_suffix("Mi")?
-            .parse()
-            .ok()
+        let (_, memory) = top_columns(&top, name)?;
+        memory.strip_suffix("Mi")?.parse().ok()
     };
     let mut made_ahead = None;
     assert!(
