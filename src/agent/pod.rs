@@ -380,18 +380,7 @@ async fn write_status(
         let object = pod.borrow().clone();
         let mut status = status::pod_status(&reporter.snapshot(), &policy);
         status["qosClass"] = json!(status::qos_class(&object["spec"]));
-        // Conditions carry transition times: compare without them.
-        let digest = {
-            let mut s = status.clone();
-            if let Some(c) = s["conditions"].as_array_mut() {
-                for c in c {
-                    c.as_object_mut().map(|m| m.remove("lastTransitionTime"));
-                }
-            }
-            let mut h = std::hash::DefaultHasher::new();
-            std::hash::Hash::hash(&s.to_string(), &mut h);
-            std::hash::Hasher::finish(&h)
-        };
+        let digest = status::digest(&status);
         if last == Some(digest) {
             reporter.written.send_replace(generation);
             continue;

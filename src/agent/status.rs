@@ -245,6 +245,20 @@ pub fn pod_status(pod: &Pod, policy: &str) -> Value {
     status
 }
 
+/// A digest of a status for telling whether it changed since the last write. The conditions'
+/// transition times are left out: [`pod_status`] stamps them with the time it runs.
+pub fn digest(status: &Value) -> u64 {
+    let mut s = status.clone();
+    if let Some(conditions) = s["conditions"].as_array_mut() {
+        for c in conditions.iter_mut().filter_map(Value::as_object_mut) {
+            c.remove("lastTransitionTime");
+        }
+    }
+    let mut h = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(&s.to_string(), &mut h);
+    std::hash::Hasher::finish(&h)
+}
+
 /// The pod's QoS class, from its containers' requests and limits.
 pub fn qos_class(spec: &Value) -> &'static str {
     let containers: Vec<&Value> = spec["containers"]
@@ -379,6 +393,46 @@ mod tests {
         assert_eq!(s["containerStatuses"][0]["started"], true);
         assert!(s["containerStatuses"][0]["state"]["running"]["startedAt"].is_string());
         assert!(s.get("initContainerStatuses").is_none());
+    }
+
+    #[test]
+    fn a_status_digest_changes_with_the_status_and_not_with_the_transition_times() {
+        let mut pod = Pod {
+            initialized: true,
+            sandbox_ready: true,
+            host_ip: "127.0.0.1".into(),
+            start_time: now(),
+            containers: vec![c(State::Running { started_at: now() })],
+            ..Pod::default()
+        };
+        let first = pod_status(&pod, "Always");
+        let mut later = first.clone();
+        for c in later["conditions"].as_array_mut().unwrap() {
+            c["lastTransitionTime"] = json!("2099-01-01T00:00:00Z");
+        }
+        assert_ne!(first, later);
+        assert_eq!(
+            digest(&first),
+            digest(&later),
+            "only the transition times differ"
+        );
+
+        pod.containers[0].ready = true;
+        let ready = pod_status(&pod, "Always");
+        assert_ne!(digest(&first), digest(&ready), "the pod became ready");
+        pod.containers[0].restart_count = 1;
+        assert_ne!(
+            digest(&ready),
+            digest(&pod_status(&pod, "Always")),
+            "a restart"
+        );
+        let mut qos = ready.clone();
+        qos["qosClass"] = json!("Burstable");
+        assert_ne!(
+            digest(&ready),
+            digest(&qos),
+            "a field outside the conditions"
+        );
     }
 
     #[test]
