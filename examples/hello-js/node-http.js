@@ -274,7 +274,8 @@ let lastLengthBytes = null;
 // Writes a finished ServerResponse into the wasi:http response outparam.
 function send(resp, out) {
   let length = 0;
-  for (const c of resp.chunks) length += c.length;
+  const chunks = resp.chunks;
+  for (let i = 0; i < chunks.length; i++) length += chunks[i].length;
   const list = [];
   const headers = resp.headerMap;
   if (headers) {
@@ -295,7 +296,8 @@ function send(resp, out) {
   const body = response.body();
   ResponseOutparam.set(out, { tag: 'ok', val: response });
   const stream = body.write();
-  for (const chunk of resp.chunks) {
+  for (let i = 0; i < chunks.length; i++) {
+    const chunk = chunks[i];
     if (chunk.length <= 4096) {
       if (chunk.length > 0) stream.blockingWriteAndFlush(chunk);
       continue;
@@ -329,7 +331,8 @@ export const incomingHandler = {
     let ended = null;
     const resp = new ServerResponse(() => ended?.());
     try {
-      for (const listener of server.listeners) listener(req, resp);
+      const listeners = server.listeners;
+      for (let i = 0; i < listeners.length; i++) listeners[i](req, resp);
     } catch (e) {
       console.error(`node-http: the request handler threw: ${e?.stack ?? e}`);
       if (!resp.writableEnded) {
