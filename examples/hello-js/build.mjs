@@ -1,6 +1,11 @@
 // Builds a JS program into a wasi:http component.
 //
-//   node build.mjs hello.js hello.wasm        a Node http program, with the node-http prelude
+//   node build.mjs hello.js hello.wasm        a Node http program, with the node-http prelude,
+//                                             served through StarlingMonkey's fetch event: the
+//                                             faster, one request per instance
+//   node build.mjs --reusable hello.js hello-reusable.wasm
+//                                             the same through the wasi:http incomingHandler
+//                                             export, for wk.dev/instance-reuse
 //   node build.mjs --plain fetch.js fetch.wasm   a program that is already a wasi:http handler
 //                                                (addEventListener('fetch') or incomingHandler)
 //
@@ -14,9 +19,10 @@ import { componentize } from '@bytecodealliance/componentize-js';
 const here = dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
 const plain = args[0] === '--plain';
-if (plain) args.shift();
+const reusable = args[0] === '--reusable';
+if (plain || reusable) args.shift();
 if (args.length !== 2) {
-  console.error('usage: node build.mjs [--plain] PROGRAM.js OUT.wasm');
+  console.error('usage: node build.mjs [--plain | --reusable] PROGRAM.js OUT.wasm');
   process.exit(2);
 }
 const [program, out] = args.map((p) => resolve(p));
@@ -29,7 +35,9 @@ if (!plain) {
   sourcePath = join(build, 'app.js');
   await writeFile(
     sourcePath,
-    `import { incomingHandler } from '../node-http.js';\nexport { incomingHandler };\n` +
+    (reusable
+      ? `import { incomingHandler } from '../node-http.js';\nexport { incomingHandler };\n`
+      : `import { serveFetchEvents } from '../node-http.js';\nserveFetchEvents();\n`) +
       `(function (exports, require, module, __filename, __dirname) {\n${text}\n})` +
       `({}, globalThis.require, { exports: {} }, ${JSON.stringify(program)}, ${JSON.stringify(dirname(program))});\n`,
   );

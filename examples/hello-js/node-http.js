@@ -3,8 +3,15 @@
 //
 // ComponentizeJS runs a program's top-level code once, at build time, and snapshots the result.
 // So `http.createServer(handler).listen(port)` only records the handler here; every request that
-// wk gives the component then reaches it through the `incomingHandler` export below, as a Node
-// `req`/`resp` pair. The port the pod listens on is the one in the pod spec (containerPort).
+// wk gives the component then reaches it as a Node `req`/`resp` pair. The port the pod listens on
+// is the one in the pod spec (containerPort).
+//
+// Requests come in by one of two front ends, which build.mjs chooses:
+// - `serveFetchEvents()`: StarlingMonkey's fetch event, with its native Request and Response.
+//   The cheaper of the two per request, but an instance answers only one request (wk gives
+//   each request a fresh instance, and refuses wk.dev/instance-reuse).
+// - the `incomingHandler` export: the wasi:http handler, called through ComponentizeJS's
+//   bindings. An instance may answer request after request (wk.dev/instance-reuse).
 //
 // What is there: createServer / listen / on('request'); req.method, url, headers, httpVersion,
 // and the body through on('data'/'end') or `for await`; resp.statusCode, setHeader, getHeader,
@@ -145,7 +152,7 @@ class IncomingMessage {
     return this;
   }
   // The whole body, read from the wasi:http stream.
-  readBody() {
+  bodyChunks() {
     const chunks = [];
     const body = this.request.consume();
     const stream = body.stream();
@@ -169,13 +176,15 @@ class IncomingMessage {
       this.events[event].push(fn);
       if (!this.pumping) {
         this.pumping = true;
-        queueMicrotask(() => {
-          for (const chunk of this.readBody()) {
-            const value = this.encoding ? decoder.decode(chunk) : chunk;
-            for (const f of this.events.data) f(value);
-          }
-          for (const f of this.events.end) f();
-        });
+        Promise.resolve()
+          .then(() => this.bodyChunks())
+          .then((chunks) => {
+            for (const chunk of chunks) {
+              const value = this.encoding ? decoder.decode(chunk) : chunk;
+              for (const f of this.events.data) f(value);
+            }
+            for (const f of this.events.end) f();
+          });
       }
     }
     return this;
@@ -184,7 +193,46 @@ class IncomingMessage {
     return this.on(event, fn);
   }
   async *[Symbol.asyncIterator]() {
-    for (const chunk of this.readBody()) yield this.encoding ? decoder.decode(chunk) : chunk;
+    for (const chunk of await this.bodyChunks()) yield this.encoding ? decoder.decode(chunk) : chunk;
+  }
+}
+
+// A request of the fetch event: StarlingMonkey's Request.
+class FetchMessage extends IncomingMessage {
+  get method() {
+    if (this.fields?.method === undefined) this.own().method = this.request.method;
+    return this.fields.method;
+  }
+  set method(value) {
+    this.own().method = value;
+  }
+  get url() {
+    if (this.fields?.url === undefined) {
+      // The request's URL is absolute; Node's is the path and query.
+      const url = this.request.url;
+      const path = url.indexOf('/', url.indexOf('//') + 2);
+      this.own().url = path < 0 ? '/' : url.slice(path);
+    }
+    return this.fields.url;
+  }
+  set url(value) {
+    this.own().url = value;
+  }
+  readHeaders() {
+    if (!this.parsed) {
+      const headers = {};
+      const raw = [];
+      // Names come lowercased, and a repeated header's values joined with ", ".
+      for (const [name, value] of this.request.headers) {
+        raw.push(name, value);
+        headers[name] = value;
+      }
+      this.parsed = { headers, raw };
+    }
+    return this.parsed;
+  }
+  bodyChunks() {
+    return this.request.arrayBuffer().then((b) => (b.byteLength > 0 ? [new Uint8Array(b)] : []));
   }
 }
 
@@ -319,34 +367,73 @@ function plainResponse(out, status, text) {
   send(resp, out);
 }
 
+// Runs the program's handlers on `req`. A handler that ends its response before returning is
+// answered at once, by `finish(resp)`; one that ends it later gets a Promise, which the engine
+// runs the event loop for. `failed(status, text)` answers when there is no handler to run or
+// it threw first.
+function serve(req, finish, failed) {
+  if (!server || server.listeners.length === 0) {
+    return failed(500, 'the program did not call http.createServer(handler).listen(port)\n');
+  }
+  let ended = null;
+  const resp = new ServerResponse(() => ended?.());
+  try {
+    const listeners = server.listeners;
+    for (let i = 0; i < listeners.length; i++) listeners[i](req, resp);
+  } catch (e) {
+    console.error(`node-http: the request handler threw: ${e?.stack ?? e}`);
+    if (!resp.writableEnded) return failed(500, 'the request handler failed\n');
+  }
+  if (resp.writableEnded) return finish(resp);
+  return new Promise((resolve) => (ended = resolve)).then(() => finish(resp));
+}
+
 export const incomingHandler = {
-  // A handler that ends its response before returning is answered at once; one that ends it
-  // later gets a Promise, which ComponentizeJS runs the event loop for.
   handle(request, out) {
-    if (!server || server.listeners.length === 0) {
-      plainResponse(out, 500, 'the program did not call http.createServer(handler).listen(port)\n');
-      return undefined;
-    }
-    const req = new IncomingMessage(request);
-    let ended = null;
-    const resp = new ServerResponse(() => ended?.());
-    try {
-      const listeners = server.listeners;
-      for (let i = 0; i < listeners.length; i++) listeners[i](req, resp);
-    } catch (e) {
-      console.error(`node-http: the request handler threw: ${e?.stack ?? e}`);
-      if (!resp.writableEnded) {
-        plainResponse(out, 500, 'the request handler failed\n');
-        return undefined;
-      }
-    }
-    if (resp.writableEnded) {
-      send(resp, out);
-      return undefined;
-    }
-    return new Promise((resolve) => (ended = resolve)).then(() => send(resp, out));
+    return serve(
+      new IncomingMessage(request),
+      (resp) => send(resp, out),
+      (status, text) => plainResponse(out, status, text),
+    );
   },
 };
+
+// Statuses whose response has no body (fetch's Response refuses one).
+const NO_BODY = new Set([101, 103, 204, 205, 304]);
+
+// A finished ServerResponse as a fetch Response.
+function toResponse(resp) {
+  const init = { status: resp.statusCode };
+  const map = resp.headerMap;
+  if (map) {
+    const headers = new Headers();
+    for (const [name, value] of map.values()) {
+      for (const v of Array.isArray(value) ? value : [value]) headers.append(name, String(v));
+    }
+    init.headers = headers;
+  }
+  if (NO_BODY.has(resp.statusCode)) return new Response(null, init);
+  const chunks = resp.chunks;
+  let body = chunks[0] ?? new Uint8Array(0);
+  if (chunks.length > 1) {
+    let length = 0;
+    for (let i = 0; i < chunks.length; i++) length += chunks[i].length;
+    body = new Uint8Array(length);
+    for (let i = 0, at = 0; i < chunks.length; at += chunks[i].length, i++) body.set(chunks[i], at);
+  }
+  return new Response(body, init);
+}
+
+// Serves the program's requests through StarlingMonkey's fetch event.
+export function serveFetchEvents() {
+  addEventListener('fetch', (event) => {
+    event.respondWith(
+      serve(new FetchMessage(event.request), toResponse, (status, text) =>
+        new Response(text, { status, headers: { 'content-type': 'text/plain; charset=utf-8' } }),
+      ),
+    );
+  });
+}
 
 const http = {
   createServer(options, handler) {

@@ -15,8 +15,10 @@ use super::{median, wait_serving};
 
 /// What `wk bench js` measures.
 pub struct JsOptions<'a> {
-    /// The component `npm run build` made.
+    /// The component `npm run build` made (the fetch event: one request per instance).
     pub component: &'a Path,
+    /// The component `npm run build:reusable` made, which the reusing pods run.
+    pub reusable: &'a Path,
     /// The Node program it was built from.
     pub program: &'a Path,
     /// The wasmtime CLI (48.0.8).
@@ -36,6 +38,8 @@ pub struct JsOptions<'a> {
 pub struct Setup {
     /// What serves.
     pub name: String,
+    /// The index of the `wasmtime serve` setup that runs the same component.
+    pub peer: usize,
     /// Per run.
     pub runs: Vec<Wrk>,
 }
@@ -45,7 +49,7 @@ pub struct Setup {
 pub struct JsRow {
     /// Connections wrk keeps open.
     pub connections: usize,
-    /// `node PROGRAM`, then `wasmtime serve -Scli` on the component (a fresh instance per
+    /// `node PROGRAM`, then `wasmtime serve -Scli` on each component (a fresh instance per
     /// request), then the wk pods.
     pub setups: Vec<Setup>,
 }
@@ -65,6 +69,9 @@ pub struct JsReport {
 pub fn rps(runs: &[Wrk]) -> f64 {
     median(runs.iter().map(|w| w.requests_per_second).collect())
 }
+
+/// The image of the reusable build.
+const REUSABLE_IMAGE: &str = "hello-js-reusable:v1";
 
 /// The node whose agent unmaps freed instance memory (`--wasm-keep-resident 0`).
 const UNMAPPED: &str = "bench-unmapped";
@@ -110,6 +117,7 @@ pub async fn js(wk: &Path, opts: &JsOptions<'_>) -> anyhow::Result<JsReport> {
     // Room in the node's instance pool for 256 requests at once.
     let node = Node::start(wk, true, 300)?;
     node.import(wk, opts.component, "hello-js:v1")?;
+    node.import(wk, opts.reusable, REUSABLE_IMAGE)?;
     // A second node that unmaps a freed instance's memory instead of resetting it in place,
     // to show what that step is worth.
     let flags = ["--wasm-keep-resident", "0", "--pod-network", "none"];
@@ -122,6 +130,15 @@ pub async fn js(wk: &Path, opts: &JsOptions<'_>) -> anyhow::Result<JsReport> {
     store.tag("hello-js:v1", &digest)?;
     let pod =
         |node: &str, name: &str, port: u16, annotations: serde_json::Value, cpu: Option<&str>| {
+            // The reusing pods run the component that can answer request after request.
+            let image = if annotations
+                .get(crate::agent::wasm::http::REUSE_ANNOTATION)
+                .is_some()
+            {
+                REUSABLE_IMAGE
+            } else {
+                "hello-js:v1"
+            };
             let mut resources = json!({"requests": {"cpu": "100m"}});
             if let Some(cpu) = cpu {
                 resources["limits"] = json!({"cpu": cpu});
@@ -129,7 +146,7 @@ pub async fn js(wk: &Path, opts: &JsOptions<'_>) -> anyhow::Result<JsReport> {
             json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "annotations": annotations},
             "spec": {"nodeName": node, "terminationGracePeriodSeconds": 0, "containers": [{
-                "name": "hello", "image": "hello-js:v1", "imagePullPolicy": "Never",
+                "name": "hello", "image": image, "imagePullPolicy": "Never",
                 "resources": resources,
                 "ports": [{"containerPort": 8000, "hostPort": port}]}]}})
         };
@@ -211,27 +228,45 @@ pub async fn js(wk: &Path, opts: &JsOptions<'_>) -> anyhow::Result<JsReport> {
     let node_url = format!("http://127.0.0.1:{node_port}/");
     wait_serving(&node_url, Duration::from_secs(30)).await?;
 
-    let peer_port = free_port()?;
-    let _peer = Killed(
-        Command::new(opts.wasmtime)
-            .args([
-                "serve",
-                "-Scli",
-                "--addr",
-                &format!("127.0.0.1:{peer_port}"),
-            ])
-            .arg(opts.component)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", opts.wasmtime.display()))?,
-    );
-    let peer_url = format!("http://127.0.0.1:{peer_port}/");
-    wait_serving(&peer_url, Duration::from_secs(600)).await?;
+    let mut peers = Vec::new();
+    let mut peer_urls = Vec::new();
+    for component in [opts.component, opts.reusable] {
+        let port = free_port()?;
+        peers.push(Killed(
+            Command::new(opts.wasmtime)
+                .args(["serve", "-Scli", "--addr", &format!("127.0.0.1:{port}")])
+                .arg(component)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .with_context(|| format!("starting {}", opts.wasmtime.display()))?,
+        ));
+        let url = format!("http://127.0.0.1:{port}/");
+        wait_serving(&url, Duration::from_secs(600)).await?;
+        peer_urls.push(url);
+    }
 
-    let mut names = vec!["node hello.js", "wasmtime serve (fresh instance)"];
-    names.extend(pods.iter().map(|p| p.0));
-    let mut targets = vec![node_url, peer_url];
+    // Each setup with the index of the `wasmtime serve` of its component.
+    let mut names = vec![
+        ("node hello.js", 1),
+        ("wasmtime serve (fresh instance)", 1),
+        ("wasmtime serve, reusable build", 2),
+    ];
+    names.extend(pods.iter().map(|p| {
+        (
+            p.0,
+            if p.3
+                .get(crate::agent::wasm::http::REUSE_ANNOTATION)
+                .is_some()
+            {
+                2
+            } else {
+                1
+            },
+        )
+    }));
+    let mut targets = vec![node_url];
+    targets.extend(peer_urls);
     targets.extend(urls);
     let mut rows = Vec::new();
     for &connections in &opts.connections {
@@ -246,8 +281,9 @@ pub async fn js(wk: &Path, opts: &JsOptions<'_>) -> anyhow::Result<JsReport> {
             setups: names
                 .iter()
                 .zip(figures)
-                .map(|(name, runs)| Setup {
-                    name: (*name).to_owned(),
+                .map(|(&(name, peer), runs)| Setup {
+                    name: name.to_owned(),
+                    peer,
                     runs,
                 })
                 .collect(),

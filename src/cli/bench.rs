@@ -160,9 +160,12 @@ enum Command {
     /// A JS component (examples/hello-js) on wk, fresh and reused instances, against native
     /// Node and `wasmtime serve`, with wrk at several connection counts; and its cold start.
     Js {
-        /// The component `npm run build` made.
+        /// The component `npm run build` made (StarlingMonkey's fetch event).
         #[arg(long, default_value = "examples/hello-js/hello.wasm")]
         component: PathBuf,
+        /// The component `npm run build:reusable` made, for the pods that reuse instances.
+        #[arg(long, default_value = "examples/hello-js/hello-reusable.wasm")]
+        reusable: PathBuf,
         /// The Node program it was built from.
         #[arg(long, default_value = "examples/hello-js/hello.js")]
         program: PathBuf,
@@ -346,6 +349,7 @@ pub async fn execute(args: Args) -> anyhow::Result<()> {
         }
         Command::Js {
             component,
+            reusable,
             program,
             wasmtime,
             runs,
@@ -356,6 +360,7 @@ pub async fn execute(args: Args) -> anyhow::Result<()> {
         } => {
             let opts = bench::js::JsOptions {
                 component: &component,
+                reusable: &reusable,
                 program: &program,
                 wasmtime: &wasmtime,
                 runs,
@@ -378,9 +383,9 @@ pub async fn execute(args: Args) -> anyhow::Result<()> {
                     "{} connections (median req/s of {runs} runs; p99 ms of the median run):",
                     row.connections
                 );
-                let peer = rps(&row.setups[1].runs).max(1e-9);
                 for setup in &row.setups {
                     let (name, runs) = (&setup.name, &setup.runs);
+                    let peer = rps(&row.setups[setup.peer].runs).max(1e-9);
                     let median = rps(runs);
                     let p99 = runs
                         .iter()
@@ -391,8 +396,9 @@ pub async fn execute(args: Args) -> anyhow::Result<()> {
                         })
                         .map_or(0.0, |w| w.p99_ms);
                     println!(
-                        "  {name:<36} {median:>9.0} req/s  p99 {p99:>7.2} ms  x{:.2} wasmtime serve",
-                        median / peer
+                        "  {name:<44} {median:>9.0} req/s  p99 {p99:>7.2} ms  x{:.2} {}",
+                        median / peer,
+                        row.setups[setup.peer].name
                     );
                 }
             }

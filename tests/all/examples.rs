@@ -99,18 +99,20 @@ fn hello_js_is_built_with_npm_pushed_applied_scaled_rolled_out_and_back() {
         &["build.mjs", v2.to_str().unwrap(), v2_wasm.to_str().unwrap()],
     );
     run(&dir, "npm", &["run", "build:fetch"]);
-    // A program that uses the rest of what the prelude gives (tests/js/node-api.js).
-    let api_wasm = work.path().join("api.wasm");
+    // The same program through the incomingHandler front end, for instance reuse.
+    let reusable = run(&dir, "npm", &["run", "build:reusable"]);
+    assert!(reusable.contains("hello-reusable.wasm"), "{reusable}");
+    // A program that uses the rest of what the prelude gives (tests/js/node-api.js), built
+    // with each front end.
     let api = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js/node-api.js");
-    run(
-        &dir,
-        "node",
-        &[
-            "build.mjs",
-            api.to_str().unwrap(),
-            api_wasm.to_str().unwrap(),
-        ],
-    );
+    let api_wasm = work.path().join("api.wasm");
+    let api_reusable_wasm = work.path().join("api-reusable.wasm");
+    for (flag, out) in [(None, &api_wasm), (Some("--reusable"), &api_reusable_wasm)] {
+        let mut args = vec!["build.mjs"];
+        args.extend(flag);
+        args.extend([api.to_str().unwrap(), out.to_str().unwrap()]);
+        run(&dir, "node", &args);
+    }
 
     let registry = Registry::start();
     let c = Cluster::with_agent_args(&["--node-ip", "127.0.0.81"]);
@@ -119,7 +121,9 @@ fn hello_js_is_built_with_npm_pushed_applied_scaled_rolled_out_and_back() {
         (dir.join("hello.wasm"), "v1"),
         (v2_wasm, "v2"),
         (dir.join("fetch.wasm"), "fetch"),
+        (dir.join("hello-reusable.wasm"), "reusable"),
         (api_wasm, "api"),
+        (api_reusable_wasm, "api-reusable"),
     ] {
         c.wk_ok(&["push", file.to_str().unwrap(), &image(tag)]);
     }
@@ -171,49 +175,55 @@ fn hello_js_is_built_with_npm_pushed_applied_scaled_rolled_out_and_back() {
     let logs = c.kubectl_ok(&["logs", "deployment/hello"]);
     assert!(!logs.contains("writeHead"), "{logs}");
 
-    // The prelude's handler serves many requests in one instance; the fetch-event variant
-    // cannot, and wk says so and serves it with a fresh instance per request.
-    let pod = |name: &str, tag: &str| {
+    // The reusable build serves many requests in one instance; the fetch-event builds cannot,
+    // and wk says so and serves them with a fresh instance per request.
+    let pod = |name: &str, tag: &str, reuse: u32| {
         format!(
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels: {{app: {name}}}\n  annotations: {{wk.dev/instance-reuse: \"1000\"}}\nspec:\n  containers:\n  - {{name: hello, image: \"{}\", ports: [{{containerPort: 8000}}]}}\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  type: NodePort\n  selector: {{app: {name}}}\n  ports:\n  - {{port: 8200, targetPort: 8000}}\n",
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels: {{app: {name}}}\n  annotations: {{wk.dev/instance-reuse: \"{reuse}\"}}\nspec:\n  containers:\n  - {{name: hello, image: \"{}\", ports: [{{containerPort: 8000}}]}}\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  type: NodePort\n  selector: {{app: {name}}}\n  ports:\n  - {{port: 8200, targetPort: 8000}}\n",
             image(tag)
         )
     };
     // The request's method, URL, headers and body reach the program, and its status, headers
-    // and writes reach the client, on a reused instance as on a fresh one: nothing of one
-    // request is left in the next.
-    c.kubectl_apply(&pod("api", "api"));
-    wait(&c, "condition=Ready", "pod/api");
-    let port = c.jsonpath("svc", "api", "{.spec.ports[0].nodePort}");
-    let call = |args: &[&str], path: &str| {
-        let out = Command::new("curl")
-            .args(["-s", "-i", "-m", "10"])
-            .args(args)
-            .arg(format!("http://127.0.0.81:{port}{path}"))
-            .output()
-            .unwrap();
-        stdout(&out).replace("\r\n", "\n").to_lowercase()
-    };
-    for _ in 0..3 {
-        let post = call(&["-d", "ping", "-A", "tester"], "/echo?q=1");
-        assert!(post.starts_with("http/1.1 201"), "{post}");
-        for line in [
-            "x-method: post\n",
-            "x-agent: tester\n",
-            "content-type: text/plain\n",
-        ] {
-            assert!(post.contains(line), "{line:?} in {post}");
+    // and writes reach the client, through either front end, and on a reused instance as on a
+    // fresh one: nothing of one request is left in the next.
+    for (name, reuse) in [("api", 1), ("api-reusable", 1000)] {
+        c.kubectl_apply(&pod(name, name, reuse));
+        wait(&c, "condition=Ready", &format!("pod/{name}"));
+        let port = c.jsonpath("svc", name, "{.spec.ports[0].nodePort}");
+        let call = |args: &[&str], path: &str| {
+            let out = Command::new("curl")
+                .args(["-s", "-i", "-m", "10"])
+                .args(args)
+                .arg(format!("http://127.0.0.81:{port}{path}"))
+                .output()
+                .unwrap();
+            stdout(&out).replace("\r\n", "\n").to_lowercase()
+        };
+        for _ in 0..3 {
+            let post = call(&["-d", "ping", "-A", "tester"], "/echo?q=1");
+            assert!(post.starts_with("http/1.1 201"), "{post}");
+            for line in [
+                "x-method: post\n",
+                "x-agent: tester\n",
+                "content-type: text/plain\n",
+            ] {
+                assert!(post.contains(line), "{line:?} in {post}");
+            }
+            assert!(post.ends_with("\n\npost /echo?q=1 1.1 ping"), "{post}");
+            let get = call(&[], "/other");
+            assert!(get.starts_with("http/1.1 200"), "{get}");
+            assert!(get.contains("x-method: get\n"), "{get}");
+            assert!(!get.contains("x-agent"), "{get}");
+            assert!(get.ends_with("\n\nget /other 1.1"), "{get}");
         }
-        assert!(post.ends_with("\n\npost /echo?q=1 1.1 ping"), "{post}");
-        let get = call(&[], "/other");
-        assert!(get.starts_with("http/1.1 200"), "{get}");
-        assert!(get.contains("x-method: get\n"), "{get}");
-        assert!(!get.contains("x-agent"), "{get}");
-        assert!(get.ends_with("\n\nget /other 1.1"), "{get}");
     }
 
-    for (name, tag) in [("reused", "v1"), ("fetch", "fetch")] {
-        c.kubectl_apply(&pod(name, tag));
+    for (name, tag) in [
+        ("reused", "reusable"),
+        ("fetch", "fetch"),
+        ("default", "v1"),
+    ] {
+        c.kubectl_apply(&pod(name, tag, 1000));
         wait(&c, "condition=Ready", &format!("pod/{name}"));
         let port = c.jsonpath("svc", name, "{.spec.ports[0].nodePort}");
         let url = format!("http://127.0.0.81:{port}/");
@@ -225,8 +235,13 @@ fn hello_js_is_built_with_npm_pushed_applied_scaled_rolled_out_and_back() {
     }
     let reused = c.kubectl_ok(&["logs", "reused"]);
     assert!(!reused.contains("refused"), "{reused}");
-    let fetch = c.kubectl_ok(&["logs", "fetch"]);
-    assert!(fetch.contains("wk.dev/instance-reuse refused"), "{fetch}");
+    for name in ["fetch", "default"] {
+        let logs = c.kubectl_ok(&["logs", name]);
+        assert!(
+            logs.contains("wk.dev/instance-reuse refused"),
+            "{name}: {logs}"
+        );
+    }
 }
 
 /// The Rust examples (examples/Cargo.toml), built once for wasm32-wasip2.
