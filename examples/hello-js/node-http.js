@@ -426,7 +426,16 @@ function toResponse(resp) {
 
 // Serves the program's requests through StarlingMonkey's fetch event.
 export function serveFetchEvents() {
+  let answered = false;
   addEventListener('fetch', (event) => {
+    // StarlingMonkey cannot answer a second fetch event in one instance (the request then
+    // waits until wk gives up on it): say what to build instead.
+    if (answered) {
+      throw new Error(
+        'this build answers one request per instance; build with --reusable for instance reuse',
+      );
+    }
+    answered = true;
     event.respondWith(
       serve(new FetchMessage(event.request), toResponse, (status, text) =>
         new Response(text, { status, headers: { 'content-type': 'text/plain; charset=utf-8' } }),

@@ -242,6 +242,9 @@ fn hello_js_is_built_with_npm_pushed_applied_scaled_rolled_out_and_back() {
             "{name}: {logs}"
         );
     }
+    // The prelude says which build to use instead.
+    let default = c.kubectl_ok(&["logs", "default"]);
+    assert!(default.contains("build with --reusable"), "{default}");
 }
 
 /// The Rust examples (examples/Cargo.toml), built once for wasm32-wasip2.
