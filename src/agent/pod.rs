@@ -360,6 +360,8 @@ async fn write_status(
 ) {
     // What was last written, as a digest: a pod keeps no copy of its status for this.
     let mut last: Option<u64> = None;
+    // The conditions as last written, whose transition times carry over.
+    let mut transitions: Vec<status::Transition> = Vec::new();
     loop {
         if changes.changed().await.is_err() {
             return;
@@ -385,6 +387,7 @@ async fn write_status(
             reporter.written.send_replace(generation);
             continue;
         }
+        let conditions = status::keep_transition_times(&mut status, &transitions);
         let ns = object["metadata"]["namespace"]
             .as_str()
             .unwrap_or("default");
@@ -403,6 +406,7 @@ async fn write_status(
             {
                 Ok(_) => {
                     last = Some(digest);
+                    transitions = conditions;
                     reporter.written.send_replace(generation);
                     break;
                 }

@@ -245,6 +245,32 @@ pub fn pod_status(pod: &Pod, policy: &str) -> Value {
     status
 }
 
+/// A condition as last written: its type, its status and when that status began.
+pub type Transition = (String, String, String);
+
+/// Gives each condition of `status` the transition time it was last written with, when its
+/// status has not changed since; a changed or new one keeps the time [`pod_status`] gave it, as
+/// the kubelet's conditions do. Returns the conditions as they are now, for the next call.
+pub fn keep_transition_times(status: &mut Value, written: &[Transition]) -> Vec<Transition> {
+    let Some(conditions) = status["conditions"].as_array_mut() else {
+        return Vec::new();
+    };
+    let mut now = Vec::with_capacity(conditions.len());
+    for c in conditions {
+        let ty = c["type"].as_str().unwrap_or_default().to_owned();
+        let st = c["status"].as_str().unwrap_or_default().to_owned();
+        if let Some((_, _, since)) = written.iter().find(|(t, s, _)| *t == ty && *s == st) {
+            c["lastTransitionTime"] = json!(since);
+        }
+        let since = c["lastTransitionTime"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        now.push((ty, st, since));
+    }
+    now
+}
+
 /// A digest of a status for telling whether it changed since the last write. The conditions'
 /// transition times are left out: [`pod_status`] stamps them with the time it runs.
 pub fn digest(status: &Value) -> u64 {
@@ -433,6 +459,60 @@ mod tests {
             digest(&qos),
             "a field outside the conditions"
         );
+    }
+
+    #[test]
+    fn a_condition_keeps_its_transition_time_until_its_status_changes() {
+        let mut pod = Pod {
+            initialized: true,
+            sandbox_ready: true,
+            containers: vec![c(State::Running { started_at: now() })],
+            ..Pod::default()
+        };
+        let time = |s: &Value, ty: &str| {
+            s["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["type"] == ty)
+                .unwrap()["lastTransitionTime"]
+                .clone()
+        };
+        let mut first = pod_status(&pod, "Always");
+        for c in first["conditions"].as_array_mut().unwrap() {
+            c["lastTransitionTime"] = json!("2020-01-01T00:00:00Z");
+        }
+        let written = keep_transition_times(&mut first, &[]);
+        assert_eq!(
+            time(&first, "Ready"),
+            "2020-01-01T00:00:00Z",
+            "nothing written yet"
+        );
+
+        pod.containers[0].ready = true;
+        let mut second = pod_status(&pod, "Always");
+        let written = keep_transition_times(&mut second, &written);
+        assert_eq!(
+            time(&second, "Initialized"),
+            "2020-01-01T00:00:00Z",
+            "still True"
+        );
+        assert_eq!(time(&second, "PodScheduled"), "2020-01-01T00:00:00Z");
+        assert_ne!(
+            time(&second, "Ready"),
+            "2020-01-01T00:00:00Z",
+            "False to True"
+        );
+        let ready_since = time(&second, "Ready");
+
+        pod.containers[0].restart_count = 1;
+        let mut third = pod_status(&pod, "Always");
+        for c in third["conditions"].as_array_mut().unwrap() {
+            c["lastTransitionTime"] = json!("2099-01-01T00:00:00Z");
+        }
+        keep_transition_times(&mut third, &written);
+        assert_eq!(time(&third, "Ready"), ready_since, "still True");
+        assert_eq!(time(&third, "Initialized"), "2020-01-01T00:00:00Z");
     }
 
     #[test]

@@ -386,6 +386,9 @@ fn restart_policy_and_back_off_behave_like_the_kubelet() {
         "2"
     );
     assert_eq!(get(&c, "crash", "{.status.phase}"), "Running");
+    let scheduled = "{.status.conditions[?(@.type==\"PodScheduled\")].lastTransitionTime}";
+    let scheduled_at = get(&c, "crash", scheduled);
+    assert!(!scheduled_at.is_empty());
     // The first back-off is 10 s; then the container runs again and counts a restart.
     wait_for(
         &c,
@@ -393,6 +396,8 @@ fn restart_policy_and_back_off_behave_like_the_kubelet() {
         "{.status.containerStatuses[0].restartCount}",
         "1",
     );
+    // A condition's time is when its status changed, not when the status was last written.
+    assert_eq!(get(&c, "crash", scheduled), scheduled_at);
     let listed = c.kubectl_ok(&["get", "pod", "crash"]);
     assert!(listed.contains("crash"), "{listed}");
     let events = c.kubectl_ok(&[
