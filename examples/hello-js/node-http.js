@@ -107,21 +107,25 @@ class IncomingMessage {
     this.request = request;
   }
   get method() {
-    if (this.fields?.method === undefined) {
-      const method = this.request.method();
-      this.own().method = method.tag === 'other' ? method.val : method.tag.toUpperCase();
-    }
+    if (this.fields?.method === undefined) this.own().method = this.readMethod();
     return this.fields.method;
   }
   set method(value) {
     this.own().method = value;
   }
   get url() {
-    if (this.fields?.url === undefined) this.own().url = this.request.pathWithQuery() ?? '/';
+    if (this.fields?.url === undefined) this.own().url = this.readUrl();
     return this.fields.url;
   }
   set url(value) {
     this.own().url = value;
+  }
+  readMethod() {
+    const method = this.request.method();
+    return method.tag === 'other' ? method.val : method.tag.toUpperCase();
+  }
+  readUrl() {
+    return this.request.pathWithQuery() ?? '/';
   }
   own() {
     return (this.fields ??= {});
@@ -199,24 +203,14 @@ class IncomingMessage {
 
 // A request of the fetch event: StarlingMonkey's Request.
 class FetchMessage extends IncomingMessage {
-  get method() {
-    if (this.fields?.method === undefined) this.own().method = this.request.method;
-    return this.fields.method;
+  readMethod() {
+    return this.request.method;
   }
-  set method(value) {
-    this.own().method = value;
-  }
-  get url() {
-    if (this.fields?.url === undefined) {
-      // The request's URL is absolute; Node's is the path and query.
-      const url = this.request.url;
-      const path = url.indexOf('/', url.indexOf('//') + 2);
-      this.own().url = path < 0 ? '/' : url.slice(path);
-    }
-    return this.fields.url;
-  }
-  set url(value) {
-    this.own().url = value;
+  readUrl() {
+    // The request's URL is absolute; Node's is the path and query.
+    const url = this.request.url;
+    const path = url.indexOf('/', url.indexOf('//') + 2);
+    return path < 0 ? '/' : url.slice(path);
   }
   readHeaders() {
     if (!this.parsed) {

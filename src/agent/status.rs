@@ -360,6 +360,35 @@ mod tests {
         }
     }
 
+    /// A pod whose one container runs, not ready yet.
+    fn running() -> Pod {
+        Pod {
+            initialized: true,
+            sandbox_ready: true,
+            host_ip: "127.0.0.1".into(),
+            start_time: now(),
+            containers: vec![c(State::Running { started_at: now() })],
+            ..Pod::default()
+        }
+    }
+
+    /// The condition of type `ty` in a status.
+    fn condition<'a>(s: &'a Value, ty: &str) -> &'a Value {
+        s["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == ty)
+            .unwrap()
+    }
+
+    /// Sets every condition's transition time.
+    fn stamp(s: &mut Value, time: &str) {
+        for c in s["conditions"].as_array_mut().unwrap() {
+            c["lastTransitionTime"] = json!(time);
+        }
+    }
+
     fn exited(code: i32) -> State {
         State::Terminated {
             exit_code: code,
@@ -398,24 +427,11 @@ mod tests {
 
     #[test]
     fn status_has_the_kubelet_shape() {
-        let mut pod = Pod {
-            initialized: true,
-            sandbox_ready: true,
-            host_ip: "127.0.0.1".into(),
-            start_time: now(),
-            containers: vec![c(State::Running { started_at: now() })],
-            ..Pod::default()
-        };
+        let mut pod = running();
         pod.containers[0].ready = true;
         let s = pod_status(&pod, "Always");
         assert_eq!(s["phase"], "Running");
-        let ready = s["conditions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["type"] == "Ready")
-            .unwrap();
-        assert_eq!(ready["status"], "True");
+        assert_eq!(condition(&s, "Ready")["status"], "True");
         assert_eq!(s["containerStatuses"][0]["started"], true);
         assert!(s["containerStatuses"][0]["state"]["running"]["startedAt"].is_string());
         assert!(s.get("initContainerStatuses").is_none());
@@ -423,19 +439,10 @@ mod tests {
 
     #[test]
     fn a_status_digest_changes_with_the_status_and_not_with_the_transition_times() {
-        let mut pod = Pod {
-            initialized: true,
-            sandbox_ready: true,
-            host_ip: "127.0.0.1".into(),
-            start_time: now(),
-            containers: vec![c(State::Running { started_at: now() })],
-            ..Pod::default()
-        };
+        let mut pod = running();
         let first = pod_status(&pod, "Always");
         let mut later = first.clone();
-        for c in later["conditions"].as_array_mut().unwrap() {
-            c["lastTransitionTime"] = json!("2099-01-01T00:00:00Z");
-        }
+        stamp(&mut later, "2099-01-01T00:00:00Z");
         assert_ne!(first, later);
         assert_eq!(
             digest(&first),
@@ -463,25 +470,10 @@ mod tests {
 
     #[test]
     fn a_condition_keeps_its_transition_time_until_its_status_changes() {
-        let mut pod = Pod {
-            initialized: true,
-            sandbox_ready: true,
-            containers: vec![c(State::Running { started_at: now() })],
-            ..Pod::default()
-        };
-        let time = |s: &Value, ty: &str| {
-            s["conditions"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|c| c["type"] == ty)
-                .unwrap()["lastTransitionTime"]
-                .clone()
-        };
+        let mut pod = running();
+        let time = |s: &Value, ty: &str| condition(s, ty)["lastTransitionTime"].clone();
         let mut first = pod_status(&pod, "Always");
-        for c in first["conditions"].as_array_mut().unwrap() {
-            c["lastTransitionTime"] = json!("2020-01-01T00:00:00Z");
-        }
+        stamp(&mut first, "2020-01-01T00:00:00Z");
         let written = keep_transition_times(&mut first, &[]);
         assert_eq!(
             time(&first, "Ready"),
@@ -507,9 +499,7 @@ mod tests {
 
         pod.containers[0].restart_count = 1;
         let mut third = pod_status(&pod, "Always");
-        for c in third["conditions"].as_array_mut().unwrap() {
-            c["lastTransitionTime"] = json!("2099-01-01T00:00:00Z");
-        }
+        stamp(&mut third, "2099-01-01T00:00:00Z");
         keep_transition_times(&mut third, &written);
         assert_eq!(time(&third, "Ready"), ready_since, "still True");
         assert_eq!(time(&third, "Initialized"), "2020-01-01T00:00:00Z");

@@ -73,6 +73,13 @@ pub fn rps(runs: &[Wrk]) -> f64 {
 /// The image of the reusable build.
 const REUSABLE_IMAGE: &str = "hello-js-reusable:v1";
 
+/// Whether a pod with these annotations reuses instances, and so runs the reusable build.
+fn reuses(annotations: &serde_json::Value) -> bool {
+    annotations
+        .get(crate::agent::wasm::http::REUSE_ANNOTATION)
+        .is_some()
+}
+
 /// The node whose agent unmaps freed instance memory (`--wasm-keep-resident 0`).
 const UNMAPPED: &str = "bench-unmapped";
 
@@ -131,10 +138,7 @@ pub async fn js(wk: &Path, opts: &JsOptions<'_>) -> anyhow::Result<JsReport> {
     let pod =
         |node: &str, name: &str, port: u16, annotations: serde_json::Value, cpu: Option<&str>| {
             // The reusing pods run the component that can answer request after request.
-            let image = if annotations
-                .get(crate::agent::wasm::http::REUSE_ANNOTATION)
-                .is_some()
-            {
+            let image = if reuses(&annotations) {
                 REUSABLE_IMAGE
             } else {
                 "hello-js:v1"
@@ -252,19 +256,7 @@ pub async fn js(wk: &Path, opts: &JsOptions<'_>) -> anyhow::Result<JsReport> {
         ("wasmtime serve (fresh instance)", 1),
         ("wasmtime serve, reusable build", 2),
     ];
-    names.extend(pods.iter().map(|p| {
-        (
-            p.0,
-            if p.3
-                .get(crate::agent::wasm::http::REUSE_ANNOTATION)
-                .is_some()
-            {
-                2
-            } else {
-                1
-            },
-        )
-    }));
+    names.extend(pods.iter().map(|p| (p.0, if reuses(&p.3) { 2 } else { 1 })));
     let mut targets = vec![node_url];
     targets.extend(peer_urls);
     targets.extend(urls);
