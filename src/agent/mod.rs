@@ -502,13 +502,13 @@ fn namespaces_available(data: &Path) -> bool {
 }
 
 /// Waits for the Node's podCIDR (given by the server's node IPAM controller), then sets up the
-/// bridge for it.
+/// bridge for it. The error says why pods get no address.
 async fn pod_network(
     client: &Client,
     config: &AgentConfig,
     data: &Path,
     shutdown: &CancellationToken,
-) -> Option<crate::net::PodNetwork> {
+) -> Result<crate::net::PodNetwork, String> {
     let path = format!("/api/v1/nodes/{}", config.node_name);
     let deadline = std::time::Instant::now() + POD_CIDR_WAIT;
     let range = loop {
@@ -517,28 +517,27 @@ async fn pod_network(
         if let Some(c) = cidr {
             match c.parse::<crate::net::cidr::Cidr>() {
                 Ok(c) => break c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "the Node's podCIDR is not usable");
-                    return None;
-                }
+                Err(e) => return Err(format!("the Node's podCIDR {c:?} is not usable: {e}")),
             }
         }
         if std::time::Instant::now() > deadline {
-            tracing::warn!("the Node got no podCIDR (is the server's nodeipam controller off?)");
-            return None;
+            return Err(
+                "the Node got no podCIDR (is the server's nodeipam controller off?)".to_owned(),
+            );
         }
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(100)) => {}
-            () = shutdown.cancelled() => return None,
+            () = shutdown.cancelled() => return Err("the agent is stopping".to_owned()),
         }
     };
-    match crate::net::PodNetwork::setup(&config.bridge, range, &data.join("net")).await {
-        Ok(net) => Some(net),
-        Err(e) => {
-            tracing::warn!(error = %e, bridge = %config.bridge, %range, "setting up the pod network failed");
-            None
-        }
-    }
+    crate::net::PodNetwork::setup(&config.bridge, range, &data.join("net"))
+        .await
+        .map_err(|e| {
+            format!(
+                "setting up the bridge {} for {range} failed: {e}",
+                config.bridge
+            )
+        })
 }
 
 /// Network namespaces kept ready for the next pods: enough for pods started one after
@@ -598,9 +597,10 @@ impl Agent {
         if let Err(why) = &shim {
             tracing::warn!(reason = %why, "Linux containers cannot run on this node; Wasm pods can");
         }
-        let facts = node::Facts {
+        let mut facts = node::Facts {
             host_network,
             no_linux: shim.as_ref().err().cloned(),
+            pod_network: None,
         };
         let shared = Arc::new(Shared {
             client: client.clone(),
@@ -665,7 +665,12 @@ impl Agent {
         let _ = node::renew_lease(&client, &config.node_name, uid.as_deref()).await;
         if config.pod_network && !host_network {
             match pod_network(&client, &config, &data, &shutdown).await {
-                Some(net) => {
+                Ok(net) => {
+                    facts.pod_network = Some(Ok(format!(
+                        "pods get addresses of {} on the bridge {}",
+                        net.range(),
+                        net.bridge()
+                    )));
                     // A pod needs an address: no more pods than the podCIDR holds.
                     let room = u32::try_from(net.capacity()).unwrap_or(u32::MAX);
                     if room < config.max_pods {
@@ -673,14 +678,18 @@ impl Agent {
                         shared
                             .max_pods
                             .store(room, std::sync::atomic::Ordering::Relaxed);
-                        let node = node::node_object(&config, &images, &facts);
-                        let _ = node::update_status(&client, &node).await;
                     }
                     tracing::info!(range = %net.range(), bridge = net.bridge(), "pod network ready");
                     let _ = shared.net.set(Arc::new(net));
                 }
-                None => tracing::warn!("pods get no address: only their own loopback"),
+                Err(why) => {
+                    tracing::warn!(reason = %why, "pods get no address: only their own loopback");
+                    facts.pod_network = Some(Err(why));
+                }
             }
+            // The Node says so (NetworkUnavailable) at once, not at the next heartbeat.
+            let node = node::node_object(&config, &images, &facts);
+            let _ = node::update_status(&client, &node).await;
         }
         // The proxy and cluster DNS read the same Services and EndpointSlices.
         let services_and_slices = crate::client::informer::Informers::default();

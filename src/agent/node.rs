@@ -95,6 +95,9 @@ pub struct Facts {
     pub host_network: bool,
     /// Why Linux containers cannot run here; `None` when they can.
     pub no_linux: Option<String>,
+    /// The pod network, once set up: what it gives pods, or why they get no address. `None`
+    /// while it is not set up yet, or when the node has none by choice.
+    pub pod_network: Option<Result<String, String>>,
 }
 
 /// The label of nodes that run Linux containers (the `runc` RuntimeClass selects them).
@@ -177,7 +180,7 @@ fn conditions(facts: &Facts) -> Value {
     } else {
         "wk agent is posting ready status"
     };
-    json!([
+    let mut all = json!([
         c(
             "MemoryPressure",
             "False",
@@ -206,7 +209,17 @@ fn conditions(facts: &Facts) -> Value {
             ),
             Some(why) => c("LinuxContainers", "False", "RuntimeUnavailable", why),
         },
-    ])
+    ]);
+    // As a network plugin (flannel, Calico) reports it: False once pods can get addresses.
+    let network = match &facts.pod_network {
+        Some(Ok(what)) => Some(c("NetworkUnavailable", "False", "PodNetworkReady", what)),
+        Some(Err(why)) => Some(c("NetworkUnavailable", "True", "PodNetworkFailed", why)),
+        None => None,
+    };
+    if let (Some(list), Some(network)) = (all.as_array_mut(), network) {
+        list.push(network);
+    }
+    all
 }
 
 /// Creates the Node, or brings an existing one's labels, addresses and status up to date.

@@ -13,7 +13,9 @@ use futures_util::TryStreamExt;
 use nix::sched::{CloneFlags, setns};
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute};
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteProtocol};
+
+use super::cidr::Cidr;
 use rtnetlink::sys::{Socket, TokioSocket, protocols::NETLINK_ROUTE};
 use rtnetlink::{
     Handle, LinkBridge, LinkDummy, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
@@ -154,6 +156,102 @@ async fn set_up(h: &Handle, index: u32) -> io::Result<()> {
         .execute()
         .await
         .map_err(io_error)
+}
+
+/// The names of this namespace's links, by index.
+async fn link_names(h: &Handle) -> io::Result<std::collections::HashMap<u32, String>> {
+    let mut out = std::collections::HashMap::new();
+    let mut links = h.link().get().execute();
+    while let Some(m) = links.try_next().await.map_err(io_error)? {
+        if let Some(name) = m.attributes.iter().find_map(|a| match a {
+            LinkAttribute::IfName(n) => Some(n.clone()),
+            _ => None,
+        }) {
+            out.insert(m.header.index, name);
+        }
+    }
+    Ok(out)
+}
+
+/// What on this host already uses addresses of `range`, outside the link `own` (the node's
+/// bridge): an address in it on another link (another cluster's bridge, a VPN, a LAN), or a
+/// route of the main table to part of it through another link. wk's own host-gw routes are
+/// left out (their agent prunes them), and so are the routes the kernel makes for addresses
+/// (the first check finds those). `None` when nothing does. Pods given such addresses would be
+/// unreachable, or would take traffic meant for someone else.
+///
+/// # Errors
+/// When netlink fails.
+pub async fn claimed(h: &Handle, range: Cidr, own: &str) -> io::Result<Option<String>> {
+    let names = link_names(h).await?;
+    let name = |i: u32| {
+        names
+            .get(&i)
+            .map_or_else(|| format!("link {i}"), Clone::clone)
+    };
+    let mut dump = h.address().get().execute();
+    while let Some(m) = dump.try_next().await.map_err(io_error)? {
+        let link = name(m.header.index);
+        if link == own {
+            continue;
+        }
+        for a in &m.attributes {
+            if let AddressAttribute::Local(IpAddr::V4(ip))
+            | AddressAttribute::Address(IpAddr::V4(ip)) = a
+                && range.contains(*ip)
+            {
+                return Ok(Some(format!(
+                    "{ip}/{} on {link} is in it",
+                    m.header.prefix_len
+                )));
+            }
+        }
+    }
+    let mut dump = h
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute();
+    while let Some(m) = dump.try_next().await.map_err(io_error)? {
+        let table = m
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                RouteAttribute::Table(t) => Some(*t),
+                _ => None,
+            })
+            .unwrap_or(u32::from(m.header.table));
+        if table != u32::from(RouteHeader::RT_TABLE_MAIN)
+            || matches!(
+                m.header.protocol,
+                RouteProtocol::Kernel | RouteProtocol::Other(ROUTE_PROTOCOL)
+            )
+            || m.header.destination_prefix_length < range.prefix()
+        {
+            continue;
+        }
+        let (mut destination, mut via, mut link) = (None, None, None);
+        for a in &m.attributes {
+            match a {
+                RouteAttribute::Destination(RouteAddress::Inet(ip)) => destination = Some(*ip),
+                RouteAttribute::Gateway(RouteAddress::Inet(ip)) => via = Some(*ip),
+                RouteAttribute::Oif(i) => link = Some(name(*i)),
+                _ => {}
+            }
+        }
+        let Some(destination) = destination.filter(|d| range.contains(*d)) else {
+            continue;
+        };
+        if link.as_deref() == Some(own) {
+            continue;
+        }
+        let via = via.map(|g| format!(" via {g}")).unwrap_or_default();
+        let dev = link.map(|l| format!(" dev {l}")).unwrap_or_default();
+        return Ok(Some(format!(
+            "the route {destination}/{}{via}{dev} leads part of it elsewhere",
+            m.header.destination_prefix_length
+        )));
+    }
+    Ok(None)
 }
 
 /// Makes the bridge `name` (or takes the one there), gives it `gateway/len` and sets it up.
@@ -404,6 +502,63 @@ pub async fn delete(h: &Handle, name: &str) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// In a network namespace of the test's own: a range is claimed by an address in it on
+    /// another link, or by a route to part of it through another link, and by nothing else.
+    #[tokio::test]
+    async fn a_range_is_claimed_by_other_links_addresses_and_routes_in_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let ns = dir.path().join("ns");
+        crate::agent::sandbox::netns::create(&ns).expect("a network namespace (run as root)");
+        let h = netns_handle(&ns).unwrap();
+        let range: Cidr = "100.64.1.0/24".parse().unwrap();
+        ensure_bridge(&h, "own0", Ipv4Addr::new(100, 64, 1, 1), 24)
+            .await
+            .unwrap();
+        let lan = ensure_bridge(&h, "lan0", Ipv4Addr::new(100, 64, 200, 1), 24)
+            .await
+            .unwrap();
+        // The node's own bridge, an address outside, and the kernel's routes for both.
+        assert_eq!(claimed(&h, range, "own0").await.unwrap(), None);
+        let add = |h: Handle, dst: [u8; 4], len: u8, protocol: RouteProtocol| async move {
+            let route = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(dst.into(), len)
+                .gateway(Ipv4Addr::new(100, 64, 200, 9))
+                .output_interface(lan)
+                .protocol(protocol)
+                .build();
+            h.route().add(route).execute().await.unwrap();
+        };
+        // A wider route (the node's bridge wins) and one of wk's host-gw routes, which their
+        // agent prunes.
+        add(h.clone(), [100, 64, 0, 0], 16, RouteProtocol::Boot).await;
+        add(
+            h.clone(),
+            [100, 64, 1, 64],
+            26,
+            RouteProtocol::Other(ROUTE_PROTOCOL),
+        )
+        .await;
+        assert_eq!(claimed(&h, range, "own0").await.unwrap(), None);
+        // Someone else's route into it.
+        add(h.clone(), [100, 64, 1, 128], 25, RouteProtocol::Static).await;
+        let what = claimed(&h, range, "own0").await.unwrap().unwrap();
+        assert!(
+            what.contains("100.64.1.128/25 via 100.64.200.9 dev lan0"),
+            "{what}"
+        );
+        // An address in it on another link, whatever its prefix.
+        add_address(&h, lan, Ipv4Addr::new(100, 64, 1, 200), 32)
+            .await
+            .unwrap();
+        let what = claimed(&h, range, "own0").await.unwrap().unwrap();
+        assert!(what.contains("100.64.1.200/32 on lan0"), "{what}");
+        // Another range is free.
+        let free: Cidr = "100.64.2.0/24".parse().unwrap();
+        assert_eq!(claimed(&h, free, "own0").await.unwrap(), None);
+        drop(h);
+        crate::agent::sandbox::netns::destroy(&ns);
+    }
 
     /// In a network namespace of the test's own: routes are added, kept, replaced and pruned,
     /// and routes wk did not add are left alone.

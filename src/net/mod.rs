@@ -60,7 +60,8 @@ impl PodNetwork {
     /// `state`. Needs a tokio runtime.
     ///
     /// # Errors
-    /// When the bridge cannot be made or the records read.
+    /// When the bridge cannot be made or the records read, or another link of the host has
+    /// addresses of the range.
     pub async fn setup(bridge: &str, range: Cidr, state: &Path) -> io::Result<Self> {
         if range.prefix() > 29 {
             return Err(io::Error::new(
@@ -73,6 +74,14 @@ impl PodNetwork {
             .await
             .map_err(io::Error::other)??;
         let host = link::host_handle()?;
+        if let Some(what) = link::claimed(&host, range, bridge).await? {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!(
+                    "the podCIDR {range} is already in use on this host: {what} (another cluster or network has these addresses: give this cluster a range of its own with `wk server --cluster-cidr`)"
+                ),
+            ));
+        }
         let bridge_index =
             link::ensure_bridge(&host, bridge, ipam.gateway(), range.prefix()).await?;
         Ok(Self {

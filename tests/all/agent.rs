@@ -1708,36 +1708,13 @@ fn a_full_node_rejects_pods_past_its_allocatable_count() {
 fn a_second_agent_does_not_take_over_another_node_s_bridge() {
     let c = Cluster::with_agent();
     let bridge = c.bridge.clone().unwrap();
-    let token = std::fs::read_to_string(c.data.path().join("node-token")).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut agent = Command::new(crate::harness::WK)
-        .args(["agent", "--server", &c.url, "--token", token.trim()])
-        .args(["--node-name", "second", "--agent-listen", "127.0.0.1:0"])
-        .args(["--bridge", &bridge.name, "--data-dir"])
-        .arg(dir.path())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let err = agent.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut log = String::new();
-    let refused = eventually(LONG, || {
-        while let Ok(line) = rx.try_recv() {
-            log.push_str(&line);
-            log.push('\n');
-        }
-        log.contains("wk agent running as node second")
-    });
+    let second = c.join_agent(
+        "second",
+        None,
+        &["--agent-listen", "127.0.0.1:0", "--bridge", &bridge.name],
+    );
     // The second node runs, without pod addresses, and says why; the first keeps its bridge.
-    assert!(refused, "{log}");
+    let log = second.log();
     assert!(
         log.contains("another agent uses it") && log.contains("--bridge"),
         "{log}"
@@ -1745,9 +1722,97 @@ fn a_second_agent_does_not_take_over_another_node_s_bridge() {
     let range = c.jsonpath("node", "second", "{.spec.podCIDR}");
     assert!(!range.is_empty());
     assert_ne!(range, c.jsonpath("node", "wk-test", "{.spec.podCIDR}"));
-    // SAFETY: kill with a valid pid and signal number has no memory effects.
-    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
-    let _ = agent.wait();
+    assert_eq!(network_unavailable(&c, "second").0, "True");
+}
+
+/// The status and message of node `name`'s NetworkUnavailable condition.
+fn network_unavailable(c: &Cluster, name: &str) -> (String, String) {
+    let path = |field: &str| {
+        c.jsonpath(
+            "node",
+            name,
+            &format!("{{.status.conditions[?(@.type==\"NetworkUnavailable\")].{field}}}"),
+        )
+    };
+    (path("status"), path("message"))
+}
+
+/// A link of the test's own in the host's namespace, deleted when dropped.
+struct HostLink(String);
+
+impl Drop for HostLink {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).output();
+    }
+}
+
+#[test]
+fn a_pod_range_that_another_link_of_the_host_holds_is_refused_and_the_node_says_why() {
+    let c = Cluster::with_agent();
+    let bridge = c.bridge.clone().unwrap();
+    let (status, message) = network_unavailable(&c, "wk-test");
+    assert_eq!(status, "False", "{message}");
+    assert!(message.contains(&bridge.name), "{message}");
+    // The next node gets the cluster's second /24. Another network (a second cluster's
+    // bridge, a VPN) holds an address of it on this host before that node's agent starts.
+    let prefix = bridge.cluster_cidr.trim_end_matches("0.0/17");
+    let taken = format!("{prefix}1.7/24");
+    let other = HostLink(format!("wkc{}", bridge.n));
+    let ip = |args: &[&str]| {
+        let out = Command::new("ip").args(args).output().unwrap();
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+    };
+    ip(&["link", "add", &other.0, "type", "bridge"]);
+    ip(&["addr", "add", &taken, "dev", &other.0]);
+    let own = format!("wks{}", bridge.n);
+    // What the agents leave when they are killed: the service proxy's link, and a bridge if
+    // the check failed.
+    let _left = [HostLink(format!("{own}-svc")), HostLink(own.clone())];
+    let second = c.join_agent(
+        "second",
+        None,
+        &["--agent-listen", "127.0.0.1:0", "--bridge", &own],
+    );
+    assert_eq!(
+        c.jsonpath("node", "second", "{.spec.podCIDR}"),
+        format!("{prefix}1.0/24")
+    );
+    // The node runs without pod addresses and says why, in its log and on the Node.
+    let mut seen = (String::new(), String::new());
+    let said = eventually(LONG, || {
+        seen = network_unavailable(&c, "second");
+        seen.0 == "True"
+    });
+    assert!(said, "{seen:?}\n{}", second.log());
+    let message = seen.1.clone();
+    for part in [
+        &format!("{prefix}1.0/24"),
+        &taken,
+        &other.0,
+        "--cluster-cidr",
+    ] {
+        assert!(message.contains(part), "{part}: {message}");
+    }
+    assert!(second.log().contains(&taken), "{}", second.log());
+    // Nothing was made for it: no bridge of its own holding the taken range.
+    assert!(!std::path::Path::new("/sys/class/net").join(&own).exists());
+    // So is a route to part of a range through another link: the third node gets the third /24.
+    drop(second);
+    ip(&["addr", "del", &taken, "dev", &other.0]);
+    ip(&["link", "set", &other.0, "up"]);
+    let route = format!("{prefix}2.128/25");
+    ip(&["route", "add", &route, "dev", &other.0]);
+    let third = c.join_agent(
+        "third",
+        None,
+        &["--agent-listen", "127.0.0.1:0", "--bridge", &own],
+    );
+    let said = eventually(LONG, || {
+        seen = network_unavailable(&c, "third");
+        seen.0 == "True"
+    });
+    assert!(said, "{seen:?}\n{}", third.log());
+    assert!(seen.1.contains(&route), "{}", seen.1);
 }
 
 #[test]
