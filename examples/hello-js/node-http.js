@@ -26,6 +26,7 @@ import {
   ResponseOutparam,
 } from 'wasi:http/types@0.2.10';
 import { getEnvironment } from 'wasi:cli/environment@0.2.10';
+import { exit } from 'wasi:cli/exit@0.2.10';
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -422,12 +423,14 @@ function toResponse(resp) {
 export function serveFetchEvents() {
   let answered = false;
   addEventListener('fetch', (event) => {
-    // StarlingMonkey cannot answer a second fetch event in one instance (the request then
-    // waits until wk gives up on it): say what to build instead.
+    // StarlingMonkey cannot answer a second fetch event in one instance: the request would
+    // wait until the host gives up on it. Say what to build instead, and end the instance so
+    // that the host knows at once.
     if (answered) {
-      throw new Error(
+      console.error(
         'this build answers one request per instance; build with --reusable for instance reuse',
       );
+      exit({ tag: 'err', val: undefined });
     }
     answered = true;
     event.respondWith(

@@ -242,9 +242,17 @@ fn hello_js_is_built_with_npm_pushed_applied_scaled_rolled_out_and_back() {
             "{name}: {logs}"
         );
     }
-    // The prelude says which build to use instead.
+    // The prelude says which build to use instead, and ends the instance so that wk knows at
+    // once, rather than after the reuse trial's wait (fetch.js, without the prelude, waits).
     let default = c.kubectl_ok(&["logs", "default"]);
     assert!(default.contains("build with --reusable"), "{default}");
+    assert!(
+        default.contains("the guest exited with status 1"),
+        "{default}"
+    );
+    assert!(!default.contains("did not answer"), "{default}");
+    let fetch = c.kubectl_ok(&["logs", "fetch"]);
+    assert!(fetch.contains("did not answer"), "{fetch}");
 }
 
 /// The Rust examples (examples/Cargo.toml), built once for wasm32-wasip2.

@@ -471,7 +471,12 @@ impl HttpService {
             ))),
             Err(_) => Err(failed(match task.await {
                 Ok(Ok(())) => "the guest returned without setting a response".into(),
-                Ok(Err(e)) => format!("the guest failed: {e:#}"),
+                Ok(Err(e)) => match e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+                    Some(wasmtime_wasi::I32Exit(code)) => {
+                        format!("the guest exited with status {code}")
+                    }
+                    None => format!("the guest failed: {e:#}"),
+                },
                 Err(e) => format!("the guest's task failed: {e}"),
             })),
         }
