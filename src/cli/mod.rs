@@ -358,12 +358,14 @@ pub fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
         .unwrap_or_default()
 }
 
-/// Sets up logging to stderr, filtered by `RUST_LOG` (default: info).
+/// Sets up logging to stderr, filtered by `RUST_LOG` (default: info), in colour only on a
+/// terminal: a log file or journald gets plain text.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }

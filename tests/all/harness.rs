@@ -141,6 +141,12 @@ impl Cluster {
             "the agent did not start:\n{}",
             c.log()
         );
+        // A host link that holds the cluster's pod range (a wk server left running beside the
+        // tests, say) would fail the test later and obscurely: say so now.
+        let log = c.log();
+        if let Some(line) = log.lines().find(|l| l.contains("pods get no address")) {
+            panic!("the test cluster got no pod network: {line}");
+        }
         c
     }
 
