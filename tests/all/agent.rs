@@ -55,9 +55,16 @@ pub(crate) fn netns(c: &Cluster, name: &str) -> PathBuf {
 
 /// curl inside a pod's network namespace.
 pub(crate) fn curl_in(c: &Cluster, name: &str, url: &str) -> (String, bool) {
+    curl_in_with(c, name, &[], url)
+}
+
+/// As [`curl_in`], with more curl arguments.
+pub(crate) fn curl_in_with(c: &Cluster, name: &str, args: &[&str], url: &str) -> (String, bool) {
     let out = Command::new("nsenter")
         .arg(format!("--net={}", netns(c, name).display()))
-        .args(["curl", "-s", "-m", "10", "-w", " %{http_code}", url])
+        .args(["curl", "-s", "-m", "10", "-w", " %{http_code}"])
+        .args(args)
+        .arg(url)
         .output()
         .expect("run nsenter curl");
     (stdout(&out), out.status.success())
@@ -1216,18 +1223,25 @@ fn instance_reuse_serves_requests_in_turn_and_is_refused_for_a_component_that_ca
     );
     assert!(body.starts_with("200 ") && body.ends_with(" 200"), "{body}");
     // A component that fails on its second request: that request is served again on a fresh
-    // instance, reuse is turned off, and the container's log says why.
-    for _ in 0..3 {
-        assert_eq!(
-            curl_in(&c, "once", "http://127.0.0.1:8000/once").0,
-            "once\n 200"
-        );
-    }
+    // instance, body and all, reuse is turned off, and the container's log says why.
+    let once = "http://127.0.0.1:8000/once";
+    assert_eq!(curl_in(&c, "once", once).0, "once\n 200");
+    assert!(!c.kubectl_ok(&["logs", "once"]).contains("refused"));
+    let body = "ping ".repeat(1000);
+    let (answer, _) = curl_in_with(&c, "once", &["-d", &body], once);
+    assert!(
+        answer == format!("{body} 200"),
+        "{}",
+        &answer[..answer.len().min(300)]
+    );
     let log = c.kubectl_ok(&["logs", "once"]);
     assert!(
         log.contains("wk.dev/instance-reuse refused") && log.contains("fresh instance"),
         "{log}"
     );
+    for _ in 0..2 {
+        assert_eq!(curl_in(&c, "once", once).0, "once\n 200");
+    }
     assert_eq!(counts("once"), [1; 6]);
     let mut kept = None;
     assert!(

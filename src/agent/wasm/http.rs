@@ -49,6 +49,9 @@ const IDLE_FOR: Duration = Duration::from_secs(30);
 /// Until one instance has answered a second request, a reused instance that takes longer than
 /// this is taken as one that cannot be reused (a fetch-event JS component waits forever).
 const REUSE_TRIAL: Duration = Duration::from_secs(2);
+/// While reuse is on trial, a request body up to this long is read before the guest runs and
+/// kept, so that the request can be served again if the reused instance fails.
+const REPLAY_BODY: usize = 64 * 1024;
 
 /// How a pod's HTTP containers serve: its concurrency limit and request timeout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -333,38 +336,56 @@ impl HttpService {
     }
 
     /// Serves one request; a request that failed on a reused instance turns reuse off and, when
-    /// it has no body to replay, is served again on a fresh instance.
+    /// it can be sent again, is served again on a fresh instance: one without a body, and while
+    /// reuse is on trial, one whose body is at most [`REPLAY_BODY`] long (read first, kept).
     async fn call(
         self: &Arc<Self>,
         req: Request<Incoming>,
     ) -> Result<Response<HyperOutgoingBody>, String> {
         // Only a reused instance's failure is served again: without reuse, nothing is copied.
-        let replayable = self.reuse > 1
-            && !self.refused.load(Ordering::Relaxed)
-            && !req.headers().contains_key(http::header::CONTENT_LENGTH)
-            && !req.headers().contains_key(http::header::TRANSFER_ENCODING);
-        let again = replayable.then(|| {
-            let mut copy = Request::new(());
-            *copy.method_mut() = req.method().clone();
-            *copy.uri_mut() = req.uri().clone();
-            *copy.version_mut() = req.version();
-            *copy.headers_mut() = req.headers().clone();
+        let reusing = self.reuse > 1 && !self.refused.load(Ordering::Relaxed);
+        if !reusing {
+            return self.call_once(req).await.map_err(|f| f.message);
+        }
+        let headers = req.headers();
+        let chunked = headers.contains_key(http::header::TRANSFER_ENCODING);
+        let length = headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let bodiless = !chunked && length.unwrap_or(0) == 0;
+        let on_trial = !self.proven.load(Ordering::Relaxed);
+        let keep = !chunked && on_trial && length.is_some_and(|n| n <= REPLAY_BODY as u64);
+        if !bodiless && !keep {
+            return self.call_once(req).await.map_err(|f| f.message);
+        }
+        let (head, body) = req.into_parts();
+        let body = if bodiless {
+            Bytes::new()
+        } else {
+            let read = http_body_util::Limited::new(body, REPLAY_BODY).collect();
+            match tokio::time::timeout(self.timeout, read).await {
+                Ok(Ok(collected)) => collected.to_bytes(),
+                Ok(Err(e)) => return Err(format!("bad request: the body could not be read: {e}")),
+                Err(_) => return Err(TIMED_OUT.to_owned()),
+            }
+        };
+        let request = |body: Bytes| {
+            let mut copy = Request::new(
+                Full::new(body).map_err(|never: Infallible| -> hyper::Error { match never {} }),
+            );
+            *copy.method_mut() = head.method.clone();
+            *copy.uri_mut() = head.uri.clone();
+            *copy.version_mut() = head.version;
+            *copy.headers_mut() = head.headers.clone();
             copy
-        });
-        match self.call_once(req).await {
+        };
+        match self.call_once(request(body.clone())).await {
             Err(Failure {
                 message,
                 reused: true,
             }) => {
                 self.refuse_reuse(&message);
-                let Some(again) = again else {
-                    return Err(message);
-                };
-                let empty = http_body_util::Empty::<Bytes>::new()
-                    .map_err(|never: Infallible| -> hyper::Error { match never {} });
-                self.call_once(again.map(|()| empty))
-                    .await
-                    .map_err(|f| f.message)
+                self.call_once(request(body)).await.map_err(|f| f.message)
             }
             other => other.map_err(|f| f.message),
         }

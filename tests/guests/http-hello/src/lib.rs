@@ -10,6 +10,7 @@
 //!   GET /count        -> 200 "N\n": the requests this instance has served, this one included
 //!   GET /once         -> 200 "once\n" in an instance's first request; traps in any later one
 //!                        (a component that cannot be reused)
+//!   POST /once        -> the same, with the request's body as the answer
 //!   anything else     -> 404 "not found\n"
 //!
 //! Note: `/env/NAME` uses `std::env::var`, which makes the component import
@@ -41,6 +42,13 @@ impl Guest for Handler {
         };
         let (status, body): (u16, String) = match request.method() {
             Method::Get => route(path, query),
+            Method::Post if path == "/once" => match route(path, query) {
+                (200, _) => match read_body(request) {
+                    Ok(body) => (200, body),
+                    Err(e) => (400, format!("{e}\n")),
+                },
+                other => other,
+            },
             _ => (404, "not found\n".into()),
         };
         respond(out, status, body.as_bytes());
@@ -144,7 +152,19 @@ fn fetch(url: &str) -> Result<(u16, String), String> {
         .map_err(|e| format!("{e:?}"))?;
     let status = response.status();
     let body = response.consume().map_err(|()| "body taken twice")?;
+    // The stream, declared after its body, is dropped before it.
     let stream = body.stream().map_err(|()| "stream taken twice")?;
+    Ok((status, read_all(&stream)?))
+}
+
+/// The request's body, as text.
+fn read_body(request: IncomingRequest) -> Result<String, String> {
+    let body = request.consume().map_err(|()| "body taken twice")?;
+    let stream = body.stream().map_err(|()| "stream taken twice")?;
+    read_all(&stream)
+}
+
+fn read_all(stream: &wasip2::io::streams::InputStream) -> Result<String, String> {
     let mut data = Vec::new();
     loop {
         match stream.blocking_read(65_536) {
@@ -153,5 +173,5 @@ fn fetch(url: &str) -> Result<(u16, String), String> {
             Err(e) => return Err(format!("reading the body: {e:?}")),
         }
     }
-    Ok((status, String::from_utf8_lossy(&data).into_owned()))
+    Ok(String::from_utf8_lossy(&data).into_owned())
 }
