@@ -688,8 +688,10 @@ impl Agent {
                 }
             }
             // The Node says so (NetworkUnavailable) at once, not at the next heartbeat.
-            let node = node::node_object(&config, &images, &facts);
-            let _ = node::update_status(&client, &node).await;
+            if !shutdown.is_cancelled() {
+                let node = node::node_object(&config, &images, &facts);
+                let _ = node::update_status(&client, &node).await;
+            }
         }
         // The proxy and cluster DNS read the same Services and EndpointSlices.
         let services_and_slices = crate::client::informer::Informers::default();

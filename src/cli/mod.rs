@@ -359,13 +359,16 @@ pub fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
 }
 
 /// Sets up logging to stderr, filtered by `RUST_LOG` (default: info), in colour only on a
-/// terminal: a log file or journald gets plain text.
+/// terminal and without `NO_COLOR`: a log file or journald gets plain text.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .with_writer(std::io::stderr)
         .try_init();
 }

@@ -14,12 +14,12 @@ use nix::sched::{CloneFlags, setns};
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteProtocol};
-
-use super::cidr::Cidr;
 use rtnetlink::sys::{Socket, TokioSocket, protocols::NETLINK_ROUTE};
 use rtnetlink::{
     Handle, LinkBridge, LinkDummy, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
 };
+
+use super::cidr::Cidr;
 
 /// The kernel's limit on interface names (IFNAMSIZ less the NUL).
 pub const MAX_NAME: usize = 15;
@@ -127,7 +127,10 @@ pub async fn ports(h: &Handle, bridge: u32) -> io::Result<Vec<String>> {
 }
 
 /// The IPv4 addresses on the link with index `index`.
-async fn addresses(h: &Handle, index: u32) -> io::Result<Vec<(Ipv4Addr, u8)>> {
+///
+/// # Errors
+/// When netlink fails.
+pub async fn addresses(h: &Handle, index: u32) -> io::Result<Vec<(Ipv4Addr, u8)>> {
     let mut out = Vec::new();
     let mut dump = h.address().get().set_link_index_filter(index).execute();
     while let Some(m) = dump.try_next().await.map_err(io_error)? {
@@ -173,16 +176,28 @@ async fn link_names(h: &Handle) -> io::Result<std::collections::HashMap<u32, Str
     Ok(out)
 }
 
+/// Something on this host that uses addresses of a node's podCIDR.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Claim {
+    /// What it is, for a person.
+    pub what: String,
+    /// The link it is on.
+    pub link: String,
+}
+
 /// What on this host already uses addresses of `range`, outside the link `own` (the node's
 /// bridge): an address in it on another link (another cluster's bridge, a VPN, a LAN), or a
-/// route of the main table to part of it through another link. wk's own host-gw routes are
-/// left out (their agent prunes them), and so are the routes the kernel makes for addresses
-/// (the first check finds those). `None` when nothing does. Pods given such addresses would be
-/// unreachable, or would take traffic meant for someone else.
+/// route of the main table to part of it, or through a gateway in it, over another link. wk's
+/// own host-gw routes are left out (their agent prunes them), and so are the routes the kernel
+/// makes for addresses (the first check finds those). `None` when nothing does. Pods given such
+/// addresses would be unreachable, or would take traffic meant for someone else.
+///
+/// Not looked at: routing tables other than main (policy routing, as Tailscale's table 52),
+/// and a LAN whose subnet is wider than the range and holds it, with no address in it here.
 ///
 /// # Errors
 /// When netlink fails.
-pub async fn claimed(h: &Handle, range: Cidr, own: &str) -> io::Result<Option<String>> {
+pub async fn claimed(h: &Handle, range: Cidr, own: &str) -> io::Result<Option<Claim>> {
     let names = link_names(h).await?;
     let name = |i: u32| {
         names
@@ -200,10 +215,8 @@ pub async fn claimed(h: &Handle, range: Cidr, own: &str) -> io::Result<Option<St
             | AddressAttribute::Address(IpAddr::V4(ip)) = a
                 && range.contains(*ip)
             {
-                return Ok(Some(format!(
-                    "{ip}/{} on {link} is in it",
-                    m.header.prefix_len
-                )));
+                let what = format!("{ip}/{} on {link} is in it", m.header.prefix_len);
+                return Ok(Some(Claim { what, link }));
             }
         }
     }
@@ -225,31 +238,40 @@ pub async fn claimed(h: &Handle, range: Cidr, own: &str) -> io::Result<Option<St
                 m.header.protocol,
                 RouteProtocol::Kernel | RouteProtocol::Other(ROUTE_PROTOCOL)
             )
-            || m.header.destination_prefix_length < range.prefix()
         {
             continue;
         }
-        let (mut destination, mut via, mut link) = (None, None, None);
+        let len = m.header.destination_prefix_length;
+        let (mut destination, mut via, mut link) = (Ipv4Addr::UNSPECIFIED, None, None);
         for a in &m.attributes {
             match a {
-                RouteAttribute::Destination(RouteAddress::Inet(ip)) => destination = Some(*ip),
+                RouteAttribute::Destination(RouteAddress::Inet(ip)) => destination = *ip,
                 RouteAttribute::Gateway(RouteAddress::Inet(ip)) => via = Some(*ip),
                 RouteAttribute::Oif(i) => link = Some(name(*i)),
                 _ => {}
             }
         }
-        let Some(destination) = destination.filter(|d| range.contains(*d)) else {
-            continue;
-        };
-        if link.as_deref() == Some(own) {
+        let link = link.unwrap_or_default();
+        let into = len >= range.prefix() && range.contains(destination);
+        let through = via.is_some_and(|g| range.contains(g));
+        if link == own || !(into || through) {
             continue;
         }
-        let via = via.map(|g| format!(" via {g}")).unwrap_or_default();
-        let dev = link.map(|l| format!(" dev {l}")).unwrap_or_default();
-        return Ok(Some(format!(
-            "the route {destination}/{}{via}{dev} leads part of it elsewhere",
-            m.header.destination_prefix_length
-        )));
+        let route = format!(
+            "the route {destination}/{len}{}{}",
+            via.map(|g| format!(" via {g}")).unwrap_or_default(),
+            if link.is_empty() {
+                String::new()
+            } else {
+                format!(" dev {link}")
+            },
+        );
+        let what = if into {
+            format!("{route} leads part of it elsewhere")
+        } else {
+            format!("{route} goes through a gateway in it")
+        };
+        return Ok(Some(Claim { what, link }));
     }
     Ok(None)
 }
@@ -542,17 +564,29 @@ mod tests {
         assert_eq!(claimed(&h, range, "own0").await.unwrap(), None);
         // Someone else's route into it.
         add(h.clone(), [100, 64, 1, 128], 25, RouteProtocol::Static).await;
-        let what = claimed(&h, range, "own0").await.unwrap().unwrap();
+        let claim = claimed(&h, range, "own0").await.unwrap().unwrap();
         assert!(
-            what.contains("100.64.1.128/25 via 100.64.200.9 dev lan0"),
-            "{what}"
+            claim
+                .what
+                .contains("100.64.1.128/25 via 100.64.200.9 dev lan0"),
+            "{claim:?}"
         );
+        assert_eq!(claim.link, "lan0");
         // An address in it on another link, whatever its prefix.
         add_address(&h, lan, Ipv4Addr::new(100, 64, 1, 200), 32)
             .await
             .unwrap();
-        let what = claimed(&h, range, "own0").await.unwrap().unwrap();
-        assert!(what.contains("100.64.1.200/32 on lan0"), "{what}");
+        let claim = claimed(&h, range, "own0").await.unwrap().unwrap();
+        assert!(claim.what.contains("100.64.1.200/32 on lan0"), "{claim:?}");
+        // A range that holds the gateway of a route (here the wider one's).
+        let gateways: Cidr = "100.64.200.8/29".parse().unwrap();
+        let claim = claimed(&h, gateways, "own0").await.unwrap().unwrap();
+        assert!(
+            claim
+                .what
+                .contains("100.64.0.0/16 via 100.64.200.9 dev lan0 goes through a gateway"),
+            "{claim:?}"
+        );
         // Another range is free.
         let free: Cidr = "100.64.2.0/24".parse().unwrap();
         assert_eq!(claimed(&h, free, "own0").await.unwrap(), None);

@@ -60,8 +60,8 @@ impl PodNetwork {
     /// `state`. Needs a tokio runtime.
     ///
     /// # Errors
-    /// When the bridge cannot be made or the records read, or another link of the host has
-    /// addresses of the range.
+    /// When the bridge cannot be made or the records read, or another link of the host holds
+    /// addresses of the range or routes to or through them ([`link::claimed`]).
     pub async fn setup(bridge: &str, range: Cidr, state: &Path) -> io::Result<Self> {
         if range.prefix() > 29 {
             return Err(io::Error::new(
@@ -74,13 +74,25 @@ impl PodNetwork {
             .await
             .map_err(io::Error::other)??;
         let host = link::host_handle()?;
-        if let Some(what) = link::claimed(&host, range, bridge).await? {
-            return Err(io::Error::new(
-                io::ErrorKind::AddrInUse,
-                format!(
-                    "the podCIDR {range} is already in use on this host: {what} (another cluster or network has these addresses: give this cluster a range of its own with `wk server --cluster-cidr`)"
-                ),
-            ));
+        // A bridge of its own that holds the range already serves its pods (an agent's
+        // restart): what came since is only reported, so that those pods keep their network.
+        let gateway = (ipam.gateway(), range.prefix());
+        let serving = match link::index(&host, bridge).await? {
+            Some(i) => link::addresses(&host, i).await?.contains(&gateway),
+            None => false,
+        };
+        if let Some(claim) = link::claimed(&host, range, bridge).await? {
+            let link::Claim { what, link } = claim;
+            let message = format!(
+                "the podCIDR {range} is already in use on this host: {what}. If {link} is a bridge \
+                 left by a wk cluster that no longer runs, delete it (`ip link del {link}`) and \
+                 restart this agent; else give this cluster a range of its own (`wk server --cluster-cidr`) \
+                 and delete this Node, so that it gets a podCIDR from it"
+            );
+            if !serving {
+                return Err(io::Error::new(io::ErrorKind::AddrInUse, message));
+            }
+            tracing::warn!(%message, "the pod network is kept for the pods it serves");
         }
         let bridge_index =
             link::ensure_bridge(&host, bridge, ipam.gateway(), range.prefix()).await?;

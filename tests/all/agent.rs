@@ -1776,6 +1776,8 @@ fn a_pod_range_that_another_link_of_the_host_holds_is_refused_and_the_node_says_
         let out = Command::new("ip").args(args).output().unwrap();
         assert!(out.status.success(), "ip {args:?}: {out:?}");
     };
+    // One that an interrupted run left goes first.
+    let _ = Command::new("ip").args(["link", "del", &other.0]).output();
     ip(&["link", "add", &other.0, "type", "bridge"]);
     ip(&["addr", "add", &taken, "dev", &other.0]);
     let own = format!("wks{}", bridge.n);
@@ -1827,6 +1829,23 @@ fn a_pod_range_that_another_link_of_the_host_holds_is_refused_and_the_node_says_
     });
     assert!(said, "{seen:?}\n{}", third.log());
     assert!(seen.1.contains(&route), "{}", seen.1);
+    // A node whose bridge already holds its range keeps it across a restart when something
+    // claims part of it later: its pods keep their network, and the log says what.
+    drop(third);
+    ip(&["addr", "add", &format!("{prefix}0.200/32"), "dev", &other.0]);
+    let (status, data) = c.stop();
+    assert!(status.success(), "{status}");
+    // The harness removes a stopped cluster's bridge; a node's own restart keeps it.
+    ip(&["link", "add", &bridge.name, "type", "bridge"]);
+    let gateway = format!("{prefix}0.1/24");
+    ip(&["addr", "add", &gateway, "dev", &bridge.name]);
+    let c = Cluster::with_agent_in(data);
+    let log = c.log();
+    assert!(
+        log.contains("kept for the pods") && log.contains(&format!("{prefix}0.200/32")),
+        "{log}"
+    );
+    assert!(eventually(LONG, || network_unavailable(&c, "wk-test").0 == "False"));
 }
 
 #[test]

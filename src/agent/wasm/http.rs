@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
@@ -29,6 +29,8 @@ pub const MAX_CONCURRENT_REQUESTS: usize = 256;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// What a client is told when the guest takes longer than the request timeout.
 const TIMED_OUT: &str = "the guest did not answer in time";
+/// Why a request kept for a replay got 408.
+const BODY_TIMED_OUT: &str = "the client did not send its body in time";
 /// The pod annotation that sets its concurrency limit.
 pub const CONCURRENCY_ANNOTATION: &str = "wk.dev/max-concurrent-requests";
 /// The pod annotation that sets its request timeout, in seconds.
@@ -347,14 +349,11 @@ impl HttpService {
         if !reusing {
             return self.call_once(req).await.map_err(|f| f.message);
         }
-        let headers = req.headers();
-        let chunked = headers.contains_key(http::header::TRANSFER_ENCODING);
-        let length = headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        let bodiless = !chunked && length.unwrap_or(0) == 0;
+        // What hyper knows of the body: none, or its exact length (a Content-Length).
+        let bodiless = req.body().is_end_stream();
+        let length = req.body().size_hint().exact();
         let on_trial = !self.proven.load(Ordering::Relaxed);
-        let keep = !chunked && on_trial && length.is_some_and(|n| n <= REPLAY_BODY as u64);
+        let keep = on_trial && length.is_some_and(|n| n <= REPLAY_BODY as u64);
         if !bodiless && !keep {
             return self.call_once(req).await.map_err(|f| f.message);
         }
@@ -366,7 +365,7 @@ impl HttpService {
             match tokio::time::timeout(self.timeout, read).await {
                 Ok(Ok(collected)) => collected.to_bytes(),
                 Ok(Err(e)) => return Err(format!("bad request: the body could not be read: {e}")),
-                Err(_) => return Err(TIMED_OUT.to_owned()),
+                Err(_) => return Err(BODY_TIMED_OUT.to_owned()),
             }
         };
         let request = |body: Bytes| {
@@ -518,6 +517,8 @@ impl HttpService {
                     StatusCode::BAD_REQUEST
                 } else if message == TIMED_OUT {
                     StatusCode::GATEWAY_TIMEOUT
+                } else if message == BODY_TIMED_OUT {
+                    StatusCode::REQUEST_TIMEOUT
                 } else {
                     StatusCode::INTERNAL_SERVER_ERROR
                 };
