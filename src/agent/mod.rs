@@ -657,8 +657,9 @@ impl Agent {
                 }
             }
         }
+        let path_of_node = format!("/api/v1/nodes/{}", config.node_name);
         let uid = client
-            .get(&format!("/api/v1/nodes/{}", config.node_name))
+            .get(&path_of_node)
             .await
             .ok()
             .and_then(|n| n["metadata"]["uid"].as_str().map(str::to_owned));
@@ -690,7 +691,8 @@ impl Agent {
             // The Node says so (NetworkUnavailable) at once, not at the next heartbeat.
             if !shutdown.is_cancelled() {
                 let node = node::node_object(&config, &images, &facts);
-                let _ = node::update_status(&client, &node).await;
+                let current = client.get(&path_of_node).await.unwrap_or_default();
+                let _ = node::update_status(&client, &node, &current).await;
             }
         }
         // The proxy and cluster DNS read the same Services and EndpointSlices.

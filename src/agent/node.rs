@@ -229,7 +229,7 @@ fn conditions(facts: &Facts) -> Value {
 pub async fn register(client: &Client, node: &Value) -> Result<(), client::Error> {
     let name = node["metadata"]["name"].as_str().unwrap_or_default();
     let path = format!("/api/v1/nodes/{name}");
-    match client.get(&path).await {
+    let existing = match client.get(&path).await {
         Ok(existing) => {
             let mut meta = json!({"labels": node["metadata"]["labels"]});
             if existing["metadata"]["annotations"]
@@ -251,6 +251,7 @@ pub async fn register(client: &Client, node: &Value) -> Result<(), client::Error
                     Some(patch.to_string().into_bytes()),
                 )
                 .await?;
+            existing
         }
         Err(e) if e.code() == Some(404) => {
             match client
@@ -266,19 +267,31 @@ pub async fn register(client: &Client, node: &Value) -> Result<(), client::Error
                 Err(e) if e.code() == Some(409) => {}
                 Err(e) => return Err(e),
             }
+            Value::Null
         }
         Err(e) => return Err(e),
-    }
-    update_status(client, node).await
+    };
+    update_status(client, node, &existing).await
 }
 
-/// Writes the Node's status (conditions with a fresh heartbeat, capacity, images...).
+/// Writes the Node's status (conditions with a fresh heartbeat, capacity, images...). A
+/// condition whose status is the one `current` (the Node as the API has it) shows keeps its
+/// lastTransitionTime, as the kubelet's do.
 ///
 /// # Errors
 /// When the API refuses it.
-pub async fn update_status(client: &Client, node: &Value) -> Result<(), client::Error> {
+pub async fn update_status(
+    client: &Client,
+    node: &Value,
+    current: &Value,
+) -> Result<(), client::Error> {
     let name = node["metadata"]["name"].as_str().unwrap_or_default();
-    let patch = json!({"status": node["status"]});
+    let mut status = node["status"].clone();
+    crate::agent::status::keep_transition_times(
+        &mut status,
+        &crate::agent::status::transitions(&current["status"]),
+    );
+    let patch = json!({"status": status});
     client
         .request(
             Method::PATCH,
@@ -367,7 +380,8 @@ pub async fn heartbeat(
                 if r.is_ok()
                     && (imgs != last_images || last_status.elapsed() >= Duration::from_secs(60))
                 {
-                    r = update_status(&client, &node_object(&config, &images, &facts)).await;
+                    let node = node_object(&config, &images, &facts);
+                    r = update_status(&client, &node, &n).await;
                     last_status = std::time::Instant::now();
                     last_images = imgs;
                 }

@@ -252,23 +252,33 @@ pub type Transition = (String, String, String);
 /// status has not changed since; a changed or new one keeps the time [`pod_status`] gave it, as
 /// the kubelet's conditions do. Returns the conditions as they are now, for the next call.
 pub fn keep_transition_times(status: &mut Value, written: &[Transition]) -> Vec<Transition> {
-    let Some(conditions) = status["conditions"].as_array_mut() else {
-        return Vec::new();
-    };
-    let mut now = Vec::with_capacity(conditions.len());
-    for c in conditions {
-        let ty = c["type"].as_str().unwrap_or_default().to_owned();
-        let st = c["status"].as_str().unwrap_or_default().to_owned();
-        if let Some((_, _, since)) = written.iter().find(|(t, s, _)| *t == ty && *s == st) {
+    for c in status["conditions"].as_array_mut().into_iter().flatten() {
+        let since = written
+            .iter()
+            .find(|(t, s, _)| c["type"] == t.as_str() && c["status"] == s.as_str())
+            .map(|(_, _, since)| since.clone());
+        if let Some(since) = since {
             c["lastTransitionTime"] = json!(since);
         }
-        let since = c["lastTransitionTime"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        now.push((ty, st, since));
     }
-    now
+    transitions(status)
+}
+
+/// The type, status and transition time of each condition of `status` (a pod's or a node's).
+pub fn transitions(status: &Value) -> Vec<Transition> {
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    status["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            (
+                text(&c["type"]),
+                text(&c["status"]),
+                text(&c["lastTransitionTime"]),
+            )
+        })
+        .collect()
 }
 
 /// A digest of a status for telling whether it changed since the last write. The conditions'

@@ -644,6 +644,20 @@ fn an_agent_restart_adopts_running_pods_without_leaks_or_duplicates() {
     assert!(eventually(LONG, || count_dir(
         c.agent_dir().join("netns-spare")
     ) == 2));
+    // The Node's conditions keep their transition times across the restart, as the kubelet's
+    // do; their heartbeat moves on.
+    let ready = |c: &Cluster, field: &str| {
+        c.jsonpath(
+            "node",
+            "wk-test",
+            &format!("{{.status.conditions[?(@.type==\"Ready\")].{field}}}"),
+        )
+    };
+    let (since, beat) = (
+        ready(&c, "lastTransitionTime"),
+        ready(&c, "lastHeartbeatTime"),
+    );
+    std::thread::sleep(Duration::from_millis(1100));
     let (status, data) = c.stop();
     assert!(status.success(), "{status}");
     assert_eq!(count_dir(data.path().join("agent/netns-spare")), 0);
@@ -655,6 +669,8 @@ fn an_agent_restart_adopts_running_pods_without_leaks_or_duplicates() {
 
     let c = Cluster::with_agent_in(data);
     wait_for(&c, "web", "{.status.containerStatuses[0].ready}", "true");
+    assert_eq!(ready(&c, "lastTransitionTime"), since);
+    assert_ne!(ready(&c, "lastHeartbeatTime"), beat);
     let (body, _) = curl_in(&c, "web", "http://127.0.0.1:8000/");
     assert!(body.starts_with("Hello from wk!"), "{body}");
     assert_eq!(get(&c, "web", "{.metadata.uid}"), web_uid);
