@@ -1526,7 +1526,7 @@ fn pods_get_addresses_on_the_node_bridge_and_reach_each_other() {
     import_all(&c);
     let bridge = c.bridge.clone().unwrap();
     let range = c.jsonpath("node", "wk-test", "{.spec.podCIDR}");
-    let prefix = bridge.cluster_cidr.trim_end_matches("0.0/17");
+    let prefix = format!("{}.", bridge.prefix);
     assert_eq!(
         range,
         format!("{prefix}0.0/24"),
@@ -1785,7 +1785,7 @@ fn a_pod_range_that_another_link_of_the_host_holds_is_refused_and_the_node_says_
     assert!(message.contains(&bridge.name), "{message}");
     // The next node gets the cluster's second /24. Another network (a second cluster's
     // bridge, a VPN) holds an address of it on this host before that node's agent starts.
-    let prefix = bridge.cluster_cidr.trim_end_matches("0.0/17");
+    let prefix = format!("{}.", bridge.prefix);
     let taken = format!("{prefix}1.7/24");
     let other = HostLink(format!("wkc{}", bridge.n));
     let ip = |args: &[&str]| {

@@ -35,9 +35,13 @@ pub struct Bridge {
     pub n: u32,
     /// The bridge's name (`wkt<N>`).
     pub name: String,
-    /// `100.<64+N>.0.0/17`.
+    /// `100.<66+N>`: the cluster's /16 of the shared address space, clear of wk's default
+    /// ranges (pods in 100.64/16, Services in 100.65/16), so that a `wk server` with its
+    /// defaults may run beside the tests.
+    pub prefix: String,
+    /// `100.<66+N>.0.0/17`.
     pub cluster_cidr: String,
-    /// `100.<64+N>.128.0/17`, the cluster's Service range.
+    /// `100.<66+N>.128.0/17`, the cluster's Service range.
     pub service_cidr: String,
 }
 
@@ -49,15 +53,17 @@ impl Bridge {
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or_else(|| {
-                let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 64;
+                let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 62;
                 std::fs::write(&file, n.to_string()).expect("write the bridge number");
                 n
             });
+        let prefix = format!("100.{}", 66 + n);
         Self {
             n,
             name: format!("wkt{n}"),
-            cluster_cidr: format!("100.{}.0.0/17", 64 + n),
-            service_cidr: format!("100.{}.128.0/17", 64 + n),
+            cluster_cidr: format!("{prefix}.0.0/17"),
+            service_cidr: format!("{prefix}.128.0/17"),
+            prefix,
         }
     }
 

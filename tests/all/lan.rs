@@ -3,9 +3,9 @@
 //! its own pod bridge; the server runs here with no agent of its own. Every address comes from
 //! the cluster's share of 100.64.0.0/10:
 //!
-//! - pods: `100.<64+N>.0.0/18` (a /24 per node);
-//! - the LAN: `100.<64+N>.64.0/24`, the server at `.254`, host `i` at `.<i+1>`;
-//! - Services: `100.<64+N>.128.0/17`.
+//! - pods: `100.<66+N>.0.0/18` (a /24 per node);
+//! - the LAN: `100.<66+N>.64.0/24`, the server at `.254`, host `i` at `.<i+1>`;
+//! - Services: `100.<66+N>.128.0/17`.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -34,7 +34,7 @@ pub struct Lan {
     pub hosts: Vec<Host>,
     /// The LAN bridge in this namespace.
     bridge: String,
-    /// `100.<64+N>`.
+    /// `100.<66+N>`.
     pub prefix: String,
 }
 
@@ -48,8 +48,7 @@ impl Lan {
     /// waits until every Node is Ready.
     pub fn start(count: usize) -> Self {
         let numbered = tempfile::tempdir().expect("temp dir");
-        let n = Bridge::of(numbered.path()).n;
-        let prefix = format!("100.{}", 64 + n);
+        let Bridge { n, prefix, .. } = Bridge::of(numbered.path());
         let bridge = format!("wkt{n}");
         let _ = Command::new("ip").args(["link", "del", &bridge]).output();
         ip(&["link", "add", &bridge, "type", "bridge"]);
