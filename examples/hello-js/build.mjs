@@ -44,10 +44,35 @@ if (!plain) {
 }
 
 const started = Date.now();
-const { component } = await componentize({
-  sourcePath,
-  witPath: join(here, '..', 'wit'),
-  worldName: 'hello',
-});
+let component;
+try {
+  ({ component } = await componentize({
+    sourcePath,
+    witPath: join(here, '..', 'wit'),
+    worldName: 'hello',
+  }));
+} catch (e) {
+  // ComponentizeJS runs the program's top-level code while building. Some calls there make its
+  // engine trap without a word about the cause; the wasm backtrace after it says nothing more.
+  let text = String(e?.message ?? e);
+  if (!plain) {
+    // Positions in the wrapped program, three lines below the user's.
+    text = text.replaceAll(/build\/app\.js:(\d+):/g, (_, n) => `${program}:${Number(n) - 3}:`);
+  }
+  const lines = text.split('\n');
+  let cut = lines.findIndex((l) => l.includes('wasm backtrace'));
+  if (cut < 0) cut = 12;
+  while (cut > 0 && /^\s*(Caused by:)?\s*$/.test(lines[cut - 1])) cut--;
+  console.error(`${program}: the build failed:\n${lines.slice(0, cut).join('\n')}`);
+  if (text.includes('componentize.wizer` function trapped')) {
+    console.error(
+      'The engine stopped while running the program\'s top-level code, which runs at build ' +
+        'time. Calls that need the host are not available then: performance.now(), ' +
+        'Math.random() and crypto.getRandomValues() stop it this way. Make them in the request ' +
+        'handler instead.',
+    );
+  }
+  process.exit(1);
+}
 await writeFile(out, component);
 console.log(`${out}: ${(component.length / 1e6).toFixed(1)} MB in ${((Date.now() - started) / 1000).toFixed(0)} s`);

@@ -113,6 +113,32 @@ fn hello_js_is_built_with_npm_pushed_applied_scaled_rolled_out_and_back() {
         args.extend([api.to_str().unwrap(), out.to_str().unwrap()]);
         run(&dir, "node", &args);
     }
+    // Top-level code runs at build time: a call that stops the engine there gets a hint and a
+    // position in the program, not only a trap.
+    for (line, said) in [
+        (
+            "const id = Math.random();",
+            "Make them in the request handler",
+        ),
+        ("setTimeout(() => {}, 1);", "broken.js:2:"),
+    ] {
+        let broken = work.path().join("broken.js");
+        std::fs::write(
+            &broken,
+            format!("// started\n{line}\nrequire('http').createServer((q, r) => r.end('x')).listen(8000);\n"),
+        )
+        .unwrap();
+        let out = Command::new("node")
+            .args(["build.mjs", broken.to_str().unwrap()])
+            .arg(work.path().join("broken.wasm"))
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert!(err.contains(said), "{line}: {err}");
+        assert!(!err.contains("wasm backtrace"), "{err}");
+    }
 
     let registry = Registry::start();
     let c = Cluster::with_agent_args(&["--node-ip", "127.0.0.81"]);
