@@ -657,12 +657,12 @@ impl Agent {
                 }
             }
         }
-        let path_of_node = format!("/api/v1/nodes/{}", config.node_name);
-        let uid = client
-            .get(&path_of_node)
+        // The Node as registered: its uid for the Lease, its conditions for the next status.
+        let registered = client
+            .get(&format!("/api/v1/nodes/{}", config.node_name))
             .await
-            .ok()
-            .and_then(|n| n["metadata"]["uid"].as_str().map(str::to_owned));
+            .unwrap_or_default();
+        let uid = registered["metadata"]["uid"].as_str().map(str::to_owned);
         let _ = node::renew_lease(&client, &config.node_name, uid.as_deref()).await;
         if config.pod_network && !host_network {
             match pod_network(&client, &config, &data, &shutdown).await {
@@ -691,8 +691,7 @@ impl Agent {
             // The Node says so (NetworkUnavailable) at once, not at the next heartbeat.
             if !shutdown.is_cancelled() {
                 let node = node::node_object(&config, &images, &facts);
-                let current = client.get(&path_of_node).await.unwrap_or_default();
-                let _ = node::update_status(&client, &node, &current).await;
+                let _ = node::update_status(&client, &node, &registered).await;
             }
         }
         // The proxy and cluster DNS read the same Services and EndpointSlices.

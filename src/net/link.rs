@@ -11,9 +11,11 @@ use std::path::Path;
 
 use futures_util::TryStreamExt;
 use nix::sched::{CloneFlags, setns};
-use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute};
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteProtocol};
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol,
+};
 use rtnetlink::sys::{Socket, TokioSocket, protocols::NETLINK_ROUTE};
 use rtnetlink::{
     Handle, LinkBridge, LinkDummy, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
@@ -47,6 +49,38 @@ fn check_name(name: &str) -> io::Result<()> {
         ));
     }
     Ok(())
+}
+
+/// A link message's name.
+fn link_name(m: &LinkMessage) -> Option<String> {
+    m.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.clone()),
+        _ => None,
+    })
+}
+
+/// An address message's IPv4 addresses (its local one, and its peer's on a point-to-point link).
+fn v4_addresses(m: &AddressMessage) -> impl Iterator<Item = Ipv4Addr> + '_ {
+    m.attributes.iter().filter_map(|a| match a {
+        AddressAttribute::Local(IpAddr::V4(ip)) | AddressAttribute::Address(IpAddr::V4(ip)) => {
+            Some(*ip)
+        }
+        _ => None,
+    })
+}
+
+/// A route message's destination (0.0.0.0 for a default route), gateway and output link.
+fn route_fields(m: &RouteMessage) -> (Ipv4Addr, Option<Ipv4Addr>, Option<u32>) {
+    let (mut destination, mut gateway, mut link) = (Ipv4Addr::UNSPECIFIED, None, None);
+    for a in &m.attributes {
+        match a {
+            RouteAttribute::Destination(RouteAddress::Inet(ip)) => destination = *ip,
+            RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gateway = Some(*ip),
+            RouteAttribute::Oif(i) => link = Some(*i),
+            _ => {}
+        }
+    }
+    (destination, gateway, link)
 }
 
 /// A handle in the calling process's namespace. Needs a tokio runtime.
@@ -115,11 +149,7 @@ pub async fn ports(h: &Handle, bridge: u32) -> io::Result<Vec<String>> {
             .attributes
             .iter()
             .any(|a| matches!(a, LinkAttribute::Controller(i) if *i == bridge));
-        let name = m.attributes.iter().find_map(|a| match a {
-            LinkAttribute::IfName(n) => Some(n.clone()),
-            _ => None,
-        });
-        if let (true, Some(name)) = (master, name) {
+        if let (true, Some(name)) = (master, link_name(&m)) {
             out.push(name);
         }
     }
@@ -134,12 +164,9 @@ pub async fn addresses(h: &Handle, index: u32) -> io::Result<Vec<(Ipv4Addr, u8)>
     let mut out = Vec::new();
     let mut dump = h.address().get().set_link_index_filter(index).execute();
     while let Some(m) = dump.try_next().await.map_err(io_error)? {
-        for a in &m.attributes {
-            if let AddressAttribute::Local(IpAddr::V4(ip))
-            | AddressAttribute::Address(IpAddr::V4(ip)) = a
-                && !out.contains(&(*ip, m.header.prefix_len))
-            {
-                out.push((*ip, m.header.prefix_len));
+        for ip in v4_addresses(&m) {
+            if !out.contains(&(ip, m.header.prefix_len)) {
+                out.push((ip, m.header.prefix_len));
             }
         }
     }
@@ -166,10 +193,7 @@ async fn link_names(h: &Handle) -> io::Result<std::collections::HashMap<u32, Str
     let mut out = std::collections::HashMap::new();
     let mut links = h.link().get().execute();
     while let Some(m) = links.try_next().await.map_err(io_error)? {
-        if let Some(name) = m.attributes.iter().find_map(|a| match a {
-            LinkAttribute::IfName(n) => Some(n.clone()),
-            _ => None,
-        }) {
+        if let Some(name) = link_name(&m) {
             out.insert(m.header.index, name);
         }
     }
@@ -210,14 +234,9 @@ pub async fn claimed(h: &Handle, range: Cidr, own: &str) -> io::Result<Option<Cl
         if link == own {
             continue;
         }
-        for a in &m.attributes {
-            if let AddressAttribute::Local(IpAddr::V4(ip))
-            | AddressAttribute::Address(IpAddr::V4(ip)) = a
-                && range.contains(*ip)
-            {
-                let what = format!("{ip}/{} on {link} is in it", m.header.prefix_len);
-                return Ok(Some(Claim { what, link }));
-            }
+        if let Some(ip) = v4_addresses(&m).find(|ip| range.contains(*ip)) {
+            let what = format!("{ip}/{} on {link} is in it", m.header.prefix_len);
+            return Ok(Some(Claim { what, link }));
         }
     }
     let mut dump = h
@@ -242,16 +261,8 @@ pub async fn claimed(h: &Handle, range: Cidr, own: &str) -> io::Result<Option<Cl
             continue;
         }
         let len = m.header.destination_prefix_length;
-        let (mut destination, mut via, mut link) = (Ipv4Addr::UNSPECIFIED, None, None);
-        for a in &m.attributes {
-            match a {
-                RouteAttribute::Destination(RouteAddress::Inet(ip)) => destination = *ip,
-                RouteAttribute::Gateway(RouteAddress::Inet(ip)) => via = Some(*ip),
-                RouteAttribute::Oif(i) => link = Some(name(*i)),
-                _ => {}
-            }
-        }
-        let link = link.unwrap_or_default();
+        let (destination, via, link) = route_fields(&m);
+        let link = link.map(name).unwrap_or_default();
         let into = len >= range.prefix() && range.contains(destination);
         let through = via.is_some_and(|g| range.contains(g));
         if link == own || !(into || through) {
@@ -355,12 +366,7 @@ pub async fn sync_host_addresses(
     let mut dump = h.address().get().set_link_index_filter(index).execute();
     let mut held = Vec::new();
     while let Some(m) = dump.try_next().await.map_err(io_error)? {
-        let ip = m.attributes.iter().find_map(|a| match a {
-            AddressAttribute::Local(IpAddr::V4(ip)) | AddressAttribute::Address(IpAddr::V4(ip)) => {
-                Some(*ip)
-            }
-            _ => None,
-        });
+        let ip = v4_addresses(&m).next();
         if let Some(ip) = ip {
             held.push((ip, m));
         }
@@ -464,15 +470,8 @@ pub async fn sync_routes(h: &Handle, want: &[Route]) -> io::Result<()> {
         if m.header.protocol != RouteProtocol::Other(ROUTE_PROTOCOL) {
             continue;
         }
-        let mut destination = Ipv4Addr::UNSPECIFIED;
-        let mut gateway = Ipv4Addr::UNSPECIFIED;
-        for a in &m.attributes {
-            match a {
-                RouteAttribute::Destination(RouteAddress::Inet(ip)) => destination = *ip,
-                RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gateway = *ip,
-                _ => {}
-            }
-        }
+        let (destination, gateway, _) = route_fields(&m);
+        let gateway = gateway.unwrap_or(Ipv4Addr::UNSPECIFIED);
         held.push((
             (destination, m.header.destination_prefix_length, gateway),
             m,
@@ -525,14 +524,45 @@ pub async fn delete(h: &Handle, name: &str) -> io::Result<bool> {
 mod tests {
     use super::*;
 
+    /// A network namespace of the test's own, given back when dropped.
+    struct PrivateNs {
+        _dir: tempfile::TempDir,
+        ns: std::path::PathBuf,
+        handle: Option<Handle>,
+    }
+
+    impl PrivateNs {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let ns = dir.path().join("ns");
+            crate::agent::sandbox::netns::create(&ns).expect("a network namespace (run as root)");
+            let handle = Some(netns_handle(&ns).unwrap());
+            Self {
+                _dir: dir,
+                ns,
+                handle,
+            }
+        }
+
+        /// A netlink handle inside it.
+        fn handle(&self) -> Handle {
+            self.handle.clone().expect("a handle until dropped")
+        }
+    }
+
+    impl Drop for PrivateNs {
+        fn drop(&mut self) {
+            self.handle.take();
+            crate::agent::sandbox::netns::destroy(&self.ns);
+        }
+    }
+
     /// In a network namespace of the test's own: a range is claimed by an address in it on
     /// another link, or by a route to part of it through another link, and by nothing else.
     #[tokio::test]
     async fn a_range_is_claimed_by_other_links_addresses_and_routes_in_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let ns = dir.path().join("ns");
-        crate::agent::sandbox::netns::create(&ns).expect("a network namespace (run as root)");
-        let h = netns_handle(&ns).unwrap();
+        let space = PrivateNs::new();
+        let h = space.handle();
         let range: Cidr = "100.64.1.0/24".parse().unwrap();
         ensure_bridge(&h, "own0", Ipv4Addr::new(100, 64, 1, 1), 24)
             .await
@@ -590,18 +620,14 @@ mod tests {
         // Another range is free.
         let free: Cidr = "100.64.2.0/24".parse().unwrap();
         assert_eq!(claimed(&h, free, "own0").await.unwrap(), None);
-        drop(h);
-        crate::agent::sandbox::netns::destroy(&ns);
     }
 
     /// In a network namespace of the test's own: routes are added, kept, replaced and pruned,
     /// and routes wk did not add are left alone.
     #[tokio::test]
     async fn host_gw_routes_follow_what_is_wanted() {
-        let dir = tempfile::tempdir().unwrap();
-        let ns = dir.path().join("ns");
-        crate::agent::sandbox::netns::create(&ns).expect("a network namespace (run as root)");
-        let h = netns_handle(&ns).unwrap();
+        let space = PrivateNs::new();
+        let h = space.handle();
         let lan = ensure_bridge(&h, "lan0", Ipv4Addr::new(100, 64, 200, 1), 24)
             .await
             .unwrap();
@@ -666,7 +692,5 @@ mod tests {
         );
         sync_routes(&h, &[]).await.unwrap();
         assert!(ours(h.clone()).await.iter().all(|(_, ours)| !ours));
-        drop(h);
-        crate::agent::sandbox::netns::destroy(&ns);
     }
 }
