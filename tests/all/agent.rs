@@ -87,6 +87,9 @@ pub(crate) fn apply(c: &Cluster, manifest: &str) {
 #[test]
 fn the_node_registers_with_capacity_labels_and_a_lease() {
     let c = Cluster::with_agent();
+    // Its log goes to a pipe here, as to a file or journald: plain text, no colour codes.
+    let log = c.log();
+    assert!(log.contains("INFO") && !log.contains('\u{1b}'), "{log:?}");
     let node = |p: &str| c.jsonpath("node", "wk-test", p);
     assert_eq!(
         node("{.status.conditions[?(@.type==\"Ready\")].status}"),
